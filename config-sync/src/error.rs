@@ -1,0 +1,200 @@
+//! Errors of config-sync: why an object was rejected, and why a source failed.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::model::{Kind, ObjectKey};
+
+/// Why one object cannot be used. Each rejection names the object it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    /// Fields of the wrong type or shape.
+    #[error("cannot decode {path}: {message}")]
+    Decode {
+        /// Where in the object (e.g. `status.traffic[0].percent`).
+        path: String,
+        /// What serde said.
+        message: String,
+    },
+    /// Neither a Route nor an EndpointSlice.
+    #[error("unsupported kind {kind} (expected Route or EndpointSlice)")]
+    UnsupportedKind {
+        /// The kind found.
+        kind: String,
+    },
+    /// The Route controller has not written `status` yet.
+    #[error("the Route has no status yet")]
+    NoStatus,
+    /// `status.url` is missing.
+    #[error("status.url is missing")]
+    NoUrl,
+    /// A URL whose host cannot be routed.
+    #[error("{field} {url:?} has no valid host")]
+    BadUrl {
+        /// Which field (`status.url`, `status.traffic[2].url`).
+        field: String,
+        /// The value found.
+        url: String,
+    },
+    /// `status.traffic` is missing or empty.
+    #[error("status.traffic is empty")]
+    NoTraffic,
+    /// A traffic entry without a revision.
+    #[error("status.traffic[{index}] has no revisionName")]
+    MissingRevision {
+        /// Index in `status.traffic`.
+        index: usize,
+    },
+    /// A name that is not a DNS-1123 name.
+    #[error("{field} {value:?} is not a valid DNS-1123 name")]
+    BadName {
+        /// Which field.
+        field: String,
+        /// The value found.
+        value: String,
+    },
+    /// A negative percent.
+    #[error("status.traffic[{index}].percent is {percent}, which is negative")]
+    NegativePercent {
+        /// Index in `status.traffic`.
+        index: usize,
+        /// The value found.
+        percent: i64,
+    },
+    /// Percents that do not add up.
+    #[error("status.traffic percents sum to {sum}, not 100")]
+    PercentSum {
+        /// The sum found.
+        sum: i64,
+    },
+    /// A host already claimed by another Route (the first by namespace/name keeps it).
+    #[error("host {host} is already served by Route {owner}")]
+    HostConflict {
+        /// The contested host.
+        host: String,
+        /// The Route that keeps it.
+        owner: String,
+    },
+    /// A private EndpointSlice without the queue-proxy `http` port.
+    #[error("no port named \"http\" with a number in 1..=65535")]
+    NoHttpPort,
+    /// `FQDN` or an unknown address type.
+    #[error("addressType {0:?} is not supported (expected IPv4 or IPv6)")]
+    AddressType(String),
+    /// An endpoint address that is not an IP address.
+    #[error("endpoints[{index}] address {address:?} is not an IP address")]
+    BadAddress {
+        /// Index in `endpoints`.
+        index: usize,
+        /// The value found.
+        address: String,
+    },
+}
+
+impl ObjectError {
+    /// A short stable label for metrics (`reason="percent_sum"`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ObjectError::Decode { .. } => "decode",
+            ObjectError::UnsupportedKind { .. } => "unsupported_kind",
+            ObjectError::NoStatus => "no_status",
+            ObjectError::NoUrl => "no_url",
+            ObjectError::BadUrl { .. } => "bad_url",
+            ObjectError::NoTraffic => "no_traffic",
+            ObjectError::MissingRevision { .. } => "missing_revision",
+            ObjectError::BadName { .. } => "bad_name",
+            ObjectError::NegativePercent { .. } => "negative_percent",
+            ObjectError::PercentSum { .. } => "percent_sum",
+            ObjectError::HostConflict { .. } => "host_conflict",
+            ObjectError::NoHttpPort => "no_http_port",
+            ObjectError::AddressType(_) => "address_type",
+            ObjectError::BadAddress { .. } => "bad_address",
+        }
+    }
+}
+
+/// What the table did about a rejected object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The object is not in the table.
+    LeftOut,
+    /// The Route's last good version is still served.
+    LastGood,
+    /// Only the named part (a host, an endpoint) is left out; the rest is served.
+    PartlyServed,
+}
+
+/// A rejected object with its reason, as shown in logs, metrics and `/debug/routes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Kind of the object.
+    pub kind: Kind,
+    /// `namespace/name`.
+    pub object: ObjectKey,
+    /// What was wrong.
+    pub error: ObjectError,
+    /// What the table did about it.
+    pub outcome: Outcome,
+}
+
+impl Rejection {
+    /// A rejection that leaves the object out.
+    pub fn new(kind: Kind, object: ObjectKey, error: ObjectError) -> Self {
+        Self {
+            kind,
+            object,
+            error,
+            outcome: Outcome::LeftOut,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = match self.outcome {
+            Outcome::LeftOut => "left out",
+            Outcome::LastGood => "serving its last good version",
+            Outcome::PartlyServed => "the rest of it is served",
+        };
+        write!(
+            f,
+            "{} {}: {} ({outcome})",
+            self.kind, self.object, self.error
+        )
+    }
+}
+
+/// Why a whole source read failed (the table keeps its last good version).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The snapshot file could not be read.
+    #[error("cannot read snapshot file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The snapshot file is not valid YAML.
+    #[error("snapshot file {path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// Watching the snapshot file failed.
+    #[error("cannot watch snapshot file {path}: {message}")]
+    Watch {
+        /// The file.
+        path: PathBuf,
+        /// What the watcher said.
+        message: String,
+    },
+}

@@ -1,0 +1,301 @@
+//! The Kubernetes objects the routing table is built from, trimmed to the
+//! fields the gateway reads. Both sources (snapshot file, API server) decode
+//! into these types, one object at a time, so one malformed object is
+//! rejected on its own instead of failing the whole list.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ObjectError, Rejection};
+
+/// Label carrying the revision name on a revision's Services and EndpointSlices.
+pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
+/// Label telling a revision's public Service from its private one.
+pub const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceType";
+/// Label marking a Route as reachable only inside the cluster.
+pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
+
+/// `namespace/name` of an object: how every message names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The part of `metadata` the gateway reads.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Object name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Namespace; `default` when absent, as kubectl does.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Server-side version, when the object came from an API server.
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+impl ObjectMeta {
+    /// The value of label `key`, if set.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+/// `serving.knative.dev/v1` Route: only its resolved `status` matters, since
+/// `spec.traffic` may name configurations and `latestRevision` targets.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Resolved state written by Knative's Route controller.
+    #[serde(default)]
+    pub status: Option<RouteStatus>,
+}
+
+/// `status` of a Route.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// External URL, e.g. `http://hello.default.example.com`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Resolved traffic targets.
+    #[serde(default)]
+    pub traffic: Option<Vec<TrafficTarget>>,
+}
+
+/// One entry of `status.traffic`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficTarget {
+    /// The revision receiving this share (always resolved in status).
+    #[serde(default)]
+    pub revision_name: Option<String>,
+    /// Share of the route's traffic; absent means 0.
+    #[serde(default)]
+    pub percent: Option<i64>,
+    /// Tag giving the revision a host of its own.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// URL of the tag's host.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `discovery.k8s.io/v1` EndpointSlice, trimmed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// Metadata (labels name the revision and Service type).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `IPv4`, `IPv6` or `FQDN`.
+    #[serde(default)]
+    pub address_type: Option<String>,
+    /// Named ports shared by every endpoint of the slice.
+    #[serde(default)]
+    pub ports: Option<Vec<EndpointPort>>,
+    /// The endpoints (pods).
+    #[serde(default)]
+    pub endpoints: Option<Vec<Endpoint>>,
+}
+
+/// One port of an EndpointSlice.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    /// Port name (`http`, `http2`, ...).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Port number.
+    #[serde(default)]
+    pub port: Option<i32>,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Addresses; consumers use the first.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Readiness.
+    #[serde(default)]
+    pub conditions: Option<EndpointConditions>,
+}
+
+/// Conditions of an endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointConditions {
+    /// Unset counts as ready.
+    #[serde(default)]
+    pub ready: Option<bool>,
+}
+
+impl Endpoint {
+    /// An endpoint whose `ready` condition is unset counts as ready.
+    pub fn is_ready(&self) -> bool {
+        self.conditions
+            .as_ref()
+            .and_then(|c| c.ready)
+            .unwrap_or(true)
+    }
+}
+
+/// Kind of a decoded object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    /// `serving.knative.dev/v1` Route.
+    Route,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+    /// Something that is neither (or has no kind at all).
+    Other,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Route => "Route",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Other => "object",
+        })
+    }
+}
+
+/// The objects a table is built from, plus the ones that could not even be
+/// decoded (kept so that a broken Route can fall back to its last good version).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Decoded Routes.
+    pub routes: Vec<Route>,
+    /// Decoded EndpointSlices.
+    pub slices: Vec<EndpointSlice>,
+    /// Objects rejected while decoding.
+    pub rejected: Vec<Rejection>,
+}
+
+impl Snapshot {
+    /// Decode one object (a YAML document or an API list item) into the snapshot.
+    /// Anything that is not a well-formed Route or EndpointSlice becomes a rejection.
+    pub fn push_value(&mut self, value: serde_json::Value) {
+        let kind = match value.get("kind").and_then(|k| k.as_str()) {
+            Some("Route") => Kind::Route,
+            Some("EndpointSlice") => Kind::EndpointSlice,
+            _ => Kind::Other,
+        };
+        let key = key_of(&value);
+        let result = match kind {
+            Kind::Route => decode::<Route>(value).map(|r| self.routes.push(r)),
+            Kind::EndpointSlice => decode::<EndpointSlice>(value).map(|s| self.slices.push(s)),
+            Kind::Other => Err(ObjectError::UnsupportedKind {
+                kind: value
+                    .get("kind")
+                    .map(|k| k.to_string())
+                    .unwrap_or_else(|| "none".into()),
+            }),
+        };
+        if let Err(error) = result {
+            self.rejected.push(Rejection::new(kind, key, error));
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ObjectError> {
+    serde_path_to_error::deserialize(value).map_err(|e| ObjectError::Decode {
+        path: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    })
+}
+
+/// Best-effort `namespace/name` of an object that may not decode.
+fn key_of(value: &serde_json::Value) -> ObjectKey {
+    let meta = value.get("metadata");
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    ObjectKey::new(
+        field("namespace").unwrap_or_else(|| "default".into()),
+        field("name").unwrap_or_else(|| "<unnamed>".into()),
+    )
+}
+
+/// `namespace/name` of a decoded object, with kubectl's `default` namespace.
+pub fn key(meta: &ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("<unnamed>"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_routes_and_slices_and_rejects_the_rest_by_name() {
+        let mut s = Snapshot::default();
+        s.push_value(
+            json!({"kind": "Route", "metadata": {"name": "a", "namespace": "n"},
+            "status": {"traffic": [{"revisionName": "a-1", "percent": 100}]}}),
+        );
+        s.push_value(json!({"kind": "EndpointSlice", "metadata": {"name": "s"}}));
+        s.push_value(
+            json!({"kind": "Route", "metadata": {"name": "bad", "namespace": "n"},
+            "status": {"traffic": [{"revisionName": "a-1", "percent": "lots"}]}}),
+        );
+        s.push_value(json!({"kind": "ConfigMap", "metadata": {"name": "cm"}}));
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(s.slices.len(), 1);
+        assert_eq!(s.rejected.len(), 2);
+        let bad = &s.rejected[0];
+        assert_eq!(bad.object.to_string(), "n/bad");
+        let msg = bad.error.to_string();
+        assert!(msg.contains("status.traffic[0].percent"), "{msg}");
+        assert_eq!(s.rejected[1].error.reason(), "unsupported_kind");
+        assert_eq!(s.rejected[1].object.to_string(), "default/cm");
+    }
+
+    #[test]
+    fn unset_ready_counts_as_ready() {
+        let e: Endpoint = serde_json::from_value(json!({"addresses": ["10.0.0.1"]})).unwrap();
+        assert!(e.is_ready());
+        let e: Endpoint = serde_json::from_value(
+            json!({"addresses": ["10.0.0.1"], "conditions": {"ready": false}}),
+        )
+        .unwrap();
+        assert!(!e.is_ready());
+    }
+}

@@ -1,0 +1,167 @@
+//! The `source → table → swap` seam. A source hands a whole [`Snapshot`] to
+//! [`Publisher::publish`], which builds a table and swaps it in atomically;
+//! readers hold [`TableReader`]s and pay one `ArcSwap` load per request.
+//! A source that fails reports it with [`Publisher::report_error`], and the
+//! last good table keeps serving.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::build::{build, BuildOptions, LastGood};
+use crate::model::Snapshot;
+use crate::table::Table;
+
+/// Cheap, cloneable read handle on the live table.
+#[derive(Clone, Debug)]
+pub struct TableReader(Arc<ArcSwap<Table>>);
+
+impl TableReader {
+    /// The live table, held for as long as the caller keeps it (one request).
+    #[inline]
+    pub fn load(&self) -> Arc<Table> {
+        self.0.load_full()
+    }
+
+    /// A short-lived view for code that does not await while holding it.
+    #[inline]
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.0.load()
+    }
+}
+
+/// Health of the source feeding the publisher, for metrics and `/debug/routes`.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    /// Tables published.
+    pub publishes: AtomicU64,
+    /// Source reads that failed (the table was kept).
+    pub errors: AtomicU64,
+    /// Unix time (seconds) of the last successful publish.
+    pub last_success_unix: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SourceStatus {
+    /// The last source error, cleared by the next successful publish.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+struct BuilderState {
+    last_good: LastGood,
+    generation: u64,
+}
+
+/// Builds tables from snapshots and swaps them in.
+pub struct Publisher {
+    table: Arc<ArcSwap<Table>>,
+    options: BuildOptions,
+    state: Mutex<BuilderState>,
+    ready: AtomicBool,
+    status: SourceStatus,
+}
+
+impl Publisher {
+    /// A publisher serving an empty table until the first publish.
+    pub fn new(options: BuildOptions) -> Self {
+        Self {
+            table: Arc::new(ArcSwap::from_pointee(Table::default())),
+            options,
+            state: Mutex::new(BuilderState {
+                last_good: LastGood::default(),
+                generation: 0,
+            }),
+            ready: AtomicBool::new(false),
+            status: SourceStatus::default(),
+        }
+    }
+
+    /// A read handle for the request path.
+    pub fn reader(&self) -> TableReader {
+        TableReader(self.table.clone())
+    }
+
+    /// Build a table from `snapshot` and make it live. Rejected objects are
+    /// logged here, once per publish; the caller gets the new table.
+    pub fn publish(&self, snapshot: &Snapshot) -> Arc<Table> {
+        // One builder at a time, so generations and last-good state stay in order.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = state.generation + 1;
+        let prev = self.table.load();
+        let (table, last_good) = build(
+            snapshot,
+            &self.options,
+            &state.last_good,
+            Some(&prev),
+            generation,
+        );
+        drop(prev);
+        let table = Arc::new(table);
+        self.table.store(table.clone());
+        state.last_good = last_good;
+        state.generation = generation;
+        drop(state);
+
+        for rejection in table.rejected() {
+            tracing::warn!(reason = rejection.error.reason(), "{rejection}");
+        }
+        tracing::info!(
+            generation,
+            routes = table.route_count(),
+            hosts = table.host_count(),
+            rejected = table.rejected().len(),
+            "routing table swapped in"
+        );
+        self.status.publishes.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .last_success_unix
+            .store(unix_now(), Ordering::Relaxed);
+        *self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.ready.store(true, Ordering::Release);
+        table
+    }
+
+    /// Record a failed source read: the live table is kept.
+    pub fn report_error(&self, error: &dyn std::error::Error) {
+        tracing::error!("{error}; keeping the last good routing table");
+        self.status.errors.fetch_add(1, Ordering::Relaxed);
+        *self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+    }
+
+    /// True once a first table has been published.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Health of the source.
+    pub fn status(&self) -> &SourceStatus {
+        &self.status
+    }
+
+    /// Build options in use.
+    pub fn options(&self) -> &BuildOptions {
+        &self.options
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

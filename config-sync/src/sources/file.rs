@@ -1,0 +1,231 @@
+//! The snapshot-file source: a multi-document YAML (or a `kind: List`) of
+//! Routes and EndpointSlices exactly as `kubectl get -o yaml` prints them.
+//!
+//! The file's directory is watched (inotify), not the file itself, so that
+//! atomic renames and Kubernetes ConfigMap symlink swaps are seen; a slow poll
+//! backs the watch up. Content is hashed so a touch without change costs nothing.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use serde::Deserialize;
+use tokio::sync::{watch, Notify};
+
+use crate::error::SourceError;
+use crate::model::Snapshot;
+use crate::publish::Publisher;
+
+/// A YAML syntax error with its 1-based position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What the parser said.
+    pub message: String,
+}
+
+/// Parse snapshot text. Only YAML syntax errors fail the whole text; an object
+/// of the wrong shape becomes a rejection inside the snapshot.
+pub fn parse(text: &str) -> Result<Snapshot, SyntaxError> {
+    let mut snapshot = Snapshot::default();
+    for document in serde_norway::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(document).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            SyntaxError {
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        match value {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(ref o)
+                if o.get("kind").and_then(|k| k.as_str()) == Some("List") =>
+            {
+                let items = o
+                    .get("items")
+                    .and_then(|i| i.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                for item in items {
+                    snapshot.push_value(item);
+                }
+            }
+            other => snapshot.push_value(other),
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Read and parse a snapshot file; errors name the file (and line and column).
+pub fn load(path: &Path) -> Result<Snapshot, SourceError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).map_err(|e| syntax(path, e))
+}
+
+fn syntax(path: &Path, e: SyntaxError) -> SourceError {
+    SourceError::Syntax {
+        path: path.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    }
+}
+
+/// Watches a snapshot file and publishes a new table whenever its content changes.
+pub struct FileSource {
+    path: PathBuf,
+    publisher: Arc<Publisher>,
+    /// Safety-net poll interval, for file systems where inotify says nothing.
+    pub poll_interval: Duration,
+    /// Quiet time after a change event before reading, to coalesce a burst of writes.
+    pub settle: Duration,
+    last_hash: Option<u64>,
+    last_error: Option<String>,
+}
+
+impl FileSource {
+    /// A source for `path` feeding `publisher`.
+    pub fn new(path: impl Into<PathBuf>, publisher: Arc<Publisher>) -> Self {
+        Self {
+            path: path.into(),
+            publisher,
+            poll_interval: Duration::from_secs(1),
+            settle: Duration::from_millis(2),
+            last_hash: None,
+            last_error: None,
+        }
+    }
+
+    /// The first load, at start: any error is returned so the caller can refuse to start.
+    pub fn load_initial(&mut self) -> Result<(), SourceError> {
+        let bytes = self.read()?;
+        let text = String::from_utf8_lossy(&bytes);
+        let snapshot = parse(&text).map_err(|e| syntax(&self.path, e))?;
+        self.last_hash = Some(hash(&bytes));
+        self.publisher.publish(&snapshot);
+        Ok(())
+    }
+
+    /// Watch until `shutdown` turns true, publishing on every content change.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let changed = Arc::new(Notify::new());
+        let _watcher = match self.watch(changed.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Polling still picks changes up, only later.
+                self.publisher.report_error(&e);
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = changed.notified() => tokio::time::sleep(self.settle).await,
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            self.reload_if_changed();
+        }
+    }
+
+    /// Read the file and publish it if its content changed since the last read.
+    pub fn reload_if_changed(&mut self) {
+        let bytes = match self.read() {
+            Ok(b) => b,
+            Err(e) => return self.fail(e),
+        };
+        let h = hash(&bytes);
+        if self.last_hash == Some(h) {
+            return;
+        }
+        self.last_hash = Some(h);
+        match parse(&String::from_utf8_lossy(&bytes)) {
+            Ok(snapshot) => {
+                self.last_error = None;
+                self.publisher.publish(&snapshot);
+            }
+            Err(e) => self.fail(syntax(&self.path, e)),
+        }
+    }
+
+    fn fail(&mut self, e: SourceError) {
+        // The safety-net poll would repeat a persistent error every second: say it once.
+        let text = e.to_string();
+        if self.last_error.as_deref() != Some(&text) {
+            self.publisher.report_error(&e);
+            self.last_error = Some(text);
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, SourceError> {
+        std::fs::read(&self.path).map_err(|source| SourceError::Read {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn watch(&self, changed: Arc<Notify>) -> Result<notify::RecommendedWatcher, SourceError> {
+        let err = |e: notify::Error| SourceError::Watch {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    changed.notify_one();
+                }
+            })
+            .map_err(err)?;
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(err)?;
+        Ok(watcher)
+    }
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_and_list_forms() {
+        let docs = "kind: Route\nmetadata: {name: a}\n---\nkind: EndpointSlice\nmetadata: {name: s}\n---\n";
+        let s = parse(docs).unwrap();
+        assert_eq!((s.routes.len(), s.slices.len()), (1, 1));
+        let list = "apiVersion: v1\nkind: List\nitems:\n- kind: Route\n  metadata: {name: a}\n- kind: Route\n  metadata: {name: b}\n";
+        let s = parse(list).unwrap();
+        assert_eq!(s.routes.len(), 2);
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let text = "kind: Route\nmetadata:\n  name: a\n  labels: {x: [1, 2}\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.line, 4, "{e:?}");
+        assert!(e.column > 1, "{e:?}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Where Routes and EndpointSlices come from. Each source ends in
+//! [`crate::Publisher::publish`].
+
+pub mod file;

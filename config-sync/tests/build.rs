@@ -1,0 +1,349 @@
+//! The table builder over plain data: no sockets.
+
+use config_sync::build::{build, BuildOptions, LastGood};
+use config_sync::sources::file::parse;
+use config_sync::table::Target;
+use config_sync::{Outcome, Table};
+
+const SNAPSHOT: &str = r#"
+apiVersion: serving.knative.dev/v1
+kind: Route
+metadata: {name: hello, namespace: default}
+status:
+  url: http://hello.default.example.com
+  traffic:
+  - {revisionName: hello-00001, percent: 90}
+  - {revisionName: hello-00002, percent: 10}
+  - {revisionName: hello-00001, percent: 0, tag: v1, url: http://v1-hello.default.example.com}
+  - {revisionName: hello-00002, percent: 0, tag: v2, url: http://v2-hello.default.example.com}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hello-00001-private-a
+  namespace: default
+  labels: {serving.knative.dev/revision: hello-00001, networking.internal.knative.dev/serviceType: Private}
+addressType: IPv4
+ports:
+- {name: http-metrics, port: 9090}
+- {name: http, port: 8012}
+- {name: http2, port: 8013}
+endpoints:
+- addresses: ["10.0.0.1"]
+  conditions: {ready: true}
+- addresses: ["10.0.0.2"]
+- addresses: ["10.0.0.3"]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hello-00001-private-b
+  namespace: default
+  labels: {serving.knative.dev/revision: hello-00001, networking.internal.knative.dev/serviceType: Private}
+addressType: IPv4
+ports: [{name: http, port: 8012}]
+endpoints:
+- addresses: ["10.0.0.2"]
+- addresses: ["10.0.0.4"]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hello-00001-public
+  namespace: default
+  labels: {serving.knative.dev/revision: hello-00001, networking.internal.knative.dev/serviceType: Public}
+ports: [{name: http, port: 80}]
+endpoints: [{addresses: ["10.9.9.9"]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hello-00002-private
+  namespace: default
+  labels: {serving.knative.dev/revision: hello-00002, networking.internal.knative.dev/serviceType: Private}
+addressType: IPv6
+ports: [{name: http, port: 8012}]
+endpoints: [{addresses: ["fd00::1"]}]
+"#;
+
+fn table(text: &str) -> (Table, LastGood) {
+    table_after(text, &LastGood::default(), None)
+}
+
+fn table_after(text: &str, last_good: &LastGood, prev: Option<&Table>) -> (Table, LastGood) {
+    build(
+        &parse(text).unwrap(),
+        &BuildOptions::default(),
+        last_good,
+        prev,
+        1,
+    )
+}
+
+fn revision_of(t: &Table, host: &str) -> String {
+    match &t
+        .lookup(host)
+        .unwrap_or_else(|| panic!("no host {host}"))
+        .target
+    {
+        Target::Revision(r) => t.revision(*r).name.to_string(),
+        Target::Split(_) => "split".into(),
+    }
+}
+
+fn addrs(t: &Table, host: &str) -> Vec<String> {
+    let Target::Revision(r) = t.lookup(host).unwrap().target else {
+        panic!("split")
+    };
+    t.revision(r)
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect()
+}
+
+#[test]
+fn route_host_splits_and_tags_route_to_their_revision() {
+    let (t, _) = table(SNAPSHOT);
+    assert!(t.rejected().is_empty(), "{:?}", t.rejected());
+    assert_eq!(revision_of(&t, "hello.default.example.com"), "split");
+    let route = t.route(t.lookup("hello.default.example.com").unwrap().route);
+    let traffic: Vec<(String, u32)> = route
+        .traffic
+        .iter()
+        .map(|(r, p)| (t.revision(*r).name.to_string(), *p))
+        .collect();
+    assert_eq!(
+        traffic,
+        [("hello-00001".into(), 90), ("hello-00002".into(), 10)]
+    );
+    assert_eq!(
+        revision_of(&t, "v1-hello.default.example.com"),
+        "hello-00001"
+    );
+    assert_eq!(
+        revision_of(&t, "v2-hello.default.example.com"),
+        "hello-00002"
+    );
+}
+
+#[test]
+fn cluster_local_names_for_route_and_tags() {
+    let (t, _) = table(SNAPSHOT);
+    for host in [
+        "hello.default",
+        "hello.default.svc",
+        "hello.default.svc.cluster.local",
+    ] {
+        assert_eq!(revision_of(&t, host), "split", "{host}");
+    }
+    for host in [
+        "v2-hello.default",
+        "v2-hello.default.svc",
+        "v2-hello.default.svc.cluster.local",
+    ] {
+        assert_eq!(revision_of(&t, host), "hello-00002", "{host}");
+    }
+    // 1 url + 3 cluster names, for the route and each of two tags.
+    assert_eq!(t.host_count(), 12);
+}
+
+#[test]
+fn endpoints_are_ready_private_http_port_deduplicated() {
+    let (t, _) = table(SNAPSHOT);
+    assert_eq!(
+        addrs(&t, "v1-hello.default.example.com"),
+        ["10.0.0.1:8012", "10.0.0.2:8012", "10.0.0.4:8012"]
+    );
+    assert_eq!(
+        addrs(&t, "v2-hello.default.example.com"),
+        ["[fd00::1]:8012"]
+    );
+}
+
+#[test]
+fn a_revision_without_endpoints_is_cold() {
+    let text = SNAPSHOT
+        .replace("hello-00002-private", "unrelated-private")
+        .replace(
+            "serving.knative.dev/revision: hello-00002",
+            "serving.knative.dev/revision: other",
+        );
+    let (t, _) = table(&text);
+    assert!(addrs(&t, "v2-hello.default.example.com").is_empty());
+}
+
+fn one_route(name: &str, traffic: &str) -> String {
+    format!(
+        "kind: Route\nmetadata: {{name: {name}, namespace: ns}}\nstatus:\n  url: http://{name}.ns.example.com\n  traffic: {traffic}\n---\n"
+    )
+}
+
+#[test]
+fn invalid_routes_are_left_out_alone_with_their_reason() {
+    let cases = [
+        ("sum", "[{revisionName: a, percent: 50}]", "percent_sum"),
+        (
+            "negative",
+            "[{revisionName: a, percent: 110}, {revisionName: b, percent: -10}]",
+            "negative_percent",
+        ),
+        ("norev", "[{percent: 100}]", "missing_revision"),
+        ("empty", "[]", "no_traffic"),
+        ("types", "[{revisionName: a, percent: many}]", "decode"),
+        (
+            "badname",
+            "[{revisionName: \"A b\", percent: 100}]",
+            "bad_name",
+        ),
+    ];
+    let mut text = one_route("good", "[{revisionName: good-1, percent: 100}]");
+    for (name, traffic, _) in cases {
+        text += &one_route(name, traffic);
+    }
+    text += "kind: Route\nmetadata: {name: nostatus, namespace: ns}\n---\n";
+    text += "kind: Route\nmetadata: {name: nourl, namespace: ns}\nstatus: {traffic: [{revisionName: a, percent: 100}]}\n";
+    let (t, _) = table(&text);
+    assert_eq!(t.route_count(), 1);
+    assert_eq!(revision_of(&t, "good.ns.example.com"), "good-1");
+    let mut got: Vec<(String, &str)> = t
+        .rejected()
+        .iter()
+        .map(|r| (r.object.to_string(), r.error.reason()))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, &str)> = cases
+        .iter()
+        .map(|(n, _, reason)| (format!("ns/{n}"), *reason))
+        .collect();
+    want.push(("ns/nostatus".into(), "no_status"));
+    want.push(("ns/nourl".into(), "no_url"));
+    want.sort();
+    assert_eq!(got, want);
+    assert!(t.rejected().iter().all(|r| r.outcome == Outcome::LeftOut));
+    let msg = t
+        .rejected()
+        .iter()
+        .find(|r| r.object.name == "sum")
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        msg,
+        "Route ns/sum: status.traffic percents sum to 50, not 100 (left out)"
+    );
+}
+
+#[test]
+fn a_broken_update_keeps_the_last_good_version() {
+    let good = one_route("r", "[{revisionName: r-1, percent: 100}]");
+    let (first, last_good) = table(&good);
+    assert_eq!(revision_of(&first, "r.ns.example.com"), "r-1");
+
+    let broken = one_route("r", "[{revisionName: r-2, percent: 40}]");
+    let (second, last_good) = table_after(&broken, &last_good, Some(&first));
+    assert_eq!(revision_of(&second, "r.ns.example.com"), "r-1");
+    assert_eq!(second.rejected()[0].outcome, Outcome::LastGood);
+    assert!(second.route(0).last_good);
+
+    // Still broken on the next build: the last good version survives it.
+    let (third, last_good) = table_after(&broken, &last_good, Some(&second));
+    assert_eq!(revision_of(&third, "r.ns.example.com"), "r-1");
+
+    // Removed from the source: gone, last good or not.
+    let (fourth, _) = table_after("", &last_good, Some(&third));
+    assert_eq!(fourth.route_count(), 0);
+}
+
+#[test]
+fn host_conflicts_go_to_the_first_route_by_key() {
+    let mut text = one_route("a", "[{revisionName: a-1, percent: 100}]");
+    text += &one_route("b", "[{revisionName: b-1, percent: 100}]")
+        .replace("b.ns.example.com", "a.ns.example.com");
+    let (t, _) = table(&text);
+    assert_eq!(revision_of(&t, "a.ns.example.com"), "a-1");
+    assert_eq!(revision_of(&t, "b.ns"), "b-1", "b keeps its other hosts");
+    let r = &t.rejected()[0];
+    assert_eq!(r.to_string(), "Route ns/b: host a.ns.example.com is already served by Route ns/a (the rest of it is served)");
+}
+
+#[test]
+fn cluster_local_routes_are_marked() {
+    let mut text = one_route("lbl", "[{revisionName: x-1, percent: 100}]").replace(
+        "namespace: ns}",
+        "namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}",
+    );
+    text += &one_route("svc", "[{revisionName: y-1, percent: 100}]")
+        .replace("svc.ns.example.com", "svc.ns.svc.cluster.local");
+    text += &one_route("pub", "[{revisionName: z-1, percent: 100}]");
+    let (t, _) = table(&text);
+    assert!(t.lookup("lbl.ns.example.com").unwrap().cluster_local);
+    assert!(t.lookup("svc.ns.svc.cluster.local").unwrap().cluster_local);
+    assert!(!t.lookup("pub.ns.example.com").unwrap().cluster_local);
+    assert!(t.rejected().is_empty(), "{:?}", t.rejected());
+}
+
+#[test]
+fn bad_slices_are_rejected_by_name_and_the_rest_served() {
+    let slice = |name: &str, extra: &str| {
+        format!(
+        "kind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, labels: {{serving.knative.dev/revision: r-1, networking.internal.knative.dev/serviceType: Private}}}}\n{extra}\n---\n"
+    )
+    };
+    let mut text = one_route("r", "[{revisionName: r-1, percent: 100}]");
+    text += &slice(
+        "noport",
+        "ports: [{name: metrics, port: 9090}]\nendpoints: [{addresses: [10.0.0.9]}]",
+    );
+    text += &slice(
+        "fqdn",
+        "addressType: FQDN\nports: [{name: http, port: 8012}]\nendpoints: [{addresses: [a.b]}]",
+    );
+    text += &slice("mixed", "ports: [{name: http, port: 8012}]\nendpoints: [{addresses: [nonsense]}, {addresses: [10.0.0.1]}]");
+    let (t, _) = table(&text);
+    assert_eq!(addrs(&t, "r.ns.example.com"), ["10.0.0.1:8012"]);
+    let mut got: Vec<(String, &str, Outcome)> = t
+        .rejected()
+        .iter()
+        .map(|r| (r.object.to_string(), r.error.reason(), r.outcome))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("ns/fqdn".to_string(), "address_type", Outcome::LeftOut),
+            ("ns/mixed".to_string(), "bad_address", Outcome::PartlyServed),
+            ("ns/noport".to_string(), "no_http_port", Outcome::LeftOut),
+        ]
+    );
+}
+
+#[test]
+fn slices_of_another_namespace_do_not_count() {
+    let text = SNAPSHOT.replace(
+        "name: hello-00002-private\n  namespace: default",
+        "name: hello-00002-private\n  namespace: elsewhere",
+    );
+    let (t, _) = table(&text);
+    assert!(addrs(&t, "v2-hello.default.example.com").is_empty());
+}
+
+#[test]
+fn inflight_counters_survive_a_rebuild() {
+    let (first, lg) = table(SNAPSHOT);
+    let Target::Revision(r) = first.lookup("v1-hello.default.example.com").unwrap().target else {
+        panic!()
+    };
+    first.revision(r).endpoints[0]
+        .inflight
+        .store(7, std::sync::atomic::Ordering::Relaxed);
+    let (second, _) = table_after(SNAPSHOT, &lg, Some(&first));
+    let Target::Revision(r) = second
+        .lookup("v1-hello.default.example.com")
+        .unwrap()
+        .target
+    else {
+        panic!()
+    };
+    assert_eq!(second.revision(r).endpoints[0].load(), 7);
+}
