@@ -1,1 +1,29 @@
-fn main() {}
+//! `gateway`: see `gateway --help`.
+
+use clap::Parser;
+use gateway::cli::{Cli, Command, LogFormat};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format)?;
+    match cli.command {
+        Command::Serve(args) => gateway::serve::run(args),
+        Command::Demo(args) => gateway::demo::run(args),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?;
+    // Logs go to stderr, so stdout carries only what a command prints for people (the demo's intro).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // pingora logs through the `log` crate; tracing-subscriber bridges it.
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}

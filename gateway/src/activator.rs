@@ -1,0 +1,95 @@
+//! Where requests for scaled-to-zero revisions go: Knative's activator.
+//! `--activator` is `HOST:PORT`; a host name is resolved in the background
+//! (never on the request path) and re-resolved periodically.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+/// Header naming the revision a request is for.
+pub const REVISION_HEADER: &str = "Knative-Serving-Revision";
+/// Header naming the revision's namespace.
+pub const NAMESPACE_HEADER: &str = "Knative-Serving-Namespace";
+
+/// The activator's address, kept fresh.
+pub struct Activator {
+    target: String,
+    addr: ArcSwapOption<SocketAddr>,
+    /// How often a host name is resolved again.
+    pub refresh: Duration,
+}
+
+impl Activator {
+    /// An activator at `target` (`HOST:PORT`); an IP literal needs no resolution.
+    pub fn new(target: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            addr: ArcSwapOption::new(target.parse().ok().map(Arc::new)),
+            refresh: Duration::from_secs(10),
+        }
+    }
+
+    /// The address to send to now; `None` while it cannot be resolved.
+    #[inline]
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.load().as_deref().copied()
+    }
+
+    /// `HOST:PORT` as configured.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn resolve(&self) {
+        match tokio::net::lookup_host(self.target.as_str()).await {
+            Ok(mut addrs) => {
+                let found = addrs.next();
+                if found.is_some() && found != self.addr() {
+                    tracing::info!(activator = %self.target, address = ?found, "activator resolved");
+                }
+                if found.is_some() {
+                    self.addr.store(found.map(Arc::new));
+                }
+            }
+            // Keep the last address: a DNS hiccup should not turn cold starts into 503s.
+            Err(e) => tracing::warn!(activator = %self.target, "cannot resolve the activator: {e}"),
+        }
+    }
+}
+
+/// Re-resolves the activator's host name until shutdown.
+pub struct ActivatorResolver(pub Arc<Activator>);
+
+#[async_trait]
+impl BackgroundService for ActivatorResolver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if self.0.target.parse::<SocketAddr>().is_ok() {
+            return;
+        }
+        loop {
+            self.0.resolve().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.0.refresh) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Check a `HOST:PORT` argument.
+pub fn parse_target(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{s:?} has no valid port"))?;
+    Ok(s.to_owned())
+}

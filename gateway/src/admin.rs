@@ -1,0 +1,104 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/debug/routes`.
+//! It runs as its own pingora service, apart from proxy traffic.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use config_sync::Publisher;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Serialize;
+
+use crate::activator::Activator;
+use crate::metrics::Metrics;
+
+/// The admin HTTP app.
+pub struct Admin {
+    publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
+    activator: Arc<Activator>,
+}
+
+impl Admin {
+    /// An admin app over the gateway's publisher and metrics.
+    pub fn new(
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+        activator: Arc<Activator>,
+    ) -> Self {
+        Self {
+            publisher,
+            metrics,
+            activator,
+        }
+    }
+
+    /// `/debug/routes`: the live table plus the source's health.
+    fn debug_routes(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Debug {
+            ready: bool,
+            source_last_error: Option<String>,
+            source_errors: u64,
+            activator: ActivatorView,
+            #[serde(flatten)]
+            table: config_sync::table::TableView,
+        }
+        #[derive(Serialize)]
+        struct ActivatorView {
+            target: String,
+            address: Option<String>,
+        }
+        let status = self.publisher.status();
+        let view = Debug {
+            ready: self.publisher.is_ready(),
+            source_last_error: status.last_error(),
+            source_errors: status.errors.load(std::sync::atomic::Ordering::Relaxed),
+            activator: ActivatorView {
+                target: self.activator.target().to_owned(),
+                address: self.activator.addr().map(|a| a.to_string()),
+            },
+            table: self.publisher.reader().load().view(),
+        };
+        serde_json::to_vec_pretty(&view).unwrap_or_default()
+    }
+}
+
+fn reply(code: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(code)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                let table = self.publisher.reader().load();
+                let body = self.metrics.render(&table, &self.publisher);
+                reply(StatusCode::OK, "text/plain; version=0.0.4", body)
+            }
+            "/healthz" => reply(StatusCode::OK, text, b"ok\n".to_vec()),
+            "/readyz" if self.publisher.is_ready() => {
+                reply(StatusCode::OK, text, b"ready\n".to_vec())
+            }
+            "/readyz" => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                b"no routing table loaded yet\n".to_vec(),
+            ),
+            "/debug/routes" => reply(StatusCode::OK, "application/json", self.debug_routes()),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                text,
+                b"try /metrics, /healthz, /readyz or /debug/routes\n".to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Command line: `gateway serve` and `gateway demo`. Every flag can also be
+//! set through the environment variable shown in `--help` (`GATEWAY_*`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::proxy::ProxyOptions;
+use crate::server::ServeConfig;
+
+/// A pingora ingress gateway for Knative Serving.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `gateway=debug,pingora=warn`.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve routes from a snapshot file of Routes and EndpointSlices, reloaded on change.
+    Serve(ServeArgs),
+    /// Run a self-contained demo on loopback: sample revisions, a 90/10 split with tags,
+    /// and a scaled-to-zero revision woken by a local activator stand-in.
+    Demo(DemoArgs),
+}
+
+/// `gateway serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Snapshot file: multi-document YAML (or a `kind: List`) of Routes and EndpointSlices
+    /// as `kubectl get -o yaml` prints them. Watched; every change is swapped in.
+    #[arg(long, env = "GATEWAY_FILE")]
+    pub file: PathBuf,
+    /// Proxy listener address.
+    #[arg(long, env = "GATEWAY_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: String,
+    /// Admin listener address (/metrics, /healthz, /readyz, /debug/routes).
+    #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// Knative activator, HOST:PORT: where requests for revisions without ready endpoints go.
+    #[arg(long, env = "GATEWAY_ACTIVATOR", default_value = "activator-service.knative-serving.svc.cluster.local:80",
+          value_parser = crate::activator::parse_target)]
+    pub activator: String,
+    /// Kubernetes cluster domain, for the `x.ns.svc.<domain>` host names.
+    #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// `gateway demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Proxy listener address.
+    #[arg(long, env = "GATEWAY_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// Admin listener address.
+    #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// The sample revisions' MESSAGE, as in Knative's helloworld sample.
+    #[arg(long, env = "GATEWAY_DEMO_MESSAGE", default_value = "Hello World!")]
+    pub message: String,
+    /// A woken revision scales back to zero after this long without requests (e.g. 30s, 500ms).
+    #[arg(long, env = "GATEWAY_DEMO_SCALE_TO_ZERO_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub scale_to_zero_after: Duration,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Proxy and process tuning shared by both subcommands.
+#[derive(Debug, Args)]
+pub struct Tuning {
+    /// Proxy worker threads; 0 means one per core.
+    #[arg(long, env = "GATEWAY_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Upstream connect timeout (e.g. 1s, 250ms).
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Endpoints of a revision tried per request when connections are refused.
+    #[arg(long, env = "GATEWAY_MAX_CONNECT_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub max_connect_attempts: u16,
+    /// After SIGTERM, keep serving this long so load balancers stop sending first.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Then let in-flight requests finish for at most this long.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Tuning {
+    /// Server settings for the given listeners.
+    pub fn serve_config(&self, http: &str, admin: &str) -> ServeConfig {
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        ServeConfig {
+            http: http.to_owned(),
+            admin: admin.to_owned(),
+            threads,
+            proxy: ProxyOptions {
+                connect_timeout: self.connect_timeout,
+                max_connect_attempts: self.max_connect_attempts as usize,
+            },
+            shutdown_grace: self.shutdown_grace,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn activator_must_be_host_and_port() {
+        let parse =
+            |a: &str| Cli::try_parse_from(["gateway", "serve", "--file", "f", "--activator", a]);
+        assert!(parse("activator:80").is_ok());
+        assert!(parse("activator").is_err());
+        assert!(parse("activator:http").is_err());
+        assert!(parse(":80").is_err());
+    }
+}

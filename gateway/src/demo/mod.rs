@@ -1,0 +1,249 @@
+//! `gateway demo`: the whole data plane on loopback with no cluster.
+//!
+//! The embedded snapshot (`snapshot.yaml`) has a route split 90/10 with tags
+//! `v1` and `v2`, and a route whose only revision is scaled to zero. Every
+//! ready endpoint becomes a sample server on 127.0.0.1; the activator
+//! stand-in starts a cold revision's server on its first request, publishes
+//! the endpoint (so the next requests go straight to it), and scales it back
+//! to zero after `--scale-to-zero-after` without requests.
+
+mod activator;
+pub mod sample;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use config_sync::model::{
+    Endpoint, EndpointPort, EndpointSlice, ObjectMeta, REVISION_LABEL, SERVICE_TYPE_LABEL,
+};
+use config_sync::sources::file;
+use config_sync::{BuildOptions, ObjectKey, Publisher, Snapshot};
+use pingora::server::ShutdownWatch;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use crate::cli::DemoArgs;
+use crate::server::{self, Task};
+use sample::SampleServer;
+
+/// The embedded default snapshot.
+pub const SNAPSHOT: &str = include_str!("snapshot.yaml");
+
+/// The demo's stand-in for a cluster: the objects, and the revisions woken from zero.
+pub struct DemoCluster {
+    publisher: Arc<Publisher>,
+    base: Snapshot,
+    message: String,
+    scale_to_zero_after: Duration,
+    woken: Mutex<HashMap<ObjectKey, SampleServer>>,
+}
+
+impl DemoCluster {
+    fn snapshot(&self, woken: &HashMap<ObjectKey, SampleServer>) -> Snapshot {
+        let mut s = self.base.clone();
+        s.slices.extend(
+            woken
+                .iter()
+                .map(|(rev, server)| slice_for(rev, server.addr)),
+        );
+        s
+    }
+
+    /// The address of a running server for `ns/rev`, starting it if needed;
+    /// `None` when the table has no such revision.
+    pub async fn wake(&self, ns: &str, rev: &str) -> Option<SocketAddr> {
+        let key = ObjectKey::new(ns, rev);
+        let mut woken = self.woken.lock().await;
+        if let Some(server) = woken.get(&key) {
+            return Some(server.addr);
+        }
+        let known = self
+            .publisher
+            .reader()
+            .peek()
+            .revisions()
+            .any(|r| &*r.namespace == ns && &*r.name == rev);
+        if !known {
+            return None;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.ok()?;
+        let server = SampleServer::start(listener, rev, &self.message).ok()?;
+        let addr = server.addr;
+        tracing::info!(revision = %key, %addr, "activator: scaled revision up from zero");
+        woken.insert(key, server);
+        self.publisher.publish(&self.snapshot(&woken));
+        Some(addr)
+    }
+
+    /// Scale idle woken revisions back to zero until shutdown.
+    async fn reap(&self, mut shutdown: ShutdownWatch) {
+        let tick =
+            (self.scale_to_zero_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut woken = self.woken.lock().await;
+            let idle: Vec<ObjectKey> = woken
+                .iter()
+                .filter(|(_, s)| s.idle_for() >= self.scale_to_zero_after)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if idle.is_empty() {
+                continue;
+            }
+            let stopped: Vec<SampleServer> = idle.iter().filter_map(|k| woken.remove(k)).collect();
+            self.publisher.publish(&self.snapshot(&woken));
+            drop(woken);
+            for k in &idle {
+                tracing::info!(revision = %k, "scaled revision to zero after {:?} idle", self.scale_to_zero_after);
+            }
+            // Requests that picked the endpoint just before the swap still finish.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(stopped);
+            });
+        }
+    }
+}
+
+fn slice_for(rev: &ObjectKey, addr: SocketAddr) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-private-{}", rev.name, addr.port())),
+            namespace: Some(rev.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (REVISION_LABEL.to_owned(), rev.name.clone()),
+                (SERVICE_TYPE_LABEL.to_owned(), "Private".to_owned()),
+            ])),
+            resource_version: None,
+        },
+        address_type: Some(if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(addr.port() as i32),
+        }]),
+        endpoints: Some(vec![Endpoint {
+            addresses: vec![addr.ip().to_string()],
+            conditions: None,
+        }]),
+    }
+}
+
+/// Run the demo until interrupted.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut snapshot = file::parse(SNAPSHOT)
+        .map_err(|e| anyhow::anyhow!("embedded snapshot {}:{}: {}", e.line, e.column, e.message))?;
+
+    // One sample server per ready endpoint, each with a slice of its own.
+    let mut warm: Vec<(StdListener, String)> = Vec::new();
+    let mut slices = Vec::new();
+    for slice in std::mem::take(&mut snapshot.slices) {
+        let meta = &slice.metadata;
+        let Some(rev) = meta.label(REVISION_LABEL) else {
+            continue;
+        };
+        let key = ObjectKey::new(meta.namespace.as_deref().unwrap_or("default"), rev);
+        let ready = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| e.is_ready())
+            .count();
+        for _ in 0..ready {
+            let listener =
+                StdListener::bind("127.0.0.1:0").context("cannot bind a sample revision")?;
+            slices.push(slice_for(&key, listener.local_addr()?));
+            warm.push((listener, rev.to_owned()));
+        }
+    }
+    snapshot.slices = slices;
+
+    let activator_listener =
+        StdListener::bind("127.0.0.1:0").context("cannot bind the activator stand-in")?;
+    let activator_addr = activator_listener.local_addr()?;
+
+    let publisher = Arc::new(Publisher::new(BuildOptions::default()));
+    let table = publisher.publish(&snapshot);
+    let cluster = Arc::new(DemoCluster {
+        publisher: publisher.clone(),
+        base: snapshot,
+        message: args.message.clone(),
+        scale_to_zero_after: args.scale_to_zero_after,
+        woken: Mutex::new(HashMap::new()),
+    });
+
+    let task = Task::new(move |shutdown| async move {
+        let mut servers = Vec::new();
+        for (listener, rev) in warm {
+            let started = listener
+                .set_nonblocking(true)
+                .and_then(|_| TcpListener::from_std(listener))
+                .and_then(|l| SampleServer::start(l, &rev, &cluster.message));
+            match started {
+                Ok(s) => servers.push(s),
+                Err(e) => tracing::error!("cannot start sample revision {rev}: {e}"),
+            }
+        }
+        let activator = match activator_listener
+            .set_nonblocking(true)
+            .and_then(|_| TcpListener::from_std(activator_listener))
+        {
+            Ok(l) => tokio::spawn(activator::serve(l, cluster.clone())),
+            Err(e) => return tracing::error!("cannot start the activator stand-in: {e}"),
+        };
+        cluster.reap(shutdown).await;
+        activator.abort();
+        drop(servers);
+    });
+
+    print_intro(&args, &table.view());
+    let config = args.tuning.serve_config(&args.http, &args.admin);
+    let activator = Arc::new(crate::activator::Activator::new(
+        &activator_addr.to_string(),
+    ));
+    server::run(config, publisher, activator, vec![("demo-cluster", task)])
+}
+
+fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView) {
+    let port = args.http.rsplit(':').next().unwrap_or("8080");
+    let gw = format!("localhost:{port}");
+    println!(
+        "Knative gateway demo: proxy on {}, admin on {}",
+        args.http, args.admin
+    );
+    println!();
+    for route in &view.routes {
+        println!("Route {}/{}:", route.namespace, route.name);
+        for t in &route.traffic {
+            println!("  {}% -> {}", t.percent, t.revision);
+        }
+        // External hosts only: the cluster-local names work too, but are noisy here.
+        let ns = &route.namespace;
+        let cluster_name = |h: &str| {
+            h.ends_with(&format!(".{ns}"))
+                || h.ends_with(&format!(".{ns}.svc"))
+                || h.contains(".svc.")
+        };
+        for h in route.hosts.iter().filter(|h| !cluster_name(&h.host)) {
+            let what = h
+                .revision
+                .as_deref()
+                .map_or("the split".to_owned(), |r| format!("-> {r}"));
+            println!("  curl -H 'Host: {}' http://{gw}/    # {what}", h.host);
+        }
+    }
+    println!();
+    println!(
+        "The cold revision wakes on its first request and scales back to zero after {:?} idle.",
+        args.scale_to_zero_after
+    );
+    println!(
+        "Watch the table: curl http://{}/debug/routes   metrics: curl http://{}/metrics",
+        args.admin, args.admin
+    );
+}

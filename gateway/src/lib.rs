@@ -1,0 +1,14 @@
+//! The gateway: a pingora proxy in front of Knative revisions.
+//!
+//! The request path is in [`proxy`]; the table it reads comes from
+//! `config_sync`. [`server`] assembles the services, [`demo`] runs a
+//! self-contained cluster stand-in on loopback.
+
+pub mod activator;
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod serve;
+pub mod server;

@@ -1,0 +1,176 @@
+//! Prometheus metrics. Request metrics are recorded on the request path;
+//! table and source gauges are computed when `/metrics` is scraped, from the
+//! live table and the publisher's status, so swaps cost nothing extra.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use config_sync::{Publisher, Table};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by namespace, route, revision and status code.
+    pub requests: IntCounterVec,
+    /// Request latency, by where the request went (`revision`, `activator`, `none`).
+    pub duration: HistogramVec,
+    /// Requests sent to the activator because their revision had no ready endpoint.
+    pub activator_requests: IntCounterVec,
+    /// Failed upstream connections, by upstream kind.
+    pub connect_errors: IntCounterVec,
+    table_generation: IntGauge,
+    routes: IntGauge,
+    hosts: IntGauge,
+    last_reload: Gauge,
+    seconds_since_sync: Gauge,
+    rejected: IntGaugeVec,
+    source_errors: IntCounter,
+    source_errors_seen: Mutex<u64>,
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_requests_total",
+                "Requests by namespace, route, revision and status code.",
+            ),
+            &["namespace", "route", "revision", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request start to response end, by upstream kind.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["upstream"],
+        )?;
+        let activator_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_activator_requests_total",
+                "Requests sent to the activator because the revision had no ready endpoint.",
+            ),
+            &["namespace", "revision"],
+        )?;
+        let connect_errors = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_connect_errors_total",
+                "Failed upstream connections.",
+            ),
+            &["upstream"],
+        )?;
+        let table_generation = IntGauge::new(
+            "gateway_table_generation",
+            "Generation of the live routing table.",
+        )?;
+        let routes = IntGauge::new("gateway_routes", "Routes in the live table.")?;
+        let hosts = IntGauge::new("gateway_hosts", "Hosts in the live table.")?;
+        let last_reload = Gauge::new(
+            "gateway_table_last_reload_timestamp_seconds",
+            "Unix time the live table was built.",
+        )?;
+        let seconds_since_sync = Gauge::new(
+            "gateway_source_seconds_since_last_sync",
+            "Seconds since the source last produced a table (staleness).",
+        )?;
+        let rejected = IntGaugeVec::new(
+            Opts::new(
+                "gateway_objects_rejected",
+                "Objects (or parts) rejected in the live table, by kind and reason.",
+            ),
+            &["kind", "reason"],
+        )?;
+        let source_errors = IntCounter::new(
+            "gateway_source_errors_total",
+            "Source reads that failed; the last good table was kept.",
+        )?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(activator_requests.clone()),
+            Box::new(connect_errors.clone()),
+            Box::new(table_generation.clone()),
+            Box::new(routes.clone()),
+            Box::new(hosts.clone()),
+            Box::new(last_reload.clone()),
+            Box::new(seconds_since_sync.clone()),
+            Box::new(rejected.clone()),
+            Box::new(source_errors.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            activator_requests,
+            connect_errors,
+            table_generation,
+            routes,
+            hosts,
+            last_reload,
+            seconds_since_sync,
+            rejected,
+            source_errors,
+            source_errors_seen: Mutex::new(0),
+        })
+    }
+
+    /// Refresh the table and source gauges, then encode everything as Prometheus text.
+    pub fn render(&self, table: &Table, publisher: &Publisher) -> Vec<u8> {
+        self.table_generation.set(table.generation as i64);
+        self.routes.set(table.route_count() as i64);
+        self.hosts.set(table.host_count() as i64);
+        if let Some(t) = table
+            .built_at
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        {
+            self.last_reload.set(t.as_secs_f64());
+        }
+        let status = publisher.status();
+        let last = status.last_success_unix.load(Ordering::Relaxed);
+        if last > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(last);
+            self.seconds_since_sync.set(now.saturating_sub(last) as f64);
+        }
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for r in table.rejected() {
+            *counts
+                .entry((r.kind.to_string(), r.error.reason()))
+                .or_default() += 1;
+        }
+        self.rejected.reset();
+        for ((kind, reason), n) in counts {
+            self.rejected
+                .with_label_values(&[kind.as_str(), reason])
+                .set(n);
+        }
+        {
+            let errors = status.errors.load(Ordering::Relaxed);
+            let mut seen = self
+                .source_errors_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.source_errors.inc_by(errors.saturating_sub(*seen));
+            *seen = errors;
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

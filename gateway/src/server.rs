@@ -1,0 +1,121 @@
+//! Assembles the pingora server shared by `serve` and `demo`: the proxy
+//! service on every core, the admin service, and background tasks (sources,
+//! activator resolution).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use config_sync::Publisher;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::activator::{Activator, ActivatorResolver};
+use crate::admin::Admin;
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, ProxyOptions};
+
+/// Listener and runtime settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Proxy listener.
+    pub http: String,
+    /// Admin listener.
+    pub admin: String,
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// Proxy behaviour.
+    pub proxy: ProxyOptions,
+    /// After SIGTERM, keep serving this long (load balancers and endpoints catch up).
+    pub shutdown_grace: Duration,
+    /// Then give in-flight requests this long to finish.
+    pub shutdown_timeout: Duration,
+}
+
+type TaskFn = Box<dyn FnOnce(ShutdownWatch) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A future run once as a pingora background service, on its own runtime.
+pub struct Task(Mutex<Option<TaskFn>>);
+
+impl Task {
+    /// Wrap `f`, which receives pingora's shutdown watch.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: FnOnce(ShutdownWatch) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self(Mutex::new(Some(Box::new(move |s| Box::pin(f(s))))))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Task {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f(shutdown).await;
+        }
+    }
+}
+
+/// Run the gateway until a signal stops it. `tasks` are named background tasks
+/// (the sources). Returns only on a start-up error.
+pub fn run(
+    config: ServeConfig,
+    publisher: Arc<Publisher>,
+    activator: Arc<Activator>,
+    tasks: Vec<(&'static str, Task)>,
+) -> anyhow::Result<()> {
+    // Fail here with a clear message rather than inside pingora's start-up.
+    for (what, addr) in [("--http", &config.http), ("--admin", &config.admin)] {
+        std::net::TcpListener::bind(addr.as_str())
+            .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+    }
+    let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_timeout.as_secs()),
+        // Our own fail_to_connect decides retries; this only caps them.
+        max_retries: config.proxy.max_connect_attempts.max(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(
+        publisher.reader(),
+        activator.clone(),
+        metrics.clone(),
+        config.proxy.clone(),
+    );
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
+    proxy.add_tcp(&config.http);
+    proxy.threads = Some(config.threads);
+
+    let mut admin = Service::new(
+        "admin".into(),
+        Admin::new(publisher, metrics, activator.clone()),
+    );
+    admin.add_tcp(&config.admin);
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service(
+        "activator-resolver",
+        ActivatorResolver(activator),
+    ));
+    for (name, task) in tasks {
+        server.add_service(background_service(name, task));
+    }
+    tracing::info!(http = %config.http, admin = %config.admin, threads = config.threads, "gateway listening");
+    server.run_forever()
+}

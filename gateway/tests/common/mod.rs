@@ -1,0 +1,359 @@
+//! Shared pieces of the end-to-end tests: real backends on loopback, the real
+//! gateway binary as a child process, and a keep-alive HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test backend: answers with its name in the body, echoes the Knative
+/// headers it received, and counts requests.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::with_status(name, 200).await
+    }
+
+    /// A backend answering every request with `status`.
+    pub async fn with_status(name: &str, status: u16) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let (n, h) = (name.to_owned(), hits.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h) = (n.clone(), h.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let seen = |name: &str| {
+                            req.headers()
+                                .get_all(name)
+                                .iter()
+                                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        };
+                        let resp = Response::builder()
+                            .status(status)
+                            .header("x-seen-revision", seen("knative-serving-revision"))
+                            .header("x-seen-namespace", seen("knative-serving-namespace"))
+                            .header("x-seen-host", seen("host"))
+                            .body(Full::new(Bytes::from(n.clone())))
+                            .unwrap();
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.into(),
+            hits,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// Keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct HttpClient(Client<HttpConnector, Full<Bytes>>);
+
+impl HttpClient {
+    pub fn new() -> Self {
+        Self(Client::builder(TokioExecutor::new()).build_http())
+    }
+
+    pub async fn get(&self, addr: SocketAddr, host: &str) -> Result<Reply, String> {
+        self.get_with(addr, host, &[]).await
+    }
+
+    pub async fn get_with(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        let mut req = Request::get(format!("http://{addr}/")).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .0
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// The gateway binary running `serve` on a snapshot file it owns.
+pub struct Gateway {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub file: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write atomically, as a ConfigMap update or a careful editor does.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Gateway {
+    /// Start `gateway serve` on `snapshot`, waiting until `/readyz` answers.
+    pub async fn start(snapshot: &str, activator: SocketAddr) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshot.yaml");
+        std::fs::write(&file, snapshot).unwrap();
+        let (http, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["serve", "--file"])
+            .arg(&file)
+            .args([
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args([
+                "--activator",
+                &activator.to_string(),
+                "--threads",
+                "2",
+                "--log",
+                "warn",
+            ])
+            .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let gw = Gateway {
+            http: ([127, 0, 0, 1], http).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            file,
+            child,
+            _dir: dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = HttpClient::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = admin_get(&client, self.admin, "/readyz").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway did not become ready");
+    }
+
+    pub async fn admin(&self, path: &str) -> Reply {
+        admin_get(&HttpClient::new(), self.admin, path)
+            .await
+            .unwrap()
+    }
+
+    pub async fn debug_routes(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin("/debug/routes").await.body).unwrap()
+    }
+
+    pub async fn generation(&self) -> u64 {
+        self.debug_routes().await["generation"].as_u64().unwrap()
+    }
+
+    /// Replace the snapshot and wait until a newer table is live.
+    pub async fn reload(&self, snapshot: &str) {
+        let before = self.generation().await;
+        write_atomic(&self.file, snapshot);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.generation().await == before {
+            assert!(Instant::now() < deadline, "snapshot change not picked up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Wait until the source reports an error (a broken reload).
+    pub async fn wait_source_error(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.debug_routes().await["source_last_error"].as_str() {
+                return e.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no source error reported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn admin_get(client: &HttpClient, addr: SocketAddr, path: &str) -> Result<Reply, String> {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap();
+    let resp = client.0.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A Route's YAML: `traffic` is `(revision, percent, tag)`.
+pub fn route(ns: &str, name: &str, traffic: &[(&str, i64, Option<&str>)]) -> String {
+    let mut s = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Route\nmetadata: {{name: {name}, namespace: {ns}}}\nstatus:\n  url: http://{name}.{ns}.example.com\n  traffic:\n"
+    );
+    for (rev, pct, tag) in traffic {
+        s += &format!("  - {{revisionName: {rev}, percent: {pct}");
+        if let Some(tag) = tag {
+            s += &format!(", tag: {tag}, url: http://{tag}-{name}.{ns}.example.com");
+        }
+        s += "}\n";
+    }
+    s + "---\n"
+}
+
+/// A revision's private EndpointSlice with one ready endpoint per address.
+pub fn slice(ns: &str, rev: &str, addrs: &[SocketAddr]) -> String {
+    // One slice per endpoint: each test backend has its own port.
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {rev}-private-{i}\n  namespace: {ns}\n  labels: {{serving.knative.dev/revision: {rev}, networking.internal.knative.dev/serviceType: Private}}\naddressType: IPv4\nports: [{{name: http-metrics, port: 9091}}, {{name: http, port: {}}}]\nendpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}}}]\n---\n",
+                a.port(),
+                a.ip()
+            )
+        })
+        .collect()
+}
+
+/// Send `n` requests for `host` over `conns` keep-alive connections; count bodies.
+pub async fn count_bodies(
+    addr: SocketAddr,
+    host: &str,
+    n: usize,
+    conns: usize,
+) -> std::collections::HashMap<String, usize> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..conns {
+        let host = host.to_owned();
+        let per = n / conns + usize::from(c < n % conns);
+        tasks.spawn(async move {
+            let client = HttpClient::new();
+            let mut counts = std::collections::HashMap::new();
+            for _ in 0..per {
+                let r = client.get(addr, &host).await.unwrap();
+                assert_eq!(r.status, 200, "{r:?}");
+                *counts.entry(r.body).or_insert(0) += 1;
+            }
+            counts
+        });
+    }
+    let mut total = std::collections::HashMap::new();
+    while let Some(counts) = tasks.join_next().await {
+        for (k, v) in counts.unwrap() {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    total
+}

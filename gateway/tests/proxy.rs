@@ -1,0 +1,271 @@
+//! End to end through the real gateway binary, with real backends on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+fn assert_share(
+    counts: &std::collections::HashMap<String, usize>,
+    body: &str,
+    total: usize,
+    percent: f64,
+) {
+    let got = *counts.get(body).unwrap_or(&0) as f64 * 100.0 / total as f64;
+    assert!(
+        (got - percent).abs() <= 3.0,
+        "{body}: {got:.2}% observed, {percent}% configured; {counts:?}"
+    );
+}
+
+/// An address where nothing listens.
+fn closed() -> SocketAddr {
+    ([127, 0, 0, 1], free_port()).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_90_10_within_3_points_over_10000_requests() {
+    let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
+    let snap = route("ns", "web", &[("rev-a", 90, None), ("rev-b", 10, None)])
+        + &slice("ns", "rev-a", &[a.addr])
+        + &slice("ns", "rev-b", &[b.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let counts = count_bodies(gw.http, "web.ns.example.com", 10_000, 8).await;
+    assert_share(&counts, "rev-a", 10_000, 90.0);
+    assert_share(&counts, "rev-b", 10_000, 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_way_split_and_a_zero_percent_entry_never_picked() {
+    let weights = [1, 2, 3, 4, 5, 10, 15, 20, 20, 20];
+    let mut backends = Vec::new();
+    let mut traffic = Vec::new();
+    let names: Vec<String> = (0..11).map(|i| format!("rev-{i}")).collect();
+    for (i, w) in weights.iter().enumerate() {
+        traffic.push((names[i].as_str(), *w as i64, None));
+    }
+    traffic.push((names[10].as_str(), 0, Some("zero")));
+    let mut snap = route("ns", "ten", &traffic);
+    for name in &names {
+        let b = Backend::start(name).await;
+        snap += &slice("ns", name, &[b.addr]);
+        backends.push(b);
+    }
+    let gw = Gateway::start(&snap, closed()).await;
+    let counts = count_bodies(gw.http, "ten.ns.example.com", 10_000, 8).await;
+    for (i, w) in weights.iter().enumerate() {
+        assert_share(&counts, &names[i], 10_000, *w as f64);
+    }
+    assert_eq!(
+        backends[10].hits(),
+        0,
+        "the 0% revision got traffic: {counts:?}"
+    );
+    // Its tag host still reaches it.
+    let r = HttpClient::new()
+        .get(gw.http, "zero-ten.ns.example.com")
+        .await
+        .unwrap();
+    assert_eq!(r.body, "rev-10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_hosts_and_cluster_local_names_in_any_case_with_port_or_trailing_dot() {
+    let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
+    let snap = route(
+        "ns",
+        "web",
+        &[("rev-a", 100, Some("stable")), ("rev-b", 0, Some("canary"))],
+    ) + &slice("ns", "rev-a", &[a.addr])
+        + &slice("ns", "rev-b", &[b.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let c = HttpClient::new();
+    let cases = [
+        ("web.ns.example.com", "rev-a"),
+        ("WEB.ns.Example.COM:8080", "rev-a"),
+        ("web.ns.example.com.", "rev-a"),
+        ("canary-web.ns.example.com", "rev-b"),
+        ("stable-web.ns.example.com", "rev-a"),
+        ("web.ns", "rev-a"),
+        ("web.ns.svc", "rev-a"),
+        ("web.ns.svc.cluster.local", "rev-a"),
+        ("canary-web.ns", "rev-b"),
+        ("canary-web.ns.svc", "rev-b"),
+        ("canary-web.ns.svc.cluster.local:80", "rev-b"),
+    ];
+    for (host, want) in cases {
+        let r = c.get(gw.http, host).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, want), "{host}");
+        assert_eq!(
+            r.header("x-seen-host"),
+            host,
+            "the original Host reaches the backend"
+        );
+    }
+    assert_eq!(
+        c.get(gw.http, "other.ns.example.com").await.unwrap().status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_knative_headers_are_overwritten() {
+    let a = Backend::start("rev-a").await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[a.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let r = HttpClient::new()
+        .get_with(
+            gw.http,
+            "web.ns.example.com",
+            &[
+                ("Knative-Serving-Revision", "evil"),
+                ("knative-serving-revision", "evil2"),
+                ("Knative-Serving-Namespace", "kube-system"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-seen-revision"), "rev-a");
+    assert_eq!(r.header("x-seen-namespace"), "ns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_revision_goes_to_the_activator_with_both_headers() {
+    let activator = Backend::start("activator").await;
+    let snap = route("ns", "cold", &[("cold-1", 100, None)])
+        + "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: cold-1-private\n  namespace: ns\n  labels: {serving.knative.dev/revision: cold-1, networking.internal.knative.dev/serviceType: Private}\nports: [{name: http, port: 8012}]\nendpoints: []\n";
+    let gw = Gateway::start(&snap, activator.addr).await;
+    let r = HttpClient::new()
+        .get_with(
+            gw.http,
+            "cold.ns.example.com",
+            &[("Knative-Serving-Revision", "other")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "activator"));
+    assert_eq!(r.header("x-seen-revision"), "cold-1");
+    assert_eq!(r.header("x-seen-namespace"), "ns");
+    assert_eq!(r.header("x-seen-host"), "cold.ns.example.com");
+    let metrics = gw.admin("/metrics").await.body;
+    assert!(
+        metrics.contains(r#"gateway_activator_requests_total{namespace="ns",revision="cold-1"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_activator_is_503_and_refusing_endpoints_are_502() {
+    let snap = route("ns", "cold", &[("cold-1", 100, None)])
+        + &route("ns", "dead", &[("dead-1", 100, None)])
+        + &slice("ns", "dead-1", &[closed(), closed()]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let c = HttpClient::new();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        c.get(gw.http, "cold.ns.example.com").await.unwrap().status,
+        503
+    );
+    assert_eq!(
+        c.get(gw.http, "dead.ns.example.com").await.unwrap().status,
+        502
+    );
+    // Refused connections fail fast: nothing waits for a timeout.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let metrics = gw.admin("/metrics").await.body;
+    assert!(
+        metrics.contains(r#"gateway_upstream_connect_errors_total{upstream="activator"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_upstream_connect_errors_total{upstream="revision"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_endpoint() {
+    let a = Backend::start("rev-a").await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)])
+        + &slice("ns", "rev-a", &[a.addr, closed(), closed()]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let counts = count_bodies(gw.http, "web.ns.example.com", 300, 4).await;
+    assert_eq!(counts.get("rev-a"), Some(&300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_503_reaches_the_client_and_is_not_retried() {
+    let a = Backend::with_status("busy", 503).await;
+    let b = Backend::with_status("busy", 503).await;
+    let snap =
+        route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[a.addr, b.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let c = HttpClient::new();
+    for _ in 0..20 {
+        assert_eq!(
+            c.get(gw.http, "web.ns.example.com").await.unwrap().status,
+            503
+        );
+    }
+    assert_eq!(a.hits() + b.hits(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_host_is_400_and_unknown_host_is_404() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start("", closed()).await;
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.0 400"),
+        "{out}"
+    );
+    let r = HttpClient::new()
+        .get(gw.http, "nobody.example.com")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let a = Backend::start("rev-a").await;
+    let snap = route("ns", "web", &[("rev-a", 100, Some("t"))]) + &slice("ns", "rev-a", &[a.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    assert_eq!(
+        HttpClient::new()
+            .get(gw.http, "web.ns.example.com")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+    assert_eq!(gw.admin("/readyz").await.status, 200);
+    let m = gw.admin("/metrics").await.body;
+    for line in [
+        r#"gateway_requests_total{code="200",namespace="ns",revision="rev-a",route="web"} 1"#,
+        "gateway_table_generation 1",
+        "gateway_routes 1",
+        "gateway_hosts 8",
+        "gateway_request_duration_seconds_count{upstream=\"revision\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line:?} in\n{m}");
+    }
+    assert!(
+        m.contains("gateway_table_last_reload_timestamp_seconds "),
+        "{m}"
+    );
+    let d = gw.debug_routes().await;
+    assert_eq!(d["routes"][0]["name"], "web");
+    assert_eq!(d["routes"][0]["hosts"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        d["revisions"][0]["endpoints"][0]["address"],
+        a.addr.to_string()
+    );
+    assert_eq!(d["ready"], true);
+}
