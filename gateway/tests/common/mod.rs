@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,26 +191,39 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("snapshot.yaml");
         std::fs::write(&file, snapshot).unwrap();
+        let args = vec![
+            "serve".to_owned(),
+            "--file".to_owned(),
+            file.display().to_string(),
+            "--activator".to_owned(),
+            activator.to_string(),
+        ];
+        Self::launch(args, dir, file).await
+    }
+
+    /// Start `gateway demo` with `extra` arguments; its stdout goes to `out.txt` in the temp dir.
+    pub async fn demo(extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.txt");
+        let mut args = vec!["demo".to_owned()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(args, dir, file).await
+    }
+
+    async fn launch(args: Vec<String>, dir: tempfile::TempDir, file: PathBuf) -> Gateway {
         let (http, admin) = (free_port(), free_port());
+        let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["serve", "--file"])
-            .arg(&file)
+            .args(&args)
             .args([
                 "--http",
                 &format!("127.0.0.1:{http}"),
                 "--admin",
                 &format!("127.0.0.1:{admin}"),
             ])
-            .args([
-                "--activator",
-                &activator.to_string(),
-                "--threads",
-                "2",
-                "--log",
-                "warn",
-            ])
+            .args(["--threads", "2", "--log", "warn"])
             .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .unwrap();
         let gw = Gateway {
@@ -222,6 +235,11 @@ impl Gateway {
         };
         gw.wait_ready().await;
         gw
+    }
+
+    /// What the process printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("out.txt")).unwrap_or_default()
     }
 
     pub async fn wait_ready(&self) {
