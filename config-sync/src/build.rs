@@ -160,10 +160,10 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
 /// The ready endpoints of one private EndpointSlice, keyed by its revision.
 /// `Ok(None)` for slices that are not a revision's private slice (not ours).
 /// Bad endpoints are skipped and reported in `rejected`.
-pub fn slice_endpoints(
-    slice: &EndpointSlice,
+pub fn slice_endpoints<'a>(
+    slice: &'a EndpointSlice,
     rejected: &mut Vec<Rejection>,
-) -> Result<Option<(ObjectKey, Vec<SocketAddr>)>, ObjectError> {
+) -> Result<Option<(RevisionKey<'a>, Vec<SocketAddr>)>, ObjectError> {
     let meta = &slice.metadata;
     let (Some(revision), Some("Private")) =
         (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL))
@@ -205,15 +205,21 @@ pub fn slice_endpoints(
             }),
         }
     }
-    Ok(Some((ObjectKey::new(namespace, revision), addrs)))
+    Ok(Some(((namespace, revision), addrs)))
 }
 
+/// `(namespace, revision)`, borrowed from the objects being built.
+pub type RevisionKey<'a> = (&'a str, &'a str);
+
+/// Hash map with the fast hasher used throughout the build.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Index every slice's ready endpoints by `namespace/revision`.
-pub fn index_endpoints(
-    slices: &[EndpointSlice],
+pub fn index_endpoints<'a>(
+    slices: &'a [EndpointSlice],
     rejected: &mut Vec<Rejection>,
-) -> HashMap<ObjectKey, Vec<SocketAddr>> {
-    let mut index: HashMap<ObjectKey, Vec<SocketAddr>> = HashMap::new();
+) -> FastMap<RevisionKey<'a>, Vec<SocketAddr>> {
+    let mut index: FastMap<RevisionKey<'a>, Vec<SocketAddr>> = FastMap::default();
     for slice in slices {
         match slice_endpoints(slice, rejected) {
             Ok(Some((rev, addrs))) => index.entry(rev).or_default().extend(addrs),
@@ -274,10 +280,14 @@ pub fn build(
 
     let mut endpoints = index_endpoints(&snapshot.slices, &mut rejected);
     let counters = prev.map(inflight_counters).unwrap_or_default();
+    let mut hosts = HostMap::default();
+    // A route answers 4 names for its split and 4 per tag.
+    hosts.reserve(routes.values().map(|(r, _)| 4 + 4 * r.tags.len()).sum());
     let mut compiler = Compiler {
-        hosts: HostMap::default(),
+        hosts,
         revisions: Vec::new(),
-        revision_ids: HashMap::new(),
+        revision_ids: FastMap::default(),
+        namespaces: FastMap::default(),
         endpoints: &mut endpoints,
         counters: &counters,
         rejected: &mut rejected,
@@ -321,39 +331,44 @@ pub fn is_dns_name(s: &str) -> bool {
 }
 
 /// In-flight counters of the live table by revision and address.
-fn inflight_counters(table: &Table) -> HashMap<(Arc<str>, Arc<str>, SocketAddr), Arc<AtomicU32>> {
+fn inflight_counters(table: &Table) -> Counters<'_> {
     table
         .revisions
         .iter()
         .flat_map(|r| {
-            r.endpoints.iter().map(|e| {
-                (
-                    (r.namespace.clone(), r.name.clone(), e.addr),
-                    e.inflight.clone(),
-                )
-            })
+            r.endpoints
+                .iter()
+                .map(|e| ((&*r.namespace, &*r.name, e.addr), &e.inflight))
         })
         .collect()
 }
 
-type Counters = HashMap<(Arc<str>, Arc<str>, SocketAddr), Arc<AtomicU32>>;
+type Counters<'p> = FastMap<(&'p str, &'p str, SocketAddr), &'p Arc<AtomicU32>>;
 
-struct Compiler<'a> {
+/// A host name from parts, allocated once at its exact size.
+fn host_name<'s>(parts: impl Iterator<Item = &'s str> + Clone) -> Box<str> {
+    let mut s = String::with_capacity(parts.clone().map(str::len).sum());
+    parts.for_each(|p| s.push_str(p));
+    s.into_boxed_str()
+}
+
+struct Compiler<'a, 'p> {
     hosts: HostMap,
     revisions: Vec<Arc<Revision>>,
-    revision_ids: HashMap<ObjectKey, RevisionId>,
-    endpoints: &'a mut HashMap<ObjectKey, Vec<SocketAddr>>,
-    counters: &'a Counters,
+    revision_ids: FastMap<RevisionKey<'a>, RevisionId>,
+    namespaces: FastMap<&'a str, (Arc<str>, HeaderValue)>,
+    endpoints: &'a mut FastMap<RevisionKey<'a>, Vec<SocketAddr>>,
+    counters: &'a Counters<'p>,
     rejected: &'a mut Vec<Rejection>,
     cluster_domain: &'a str,
     /// Keys of the routes added so far, by id.
     keys: Vec<ObjectKey>,
 }
 
-impl Compiler<'_> {
-    fn add_route(&mut self, id: u32, route: &ValidRoute, last_good: bool) -> RouteInfo {
+impl<'a> Compiler<'a, '_> {
+    fn add_route(&mut self, id: u32, route: &'a ValidRoute, last_good: bool) -> RouteInfo {
         self.keys.push(route.key.clone());
-        let ns = &route.key.namespace;
+        let (ns, name) = (route.key.namespace.as_str(), route.key.name.as_str());
         let traffic: Vec<(RevisionId, u32)> = route
             .split
             .iter()
@@ -363,20 +378,18 @@ impl Compiler<'_> {
             [(only, _)] => Target::Revision(*only),
             _ => Target::Split(Arc::new(Split::new(&traffic))),
         };
-        let mut hosts = vec![route.host.clone()];
-        hosts.extend(self.cluster_names(&route.key.name, ns));
-        for host in hosts {
-            self.claim(host, id, route, target.clone());
-        }
+        self.claim(route.host.as_str().into(), id, route, &target);
+        self.claim_cluster_names(&[name], id, route, &target);
 
         let mut tags = Vec::with_capacity(route.tags.len());
         for tag in &route.tags {
-            let rev = self.revision(ns, &tag.revision);
-            tags.push((tag.tag.clone(), rev));
-            let mut hosts: Vec<String> = tag.host.iter().cloned().collect();
-            hosts.extend(self.cluster_names(&format!("{}-{}", tag.tag, route.key.name), ns));
-            for host in hosts {
-                self.claim(host, id, route, Target::Revision(rev));
+            let target = Target::Revision(self.revision(ns, &tag.revision));
+            if let Some(host) = &tag.host {
+                self.claim(host.as_str().into(), id, route, &target);
+            }
+            self.claim_cluster_names(&[&tag.tag, "-", name], id, route, &target);
+            if let Target::Revision(rev) = target {
+                tags.push((tag.tag.clone(), rev));
             }
         }
         RouteInfo {
@@ -388,76 +401,79 @@ impl Compiler<'_> {
         }
     }
 
-    fn cluster_names(&self, name: &str, ns: &str) -> [String; 3] {
-        [
-            format!("{name}.{ns}"),
-            format!("{name}.{ns}.svc"),
-            format!("{name}.{ns}.svc.{}", self.cluster_domain),
-        ]
+    /// `name.ns`, `name.ns.svc` and `name.ns.svc.<cluster domain>`; `name` comes in parts.
+    fn claim_cluster_names(&mut self, name: &[&str], id: u32, route: &ValidRoute, target: &Target) {
+        let ns = route.key.namespace.as_str();
+        let domain = self.cluster_domain;
+        for suffix in [
+            &[".", ns][..],
+            &[".", ns, ".svc"],
+            &[".", ns, ".svc.", domain],
+        ] {
+            let host = host_name(name.iter().chain(suffix).copied());
+            self.claim(host, id, route, target);
+        }
     }
 
-    fn claim(&mut self, host: String, id: u32, route: &ValidRoute, target: Target) {
-        let host = host.to_ascii_lowercase().into_boxed_str();
-        match self.hosts.get(&host) {
-            None => {
-                self.hosts.insert(
-                    host,
-                    HostEntry {
-                        route: id,
-                        target,
-                        cluster_local: route.cluster_local,
-                    },
-                );
+    /// Give `host` to route `id`. Hosts arrive normalised: URLs through
+    /// [`host::of_url`], cluster names from validated lower-case DNS names.
+    fn claim(&mut self, host: Box<str>, id: u32, route: &ValidRoute, target: &Target) {
+        use std::collections::hash_map::Entry;
+        let owner = match self.hosts.entry(host) {
+            Entry::Vacant(v) => {
+                v.insert(HostEntry {
+                    route: id,
+                    target: target.clone(),
+                    cluster_local: route.cluster_local,
+                });
+                return;
             }
             // The same route naming a host twice (a cluster-local URL is also
             // one of its cluster names): the first target stands.
-            Some(existing) if existing.route == id => {}
-            Some(_) => {
-                // Routes are added in key order, so the owner is an earlier one.
-                self.rejected.push(Rejection {
-                    kind: Kind::Route,
-                    object: route.key.clone(),
-                    error: ObjectError::HostConflict {
-                        owner: self.owner_of(&host),
-                        host: host.into(),
-                    },
-                    outcome: Outcome::PartlyServed,
-                });
-            }
-        }
+            Entry::Occupied(o) if o.get().route == id => return,
+            Entry::Occupied(o) => (o.get().route, o.key().to_string()),
+        };
+        // Routes are added in key order, so the owner is an earlier one.
+        self.rejected.push(Rejection {
+            kind: Kind::Route,
+            object: route.key.clone(),
+            error: ObjectError::HostConflict {
+                owner: self.keys[owner.0 as usize].to_string(),
+                host: owner.1,
+            },
+            outcome: Outcome::PartlyServed,
+        });
     }
 
-    fn owner_of(&self, host: &str) -> String {
-        self.hosts
-            .get(host)
-            .map(|e| self.keys[e.route as usize].to_string())
-            .unwrap_or_default()
-    }
-
-    fn revision(&mut self, ns: &str, name: &str) -> RevisionId {
-        let key = ObjectKey::new(ns, name);
-        if let Some(&id) = self.revision_ids.get(&key) {
+    fn revision(&mut self, ns: &'a str, name: &'a str) -> RevisionId {
+        if let Some(&id) = self.revision_ids.get(&(ns, name)) {
             return id;
         }
-        let namespace: Arc<str> = ns.into();
-        let name: Arc<str> = name.into();
         let endpoints = self
             .endpoints
-            .remove(&key)
+            .remove(&(ns, name))
             .unwrap_or_default()
             .into_iter()
             .map(|addr| Endpoint {
                 addr,
                 inflight: self
                     .counters
-                    .get(&(namespace.clone(), name.clone(), addr))
-                    .cloned()
+                    .get(&(ns, name, addr))
+                    .map(|c| Arc::clone(c))
                     .unwrap_or_default(),
             })
             .collect();
+        let key = (ns, name);
+        // Namespaces repeat across revisions: share one string and header value each.
+        let (namespace, namespace_header) = self
+            .namespaces
+            .entry(ns)
+            .or_insert_with(|| (Arc::from(ns), dns_header(ns)))
+            .clone();
+        let name: Arc<str> = name.into();
         let id = self.revisions.len() as RevisionId;
         self.revisions.push(Arc::new(Revision {
-            namespace_header: dns_header(&namespace),
+            namespace_header,
             name_header: dns_header(&name),
             namespace,
             name,

@@ -14,6 +14,7 @@ pub mod model;
 pub mod publish;
 pub mod select;
 pub mod sources;
+pub mod synth;
 pub mod table;
 
 pub use build::{build, BuildOptions, LastGood};

@@ -1,6 +1,11 @@
 //! `gateway`: see `gateway --help`.
 
 use clap::Parser;
+
+// Table builds and per-request buffers allocate a lot; mimalloc measured 12% faster
+// builds than glibc's malloc (config-sync/benches/table.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use gateway::cli::{Cli, Command, LogFormat};
 
 fn main() -> anyhow::Result<()> {

@@ -1,0 +1,127 @@
+//! Synthetic clusters of any size, for benchmarks and load tests.
+
+use std::collections::BTreeMap;
+
+use crate::model::{
+    Endpoint, EndpointPort, EndpointSlice, ObjectMeta, Route, RouteStatus, Snapshot, TrafficTarget,
+    REVISION_LABEL, SERVICE_TYPE_LABEL,
+};
+
+/// Shape of a synthetic cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Routes, each in namespace `ns-<i % 100>`.
+    pub routes: usize,
+    /// Revisions per route (at least 1): the first two split 90/10, every one has a tag.
+    pub revisions: usize,
+    /// Ready endpoints per revision.
+    pub endpoints: usize,
+    /// Give every revision a tag (and so a host of its own).
+    pub tags: bool,
+}
+
+/// Name of route `i`.
+pub fn route_name(i: usize) -> String {
+    format!("route-{i}")
+}
+
+/// Namespace of route `i`.
+pub fn namespace(i: usize) -> String {
+    format!("ns-{}", i % 100)
+}
+
+/// External host of route `i`.
+pub fn host(i: usize) -> String {
+    format!("{}.{}.example.com", route_name(i), namespace(i))
+}
+
+/// A cluster of the given shape. Endpoint addresses are 10.x.y.z (never dialled).
+pub fn cluster(shape: Shape) -> Snapshot {
+    let mut s = Snapshot::default();
+    let mut ip: u32 = 0x0a00_0001;
+    for i in 0..shape.routes {
+        let (name, ns) = (route_name(i), namespace(i));
+        let mut traffic = Vec::new();
+        for r in 0..shape.revisions.max(1) {
+            let rev = format!("{name}-{r:05}");
+            let percent = match (shape.revisions, r) {
+                (1, _) => 100,
+                (_, 0) => 90,
+                (_, 1) => 10,
+                _ => 0,
+            };
+            traffic.push(TrafficTarget {
+                revision_name: Some(rev.clone()),
+                percent: Some(percent),
+                tag: shape.tags.then(|| format!("v{r}")),
+                url: shape.tags.then(|| format!("http://v{r}-{}", host(i))),
+            });
+            let endpoints = (0..shape.endpoints)
+                .map(|_| {
+                    ip += 1;
+                    Endpoint {
+                        addresses: vec![std::net::Ipv4Addr::from(ip).to_string()],
+                        conditions: None,
+                    }
+                })
+                .collect();
+            s.slices.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{rev}-private-x")),
+                    namespace: Some(ns.clone()),
+                    labels: Some(BTreeMap::from([
+                        (REVISION_LABEL.to_owned(), rev),
+                        (SERVICE_TYPE_LABEL.to_owned(), "Private".to_owned()),
+                    ])),
+                    resource_version: None,
+                },
+                address_type: Some("IPv4".into()),
+                ports: Some(vec![EndpointPort {
+                    name: Some("http".into()),
+                    port: Some(8012),
+                }]),
+                endpoints: Some(endpoints),
+            });
+        }
+        s.routes.push(Route {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(ns),
+                ..ObjectMeta::default()
+            },
+            status: Some(RouteStatus {
+                url: Some(format!("http://{}", host(i))),
+                traffic: Some(traffic),
+            }),
+        });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{build, BuildOptions, LastGood};
+
+    #[test]
+    fn synthetic_clusters_build_without_rejections() {
+        let shape = Shape {
+            routes: 50,
+            revisions: 3,
+            endpoints: 2,
+            tags: true,
+        };
+        let (t, _) = build(
+            &cluster(shape),
+            &BuildOptions::default(),
+            &LastGood::default(),
+            None,
+            1,
+        );
+        assert!(t.rejected().is_empty(), "{:?}", t.rejected());
+        assert_eq!(t.route_count(), 50);
+        // Per route: 4 names for the split, 4 per tag.
+        assert_eq!(t.host_count(), 50 * 4 * 4);
+        assert!(t.lookup(&host(49)).is_some());
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's two entry points, for a fresh Debian machine with only the Rust toolchain:
+#   ./dev.sh demo    run the gateway on the embedded default (no cluster needed)
+#   ./dev.sh test    formatting, lints and the whole test suite (what CI runs)
+# Each installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt() {
+  # $1: command to look for, $2: Debian package providing it
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "==> installing $2 (needed for $1)" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+
+case "${1:-}" in
+  demo)
+    shift
+    need_apt cmake cmake   # pingora's libz-ng-sys builds with cmake
+    exec cargo run -p gateway -- demo "$@"
+    ;;
+  test)
+    need_apt cmake cmake
+    rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    echo "==> cargo fmt --check"
+    cargo fmt --all -- --check
+    echo "==> cargo clippy --all-targets -- -D warnings"
+    cargo clippy --all-targets -- -D warnings
+    echo "==> cargo test"
+    cargo test --workspace
+    ;;
+  *)
+    echo "usage: ./dev.sh demo [demo flags] | ./dev.sh test" >&2
+    exit 2
+    ;;
+esac
