@@ -139,11 +139,12 @@ impl HttpClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self
-            .0
-            .request(req.body(Full::default()).unwrap())
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        self.send(req.body(Full::default()).unwrap()).await
+    }
+
+    /// Send a request and read the whole response.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        let resp = self.0.request(req).await.map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp
@@ -298,20 +299,7 @@ async fn admin_get(client: &HttpClient, addr: SocketAddr, path: &str) -> Result<
     let req = Request::get(format!("http://{addr}{path}"))
         .body(Full::default())
         .unwrap();
-    let resp = client.0.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    client.send(req).await
 }
 
 /// A Route's YAML: `traffic` is `(revision, percent, tag)`.
