@@ -281,8 +281,8 @@ pub fn build(
     let mut endpoints = index_endpoints(&snapshot.slices, &mut rejected);
     let counters = prev.map(inflight_counters).unwrap_or_default();
     let mut hosts = HostMap::default();
-    // A route answers 4 names for its split and 4 per tag.
-    hosts.reserve(routes.values().map(|(r, _)| 4 + 4 * r.tags.len()).sum());
+    // A route stores 2 names for its split and 2 per tag.
+    hosts.reserve(routes.values().map(|(r, _)| 2 + 2 * r.tags.len()).sum());
     let mut compiler = Compiler {
         hosts,
         revisions: Vec::new(),
@@ -291,7 +291,6 @@ pub fn build(
         endpoints: &mut endpoints,
         counters: &counters,
         rejected: &mut rejected,
-        cluster_domain: &opts.cluster_domain,
         keys: Vec::with_capacity(routes.len()),
     };
     let infos: Vec<RouteInfo> = routes
@@ -302,11 +301,14 @@ pub fn build(
     let Compiler {
         hosts, revisions, ..
     } = compiler;
+    let cluster_names = hosts.values().filter(|e| e.cluster_name).count();
 
     let table = Table {
         generation,
         built_at: Some(SystemTime::now()),
+        host_count: hosts.len() + 2 * cluster_names,
         hosts: Arc::new(hosts),
+        svc_suffix: format!(".svc.{}", opts.cluster_domain).into_boxed_str(),
         routes: Arc::new(infos),
         revisions,
         rejected: Arc::new(rejected),
@@ -360,7 +362,6 @@ struct Compiler<'a, 'p> {
     endpoints: &'a mut FastMap<RevisionKey<'a>, Vec<SocketAddr>>,
     counters: &'a Counters<'p>,
     rejected: &'a mut Vec<Rejection>,
-    cluster_domain: &'a str,
     /// Keys of the routes added so far, by id.
     keys: Vec<ObjectKey>,
 }
@@ -378,16 +379,16 @@ impl<'a> Compiler<'a, '_> {
             [(only, _)] => Target::Revision(*only),
             _ => Target::Split(Arc::new(Split::new(&traffic))),
         };
-        self.claim(route.host.as_str().into(), id, route, &target);
-        self.claim_cluster_names(&[name], id, route, &target);
+        self.claim(route.host.as_str().into(), id, route, &target, false);
+        self.claim_cluster_name(&[name], id, route, &target);
 
         let mut tags = Vec::with_capacity(route.tags.len());
         for tag in &route.tags {
             let target = Target::Revision(self.revision(ns, &tag.revision));
             if let Some(host) = &tag.host {
-                self.claim(host.as_str().into(), id, route, &target);
+                self.claim(host.as_str().into(), id, route, &target, false);
             }
-            self.claim_cluster_names(&[&tag.tag, "-", name], id, route, &target);
+            self.claim_cluster_name(&[&tag.tag, "-", name], id, route, &target);
             if let Target::Revision(rev) = target {
                 tags.push((tag.tag.clone(), rev));
             }
@@ -401,23 +402,24 @@ impl<'a> Compiler<'a, '_> {
         }
     }
 
-    /// `name.ns`, `name.ns.svc` and `name.ns.svc.<cluster domain>`; `name` comes in parts.
-    fn claim_cluster_names(&mut self, name: &[&str], id: u32, route: &ValidRoute, target: &Target) {
+    /// `name.ns`, which [`Table::lookup`] also finds as `name.ns.svc` and
+    /// `name.ns.svc.<cluster domain>`; `name` comes in parts.
+    fn claim_cluster_name(&mut self, name: &[&str], id: u32, route: &ValidRoute, target: &Target) {
         let ns = route.key.namespace.as_str();
-        let domain = self.cluster_domain;
-        for suffix in [
-            &[".", ns][..],
-            &[".", ns, ".svc"],
-            &[".", ns, ".svc.", domain],
-        ] {
-            let host = host_name(name.iter().chain(suffix).copied());
-            self.claim(host, id, route, target);
-        }
+        let host = host_name(name.iter().chain(&[".", ns]).copied());
+        self.claim(host, id, route, target, true);
     }
 
     /// Give `host` to route `id`. Hosts arrive normalised: URLs through
     /// [`host::of_url`], cluster names from validated lower-case DNS names.
-    fn claim(&mut self, host: Box<str>, id: u32, route: &ValidRoute, target: &Target) {
+    fn claim(
+        &mut self,
+        host: Box<str>,
+        id: u32,
+        route: &ValidRoute,
+        target: &Target,
+        cluster_name: bool,
+    ) {
         use std::collections::hash_map::Entry;
         let owner = match self.hosts.entry(host) {
             Entry::Vacant(v) => {
@@ -425,6 +427,7 @@ impl<'a> Compiler<'a, '_> {
                     route: id,
                     target: target.clone(),
                     cluster_local: route.cluster_local,
+                    cluster_name,
                 });
                 return;
             }

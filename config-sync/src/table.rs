@@ -34,6 +34,10 @@ pub struct Table {
     /// When this table was built.
     pub built_at: Option<SystemTime>,
     pub(crate) hosts: Arc<HostMap>,
+    /// `.svc.<cluster domain>`: stripped on a miss to find a cluster name.
+    pub(crate) svc_suffix: Box<str>,
+    /// Hosts answered, counting the `.svc` forms of cluster names.
+    pub(crate) host_count: usize,
     pub(crate) routes: Arc<Vec<RouteInfo>>,
     pub(crate) revisions: Vec<Arc<Revision>>,
     pub(crate) rejected: Arc<Vec<Rejection>>,
@@ -48,6 +52,9 @@ pub struct HostEntry {
     pub target: Target,
     /// Whether the route is reachable only inside the cluster.
     pub cluster_local: bool,
+    /// This is the `name.ns` cluster name, which also answers for
+    /// `name.ns.svc` and `name.ns.svc.<cluster domain>`.
+    pub cluster_name: bool,
 }
 
 /// Where a host's traffic goes.
@@ -138,10 +145,18 @@ impl Endpoint {
 }
 
 impl Table {
-    /// Resolve a normalised host (see [`crate::host::normalize`]).
+    /// Resolve a normalised host (see [`crate::host::normalize`]). Two probes
+    /// at most: the `.svc` forms of cluster names are not stored, but found by
+    /// stripping the suffix, which halves the table.
     #[inline]
     pub fn lookup(&self, host: &str) -> Option<&HostEntry> {
-        self.hosts.get(host)
+        if let Some(entry) = self.hosts.get(host) {
+            return Some(entry);
+        }
+        let base = host
+            .strip_suffix(&*self.svc_suffix)
+            .or_else(|| host.strip_suffix(".svc"))?;
+        self.hosts.get(base).filter(|e| e.cluster_name)
     }
 
     /// A route by id.
@@ -161,9 +176,9 @@ impl Table {
         self.routes.len()
     }
 
-    /// Number of hosts served.
+    /// Number of hosts served, counting every form of a cluster name.
     pub fn host_count(&self) -> usize {
-        self.hosts.len()
+        self.host_count
     }
 
     /// Objects (or parts of objects) rejected when this table was built.
@@ -184,10 +199,21 @@ impl Table {
                 Target::Revision(r) => Some(self.revision(*r).name.to_string()),
                 Target::Split(_) => None,
             };
-            hosts_of[entry.route as usize].push(HostView {
-                host: host.to_string(),
-                revision,
-            });
+            let names = if entry.cluster_name {
+                vec![
+                    host.to_string(),
+                    format!("{host}.svc"),
+                    format!("{host}{}", self.svc_suffix),
+                ]
+            } else {
+                vec![host.to_string()]
+            };
+            for host in names {
+                hosts_of[entry.route as usize].push(HostView {
+                    host,
+                    revision: revision.clone(),
+                });
+            }
         }
         let routes = self
             .routes

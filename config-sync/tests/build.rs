@@ -147,6 +147,16 @@ fn cluster_local_names_for_route_and_tags() {
     }
     // 1 url + 3 cluster names, for the route and each of two tags.
     assert_eq!(t.host_count(), 12);
+    // Only cluster names answer with a .svc suffix, and only the cluster's own domain.
+    for host in [
+        "hello.default.example.com.svc",
+        "hello.default.example.com.svc.cluster.local",
+        "hello.default.svc.other.local",
+        "hello.default.svc.svc",
+        "svc",
+    ] {
+        assert!(t.lookup(host).is_none(), "{host}");
+    }
 }
 
 #[test]
