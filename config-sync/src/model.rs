@@ -208,26 +208,49 @@ impl Snapshot {
     /// Decode one object (a YAML document or an API list item) into the snapshot.
     /// Anything that is not a well-formed Route or EndpointSlice becomes a rejection.
     pub fn push_value(&mut self, value: serde_json::Value) {
-        let kind = match value.get("kind").and_then(|k| k.as_str()) {
-            Some("Route") => Kind::Route,
-            Some("EndpointSlice") => Kind::EndpointSlice,
-            _ => Kind::Other,
-        };
-        let key = key_of(&value);
-        let result = match kind {
-            Kind::Route => decode::<Route>(value).map(|r| self.routes.push(r)),
-            Kind::EndpointSlice => decode::<EndpointSlice>(value).map(|s| self.slices.push(s)),
-            Kind::Other => Err(ObjectError::UnsupportedKind {
-                kind: value
-                    .get("kind")
-                    .map(|k| k.to_string())
-                    .unwrap_or_else(|| "none".into()),
-            }),
-        };
-        if let Err(error) = result {
-            self.rejected.push(Rejection::new(kind, key, error));
+        self.push(decode_object(value));
+    }
+
+    /// Add an already decoded object.
+    pub fn push(&mut self, decoded: Decoded) {
+        match decoded {
+            Decoded::Route(r) => self.routes.push(r),
+            Decoded::EndpointSlice(s) => self.slices.push(s),
+            Decoded::Rejected(r) => self.rejected.push(r),
         }
     }
+}
+
+/// One object, decoded or rejected.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    /// A Route.
+    Route(Route),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// Not usable, with the reason.
+    Rejected(Rejection),
+}
+
+/// Decode one object by its `kind`.
+pub fn decode_object(value: serde_json::Value) -> Decoded {
+    let kind = match value.get("kind").and_then(|k| k.as_str()) {
+        Some("Route") => Kind::Route,
+        Some("EndpointSlice") => Kind::EndpointSlice,
+        _ => Kind::Other,
+    };
+    let key = key_of(&value);
+    let result = match kind {
+        Kind::Route => decode::<Route>(value).map(Decoded::Route),
+        Kind::EndpointSlice => decode::<EndpointSlice>(value).map(Decoded::EndpointSlice),
+        Kind::Other => Err(ObjectError::UnsupportedKind {
+            kind: value
+                .get("kind")
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "none".into()),
+        }),
+    };
+    result.unwrap_or_else(|error| Decoded::Rejected(Rejection::new(kind, key, error)))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ObjectError> {

@@ -39,8 +39,10 @@ pub struct SourceStatus {
     pub publishes: AtomicU64,
     /// Source reads that failed (the table was kept).
     pub errors: AtomicU64,
-    /// Unix time (seconds) of the last successful publish.
+    /// Unix time (seconds) the source was last known in sync.
     pub last_success_unix: AtomicU64,
+    /// Full relists after the first sync (watch restarts, 410 Gone).
+    pub relists: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -130,6 +132,28 @@ impl Publisher {
             .unwrap_or_else(|e| e.into_inner()) = None;
         self.ready.store(true, Ordering::Release);
         table
+    }
+
+    /// Record that the source is in contact again (an event arrived): clears the
+    /// last error without building a table.
+    pub fn report_healthy(&self) {
+        self.status
+            .last_success_unix
+            .store(unix_now(), Ordering::Relaxed);
+        let mut last = self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some() {
+            tracing::info!("source recovered");
+            *last = None;
+        }
+    }
+
+    /// Record a full relist (a restarted watch that listed everything again).
+    pub fn report_relist(&self) {
+        self.status.relists.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Record a failed source read: the live table is kept.

@@ -36,7 +36,8 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve routes from a snapshot file of Routes and EndpointSlices, reloaded on change.
+    /// Serve routes from a snapshot file (`--file`, reloaded on change) or a
+    /// Kubernetes API server (`--kube`, watched).
     Serve(ServeArgs),
     /// Run a self-contained demo on loopback: sample revisions, a 90/10 split with tags,
     /// and a scaled-to-zero revision woken by a local activator stand-in.
@@ -48,8 +49,28 @@ pub enum Command {
 pub struct ServeArgs {
     /// Snapshot file: multi-document YAML (or a `kind: List`) of Routes and EndpointSlices
     /// as `kubectl get -o yaml` prints them. Watched; every change is swapped in.
-    #[arg(long, env = "GATEWAY_FILE")]
-    pub file: PathBuf,
+    #[arg(
+        long,
+        env = "GATEWAY_FILE",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    pub file: Option<PathBuf>,
+    /// Watch Routes and EndpointSlices on a Kubernetes API server instead of a file
+    /// (in-cluster config, or the kubeconfig of `--kubeconfig`).
+    #[arg(long, env = "GATEWAY_KUBE")]
+    pub kube: bool,
+    /// Kubeconfig file for `--kube` (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace to watch with `--kube`; repeat for several. Default: every namespace.
+    #[arg(
+        long = "namespace",
+        env = "GATEWAY_NAMESPACES",
+        value_delimiter = ',',
+        requires = "kube"
+    )]
+    pub namespaces: Vec<String>,
     /// Proxy listener address.
     #[arg(long, env = "GATEWAY_HTTP", default_value = "0.0.0.0:8080")]
     pub http: String,
@@ -136,6 +157,16 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exactly_one_source() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["gateway", "serve"], args].concat());
+        assert!(parse(&["--file", "f"]).is_ok());
+        assert!(parse(&["--kube", "--namespace", "a", "--namespace", "b"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--file", "f", "--kube"]).is_err());
+        assert!(parse(&["--file", "f", "--namespace", "a"]).is_err());
     }
 
     #[test]

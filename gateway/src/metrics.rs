@@ -31,7 +31,9 @@ pub struct Metrics {
     seconds_since_sync: Gauge,
     rejected: IntGaugeVec,
     source_errors: IntCounter,
-    source_errors_seen: Mutex<u64>,
+    source_relists: IntCounter,
+    /// Last values copied from the publisher's counters: (errors, relists).
+    seen: Mutex<(u64, u64)>,
 }
 
 impl Metrics {
@@ -82,7 +84,7 @@ impl Metrics {
         )?;
         let seconds_since_sync = Gauge::new(
             "gateway_source_seconds_since_last_sync",
-            "Seconds since the source last produced a table (staleness).",
+            "Seconds since the source was last known in sync; 0 while it is healthy.",
         )?;
         let rejected = IntGaugeVec::new(
             Opts::new(
@@ -93,7 +95,11 @@ impl Metrics {
         )?;
         let source_errors = IntCounter::new(
             "gateway_source_errors_total",
-            "Source reads that failed; the last good table was kept.",
+            "Source reads or watches that failed; the last good table was kept.",
+        )?;
+        let source_relists = IntCounter::new(
+            "gateway_source_relists_total",
+            "Full relists after the first sync (restarted watches, 410 Gone).",
         )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -107,6 +113,7 @@ impl Metrics {
             Box::new(seconds_since_sync.clone()),
             Box::new(rejected.clone()),
             Box::new(source_errors.clone()),
+            Box::new(source_relists.clone()),
         ] {
             registry.register(c)?;
         }
@@ -123,7 +130,8 @@ impl Metrics {
             seconds_since_sync,
             rejected,
             source_errors,
-            source_errors_seen: Mutex::new(0),
+            source_relists,
+            seen: Mutex::new((0, 0)),
         })
     }
 
@@ -140,13 +148,16 @@ impl Metrics {
         }
         let status = publisher.status();
         let last = status.last_success_unix.load(Ordering::Relaxed);
-        if last > 0 {
+        let stale = if status.last_error().is_some() && last > 0 {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(last);
-            self.seconds_since_sync.set(now.saturating_sub(last) as f64);
-        }
+            now.saturating_sub(last)
+        } else {
+            0
+        };
+        self.seconds_since_sync.set(stale as f64);
         let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
         for r in table.rejected() {
             *counts
@@ -160,13 +171,13 @@ impl Metrics {
                 .set(n);
         }
         {
+            // Counters mirror the publisher's totals.
             let errors = status.errors.load(Ordering::Relaxed);
-            let mut seen = self
-                .source_errors_seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.source_errors.inc_by(errors.saturating_sub(*seen));
-            *seen = errors;
+            let relists = status.relists.load(Ordering::Relaxed);
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            self.source_errors.inc_by(errors.saturating_sub(seen.0));
+            self.source_relists.inc_by(relists.saturating_sub(seen.1));
+            *seen = (errors, relists);
         }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail.

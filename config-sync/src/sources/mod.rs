@@ -2,3 +2,4 @@
 //! [`crate::Publisher::publish`].
 
 pub mod file;
+pub mod kube;

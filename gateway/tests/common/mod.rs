@@ -211,6 +211,21 @@ impl Gateway {
         Self::launch(args, dir, file).await
     }
 
+    /// Start `gateway serve --kube` against the API server of `kubeconfig`.
+    pub async fn kube(kubeconfig: &Path, activator: SocketAddr, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unused");
+        let mut args = vec![
+            "serve".to_owned(),
+            "--kube".to_owned(),
+            "--kubeconfig".to_owned(),
+        ];
+        args.push(kubeconfig.display().to_string());
+        args.extend(["--activator".to_owned(), activator.to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(args, dir, file).await
+    }
+
     async fn launch(args: Vec<String>, dir: tempfile::TempDir, file: PathBuf) -> Gateway {
         let (http, admin) = (free_port(), free_port());
         let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
@@ -300,6 +315,19 @@ async fn admin_get(client: &HttpClient, addr: SocketAddr, path: &str) -> Result<
         .body(Full::default())
         .unwrap();
     client.send(req).await
+}
+
+/// Poll `check` every 20 ms until it is true, for at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A Route's YAML: `traffic` is `(revision, percent, tag)`.

@@ -1,0 +1,225 @@
+//! The Kubernetes source: watches `routes.serving.knative.dev/v1` and the
+//! `discovery.k8s.io/v1` EndpointSlices labelled with a revision, keeps a
+//! store per watch, and publishes a table after each burst of changes.
+//!
+//! Objects are watched as `DynamicObject`s and decoded one at a time, so a
+//! Route with a malformed status is rejected alone instead of failing the
+//! whole list. `kube`'s watcher relists after 410 Gone and backs off on
+//! errors; the stream is never ended by an error, and the last table keeps
+//! serving while the API server is away.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::model::{decode_object, Decoded, ObjectKey, Snapshot, REVISION_LABEL};
+use crate::publish::Publisher;
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Namespaces to watch; empty means cluster-wide.
+    pub namespaces: Vec<String>,
+    /// Quiet time after a change before publishing, so a burst builds one table.
+    pub settle: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            settle: Duration::from_millis(10),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Resource {
+    Route,
+    EndpointSlice,
+}
+
+impl Resource {
+    fn api_resource(self) -> ApiResource {
+        let (g, v, k, plural) = match self {
+            Resource::Route => ("serving.knative.dev", "v1", "Route", "routes"),
+            Resource::EndpointSlice => {
+                ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
+            }
+        };
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Resource::Route => "Route",
+            Resource::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
+/// One watch's objects, decoded.
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<ObjectKey, Decoded>,
+    /// Objects of a relist in progress, swapped in whole at `InitDone`.
+    pending: Option<BTreeMap<ObjectKey, Decoded>>,
+    synced: bool,
+}
+
+/// Watches the API server and publishes tables.
+pub struct KubeSource {
+    client: Client,
+    publisher: Arc<Publisher>,
+    options: KubeOptions,
+}
+
+impl KubeSource {
+    /// A source reading through `client`.
+    pub fn new(client: Client, publisher: Arc<Publisher>, options: KubeOptions) -> Self {
+        Self {
+            client,
+            publisher,
+            options,
+        }
+    }
+
+    /// Watch until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let scopes: Vec<Option<String>> = if self.options.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.options.namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut kinds = Vec::new();
+        let mut streams = Vec::new();
+        for scope in &scopes {
+            for resource in [Resource::Route, Resource::EndpointSlice] {
+                let ar = resource.api_resource();
+                let api: Api<DynamicObject> = match scope {
+                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+                    None => Api::all_with(self.client.clone(), &ar),
+                };
+                let config = match resource {
+                    // Server-side selection: only revision slices travel.
+                    Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
+                    Resource::Route => watcher::Config::default(),
+                };
+                let index = kinds.len();
+                kinds.push(resource);
+                streams.push(
+                    watcher::watcher(api, config)
+                        .default_backoff()
+                        .map(move |event| (index, event))
+                        .boxed(),
+                );
+            }
+        }
+        let mut events = futures::stream::select_all(streams);
+        let mut stores: Vec<Store> = kinds.iter().map(|_| Store::default()).collect();
+        let mut publish_at: Option<Instant> = None;
+
+        loop {
+            let wait = async {
+                match publish_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = events.next() => {
+                    let Some((index, event)) = next else { return };
+                    match event {
+                        Ok(event) => {
+                            self.publisher.report_healthy();
+                            if apply(&mut stores[index], kinds[index], event, &self.publisher) {
+                                publish_at.get_or_insert_with(|| Instant::now() + self.options.settle);
+                            }
+                        }
+                        // kube backs off and retries; the table stays as it is.
+                        Err(e) => self.publisher.report_error(&e),
+                    }
+                }
+                _ = wait, if stores.iter().all(|s| s.synced) => {
+                    publish_at = None;
+                    self.publisher.publish(&snapshot(&stores));
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn decode(resource: Resource, obj: DynamicObject) -> (ObjectKey, Decoded) {
+    let key = ObjectKey::new(
+        obj.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        obj.metadata.name.clone().unwrap_or_default(),
+    );
+    let mut value = serde_json::to_value(&obj).unwrap_or_default();
+    // List items carry no kind; the watch says what they are.
+    value["kind"] = resource.kind().into();
+    (key, decode_object(value))
+}
+
+/// Apply one watch event to a store; true when the table needs rebuilding.
+fn apply(
+    store: &mut Store,
+    resource: Resource,
+    event: Event<DynamicObject>,
+    publisher: &Publisher,
+) -> bool {
+    match event {
+        Event::Init => {
+            if store.synced {
+                publisher.report_relist();
+            }
+            store.pending = Some(BTreeMap::new());
+            false
+        }
+        Event::InitApply(obj) => {
+            let (key, decoded) = decode(resource, obj);
+            store
+                .pending
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key, decoded);
+            false
+        }
+        Event::InitDone => {
+            // A complete relist replaces the store whole: deletions missed while
+            // disconnected disappear here.
+            store.objects = store.pending.take().unwrap_or_default();
+            store.synced = true;
+            true
+        }
+        Event::Apply(obj) => {
+            let (key, decoded) = decode(resource, obj);
+            store.objects.insert(key, decoded);
+            true
+        }
+        Event::Delete(obj) => {
+            let (key, _) = decode(resource, obj);
+            store.objects.remove(&key).is_some()
+        }
+    }
+}
+
+fn snapshot(stores: &[Store]) -> Snapshot {
+    let mut s = Snapshot::default();
+    for store in stores {
+        for decoded in store.objects.values() {
+            s.push(decoded.clone());
+        }
+    }
+    s
+}

@@ -1,0 +1,597 @@
+//! A small Kubernetes API server for tests, speaking the real wire protocol
+//! so the real `kube` client can be driven against it:
+//!
+//! - `GET` lists with `resourceVersion` and label selectors, namespaced
+//!   (`/apis/G/V/namespaces/NS/PLURAL`) or cluster-wide (`/apis/G/V/PLURAL`);
+//! - `watch=1` streams (chunked, one JSON event per line) of `ADDED`,
+//!   `MODIFIED`, `DELETED` and, when asked for, `BOOKMARK` events, resumed from
+//!   a `resourceVersion`;
+//! - an `ERROR` event with a 410 `Expired` Status for a resourceVersion older
+//!   than the retained history ([`ApiServer::compact`]);
+//! - `PUT` of an object or its `/status`, with optimistic concurrency (409 on a
+//!   stale `resourceVersion`);
+//! - [`ApiServer::stop`] drops every connection and refuses new ones until
+//!   [`ApiServer::restart`], on the same port.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Where an object lives: `(group/version, plural, namespace, name)`.
+type Key = (String, String, String, String);
+
+#[derive(Clone, Debug)]
+struct Event {
+    rv: u64,
+    kind: &'static str,
+    api_version: String,
+    plural: String,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: Vec<Event>,
+    /// Watches from a resourceVersion older than this get 410 Gone.
+    oldest: u64,
+    kinds: BTreeMap<String, String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    lists: AtomicU64,
+    watches: AtomicU64,
+}
+
+/// A running test API server.
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn plural_of(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    if lower.ends_with("ss") {
+        format!("{lower}es")
+    } else {
+        format!("{lower}s")
+    }
+}
+
+impl ApiServer {
+    /// Start on a free loopback port.
+    pub async fn start() -> ApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test apiserver");
+        let addr = listener.local_addr().unwrap();
+        let (events, _) = broadcast::channel(4096);
+        let server = ApiServer {
+            addr,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                events,
+                lists: AtomicU64::new(0),
+                watches: AtomicU64::new(0),
+            }),
+            task: Mutex::new(None),
+        };
+        server.serve(listener);
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Write a kubeconfig pointing at this server.
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{}\"}}\nusers:\n- name: test\n  user: {{token: test}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test, namespace: default}}\ncurrent-context: test\n",
+            self.url()
+        );
+        std::fs::write(path, text).expect("write kubeconfig");
+    }
+
+    /// List requests served so far.
+    pub fn lists(&self) -> u64 {
+        self.shared.lists.load(Ordering::Relaxed)
+    }
+
+    /// Watch requests served so far.
+    pub fn watches(&self) -> u64 {
+        self.shared.watches.load(Ordering::Relaxed)
+    }
+
+    /// Create or replace an object (`apiVersion`, `kind`, `metadata.name` and
+    /// `metadata.namespace` required). Returns its new resourceVersion.
+    pub fn apply(&self, object: Value) -> u64 {
+        let api_version = object["apiVersion"]
+            .as_str()
+            .expect("apiVersion")
+            .to_owned();
+        let kind = object["kind"].as_str().expect("kind").to_owned();
+        let plural = plural_of(&kind);
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("metadata.name")
+            .to_owned();
+        let mut st = self.shared.state.lock().unwrap();
+        st.kinds.insert(plural.clone(), kind);
+        let key = (api_version.clone(), plural.clone(), ns, name);
+        put(
+            &mut st,
+            &self.shared.events,
+            key,
+            object,
+            &api_version,
+            &plural,
+        )
+    }
+
+    /// Delete an object; a no-op if absent.
+    pub fn delete(&self, api_version: &str, kind: &str, ns: &str, name: &str) {
+        let plural = plural_of(kind);
+        let key = (
+            api_version.to_owned(),
+            plural.clone(),
+            ns.to_owned(),
+            name.to_owned(),
+        );
+        let mut st = self.shared.state.lock().unwrap();
+        if let Some(mut obj) = st.objects.remove(&key) {
+            st.rv += 1;
+            obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            let ev = Event {
+                rv: st.rv,
+                kind: "DELETED",
+                api_version: api_version.into(),
+                plural,
+                object: obj,
+            };
+            st.history.push(ev.clone());
+            let _ = self.shared.events.send(ev);
+        }
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let key = (
+            api_version.to_owned(),
+            plural_of(kind),
+            ns.to_owned(),
+            name.to_owned(),
+        );
+        self.shared.state.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    /// Forget the event history: watches resuming from before now get 410 Gone.
+    pub fn compact(&self) {
+        let mut st = self.shared.state.lock().unwrap();
+        st.history.clear();
+        st.oldest = st.rv + 1;
+    }
+
+    /// Drop every connection and stop listening (the API server "dies").
+    pub fn stop(&self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Listen again on the same port.
+    pub async fn restart(&self) {
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            // Connection tasks live in the set: aborting the server ends them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let stream = tokio::select! {
+                    Ok((s, _)) = listener.accept() => s,
+                    Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                };
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(shared.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+}
+
+fn put(
+    st: &mut State,
+    events: &broadcast::Sender<Event>,
+    key: Key,
+    mut object: Value,
+    api_version: &str,
+    plural: &str,
+) -> u64 {
+    st.rv += 1;
+    let rv = st.rv;
+    let existed = st.objects.contains_key(&key);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if object["metadata"]["uid"].is_null() {
+        object["metadata"]["uid"] = json!(format!("uid-{}-{}", key.2, key.3));
+    }
+    st.objects.insert(key, object.clone());
+    let ev = Event {
+        rv,
+        kind: if existed { "MODIFIED" } else { "ADDED" },
+        api_version: api_version.into(),
+        plural: plural.into(),
+        object,
+    };
+    st.history.push(ev.clone());
+    let _ = events.send(ev);
+    rv
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    r
+}
+
+fn status(code: u16, reason: &str, message: String) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason, "message": message, "metadata": {}})
+}
+
+/// A label selector: `k`, `!k`, `k=v`, `k==v`, `k!=v`, comma-separated.
+fn matches_selector(obj: &Value, selector: &str) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels[k.trim()].as_str() == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels[k.trim()].is_null()
+        } else {
+            !labels[term.trim()].is_null()
+        }
+    })
+}
+
+struct Target {
+    api_version: String,
+    plural: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api_version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (v.to_string(), rest),
+        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    match rest {
+        [plural] => Some(Target {
+            api_version,
+            plural: plural.to_string(),
+            namespace,
+            name: None,
+            status: false,
+        }),
+        [plural, name] => Some(Target {
+            api_version,
+            plural: plural.to_string(),
+            namespace,
+            name: Some(name.to_string()),
+            status: false,
+        }),
+        [plural, name, "status"] => Some(Target {
+            api_version,
+            plural: plural.to_string(),
+            namespace,
+            name: Some(name.to_string()),
+            status: true,
+        }),
+        _ => None,
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let Some(target) = parse_path(req.uri().path()) else {
+        return Ok(json_response(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", format!("no route {}", req.uri().path())),
+        ));
+    };
+    let query: BTreeMap<String, String> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    match (req.method().clone(), target.name.is_some()) {
+        (Method::GET, false)
+            if matches!(query.get("watch").map(String::as_str), Some("1" | "true")) =>
+        {
+            shared.watches.fetch_add(1, Ordering::Relaxed);
+            Ok(watch(shared, target, query))
+        }
+        (Method::GET, false) => {
+            shared.lists.fetch_add(1, Ordering::Relaxed);
+            Ok(list(&shared, &target, &query))
+        }
+        (Method::GET, true) => {
+            let st = shared.state.lock().unwrap();
+            let key = (
+                target.api_version,
+                target.plural,
+                target.namespace.unwrap_or_default(),
+                target.name.unwrap(),
+            );
+            Ok(match st.objects.get(&key) {
+                Some(o) => json_response(StatusCode::OK, o),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &status(404, "NotFound", format!("{} not found", key.3)),
+                ),
+            })
+        }
+        (Method::PUT, true) | (Method::POST, false) => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok(write(&shared, target, &body))
+        }
+        _ => Ok(json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", "not supported".into()),
+        )),
+    }
+}
+
+fn in_scope(target: &Target, api_version: &str, plural: &str, obj: &Value, selector: &str) -> bool {
+    api_version == target.api_version
+        && plural == target.plural
+        && target
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| obj["metadata"]["namespace"].as_str().unwrap_or("default") == ns)
+        && matches_selector(obj, selector)
+}
+
+fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+    let selector = query.get("labelSelector").map(String::as_str).unwrap_or("");
+    let st = shared.state.lock().unwrap();
+    let items: Vec<&Value> = st
+        .objects
+        .iter()
+        .filter(|((av, pl, _, _), o)| in_scope(target, av, pl, o, selector))
+        .map(|(_, o)| o)
+        .collect();
+    let kind = st
+        .kinds
+        .get(&target.plural)
+        .cloned()
+        .unwrap_or_else(|| "Object".into());
+    json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": target.api_version, "kind": format!("{kind}List"),
+                "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+    )
+}
+
+fn write(shared: &Shared, target: Target, body: &[u8]) -> Response<Body> {
+    let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "invalid JSON".into()),
+        );
+    };
+    let mut st = shared.state.lock().unwrap();
+    let name = target
+        .name
+        .clone()
+        .or_else(|| obj["metadata"]["name"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let key = (
+        target.api_version.clone(),
+        target.plural.clone(),
+        target.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    );
+    let current = st.objects.get(&key).cloned();
+    match (&current, target.name.is_some()) {
+        (None, true) => {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", format!("{name} not found")),
+            )
+        }
+        (Some(_), false) => {
+            return json_response(
+                StatusCode::CONFLICT,
+                &status(409, "AlreadyExists", format!("{name} already exists")),
+            )
+        }
+        _ => {}
+    }
+    if let Some(cur) = &current {
+        let sent = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if !sent.is_empty() && Some(sent) != cur["metadata"]["resourceVersion"].as_str() {
+            return json_response(
+                StatusCode::CONFLICT,
+                &status(
+                    409,
+                    "Conflict",
+                    format!("{name}: the object has been modified"),
+                ),
+            );
+        }
+        if target.status {
+            // A status write changes only status.
+            let mut merged = cur.clone();
+            merged["status"] = obj["status"].take();
+            obj = merged;
+        } else {
+            obj["status"] = cur["status"].clone();
+        }
+    }
+    if let Some(kind) = obj["kind"].as_str() {
+        st.kinds.insert(target.plural.clone(), kind.to_owned());
+    }
+    put(
+        &mut st,
+        &shared.events,
+        key.clone(),
+        obj,
+        &target.api_version,
+        &target.plural,
+    );
+    let stored = st.objects.get(&key).cloned().unwrap_or_default();
+    json_response(
+        if current.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        &stored,
+    )
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn watch(shared: Arc<Shared>, target: Target, query: BTreeMap<String, String>) -> Response<Body> {
+    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(290));
+    let (tx, rx) = mpsc::channel::<Bytes>(1024);
+
+    // Backlog and subscription under one lock, so no event falls between them.
+    let (backlog, mut live, gone, kind) = {
+        let st = shared.state.lock().unwrap();
+        let gone = from != 0 && from < st.oldest;
+        let backlog: Vec<Event> = st.history.iter().filter(|e| e.rv > from).cloned().collect();
+        let kind = st
+            .kinds
+            .get(&target.plural)
+            .cloned()
+            .unwrap_or_else(|| "Object".into());
+        (backlog, shared.events.subscribe(), gone, kind)
+    };
+    tokio::spawn(async move {
+        if gone {
+            let st = status(410, "Expired", format!("too old resource version: {from}"));
+            let _ = tx.send(event_line("ERROR", &st)).await;
+            return;
+        }
+        let mut last = from;
+        for e in backlog {
+            last = e.rv;
+            if in_scope(&target, &e.api_version, &e.plural, &e.object, &selector)
+                && tx.send(event_line(e.kind, &e.object)).await.is_err()
+            {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tick.tick(), if bookmarks => {
+                    let bm = json!({"kind": kind, "apiVersion": target.api_version,
+                                    "metadata": {"resourceVersion": last.to_string()}});
+                    if tx.send(event_line("BOOKMARK", &bm)).await.is_err() { return; }
+                }
+                ev = live.recv() => match ev {
+                    Ok(e) if e.rv <= last => {}
+                    Ok(e) => {
+                        last = e.rv;
+                        if in_scope(&target, &e.api_version, &e.plural, &e.object, &selector)
+                            && tx.send(event_line(e.kind, &e.object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    r
+}
