@@ -61,7 +61,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_KUBE")]
     pub kube: bool,
     /// Kubeconfig file for `--kube` (default: in-cluster config, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG", requires = "kube")]
+    #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace to watch with `--kube`; repeat for several. Default: every namespace.
     #[arg(
@@ -71,9 +71,13 @@ pub struct ServeArgs {
         requires = "kube"
     )]
     pub namespaces: Vec<String>,
-    /// Proxy listener address.
+    /// External proxy listener: public routes only (cluster-local ones get 404).
     #[arg(long, env = "GATEWAY_HTTP", default_value = "0.0.0.0:8080")]
     pub http: String,
+    /// Internal proxy listener: every route, including cluster-local ones and
+    /// the `x.ns.svc` names.
+    #[arg(long, env = "GATEWAY_INTERNAL_HTTP", default_value = "0.0.0.0:8081")]
+    pub internal_http: String,
     /// Admin listener address (/metrics, /healthz, /readyz, /debug/routes).
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
@@ -88,12 +92,25 @@ pub struct ServeArgs {
     pub tuning: Tuning,
 }
 
+impl ServeArgs {
+    /// Checks clap cannot express (a `KUBECONFIG` in the environment is fine with `--file`).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.kube && !self.namespaces.is_empty() {
+            return Err("--namespace only applies with --kube".into());
+        }
+        Ok(())
+    }
+}
+
 /// `gateway demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Proxy listener address.
+    /// External proxy listener address.
     #[arg(long, env = "GATEWAY_HTTP", default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// Internal proxy listener address (cluster-local routes and names).
+    #[arg(long, env = "GATEWAY_INTERNAL_HTTP", default_value = "127.0.0.1:8081")]
+    pub internal_http: String,
     /// Admin listener address.
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
@@ -130,18 +147,20 @@ pub struct Tuning {
 
 impl Tuning {
     /// Server settings for the given listeners.
-    pub fn serve_config(&self, http: &str, admin: &str) -> ServeConfig {
+    pub fn serve_config(&self, http: &str, internal_http: &str, admin: &str) -> ServeConfig {
         let threads = match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         ServeConfig {
             http: http.to_owned(),
+            internal_http: internal_http.to_owned(),
             admin: admin.to_owned(),
             threads,
             proxy: ProxyOptions {
                 connect_timeout: self.connect_timeout,
                 max_connect_attempts: self.max_connect_attempts as usize,
+                internal_port: None,
             },
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,
@@ -166,7 +185,14 @@ mod tests {
         assert!(parse(&["--kube", "--namespace", "a", "--namespace", "b"]).is_ok());
         assert!(parse(&[]).is_err());
         assert!(parse(&["--file", "f", "--kube"]).is_err());
-        assert!(parse(&["--file", "f", "--namespace", "a"]).is_err());
+        let Command::Serve(args) = parse(&["--file", "f", "--namespace", "a"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            args.validate().unwrap_err(),
+            "--namespace only applies with --kube"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The request path, start to end, as pingora `ProxyHttp` hooks:
 //!
 //! 1. `request_filter`: one `ArcSwap` load of the table, Host → route,
-//!    revision by weight; 400 without a Host, 404 for an unknown one.
+//!    revision by weight; 400 without a Host, 404 for an unknown one, and 404
+//!    on the external listener for cluster-local routes and cluster names.
 //! 2. `upstream_peer`: a ready endpoint by power of two choices, or the
 //!    activator when the revision has none.
 //! 3. `upstream_request_filter`: overwrite `Knative-Serving-Revision` and
@@ -38,6 +39,9 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Endpoints tried per request when connections fail (at least 1).
     pub max_connect_attempts: usize,
+    /// Local port of the internal listener, which serves every host; the other
+    /// listener serves only public ones.
+    pub internal_port: Option<u16>,
 }
 
 /// The gateway's `ProxyHttp` implementation.
@@ -62,6 +66,18 @@ impl Gateway {
             metrics,
             options,
         }
+    }
+}
+
+impl Gateway {
+    /// Whether the request came in on the internal listener.
+    fn is_internal(&self, session: &Session) -> bool {
+        let port = session
+            .as_downstream()
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
+        port.is_some() && port == self.options.internal_port
     }
 }
 
@@ -145,6 +161,9 @@ impl ProxyHttp for Gateway {
         let Some(entry) = table.lookup(host) else {
             return respond(session, 404, "no route for this host\n").await;
         };
+        if (entry.cluster_local || entry.cluster_name) && !self.is_internal(session) {
+            return respond(session, 404, "no route for this host\n").await;
+        }
         ctx.route = entry.route;
         ctx.revision = pick_revision(&entry.target, &mut rand::rng());
         ctx.table = Some(table);

@@ -14,6 +14,7 @@ use crate::server::{self, Task};
 
 /// Set up the source (refusing to start on a broken file or kubeconfig), then serve.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
     let publisher = Arc::new(Publisher::new(BuildOptions {
         cluster_domain: args.cluster_domain.clone(),
     }));
@@ -46,7 +47,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let activator = Arc::new(Activator::new(&args.activator));
-    let config = args.tuning.serve_config(&args.http, &args.admin);
+    let config = args
+        .tuning
+        .serve_config(&args.http, &args.internal_http, &args.admin);
     server::run(config, publisher, activator, vec![("source", source)])
 }
 

@@ -23,8 +23,10 @@ use crate::proxy::{Gateway, ProxyOptions};
 /// Listener and runtime settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Proxy listener.
+    /// External proxy listener: public routes only.
     pub http: String,
+    /// Internal proxy listener: every route, including cluster-local ones.
+    pub internal_http: String,
     /// Admin listener.
     pub admin: String,
     /// Proxy worker threads.
@@ -72,10 +74,24 @@ pub fn run(
     tasks: Vec<(&'static str, Task)>,
 ) -> anyhow::Result<()> {
     // Fail here with a clear message rather than inside pingora's start-up.
-    for (what, addr) in [("--http", &config.http), ("--admin", &config.admin)] {
-        std::net::TcpListener::bind(addr.as_str())
+    let mut ports = Vec::new();
+    for (what, addr) in [
+        ("--http", &config.http),
+        ("--internal-http", &config.internal_http),
+        ("--admin", &config.admin),
+    ] {
+        let listener = std::net::TcpListener::bind(addr.as_str())
             .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+        ports.push(listener.local_addr()?.port());
     }
+    // The listener a request came in on is told by its local port.
+    anyhow::ensure!(
+        ports[0] != ports[1],
+        "--http and --internal-http must use different ports (both {})",
+        ports[0]
+    );
+    let mut config = config;
+    config.proxy.internal_port = Some(ports[1]);
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
 
     let conf = ServerConf {
@@ -98,6 +114,7 @@ pub fn run(
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
     proxy.add_tcp(&config.http);
+    proxy.add_tcp(&config.internal_http);
     proxy.threads = Some(config.threads);
 
     let mut admin = Service::new(
@@ -116,6 +133,6 @@ pub fn run(
     for (name, task) in tasks {
         server.add_service(background_service(name, task));
     }
-    tracing::info!(http = %config.http, admin = %config.admin, threads = config.threads, "gateway listening");
+    tracing::info!(http = %config.http, internal_http = %config.internal_http, admin = %config.admin, threads = config.threads, "gateway listening");
     server.run_forever()
 }

@@ -82,12 +82,14 @@ async fn tag_hosts_and_cluster_local_names_in_any_case_with_port_or_trailing_dot
         + &slice("ns", "rev-b", &[b.addr]);
     let gw = Gateway::start(&snap, closed()).await;
     let c = HttpClient::new();
-    let cases = [
+    let public = [
         ("web.ns.example.com", "rev-a"),
         ("WEB.ns.Example.COM:8080", "rev-a"),
         ("web.ns.example.com.", "rev-a"),
         ("canary-web.ns.example.com", "rev-b"),
         ("stable-web.ns.example.com", "rev-a"),
+    ];
+    let cluster_names = [
         ("web.ns", "rev-a"),
         ("web.ns.svc", "rev-a"),
         ("web.ns.svc.cluster.local", "rev-a"),
@@ -95,18 +97,73 @@ async fn tag_hosts_and_cluster_local_names_in_any_case_with_port_or_trailing_dot
         ("canary-web.ns.svc", "rev-b"),
         ("canary-web.ns.svc.cluster.local:80", "rev-b"),
     ];
-    for (host, want) in cases {
-        let r = c.get(gw.http, host).await.unwrap();
-        assert_eq!((r.status, r.body.as_str()), (200, want), "{host}");
+    // Public hosts answer on both listeners; cluster names only on the internal one.
+    for (listener, cases) in [
+        (gw.http, &public[..]),
+        (gw.internal, &public[..]),
+        (gw.internal, &cluster_names[..]),
+    ] {
+        for (host, want) in cases {
+            let r = c.get(listener, host).await.unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (200, *want),
+                "{host} on {listener}"
+            );
+            assert_eq!(
+                r.header("x-seen-host"),
+                *host,
+                "the original Host reaches the backend"
+            );
+        }
+    }
+    for (host, _) in cluster_names {
         assert_eq!(
-            r.header("x-seen-host"),
-            host,
-            "the original Host reaches the backend"
+            c.get(gw.http, host).await.unwrap().status,
+            404,
+            "{host} on the external listener"
         );
     }
     assert_eq!(
         c.get(gw.http, "other.ns.example.com").await.unwrap().status,
         404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_local_routes_answer_only_on_the_internal_listener() {
+    let a = Backend::start("rev-a").await;
+    let labelled = route("ns", "private", &[("rev-a", 100, None)]).replace(
+        "namespace: ns}",
+        "namespace: ns, labels: {networking.knative.dev/visibility: cluster-local}}",
+    );
+    let svc_url = route("ns", "local", &[("rev-a", 100, Some("t"))])
+        .replace("local.ns.example.com", "local.ns.svc.cluster.local");
+    let snap = labelled
+        + &svc_url
+        + &route("ns", "public", &[("rev-a", 100, None)])
+        + &slice("ns", "rev-a", &[a.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let c = HttpClient::new();
+    for host in [
+        "private.ns.example.com",
+        "local.ns.svc.cluster.local",
+        "t-local.ns.svc.cluster.local",
+    ] {
+        assert_eq!(
+            c.get(gw.http, host).await.unwrap().status,
+            404,
+            "{host} external"
+        );
+        assert_eq!(
+            c.get(gw.internal, host).await.unwrap().body,
+            "rev-a",
+            "{host} internal"
+        );
+    }
+    assert_eq!(
+        c.get(gw.http, "public.ns.example.com").await.unwrap().body,
+        "rev-a"
     );
 }
 

@@ -202,7 +202,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
 
     print_intro(&args, &table.view());
-    let config = args.tuning.serve_config(&args.http, &args.admin);
+    let config = args
+        .tuning
+        .serve_config(&args.http, &args.internal_http, &args.admin);
     let activator = Arc::new(crate::activator::Activator::new(
         &activator_addr.to_string(),
     ));

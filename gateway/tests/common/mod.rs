@@ -164,6 +164,7 @@ impl HttpClient {
 /// The gateway binary running `serve` on a snapshot file it owns.
 pub struct Gateway {
     pub http: SocketAddr,
+    pub internal: SocketAddr,
     pub admin: SocketAddr,
     pub file: PathBuf,
     child: Child,
@@ -227,7 +228,7 @@ impl Gateway {
     }
 
     async fn launch(args: Vec<String>, dir: tempfile::TempDir, file: PathBuf) -> Gateway {
-        let (http, admin) = (free_port(), free_port());
+        let (http, internal, admin) = (free_port(), free_port(), free_port());
         let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(&args)
@@ -236,6 +237,8 @@ impl Gateway {
                 &format!("127.0.0.1:{http}"),
                 "--admin",
                 &format!("127.0.0.1:{admin}"),
+                "--internal-http",
+                &format!("127.0.0.1:{internal}"),
             ])
             .args(["--threads", "2", "--log", "warn"])
             .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
@@ -244,6 +247,7 @@ impl Gateway {
             .unwrap();
         let gw = Gateway {
             http: ([127, 0, 0, 1], http).into(),
+            internal: ([127, 0, 0, 1], internal).into(),
             admin: ([127, 0, 0, 1], admin).into(),
             file,
             child,
