@@ -214,6 +214,18 @@ pub type RevisionKey<'a> = (&'a str, &'a str);
 /// Hash map with the fast hasher used throughout the build.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The `namespace/revision` a slice belongs to, if it is a revision's private slice.
+pub fn slice_revision(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let meta = &slice.metadata;
+    match (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL)) {
+        (Some(rev), Some("Private")) => Some(ObjectKey::new(
+            meta.namespace.as_deref().unwrap_or("default"),
+            rev,
+        )),
+        _ => None,
+    }
+}
+
 /// Index every slice's ready endpoints by `namespace/revision`.
 pub fn index_endpoints<'a>(
     slices: &'a [EndpointSlice],
@@ -302,6 +314,16 @@ pub fn build(
         hosts, revisions, ..
     } = compiler;
     let cluster_names = hosts.values().filter(|e| e.cluster_name).count();
+    let revision_index = revisions
+        .iter()
+        .enumerate()
+        .map(|(id, r)| {
+            (
+                host_name([&*r.namespace, "/", &*r.name].into_iter()),
+                id as RevisionId,
+            )
+        })
+        .collect();
 
     let table = Table {
         generation,
@@ -311,6 +333,7 @@ pub fn build(
         svc_suffix: format!(".svc.{}", opts.cluster_domain).into_boxed_str(),
         routes: Arc::new(infos),
         revisions,
+        revision_index: Arc::new(revision_index),
         rejected: Arc::new(rejected),
     };
     (table, next_good)

@@ -134,6 +134,37 @@ impl Publisher {
         table
     }
 
+    /// Swap in new endpoints for some revisions without rebuilding the routes:
+    /// the path for EndpointSlice changes. `slices` are the EndpointSlices that
+    /// changed, whose rejections `rejected` replaces.
+    pub fn publish_endpoints(
+        &self,
+        updates: &[crate::table::EndpointUpdate],
+        slices: &[crate::model::ObjectKey],
+        rejected: Vec<crate::error::Rejection>,
+    ) -> Arc<Table> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = state.generation + 1;
+        for r in &rejected {
+            tracing::warn!(reason = r.error.reason(), "{r}");
+        }
+        let table = Arc::new(
+            self.table
+                .load()
+                .with_endpoints(updates, slices, rejected, generation),
+        );
+        self.table.store(table.clone());
+        state.generation = generation;
+        drop(state);
+        tracing::debug!(
+            generation,
+            revisions = updates.len(),
+            "endpoints swapped in"
+        );
+        self.status.publishes.fetch_add(1, Ordering::Relaxed);
+        table
+    }
+
     /// Record that the source is in contact again (an event arrived): clears the
     /// last error without building a table.
     pub fn report_healthy(&self) {

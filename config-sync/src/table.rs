@@ -40,7 +40,18 @@ pub struct Table {
     pub(crate) host_count: usize,
     pub(crate) routes: Arc<Vec<RouteInfo>>,
     pub(crate) revisions: Vec<Arc<Revision>>,
+    /// `namespace/name` → revision id, for endpoint-only updates.
+    pub(crate) revision_index: Arc<HashMap<Box<str>, RevisionId, foldhash::fast::RandomState>>,
     pub(crate) rejected: Arc<Vec<Rejection>>,
+}
+
+/// New endpoints for one revision.
+#[derive(Debug, Clone)]
+pub struct EndpointUpdate {
+    /// `namespace/revision`.
+    pub revision: ObjectKey,
+    /// Its ready addresses now (sorted, deduplicated).
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// What a host resolves to.
@@ -184,6 +195,72 @@ impl Table {
     /// Objects (or parts of objects) rejected when this table was built.
     pub fn rejected(&self) -> &[Rejection] {
         &self.rejected
+    }
+
+    /// The id of revision `namespace/name`, if a route references it.
+    pub fn revision_id(&self, namespace: &str, name: &str) -> Option<RevisionId> {
+        self.revision_index
+            .get(format!("{namespace}/{name}").as_str())
+            .copied()
+    }
+
+    /// A table equal to this one but for the endpoints of `updates` (revisions no
+    /// route references are skipped) and the rejections of the EndpointSlices in
+    /// `slices`, which `rejected` replaces. Everything else is shared, so the cost
+    /// is one pointer copy per revision, whatever the number of routes.
+    pub fn with_endpoints(
+        &self,
+        updates: &[EndpointUpdate],
+        slices: &[ObjectKey],
+        rejected: Vec<Rejection>,
+        generation: u64,
+    ) -> Table {
+        let mut revisions = self.revisions.clone();
+        for update in updates {
+            let Some(id) = self.revision_id(&update.revision.namespace, &update.revision.name)
+            else {
+                continue;
+            };
+            let old = &self.revisions[id as usize];
+            let endpoints = update
+                .addrs
+                .iter()
+                .map(|&addr| {
+                    // Keep the in-flight count of an endpoint that stays.
+                    old.endpoints
+                        .iter()
+                        .find(|e| e.addr == addr)
+                        .cloned()
+                        .unwrap_or_else(|| Endpoint::new(addr))
+                })
+                .collect();
+            revisions[id as usize] = Arc::new(Revision {
+                namespace: old.namespace.clone(),
+                name: old.name.clone(),
+                namespace_header: old.namespace_header.clone(),
+                name_header: old.name_header.clone(),
+                endpoints,
+            });
+        }
+        let rejected = if slices.is_empty() && rejected.is_empty() {
+            self.rejected.clone()
+        } else {
+            let kept = self.rejected.iter().filter(|r| {
+                !(r.kind == crate::model::Kind::EndpointSlice && slices.contains(&r.object))
+            });
+            Arc::new(kept.cloned().chain(rejected).collect())
+        };
+        Table {
+            generation,
+            built_at: Some(SystemTime::now()),
+            hosts: self.hosts.clone(),
+            svc_suffix: self.svc_suffix.clone(),
+            host_count: self.host_count,
+            routes: self.routes.clone(),
+            revisions,
+            revision_index: self.revision_index.clone(),
+            rejected,
+        }
     }
 
     /// Revisions referenced by routes.

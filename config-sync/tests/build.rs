@@ -357,3 +357,68 @@ fn inflight_counters_survive_a_rebuild() {
     };
     assert_eq!(second.revision(r).endpoints[0].load(), 7);
 }
+
+#[test]
+fn endpoint_updates_swap_only_their_revisions() {
+    use config_sync::table::EndpointUpdate;
+    use config_sync::ObjectKey;
+    let (t, _) = table(SNAPSHOT);
+    let Target::Revision(v1) = t.lookup("v1-hello.default.example.com").unwrap().target else {
+        panic!()
+    };
+    let Target::Revision(v2) = t.lookup("v2-hello.default.example.com").unwrap().target else {
+        panic!()
+    };
+    t.revision(v1).endpoints[0]
+        .inflight
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    let updates = [
+        EndpointUpdate {
+            revision: ObjectKey::new("default", "hello-00001"),
+            addrs: vec![
+                "10.0.0.1:8012".parse().unwrap(),
+                "10.0.0.9:8012".parse().unwrap(),
+            ],
+        },
+        // Not referenced by any route: ignored.
+        EndpointUpdate {
+            revision: ObjectKey::new("default", "nobody-00001"),
+            addrs: vec![],
+        },
+    ];
+    let bad = config_sync::Rejection::new(
+        config_sync::model::Kind::EndpointSlice,
+        ObjectKey::new("default", "hello-00001-private-a"),
+        config_sync::ObjectError::NoHttpPort,
+    );
+    let next = t.with_endpoints(
+        &updates,
+        &[ObjectKey::new("default", "hello-00001-private-a")],
+        vec![bad],
+        2,
+    );
+    assert_eq!(next.generation, 2);
+    assert_eq!(
+        addrs(&next, "v1-hello.default.example.com"),
+        ["10.0.0.1:8012", "10.0.0.9:8012"]
+    );
+    assert_eq!(
+        next.revision(v1).endpoints[0].load(),
+        3,
+        "a staying endpoint keeps its count"
+    );
+    assert!(
+        std::ptr::eq(next.revision(v2), t.revision(v2)),
+        "untouched revisions are shared"
+    );
+    assert_eq!(next.host_count(), t.host_count());
+    assert_eq!(next.rejected().len(), 1);
+    // A later update of the same slice replaces its rejection.
+    let fixed = next.with_endpoints(
+        &[],
+        &[ObjectKey::new("default", "hello-00001-private-a")],
+        vec![],
+        3,
+    );
+    assert!(fixed.rejected().is_empty());
+}

@@ -20,8 +20,20 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::model::{decode_object, Decoded, ObjectKey, Snapshot, REVISION_LABEL};
+use crate::build::{slice_endpoints, slice_revision};
+use crate::error::Rejection;
+use crate::model::{decode_object, Decoded, Kind, ObjectKey, Snapshot, REVISION_LABEL};
 use crate::publish::Publisher;
+use crate::table::EndpointUpdate;
+
+/// What a burst of events requires.
+#[derive(Default)]
+struct Pending {
+    /// Rebuild everything (a Route changed, or a relist completed).
+    full: bool,
+    /// Revisions whose endpoints changed.
+    revisions: std::collections::BTreeSet<ObjectKey>,
+}
 
 /// What to watch.
 #[derive(Debug, Clone)]
@@ -126,6 +138,7 @@ impl KubeSource {
         let mut events = futures::stream::select_all(streams);
         let mut stores: Vec<Store> = kinds.iter().map(|_| Store::default()).collect();
         let mut publish_at: Option<Instant> = None;
+        let mut pending = Pending::default();
 
         loop {
             let wait = async {
@@ -140,7 +153,7 @@ impl KubeSource {
                     match event {
                         Ok(event) => {
                             self.publisher.report_healthy();
-                            if apply(&mut stores[index], kinds[index], event, &self.publisher) {
+                            if apply(&mut stores[index], kinds[index], event, &self.publisher, &mut pending) {
                                 publish_at.get_or_insert_with(|| Instant::now() + self.options.settle);
                             }
                         }
@@ -150,7 +163,14 @@ impl KubeSource {
                 }
                 _ = wait, if stores.iter().all(|s| s.synced) => {
                     publish_at = None;
-                    self.publisher.publish(&snapshot(&stores));
+                    let done = std::mem::take(&mut pending);
+                    if done.full || !self.publisher.is_ready() {
+                        self.publisher.publish(&snapshot(&stores));
+                    } else {
+                        // Endpoints only: swap those revisions, share every route.
+                        let (updates, slices, rejected) = endpoints_of(&stores, &kinds, &done.revisions);
+                        self.publisher.publish_endpoints(&updates, &slices, rejected);
+                    }
                 }
                 _ = shutdown.changed() => return,
             }
@@ -172,12 +192,25 @@ fn decode(resource: Resource, obj: DynamicObject) -> (ObjectKey, Decoded) {
     (key, decode_object(value))
 }
 
+/// Note what a changed object requires: the revisions of a slice (before and
+/// after), or a full rebuild for anything else.
+fn note(pending: &mut Pending, resource: Resource, decoded: Option<&Decoded>) {
+    match (resource, decoded) {
+        (Resource::EndpointSlice, Some(Decoded::EndpointSlice(s))) => {
+            pending.revisions.extend(slice_revision(s));
+        }
+        (Resource::EndpointSlice, None) => {}
+        _ => pending.full = true,
+    }
+}
+
 /// Apply one watch event to a store; true when the table needs rebuilding.
 fn apply(
     store: &mut Store,
     resource: Resource,
     event: Event<DynamicObject>,
     publisher: &Publisher,
+    pending: &mut Pending,
 ) -> bool {
     match event {
         Event::Init => {
@@ -200,18 +233,67 @@ fn apply(
             // disconnected disappear here.
             store.objects = store.pending.take().unwrap_or_default();
             store.synced = true;
+            pending.full = true;
             true
         }
         Event::Apply(obj) => {
             let (key, decoded) = decode(resource, obj);
-            store.objects.insert(key, decoded);
+            note(pending, resource, Some(&decoded));
+            let old = store.objects.insert(key, decoded);
+            note(pending, resource, old.as_ref());
             true
         }
         Event::Delete(obj) => {
             let (key, _) = decode(resource, obj);
-            store.objects.remove(&key).is_some()
+            let old = store.objects.remove(&key);
+            note(pending, resource, old.as_ref());
+            old.is_some()
         }
     }
+}
+
+/// The endpoints of `revisions` from every slice store, the slices read, and
+/// their rejections.
+fn endpoints_of(
+    stores: &[Store],
+    kinds: &[Resource],
+    revisions: &std::collections::BTreeSet<ObjectKey>,
+) -> (Vec<EndpointUpdate>, Vec<ObjectKey>, Vec<Rejection>) {
+    let mut addrs: BTreeMap<ObjectKey, Vec<std::net::SocketAddr>> =
+        revisions.iter().map(|r| (r.clone(), Vec::new())).collect();
+    let mut slices = Vec::new();
+    let mut rejected = Vec::new();
+    let slice_stores = stores
+        .iter()
+        .zip(kinds)
+        .filter(|(_, k)| **k == Resource::EndpointSlice);
+    for (store, _) in slice_stores {
+        for (key, decoded) in &store.objects {
+            let Decoded::EndpointSlice(slice) = decoded else {
+                continue;
+            };
+            let Some(rev) = slice_revision(slice).filter(|r| revisions.contains(r)) else {
+                continue;
+            };
+            slices.push(key.clone());
+            match slice_endpoints(slice, &mut rejected) {
+                Ok(Some((_, found))) => addrs.entry(rev).or_default().extend(found),
+                Ok(None) => {}
+                Err(error) => {
+                    rejected.push(Rejection::new(Kind::EndpointSlice, key.clone(), error))
+                }
+            }
+        }
+    }
+    let updates = addrs
+        .into_iter()
+        .map(|(revision, mut addrs)| {
+            addrs.sort_unstable();
+            addrs.dedup();
+            EndpointUpdate { revision, addrs }
+        })
+        .collect();
+    (updates, slices, rejected)
 }
 
 fn snapshot(stores: &[Store]) -> Snapshot {
