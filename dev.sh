@@ -25,6 +25,11 @@ case "${1:-}" in
   test)
     need_apt cmake cmake
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    # Offline Kubernetes schema validation of deploy/ (the schemas ship in the package).
+    command -v kubernetes-validate >/dev/null 2>&1 || {
+      echo "==> installing kubernetes-validate (PyPI)" >&2
+      python3 -m pip install -q kubernetes-validate
+    }
     echo "==> cargo fmt --check"
     cargo fmt --all -- --check
     echo "==> cargo clippy --all-targets -- -D warnings"

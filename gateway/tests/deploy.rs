@@ -1,0 +1,162 @@
+//! deploy/: every manifest validated offline against the Kubernetes schemas
+//! (`kubernetes-validate`, installed by `./dev.sh test`), and the invariants
+//! that keep a rollout safe.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ["base", "knative"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(deploy().join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn validate(files: &[PathBuf], version: &str) -> std::process::Output {
+    Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", version])
+        .args(files)
+        .output()
+        .expect("kubernetes-validate is missing: run ./dev.sh test, which installs it (pip install kubernetes-validate)")
+}
+
+#[test]
+fn every_manifest_passes_strict_schema_validation() {
+    let files = manifests();
+    assert!(files.len() >= 8, "{files:?}");
+    for version in ["1.31.0", "1.37.0"] {
+        let out = validate(&files, version);
+        assert!(
+            out.status.success(),
+            "Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_validator_rejects_a_broken_manifest() {
+    // Proves the check above can fail.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(deploy().join("base/deployment.yaml"))
+        .unwrap()
+        .replace("replicas: 2", "replicas: two");
+    std::fs::write(&bad, text).unwrap();
+    assert!(!validate(&[bad], "1.37.0").status.success());
+}
+
+#[test]
+fn kustomization_lists_every_base_manifest() {
+    let k: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(deploy().join("base/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut listed: Vec<String> = k["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut present: Vec<String> = manifests()
+        .iter()
+        .filter(|p| p.parent().unwrap().ends_with("base"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    assert_eq!(listed, present);
+}
+
+fn arg_duration(args: &[String], flag: &str) -> Duration {
+    let v = args
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+        .unwrap_or_else(|| panic!("{flag} not set"));
+    humantime::parse_duration(v).unwrap()
+}
+
+#[test]
+fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
+    let d: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(deploy().join("base/deployment.yaml")).unwrap(),
+    )
+    .unwrap();
+    let spec = &d["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let args: Vec<String> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap());
+    let pre_stop = Duration::from_secs(
+        c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_u64()
+            .unwrap(),
+    );
+    let drain = pre_stop
+        + arg_duration(&args, "--shutdown-grace")
+        + arg_duration(&args, "--shutdown-timeout");
+    assert!(
+        drain < grace,
+        "drain {drain:?} must end before SIGKILL at {grace:?}"
+    );
+
+    assert!(d["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        spec["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        c["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+    for r in ["requests", "limits"] {
+        assert!(
+            c["resources"][r]["cpu"].as_str().is_some()
+                && c["resources"][r]["memory"].as_str().is_some(),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    // The admin port must be reachable by the kubelet's probes.
+    assert!(
+        args.contains(&"--admin=0.0.0.0:9090".to_owned()),
+        "{args:?}"
+    );
+    // The manifest's flags must parse with this binary's CLI.
+    use clap::Parser;
+    let cli = gateway::cli::Cli::try_parse_from(
+        std::iter::once("gateway".to_owned()).chain(args.clone()),
+    )
+    .unwrap_or_else(|e| panic!("deployment args do not parse: {e}"));
+    let gateway::cli::Command::Serve(serve) = cli.command else {
+        panic!("not serve")
+    };
+    assert!(serve.kube && serve.validate().is_ok());
+}
