@@ -10,10 +10,13 @@
 pub mod build;
 pub mod error;
 pub mod host;
+pub mod kingress;
+pub mod leader;
 pub mod model;
 pub mod publish;
 pub mod select;
 pub mod sources;
+pub mod status;
 pub mod synth;
 pub mod table;
 

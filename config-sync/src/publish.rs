@@ -32,6 +32,25 @@ impl TableReader {
     }
 }
 
+/// Host → `K-Network-Hash` of the KIngress this replica serves for it.
+pub type ProbeMap = std::collections::HashMap<String, String>;
+
+/// Read handle on the probe map, for the request path.
+#[derive(Clone, Debug)]
+pub struct ProbeReader(Arc<ArcSwap<ProbeMap>>);
+
+impl ProbeReader {
+    /// The hash to answer a probe for `host` with, if its KIngress is served.
+    pub fn hash(&self, host: &str) -> Option<String> {
+        self.0.load().get(host).cloned()
+    }
+
+    /// The whole map now.
+    pub fn snapshot(&self) -> Arc<ProbeMap> {
+        self.0.load_full()
+    }
+}
+
 /// Health of the source feeding the publisher, for metrics and `/debug/routes`.
 #[derive(Debug, Default)]
 pub struct SourceStatus {
@@ -64,6 +83,7 @@ struct BuilderState {
 /// Builds tables from snapshots and swaps them in.
 pub struct Publisher {
     table: Arc<ArcSwap<Table>>,
+    probes: Arc<ArcSwap<ProbeMap>>,
     options: BuildOptions,
     state: Mutex<BuilderState>,
     ready: AtomicBool,
@@ -75,6 +95,7 @@ impl Publisher {
     pub fn new(options: BuildOptions) -> Self {
         Self {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
+            probes: Arc::new(ArcSwap::from_pointee(ProbeMap::new())),
             options,
             state: Mutex::new(BuilderState {
                 last_good: LastGood::default(),
@@ -88,6 +109,16 @@ impl Publisher {
     /// A read handle for the request path.
     pub fn reader(&self) -> TableReader {
         TableReader(self.table.clone())
+    }
+
+    /// A read handle on the probe map.
+    pub fn probes(&self) -> ProbeReader {
+        ProbeReader(self.probes.clone())
+    }
+
+    /// Replace the probe map (after a table or KIngress change).
+    pub fn set_probes(&self, map: ProbeMap) {
+        self.probes.store(Arc::new(map));
     }
 
     /// Build a table from `snapshot` and make it live. Rejected objects are

@@ -38,7 +38,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve routes from a snapshot file (`--file`, reloaded on change) or a
     /// Kubernetes API server (`--kube`, watched).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a self-contained demo on loopback: sample revisions, a 90/10 split with tags,
     /// and a scaled-to-zero revision woken by a local activator stand-in.
     Demo(DemoArgs),
@@ -85,11 +85,48 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_ACTIVATOR", default_value = "activator-service.knative-serving.svc.cluster.local:80",
           value_parser = crate::activator::parse_target)]
     pub activator: String,
+    /// KIngress class this gateway implements with `--kube` (the value of
+    /// `ingress-class` in Knative's config-network). KIngresses of other classes
+    /// are never touched.
+    #[arg(long, env = "GATEWAY_INGRESS_CLASS", default_value = config_sync::kingress::DEFAULT_CLASS)]
+    pub ingress_class: String,
+    /// Lease (NAMESPACE/NAME) electing the one replica that writes KIngress status.
+    #[arg(long, env = "GATEWAY_LEASE", default_value = "knative-gateway/knative-gateway", value_parser = parse_key)]
+    pub lease: config_sync::ObjectKey,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+    /// The gateway's external Service (NAMESPACE/NAME), written to KIngress
+    /// `status.publicLoadBalancer`.
+    #[arg(long, env = "GATEWAY_PUBLIC_SERVICE", default_value = "knative-gateway/knative-gateway", value_parser = parse_key)]
+    pub public_service: config_sync::ObjectKey,
+    /// The gateway's internal Service (NAMESPACE/NAME), written to
+    /// `status.privateLoadBalancer`; the leader probes its ready endpoints (every
+    /// replica) before marking a KIngress Ready.
+    #[arg(long, env = "GATEWAY_PRIVATE_SERVICE", default_value = "knative-gateway/knative-gateway-internal", value_parser = parse_key)]
+    pub private_service: config_sync::ObjectKey,
     /// Kubernetes cluster domain, for the `x.ns.svc.<domain>` host names.
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_key(s: &str) -> Result<config_sync::ObjectKey, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(config_sync::ObjectKey::new(ns, name))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+/// Host name and process id: unique enough outside Kubernetes, where POD_NAME is unset.
+fn default_identity() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "gateway".into());
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 impl ServeArgs {

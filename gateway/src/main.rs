@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format)?;
     match cli.command {
-        Command::Serve(args) => gateway::serve::run(args),
+        Command::Serve(args) => gateway::serve::run(*args),
         Command::Demo(args) => gateway::demo::run(args),
     }
 }

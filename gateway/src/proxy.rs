@@ -1,6 +1,7 @@
 //! The request path, start to end, as pingora `ProxyHttp` hooks:
 //!
-//! 1. `request_filter`: one `ArcSwap` load of the table, Host → route,
+//! 1. `request_filter`: Knative's probe (`K-Network-Probe`) is answered with
+//!    the applied KIngress hash; otherwise one `ArcSwap` load of the table, Host → route,
 //!    revision by weight; 400 without a Host, 404 for an unknown one, and 404
 //!    on the external listener for cluster-local routes and cluster names.
 //! 2. `upstream_peer`: a ready endpoint by power of two choices, or the
@@ -21,10 +22,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use config_sync::host::{self, MAX_HOST_LEN};
+use config_sync::publish::ProbeReader;
 use config_sync::select::{pick_endpoint, pick_revision};
 use config_sync::table::{RevisionId, RouteId};
 use config_sync::{Table, TableReader};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
@@ -47,21 +49,24 @@ pub struct ProxyOptions {
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
     table: TableReader,
+    probes: ProbeReader,
     activator: Arc<Activator>,
     metrics: Arc<Metrics>,
     options: ProxyOptions,
 }
 
 impl Gateway {
-    /// A gateway reading `table`.
+    /// A gateway reading `table`, answering Knative's probes from `probes`.
     pub fn new(
         table: TableReader,
+        probes: ProbeReader,
         activator: Arc<Activator>,
         metrics: Arc<Metrics>,
         options: ProxyOptions,
     ) -> Self {
         Self {
             table,
+            probes,
             activator,
             metrics,
             options,
@@ -69,7 +74,25 @@ impl Gateway {
     }
 }
 
+/// Header marking Knative's ingress probe.
+const PROBE_HEADER: &str = "K-Network-Probe";
+/// Header carrying the hash of the KIngress a gateway has applied.
+const HASH_HEADER: &str = "K-Network-Hash";
+
 impl Gateway {
+    /// Knative's prober asks each replica which KIngress version it serves for
+    /// a host: 200 with the hash once served, 404 until then (the prober retries).
+    async fn answer_probe(&self, session: &mut Session, host: &str) -> Result<bool> {
+        let Some(hash) = self.probes.hash(host) else {
+            return respond(session, 404, "no KIngress served for this host yet\n").await;
+        };
+        let mut resp = ResponseHeader::build(200, Some(2))?;
+        resp.insert_header(HASH_HEADER, hash)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
+    }
+
     /// Whether the request came in on the internal listener.
     fn is_internal(&self, session: &Session) -> bool {
         let port = session
@@ -157,6 +180,14 @@ impl ProxyHttp for Gateway {
         let Some(host) = host::normalize(raw, &mut buf) else {
             return respond(session, 400, "invalid Host header\n").await;
         };
+        if req
+            .headers
+            .get(PROBE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"probe")
+        {
+            let host = host.to_owned();
+            return self.answer_probe(session, &host).await;
+        }
         let table = self.table.load();
         let Some(entry) = table.lookup(host) else {
             return respond(session, 404, "no route for this host\n").await;

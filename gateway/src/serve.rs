@@ -1,56 +1,92 @@
-//! `gateway serve`: a source (snapshot file or Kubernetes API) feeding the proxy.
+//! `gateway serve`: a source (snapshot file or Kubernetes API) feeding the
+//! proxy, and with `--kube` the KIngress status writer.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use config_sync::sources::file::FileSource;
 use config_sync::sources::kube::{KubeOptions, KubeSource};
+use config_sync::status::{StatusOptions, StatusWriter};
 use config_sync::{BuildOptions, Publisher};
 
 use crate::activator::Activator;
 use crate::cli::ServeArgs;
 use crate::server::{self, Task};
 
-/// Set up the source (refusing to start on a broken file or kubeconfig), then serve.
+/// Set up the sources (refusing to start on a broken file or kubeconfig), then serve.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let publisher = Arc::new(Publisher::new(BuildOptions {
         cluster_domain: args.cluster_domain.clone(),
     }));
-    let source = match &args.file {
+    let tasks = match &args.file {
         Some(file) => {
             let mut source = FileSource::new(file, publisher.clone());
             source
                 .load_initial()
                 .with_context(|| format!("cannot start from {}", file.display()))?;
-            Task::new(move |shutdown| source.run(shutdown))
+            vec![(
+                "file-source",
+                Task::new(move |shutdown| source.run(shutdown)),
+            )]
         }
-        None => {
-            let config = kube_config(args.kubeconfig.as_deref())?;
-            let options = KubeOptions {
-                namespaces: args.namespaces.clone(),
-                ..KubeOptions::default()
-            };
-            let publisher = publisher.clone();
-            // The client is built on the runtime that polls it.
-            Task::new(move |shutdown| async move {
-                match kube::Client::try_from(config) {
-                    Ok(client) => {
-                        KubeSource::new(client, publisher, options)
-                            .run(shutdown)
-                            .await
-                    }
-                    Err(e) => publisher.report_error(&e),
-                }
-            })
-        }
+        None => kube_tasks(&args, &publisher)?,
     };
     let activator = Arc::new(Activator::new(&args.activator));
     let config = args
         .tuning
         .serve_config(&args.http, &args.internal_http, &args.admin);
-    server::run(config, publisher, activator, vec![("source", source)])
+    server::run(config, publisher, activator, tasks)
+}
+
+/// The kube source and the KIngress status writer, each with its own client
+/// built on the runtime that polls it.
+fn kube_tasks(
+    args: &ServeArgs,
+    publisher: &Arc<Publisher>,
+) -> anyhow::Result<Vec<(&'static str, Task)>> {
+    let config = kube_config(args.kubeconfig.as_deref())?;
+    let options = KubeOptions {
+        namespaces: args.namespaces.clone(),
+        ingress_class: Some(args.ingress_class.clone()),
+        ..KubeOptions::default()
+    };
+    let status = StatusOptions {
+        lease: args.lease.clone(),
+        identity: args.identity.clone(),
+        public_service: args.public_service.clone(),
+        private_service: args.private_service.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        interval: Duration::from_secs(1),
+    };
+    let (feed, kingresses) = tokio::sync::watch::channel(Arc::default());
+
+    let (p, c) = (publisher.clone(), config.clone());
+    let source = Task::new(move |shutdown| async move {
+        match kube::Client::try_from(c) {
+            Ok(client) => {
+                KubeSource::new(client, p, options)
+                    .feed_kingresses(feed)
+                    .run(shutdown)
+                    .await
+            }
+            Err(e) => p.report_error(&e),
+        }
+    });
+    let p = publisher.clone();
+    let writer = Task::new(move |shutdown| async move {
+        match kube::Client::try_from(config) {
+            Ok(client) => {
+                StatusWriter::new(client, status, kingresses)
+                    .run(shutdown)
+                    .await
+            }
+            Err(e) => p.report_error(&e),
+        }
+    });
+    Ok(vec![("kube-source", source), ("kingress-status", writer)])
 }
 
 /// Load the client configuration before starting, so a bad one stops us with a clear error.

@@ -107,6 +107,7 @@ pub fn run(
 
     let gateway = Gateway::new(
         publisher.reader(),
+        publisher.probes(),
         activator.clone(),
         metrics.clone(),
         config.proxy.clone(),

@@ -268,3 +268,159 @@ async fn bad_objects_are_skipped_with_a_reason() {
         "{m}"
     );
 }
+
+fn kingress_obj(class: &str, name: &str, generation: i64, traffic: &[(&str, i64)]) -> Value {
+    let splits: Vec<Value> = traffic
+        .iter()
+        .map(|(r, p)| json!({"serviceName": r, "serviceNamespace": "ns", "servicePort": 80, "percent": p}))
+        .collect();
+    json!({"apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "ns", "generation": generation,
+                        "annotations": {"networking.knative.dev/ingress.class": class}},
+           "spec": {"rules": [
+               {"hosts": [format!("{name}.ns.example.com")], "visibility": "ExternalIP",
+                "http": {"paths": [{"splits": splits}]}},
+               {"hosts": [format!("{name}.ns.svc.cluster.local")], "visibility": "ClusterLocal",
+                "http": {"paths": [{"splits": splits}]}}]}})
+}
+
+fn hash_of(obj: &Value) -> String {
+    config_sync::kingress::decode(obj, config_sync::kingress::DEFAULT_CLASS)
+        .unwrap()
+        .unwrap()
+        .hash
+}
+
+async fn probe(addr: SocketAddr, host: &str) -> (u16, String) {
+    let r = HttpClient::new()
+        .get_with(addr, host, &[("K-Network-Probe", "probe")])
+        .await
+        .unwrap();
+    (r.status, r.header("k-network-hash").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kingress_of_our_class_marked_ready_once_every_replica_serves_it() {
+    const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
+    let c = cluster().await;
+    let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
+    c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
+    c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
+    c.api.apply(slice_obj("ns", "rev-b", b.addr, true));
+    let ours = kingress_obj(OURS, "web", 1, &[("rev-a", 100)]);
+    c.api.apply(ours.clone());
+    c.api.apply(kingress_obj(
+        "kourier.ingress.networking.knative.dev",
+        "other",
+        1,
+        &[("rev-a", 100)],
+    ));
+
+    let flags = [
+        "--lease",
+        "gw/lease",
+        "--private-service",
+        "gw/internal",
+        "--public-service",
+        "gw/external",
+    ];
+    let one = Gateway::kube(
+        &c.kubeconfig,
+        a.addr,
+        &[&flags[..], &["--identity", "replica-one"]].concat(),
+    )
+    .await;
+    let two = Gateway::kube(
+        &c.kubeconfig,
+        a.addr,
+        &[&flags[..], &["--identity", "replica-two"]].concat(),
+    )
+    .await;
+    // The internal Service's endpoints: both replicas (one slice each, as their ports differ).
+    for (i, gw) in [&one, &two].iter().enumerate() {
+        c.api
+            .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
+            "metadata": {"name": format!("internal-{i}"), "namespace": "gw",
+                         "labels": {"kubernetes.io/service-name": "internal"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+    }
+
+    // The probe, on any host of the KIngress, answers with its hash.
+    let hash = hash_of(&ours);
+    for gw in [&one, &two] {
+        eventually(5, "probe answered", || async {
+            probe(gw.http, "web.ns.example.com").await == (200, hash.clone())
+        })
+        .await;
+        assert_eq!(
+            probe(gw.internal, "web.ns.svc.cluster.local").await,
+            (200, hash.clone())
+        );
+        assert_eq!(probe(gw.http, "unknown.ns.example.com").await.0, 404);
+    }
+
+    let status = |name: &str| {
+        c.api
+            .get(
+                "networking.internal.knative.dev/v1alpha1",
+                "Ingress",
+                "ns",
+                name,
+            )
+            .unwrap()["status"]
+            .clone()
+    };
+    eventually(15, "KIngress Ready", || async {
+        status("web")["observedGeneration"] == 1
+    })
+    .await;
+    let s = status("web");
+    let ready = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(
+        s["publicLoadBalancer"]["ingress"][0]["domainInternal"],
+        "external.gw.svc.cluster.local"
+    );
+    assert_eq!(
+        s["privateLoadBalancer"]["ingress"][0]["domainInternal"],
+        "internal.gw.svc.cluster.local"
+    );
+    assert!(
+        status("other").is_null(),
+        "another class's KIngress is never touched"
+    );
+    let lease = c
+        .api
+        .get("coordination.k8s.io/v1", "Lease", "gw", "lease")
+        .unwrap();
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+    assert!(
+        holder == "replica-one" || holder == "replica-two",
+        "{holder}"
+    );
+
+    // A new KIngress generation asks for 50/50, but the Route still says 100/0:
+    // not served, so not Ready, and the probe still answers the old hash.
+    let newer = kingress_obj(OURS, "web", 2, &[("rev-a", 50), ("rev-b", 50)]);
+    c.api.apply(newer.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status("web")["observedGeneration"], 1);
+    assert_eq!(probe(one.http, "web.ns.example.com").await, (200, hash));
+    // The Route catches up: both replicas serve it, and the leader marks generation 2.
+    c.api
+        .apply(route_obj("ns", "web", &[("rev-a", 50), ("rev-b", 50)]));
+    eventually(15, "generation 2 Ready", || async {
+        status("web")["observedGeneration"] == 2
+    })
+    .await;
+    assert_eq!(
+        probe(two.http, "web.ns.example.com").await,
+        (200, hash_of(&newer))
+    );
+}

@@ -132,8 +132,9 @@ impl ApiServer {
     }
 
     /// Create or replace an object (`apiVersion`, `kind`, `metadata.name` and
-    /// `metadata.namespace` required). Returns its new resourceVersion.
-    pub fn apply(&self, object: Value) -> u64 {
+    /// `metadata.namespace` required). Returns its new resourceVersion. An object
+    /// sent without `status` keeps the stored one, as with a status subresource.
+    pub fn apply(&self, mut object: Value) -> u64 {
         let api_version = object["apiVersion"]
             .as_str()
             .expect("apiVersion")
@@ -151,6 +152,11 @@ impl ApiServer {
         let mut st = self.shared.state.lock().unwrap();
         st.kinds.insert(plural.clone(), kind);
         let key = (api_version.clone(), plural.clone(), ns, name);
+        if object.get("status").is_none() {
+            if let Some(status) = st.objects.get(&key).and_then(|o| o.get("status")).cloned() {
+                object["status"] = status;
+            }
+        }
         put(
             &mut st,
             &self.shared.events,

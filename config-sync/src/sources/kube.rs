@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::build::{slice_endpoints, slice_revision};
 use crate::error::Rejection;
+use crate::kingress::{self, KIngress};
 use crate::model::{decode_object, Decoded, Kind, ObjectKey, Snapshot, REVISION_LABEL};
 use crate::publish::Publisher;
 use crate::table::EndpointUpdate;
@@ -42,6 +43,8 @@ pub struct KubeOptions {
     pub namespaces: Vec<String>,
     /// Quiet time after a change before publishing, so a burst builds one table.
     pub settle: Duration,
+    /// KIngress class to implement (probe answers); `None` watches no KIngress.
+    pub ingress_class: Option<String>,
 }
 
 impl Default for KubeOptions {
@@ -49,6 +52,7 @@ impl Default for KubeOptions {
         Self {
             namespaces: Vec::new(),
             settle: Duration::from_millis(10),
+            ingress_class: None,
         }
     }
 }
@@ -57,6 +61,7 @@ impl Default for KubeOptions {
 enum Resource {
     Route,
     EndpointSlice,
+    KIngress,
 }
 
 impl Resource {
@@ -66,6 +71,12 @@ impl Resource {
             Resource::EndpointSlice => {
                 ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
             }
+            Resource::KIngress => (
+                "networking.internal.knative.dev",
+                "v1alpha1",
+                "Ingress",
+                "ingresses",
+            ),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
     }
@@ -74,6 +85,7 @@ impl Resource {
         match self {
             Resource::Route => "Route",
             Resource::EndpointSlice => "EndpointSlice",
+            Resource::KIngress => "Ingress",
         }
     }
 }
@@ -82,6 +94,9 @@ impl Resource {
 #[derive(Default)]
 struct Store {
     objects: BTreeMap<ObjectKey, Decoded>,
+    /// For KIngress watches: the KIngresses of our class.
+    kingresses: BTreeMap<ObjectKey, KIngress>,
+    pending_kingresses: Option<BTreeMap<ObjectKey, KIngress>>,
     /// Objects of a relist in progress, swapped in whole at `InitDone`.
     pending: Option<BTreeMap<ObjectKey, Decoded>>,
     synced: bool,
@@ -92,6 +107,7 @@ pub struct KubeSource {
     client: Client,
     publisher: Arc<Publisher>,
     options: KubeOptions,
+    feed: Option<watch::Sender<Arc<Vec<KIngress>>>>,
 }
 
 impl KubeSource {
@@ -101,7 +117,14 @@ impl KubeSource {
             client,
             publisher,
             options,
+            feed: None,
         }
+    }
+
+    /// Also send every new set of KIngresses of our class to `feed` (the status writer).
+    pub fn feed_kingresses(mut self, feed: watch::Sender<Arc<Vec<KIngress>>>) -> Self {
+        self.feed = Some(feed);
+        self
     }
 
     /// Watch until `shutdown` turns true.
@@ -114,7 +137,11 @@ impl KubeSource {
         let mut kinds = Vec::new();
         let mut streams = Vec::new();
         for scope in &scopes {
-            for resource in [Resource::Route, Resource::EndpointSlice] {
+            let mut resources = vec![Resource::Route, Resource::EndpointSlice];
+            if self.options.ingress_class.is_some() {
+                resources.push(Resource::KIngress);
+            }
+            for resource in resources {
                 let ar = resource.api_resource();
                 let api: Api<DynamicObject> = match scope {
                     Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
@@ -123,7 +150,7 @@ impl KubeSource {
                 let config = match resource {
                     // Server-side selection: only revision slices travel.
                     Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
-                    Resource::Route => watcher::Config::default(),
+                    Resource::Route | Resource::KIngress => watcher::Config::default(),
                 };
                 let index = kinds.len();
                 kinds.push(resource);
@@ -151,6 +178,13 @@ impl KubeSource {
                 next = events.next() => {
                     let Some((index, event)) = next else { return };
                     match event {
+                        Ok(event) if kinds[index] == Resource::KIngress => {
+                            self.publisher.report_healthy();
+                            let class = self.options.ingress_class.as_deref().unwrap_or_default();
+                            if apply_kingress(&mut stores[index], event, class, &self.publisher) {
+                                self.refresh_probes(&stores);
+                            }
+                        }
                         Ok(event) => {
                             self.publisher.report_healthy();
                             if apply(&mut stores[index], kinds[index], event, &self.publisher, &mut pending) {
@@ -171,9 +205,83 @@ impl KubeSource {
                         let (updates, slices, rejected) = endpoints_of(&stores, &kinds, &done.revisions);
                         self.publisher.publish_endpoints(&updates, &slices, rejected);
                     }
+                    self.refresh_probes(&stores);
                 }
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+impl KubeSource {
+    /// Recompute which KIngresses the live table serves.
+    fn refresh_probes(&self, stores: &[Store]) {
+        if self.options.ingress_class.is_none() {
+            return;
+        }
+        let table = self.publisher.reader().load();
+        let all = stores.iter().flat_map(|s| s.kingresses.values());
+        let previous = self.publisher.probes().snapshot();
+        self.publisher
+            .set_probes(kingress::probe_map(all.clone(), &table, &previous));
+        if let Some(feed) = &self.feed {
+            feed.send_replace(Arc::new(all.cloned().collect()));
+        }
+    }
+}
+
+/// Apply a KIngress watch event; true when the set of KIngresses changed.
+/// KIngresses of another class (or none) are never stored, never touched.
+fn apply_kingress(
+    store: &mut Store,
+    event: Event<DynamicObject>,
+    class: &str,
+    publisher: &Publisher,
+) -> bool {
+    let ours = |obj: &DynamicObject| {
+        let value = serde_json::to_value(obj).unwrap_or_default();
+        match kingress::decode(&value, class)? {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let name = obj.metadata.name.as_deref().unwrap_or_default();
+                let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
+                tracing::warn!("KIngress {ns}/{name} skipped: {e}");
+                None
+            }
+        }
+    };
+    match event {
+        Event::Init => {
+            if store.synced {
+                publisher.report_relist();
+            }
+            store.pending_kingresses = Some(BTreeMap::new());
+            false
+        }
+        Event::InitApply(obj) => {
+            if let Some(k) = ours(&obj) {
+                store
+                    .pending_kingresses
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k.key.clone(), k);
+            }
+            false
+        }
+        Event::InitDone => {
+            store.kingresses = store.pending_kingresses.take().unwrap_or_default();
+            store.synced = true;
+            true
+        }
+        Event::Apply(obj) => match ours(&obj) {
+            Some(k) => store.kingresses.insert(k.key.clone(), k.clone()) != Some(k),
+            None => false,
+        },
+        Event::Delete(obj) => {
+            let key = ObjectKey::new(
+                obj.metadata.namespace.clone().unwrap_or_default(),
+                obj.metadata.name.clone().unwrap_or_default(),
+            );
+            store.kingresses.remove(&key).is_some()
         }
     }
 }
