@@ -129,8 +129,8 @@ async fn namespaces_outside_the_watch_are_ignored() {
     assert_eq!(body(&gw, "other.theirs.example.com").await, "status 404");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_410_relists_without_losing_an_update() {
+/// Route ns/web at 100% rev-a, slices for rev-a and rev-b, a gateway serving it.
+async fn web_on_rev_a() -> (Cluster, Backend, Backend, Gateway) {
     let c = cluster().await;
     let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
     c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
@@ -138,6 +138,12 @@ async fn gone_410_relists_without_losing_an_update() {
     c.api.apply(slice_obj("ns", "rev-b", b.addr, true));
     let gw = Gateway::kube(&c.kubeconfig, a.addr, &[]).await;
     assert_eq!(body(&gw, "web.ns.example.com").await, "rev-a");
+    (c, a, b, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_relists_without_losing_an_update() {
+    let (c, _a, _b, gw) = web_on_rev_a().await;
     let lists = c.api.lists();
 
     // While the watch is cut, the Route changes and history is compacted:
@@ -167,13 +173,7 @@ async fn gone_410_relists_without_losing_an_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_away_for_30s_every_request_still_served() {
-    let c = cluster().await;
-    let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
-    c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
-    c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
-    c.api.apply(slice_obj("ns", "rev-b", b.addr, true));
-    let gw = Gateway::kube(&c.kubeconfig, a.addr, &[]).await;
-    assert_eq!(body(&gw, "web.ns.example.com").await, "rev-a");
+    let (c, _a, _b, gw) = web_on_rev_a().await;
 
     c.api.stop();
     let client = HttpClient::new();

@@ -90,16 +90,106 @@ impl Resource {
     }
 }
 
-/// One watch's objects, decoded.
-#[derive(Default)]
-struct Store {
-    objects: BTreeMap<ObjectKey, Decoded>,
-    /// For KIngress watches: the KIngresses of our class.
-    kingresses: BTreeMap<ObjectKey, KIngress>,
-    pending_kingresses: Option<BTreeMap<ObjectKey, KIngress>>,
-    /// Objects of a relist in progress, swapped in whole at `InitDone`.
-    pending: Option<BTreeMap<ObjectKey, Decoded>>,
+/// One watch's objects. A relist is buffered and swapped in whole at
+/// `InitDone`, so deletions missed while disconnected disappear there.
+struct Store<T> {
+    objects: BTreeMap<ObjectKey, T>,
+    pending: Option<BTreeMap<ObjectKey, T>>,
     synced: bool,
+}
+
+impl<T> Default for Store<T> {
+    fn default() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+/// What one watch event did to a store.
+enum Change<T> {
+    /// Nothing the table depends on.
+    Nothing,
+    /// A complete relist was swapped in.
+    Relisted,
+    /// `key` was added or replaced; `old` is what it replaced.
+    Upserted { key: ObjectKey, old: Option<T> },
+    /// An object was deleted; `old` is what was stored, if anything.
+    Removed(Option<T>),
+}
+
+fn key_of(obj: &DynamicObject) -> ObjectKey {
+    ObjectKey::new(
+        obj.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        obj.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+impl<T> Store<T> {
+    /// Apply one watch event; `decode` turns an object into what is stored, or
+    /// `None` to ignore it (a KIngress of another class).
+    fn apply_event(
+        &mut self,
+        event: Event<DynamicObject>,
+        publisher: &Publisher,
+        decode: impl Fn(DynamicObject) -> Option<T>,
+    ) -> Change<T> {
+        match event {
+            Event::Init => {
+                if self.synced {
+                    publisher.report_relist();
+                }
+                self.pending = Some(BTreeMap::new());
+                Change::Nothing
+            }
+            Event::InitApply(obj) => {
+                let key = key_of(&obj);
+                if let Some(item) = decode(obj) {
+                    self.pending
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(key, item);
+                }
+                Change::Nothing
+            }
+            Event::InitDone => {
+                self.objects = self.pending.take().unwrap_or_default();
+                self.synced = true;
+                Change::Relisted
+            }
+            Event::Apply(obj) => {
+                let key = key_of(&obj);
+                match decode(obj) {
+                    Some(item) => {
+                        let old = self.objects.insert(key.clone(), item);
+                        Change::Upserted { key, old }
+                    }
+                    None => Change::Removed(self.objects.remove(&key)),
+                }
+            }
+            Event::Delete(obj) => Change::Removed(self.objects.remove(&key_of(&obj))),
+        }
+    }
+}
+
+/// The store of one watch: Routes or EndpointSlices (decoded into the model),
+/// or KIngresses of our class.
+enum Watched {
+    Objects(Resource, Store<Decoded>),
+    KIngresses(Store<KIngress>),
+}
+
+impl Watched {
+    fn synced(&self) -> bool {
+        match self {
+            Watched::Objects(_, s) => s.synced,
+            Watched::KIngresses(s) => s.synced,
+        }
+    }
 }
 
 /// Watches the API server and publishes tables.
@@ -134,7 +224,7 @@ impl KubeSource {
         } else {
             self.options.namespaces.iter().cloned().map(Some).collect()
         };
-        let mut kinds = Vec::new();
+        let mut stores = Vec::new();
         let mut streams = Vec::new();
         for scope in &scopes {
             let mut resources = vec![Resource::Route, Resource::EndpointSlice];
@@ -152,8 +242,11 @@ impl KubeSource {
                     Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
                     Resource::Route | Resource::KIngress => watcher::Config::default(),
                 };
-                let index = kinds.len();
-                kinds.push(resource);
+                let index = stores.len();
+                stores.push(match resource {
+                    Resource::KIngress => Watched::KIngresses(Store::default()),
+                    other => Watched::Objects(other, Store::default()),
+                });
                 streams.push(
                     watcher::watcher(api, config)
                         .default_backoff()
@@ -163,9 +256,9 @@ impl KubeSource {
             }
         }
         let mut events = futures::stream::select_all(streams);
-        let mut stores: Vec<Store> = kinds.iter().map(|_| Store::default()).collect();
         let mut publish_at: Option<Instant> = None;
         let mut pending = Pending::default();
+        let class = self.options.ingress_class.clone().unwrap_or_default();
 
         loop {
             let wait = async {
@@ -177,32 +270,36 @@ impl KubeSource {
             tokio::select! {
                 next = events.next() => {
                     let Some((index, event)) = next else { return };
-                    match event {
-                        Ok(event) if kinds[index] == Resource::KIngress => {
-                            self.publisher.report_healthy();
-                            let class = self.options.ingress_class.as_deref().unwrap_or_default();
-                            if apply_kingress(&mut stores[index], event, class, &self.publisher) {
-                                self.refresh_probes(&stores);
-                            }
+                    let event = match event {
+                        Ok(event) => event,
+                        // kube backs off and retries; the table stays as it is.
+                        Err(e) => {
+                            self.publisher.report_error(&e);
+                            continue;
                         }
-                        Ok(event) => {
-                            self.publisher.report_healthy();
-                            if apply(&mut stores[index], kinds[index], event, &self.publisher, &mut pending) {
+                    };
+                    self.publisher.report_healthy();
+                    match &mut stores[index] {
+                        Watched::Objects(resource, store) => {
+                            if apply(store, *resource, event, &self.publisher, &mut pending) {
                                 publish_at.get_or_insert_with(|| Instant::now() + self.options.settle);
                             }
                         }
-                        // kube backs off and retries; the table stays as it is.
-                        Err(e) => self.publisher.report_error(&e),
+                        Watched::KIngresses(store) => {
+                            if apply_kingress(store, event, &class, &self.publisher) {
+                                self.refresh_probes(&stores);
+                            }
+                        }
                     }
                 }
-                _ = wait, if stores.iter().all(|s| s.synced) => {
+                _ = wait, if stores.iter().all(Watched::synced) => {
                     publish_at = None;
                     let done = std::mem::take(&mut pending);
                     if done.full || !self.publisher.is_ready() {
                         self.publisher.publish(&snapshot(&stores));
                     } else {
                         // Endpoints only: swap those revisions, share every route.
-                        let (updates, slices, rejected) = endpoints_of(&stores, &kinds, &done.revisions);
+                        let (updates, slices, rejected) = endpoints_of(&stores, &done.revisions);
                         self.publisher.publish_endpoints(&updates, &slices, rejected);
                     }
                     self.refresh_probes(&stores);
@@ -211,16 +308,18 @@ impl KubeSource {
             }
         }
     }
-}
 
-impl KubeSource {
     /// Recompute which KIngresses the live table serves.
-    fn refresh_probes(&self, stores: &[Store]) {
+    fn refresh_probes(&self, stores: &[Watched]) {
         if self.options.ingress_class.is_none() {
             return;
         }
         let table = self.publisher.reader().load();
-        let all = stores.iter().flat_map(|s| s.kingresses.values());
+        let all = stores.iter().flat_map(|w| match w {
+            Watched::KIngresses(s) => Some(s.objects.values()),
+            Watched::Objects(..) => None,
+        });
+        let all = all.flatten();
         let previous = self.publisher.probes().snapshot();
         self.publisher
             .set_probes(kingress::probe_map(all.clone(), &table, &previous));
@@ -233,71 +332,34 @@ impl KubeSource {
 /// Apply a KIngress watch event; true when the set of KIngresses changed.
 /// KIngresses of another class (or none) are never stored, never touched.
 fn apply_kingress(
-    store: &mut Store,
+    store: &mut Store<KIngress>,
     event: Event<DynamicObject>,
     class: &str,
     publisher: &Publisher,
 ) -> bool {
-    let ours = |obj: &DynamicObject| {
-        let value = serde_json::to_value(obj).unwrap_or_default();
+    let ours = |obj: DynamicObject| {
+        let value = serde_json::to_value(&obj).unwrap_or_default();
         match kingress::decode(&value, class)? {
             Ok(k) => Some(k),
             Err(e) => {
-                let name = obj.metadata.name.as_deref().unwrap_or_default();
-                let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
-                tracing::warn!("KIngress {ns}/{name} skipped: {e}");
+                tracing::warn!("KIngress {} skipped: {e}", key_of(&obj));
                 None
             }
         }
     };
-    match event {
-        Event::Init => {
-            if store.synced {
-                publisher.report_relist();
-            }
-            store.pending_kingresses = Some(BTreeMap::new());
-            false
-        }
-        Event::InitApply(obj) => {
-            if let Some(k) = ours(&obj) {
-                store
-                    .pending_kingresses
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(k.key.clone(), k);
-            }
-            false
-        }
-        Event::InitDone => {
-            store.kingresses = store.pending_kingresses.take().unwrap_or_default();
-            store.synced = true;
-            true
-        }
-        Event::Apply(obj) => match ours(&obj) {
-            Some(k) => store.kingresses.insert(k.key.clone(), k.clone()) != Some(k),
-            None => false,
-        },
-        Event::Delete(obj) => {
-            let key = ObjectKey::new(
-                obj.metadata.namespace.clone().unwrap_or_default(),
-                obj.metadata.name.clone().unwrap_or_default(),
-            );
-            store.kingresses.remove(&key).is_some()
-        }
+    match store.apply_event(event, publisher, ours) {
+        Change::Nothing => false,
+        Change::Relisted => true,
+        Change::Upserted { key, old } => old.as_ref() != store.objects.get(&key),
+        Change::Removed(old) => old.is_some(),
     }
 }
 
-fn decode(resource: Resource, obj: DynamicObject) -> (ObjectKey, Decoded) {
-    let key = ObjectKey::new(
-        obj.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        obj.metadata.name.clone().unwrap_or_default(),
-    );
+fn decode(resource: Resource, obj: DynamicObject) -> Decoded {
     let mut value = serde_json::to_value(&obj).unwrap_or_default();
     // List items carry no kind; the watch says what they are.
     value["kind"] = resource.kind().into();
-    (key, decode_object(value))
+    decode_object(value)
 }
 
 /// Note what a changed object requires: the revisions of a slice (before and
@@ -312,85 +374,65 @@ fn note(pending: &mut Pending, resource: Resource, decoded: Option<&Decoded>) {
     }
 }
 
-/// Apply one watch event to a store; true when the table needs rebuilding.
+/// Apply one Route or EndpointSlice watch event; true when the table needs rebuilding.
 fn apply(
-    store: &mut Store,
+    store: &mut Store<Decoded>,
     resource: Resource,
     event: Event<DynamicObject>,
     publisher: &Publisher,
     pending: &mut Pending,
 ) -> bool {
-    match event {
-        Event::Init => {
-            if store.synced {
-                publisher.report_relist();
-            }
-            store.pending = Some(BTreeMap::new());
-            false
-        }
-        Event::InitApply(obj) => {
-            let (key, decoded) = decode(resource, obj);
-            store
-                .pending
-                .get_or_insert_with(BTreeMap::new)
-                .insert(key, decoded);
-            false
-        }
-        Event::InitDone => {
-            // A complete relist replaces the store whole: deletions missed while
-            // disconnected disappear here.
-            store.objects = store.pending.take().unwrap_or_default();
-            store.synced = true;
+    match store.apply_event(event, publisher, |obj| Some(decode(resource, obj))) {
+        Change::Nothing => false,
+        Change::Relisted => {
             pending.full = true;
             true
         }
-        Event::Apply(obj) => {
-            let (key, decoded) = decode(resource, obj);
-            note(pending, resource, Some(&decoded));
-            let old = store.objects.insert(key, decoded);
+        Change::Upserted { key, old } => {
+            note(pending, resource, store.objects.get(&key));
             note(pending, resource, old.as_ref());
             true
         }
-        Event::Delete(obj) => {
-            let (key, _) = decode(resource, obj);
-            let old = store.objects.remove(&key);
+        Change::Removed(old) => {
             note(pending, resource, old.as_ref());
             old.is_some()
         }
     }
 }
 
+/// The objects of every Route and EndpointSlice store.
+fn objects(stores: &[Watched]) -> impl Iterator<Item = (&ObjectKey, &Decoded)> {
+    stores
+        .iter()
+        .flat_map(|w| match w {
+            Watched::Objects(_, s) => Some(s.objects.iter()),
+            Watched::KIngresses(_) => None,
+        })
+        .flatten()
+}
+
 /// The endpoints of `revisions` from every slice store, the slices read, and
 /// their rejections.
 fn endpoints_of(
-    stores: &[Store],
-    kinds: &[Resource],
+    stores: &[Watched],
     revisions: &std::collections::BTreeSet<ObjectKey>,
 ) -> (Vec<EndpointUpdate>, Vec<ObjectKey>, Vec<Rejection>) {
     let mut addrs: BTreeMap<ObjectKey, Vec<std::net::SocketAddr>> =
         revisions.iter().map(|r| (r.clone(), Vec::new())).collect();
     let mut slices = Vec::new();
     let mut rejected = Vec::new();
-    let slice_stores = stores
-        .iter()
-        .zip(kinds)
-        .filter(|(_, k)| **k == Resource::EndpointSlice);
-    for (store, _) in slice_stores {
-        for (key, decoded) in &store.objects {
-            let Decoded::EndpointSlice(slice) = decoded else {
-                continue;
-            };
-            let Some(rev) = slice_revision(slice).filter(|r| revisions.contains(r)) else {
-                continue;
-            };
-            slices.push(key.clone());
-            match slice_endpoints(slice, &mut rejected) {
-                Ok(Some((_, found))) => addrs.entry(rev).or_default().extend(found),
-                Ok(None) => {}
-                Err(error) => {
-                    rejected.push(Rejection::new(Kind::EndpointSlice, key.clone(), error))
-                }
-            }
+    for (key, decoded) in objects(stores) {
+        let Decoded::EndpointSlice(slice) = decoded else {
+            continue;
+        };
+        let Some(rev) = slice_revision(slice).filter(|r| revisions.contains(r)) else {
+            continue;
+        };
+        slices.push(key.clone());
+        match slice_endpoints(slice, &mut rejected) {
+            Ok(Some((_, found))) => addrs.entry(rev).or_default().extend(found),
+            Ok(None) => {}
+            Err(error) => rejected.push(Rejection::new(Kind::EndpointSlice, key.clone(), error)),
         }
     }
     let updates = addrs
@@ -404,12 +446,10 @@ fn endpoints_of(
     (updates, slices, rejected)
 }
 
-fn snapshot(stores: &[Store]) -> Snapshot {
+fn snapshot(stores: &[Watched]) -> Snapshot {
     let mut s = Snapshot::default();
-    for store in stores {
-        for decoded in store.objects.values() {
-            s.push(decoded.clone());
-        }
+    for (_, decoded) in objects(stores) {
+        s.push(decoded.clone());
     }
     s
 }
