@@ -1,7 +1,7 @@
 //! The table builder: a pure function from Routes and EndpointSlices (plus
 //! the last good version of each Route) to a [`Table`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -231,7 +231,8 @@ pub fn index_endpoints<'a>(
     slices: &'a [EndpointSlice],
     rejected: &mut Vec<Rejection>,
 ) -> FastMap<RevisionKey<'a>, Vec<SocketAddr>> {
-    let mut index: FastMap<RevisionKey<'a>, Vec<SocketAddr>> = FastMap::default();
+    let mut index: FastMap<RevisionKey<'a>, Vec<SocketAddr>> =
+        FastMap::with_capacity_and_hasher(slices.len(), Default::default());
     for slice in slices {
         match slice_endpoints(slice, rejected) {
             Ok(Some((rev, addrs))) => index.entry(rev).or_default().extend(addrs),
@@ -264,37 +265,48 @@ pub fn build(
 ) -> (Table, LastGood) {
     let mut rejected = snapshot.rejected.clone();
     let mut next_good = LastGood::default();
-    // Ordered by namespace/name: host conflicts are settled the same way every time.
-    let mut routes: BTreeMap<ObjectKey, (Arc<ValidRoute>, bool)> = BTreeMap::new();
-
+    let mut routes: Vec<(Arc<ValidRoute>, bool)> = Vec::with_capacity(snapshot.routes.len());
     for route in &snapshot.routes {
-        let key = model::key(&route.metadata);
         match validate_route(route, opts) {
             Ok(valid) => {
                 let valid = Arc::new(valid);
-                next_good.routes.insert(key.clone(), valid.clone());
-                routes.insert(key, (valid, false));
+                next_good.routes.insert(valid.key.clone(), valid.clone());
+                routes.push((valid, false));
             }
-            Err(error) => rejected.push(Rejection::new(Kind::Route, key, error)),
+            Err(error) => rejected.push(Rejection::new(
+                Kind::Route,
+                model::key(&route.metadata),
+                error,
+            )),
         }
     }
     // Invalid Routes (including undecodable ones) fall back to their last good version.
     for r in rejected.iter_mut().filter(|r| r.kind == Kind::Route) {
-        if routes.contains_key(&r.object) {
+        if next_good.routes.contains_key(&r.object) {
             continue;
         }
         if let Some(good) = last_good.routes.get(&r.object) {
             r.outcome = Outcome::LastGood;
             next_good.routes.insert(r.object.clone(), good.clone());
-            routes.insert(r.object.clone(), (good.clone(), true));
+            routes.push((good.clone(), true));
         }
     }
+    // Ordered by namespace/name: host conflicts are settled the same way every
+    // time. A Route listed twice: the later one wins, as in the last-good set.
+    routes.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    routes.dedup_by(|later, earlier| {
+        let same = later.0.key == earlier.0.key;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
 
     let mut endpoints = index_endpoints(&snapshot.slices, &mut rejected);
     let counters = prev.map(inflight_counters).unwrap_or_default();
     let mut hosts = HostMap::default();
     // A route stores 2 names for its split and 2 per tag.
-    hosts.reserve(routes.values().map(|(r, _)| 2 + 2 * r.tags.len()).sum());
+    hosts.reserve(routes.iter().map(|(r, _)| 2 + 2 * r.tags.len()).sum());
     let mut compiler = Compiler {
         hosts,
         revisions: Vec::new(),
@@ -306,7 +318,7 @@ pub fn build(
         keys: Vec::with_capacity(routes.len()),
     };
     let infos: Vec<RouteInfo> = routes
-        .values()
+        .iter()
         .enumerate()
         .map(|(id, (route, last_good))| compiler.add_route(id as u32, route, *last_good))
         .collect();

@@ -422,3 +422,16 @@ fn endpoint_updates_swap_only_their_revisions() {
     );
     assert!(fixed.rejected().is_empty());
 }
+
+#[test]
+fn a_route_listed_twice_is_served_as_its_later_version() {
+    let text = one_route("r", "[{revisionName: r-1, percent: 100}]")
+        + &one_route("r", "[{revisionName: r-2, percent: 100}]");
+    let (t, last_good) = table(&text);
+    assert_eq!(t.route_count(), 1);
+    assert_eq!(revision_of(&t, "r.ns.example.com"), "r-2");
+    // The last-good set agrees with what is served.
+    let broken = one_route("r", "[{revisionName: r-3, percent: 1}]");
+    let (next, _) = table_after(&broken, &last_good, Some(&t));
+    assert_eq!(revision_of(&next, "r.ns.example.com"), "r-2");
+}
