@@ -101,6 +101,24 @@ async fn sync_serve_and_follow_changes() {
     })
     .await;
 
+    // Cluster-local: 404 on the external listener, served on the internal one.
+    let mut private = route_obj("ns", "private", &[("rev-b", 100)]);
+    private["metadata"]["labels"] = json!({"networking.knative.dev/visibility": "cluster-local"});
+    c.api.apply(private);
+    eventually(5, "cluster-local route internal", || async {
+        let r = HttpClient::new()
+            .get(gw.internal, "private.ns.example.com")
+            .await;
+        r.is_ok_and(|r| r.body == "rev-b")
+    })
+    .await;
+    assert_eq!(body(&gw, "private.ns.example.com").await, "status 404");
+    let r = HttpClient::new()
+        .get(gw.internal, "private.ns.svc.cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(r.body, "rev-b");
+
     // Deleted: 404.
     c.api.delete(ROUTE_API, "Route", "ns", "web");
     eventually(5, "404 after delete", || async {
