@@ -104,7 +104,7 @@ impl Split {
 #[derive(Debug, Clone)]
 pub struct RouteInfo {
     /// `namespace/name`.
-    pub key: ObjectKey,
+    pub key: Arc<ObjectKey>,
     /// Reachable only inside the cluster.
     pub cluster_local: bool,
     /// Served from its last good version because the current one is invalid.
