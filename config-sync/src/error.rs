@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::model::{Kind, ObjectKey};
 
 /// Why one object cannot be used. Each rejection names the object it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ObjectError {
     /// Fields of the wrong type or shape.
     #[error("cannot decode {path}: {message}")]
@@ -115,7 +115,7 @@ impl ObjectError {
 }
 
 /// What the table did about a rejected object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The object is not in the table.
@@ -127,7 +127,7 @@ pub enum Outcome {
 }
 
 /// A rejected object with its reason, as shown in logs, metrics and `/debug/routes`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rejection {
     /// Kind of the object.
     pub kind: Kind,

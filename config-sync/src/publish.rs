@@ -127,7 +127,7 @@ impl Publisher {
         // One builder at a time, so generations and last-good state stay in order.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let generation = state.generation + 1;
-        let prev = self.table.load();
+        let prev = self.table.load_full();
         let (table, last_good) = build(
             snapshot,
             &self.options,
@@ -135,16 +135,20 @@ impl Publisher {
             Some(&prev),
             generation,
         );
-        drop(prev);
         let table = Arc::new(table);
         self.table.store(table.clone());
         state.last_good = last_good;
         state.generation = generation;
         drop(state);
 
-        for rejection in table.rejected() {
+        // Log what is newly wrong; a standing rejection was logged when it appeared
+        // (and stays visible in metrics and /debug/routes).
+        let known: std::collections::HashSet<&crate::error::Rejection> =
+            prev.rejected().iter().collect();
+        for rejection in table.rejected().iter().filter(|r| !known.contains(r)) {
             tracing::warn!(reason = rejection.error.reason(), "{rejection}");
         }
+        drop(prev);
         tracing::info!(
             generation,
             routes = table.route_count(),
