@@ -227,8 +227,10 @@ impl ProxyHttp for Gateway {
             ctx.upstream = Upstream::Activator;
             addr
         } else {
+            // Unreachable through fail_to_connect (it stops retrying first), but if
+            // every endpoint has refused, the answer is the specified 502.
             let i = pick_endpoint(&revision.endpoints, &ctx.failed, &mut rand::rng()).ok_or_else(
-                || Error::explain(ErrorType::ConnectRefused, "every endpoint refused"),
+                || Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused"),
             )?;
             let endpoint = &revision.endpoints[i];
             endpoint.inflight.fetch_add(1, Ordering::Relaxed);
