@@ -124,8 +124,11 @@ impl FileSource {
         let _watcher = match self.watch(changed.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
-                // Polling still picks changes up, only later.
-                self.publisher.report_error(&e);
+                // Polling still picks changes up, only later: a warning, not staleness.
+                tracing::warn!(
+                    "{e}; falling back to polling every {:?}",
+                    self.poll_interval
+                );
                 None
             }
         };
@@ -150,6 +153,11 @@ impl FileSource {
         };
         let h = hash(&bytes);
         if self.last_hash == Some(h) {
+            // Readable again with the content already served (say, a file briefly
+            // missing during a ConfigMap update): healthy, nothing to rebuild.
+            if self.last_error.take().is_some() {
+                self.publisher.report_healthy();
+            }
             return;
         }
         self.last_hash = Some(h);
@@ -219,6 +227,37 @@ mod tests {
         let list = "apiVersion: v1\nkind: List\nitems:\n- kind: Route\n  metadata: {name: a}\n- kind: Route\n  metadata: {name: b}\n";
         let s = parse(list).unwrap();
         assert_eq!(s.routes.len(), 2);
+    }
+
+    #[test]
+    fn a_file_missing_for_a_moment_recovers_without_a_rebuild() {
+        use crate::build::BuildOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.yaml");
+        let text = "kind: Route\nmetadata: {name: a, namespace: n}\nstatus: {url: http://a.n.example.com, traffic: [{revisionName: a-1, percent: 100}]}\n";
+        std::fs::write(&path, text).unwrap();
+        let publisher = Arc::new(Publisher::new(BuildOptions::default()));
+        let mut source = FileSource::new(&path, publisher.clone());
+        source.load_initial().unwrap();
+        let generation = publisher.reader().load().generation;
+
+        std::fs::remove_file(&path).unwrap();
+        source.reload_if_changed();
+        let error = publisher
+            .status()
+            .last_error()
+            .expect("a read error is reported");
+        assert!(error.contains("snapshot.yaml"), "{error}");
+
+        std::fs::write(&path, text).unwrap();
+        source.reload_if_changed();
+        assert_eq!(publisher.status().last_error(), None);
+        assert_eq!(
+            publisher.reader().load().generation,
+            generation,
+            "same content, same table"
+        );
+        assert_eq!(publisher.reader().load().route_count(), 1);
     }
 
     #[test]
