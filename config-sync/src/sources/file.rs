@@ -91,7 +91,10 @@ pub struct FileSource {
     pub poll_interval: Duration,
     /// Quiet time after a change event before reading, to coalesce a burst of writes.
     pub settle: Duration,
+    /// Hash of the content last read, good or bad: unchanged content is not re-parsed.
     last_hash: Option<u64>,
+    /// Hash of the content the live table was built from.
+    served_hash: Option<u64>,
     last_error: Option<String>,
 }
 
@@ -104,6 +107,7 @@ impl FileSource {
             poll_interval: Duration::from_secs(1),
             settle: Duration::from_millis(2),
             last_hash: None,
+            served_hash: None,
             last_error: None,
         }
     }
@@ -114,6 +118,7 @@ impl FileSource {
         let text = String::from_utf8_lossy(&bytes);
         let snapshot = parse(&text).map_err(|e| syntax(&self.path, e))?;
         self.last_hash = Some(hash(&bytes));
+        self.served_hash = self.last_hash;
         self.publisher.publish(&snapshot);
         Ok(())
     }
@@ -152,18 +157,24 @@ impl FileSource {
             Err(e) => return self.fail(e),
         };
         let h = hash(&bytes);
-        if self.last_hash == Some(h) {
-            // Readable again with the content already served (say, a file briefly
-            // missing during a ConfigMap update): healthy, nothing to rebuild.
+        if self.served_hash == Some(h) {
+            // The content already served (again, after the file was briefly missing
+            // or broken, say during a ConfigMap update): healthy, nothing to rebuild.
+            self.last_hash = Some(h);
             if self.last_error.take().is_some() {
                 self.publisher.report_healthy();
             }
+            return;
+        }
+        if self.last_hash == Some(h) {
+            // The same broken content as last time: already reported.
             return;
         }
         self.last_hash = Some(h);
         match parse(&String::from_utf8_lossy(&bytes)) {
             Ok(snapshot) => {
                 self.last_error = None;
+                self.served_hash = Some(h);
                 self.publisher.publish(&snapshot);
             }
             Err(e) => self.fail(syntax(&self.path, e)),
