@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -18,11 +17,6 @@ fn assert_share(
         (got - percent).abs() <= 3.0,
         "{body}: {got:.2}% observed, {percent}% configured; {counts:?}"
     );
-}
-
-/// An address where nothing listens.
-fn closed() -> SocketAddr {
-    ([127, 0, 0, 1], free_port()).into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,16 +2,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-
-fn closed() -> SocketAddr {
-    ([127, 0, 0, 1], free_port()).into()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_swapped_100_times_under_load_fails_no_request() {

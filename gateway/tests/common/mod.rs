@@ -30,6 +30,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An address that refuses connections for the rest of the test process: the
+/// port is bound but never listened on, so no other socket can take it.
+pub fn closed() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held until the process exits.
+    std::mem::forget(socket);
+    addr
+}
+
 /// A test backend: answers with its name in the body, echoes the Knative
 /// headers it received, and counts requests.
 pub struct Backend {
@@ -227,53 +238,57 @@ impl Gateway {
         Self::launch(args, dir, file).await
     }
 
+    /// Start the binary on free loopback ports. A port can be taken between
+    /// `free_port` and the gateway's bind (ports are picked, not held), so a
+    /// gateway that exits during start-up is started again on new ports.
     async fn launch(args: Vec<String>, dir: tempfile::TempDir, file: PathBuf) -> Gateway {
-        let (http, internal, admin) = (free_port(), free_port(), free_port());
-        let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(&args)
-            .args([
-                "--http",
-                &format!("127.0.0.1:{http}"),
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-                "--internal-http",
-                &format!("127.0.0.1:{internal}"),
-            ])
-            .args(["--threads", "2", "--log", "warn"])
-            .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
-            .stdout(stdout)
-            .spawn()
-            .unwrap();
-        let gw = Gateway {
-            http: ([127, 0, 0, 1], http).into(),
-            internal: ([127, 0, 0, 1], internal).into(),
-            admin: ([127, 0, 0, 1], admin).into(),
-            file,
-            child,
-            _dir: dir,
-        };
-        gw.wait_ready().await;
-        gw
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let (http, internal, admin) = (free_port(), free_port(), free_port());
+            let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
+            let stderr = std::fs::File::create(dir.path().join("err.txt")).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .args(&args)
+                .args([
+                    "--http",
+                    &format!("127.0.0.1:{http}"),
+                    "--admin",
+                    &format!("127.0.0.1:{admin}"),
+                ])
+                .args(["--internal-http", &format!("127.0.0.1:{internal}")])
+                .args(["--threads", "2", "--log", "warn"])
+                .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .unwrap();
+            let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+            match wait_ready(&mut child, admin_addr).await {
+                Ok(()) => {
+                    return Gateway {
+                        http: ([127, 0, 0, 1], http).into(),
+                        internal: ([127, 0, 0, 1], internal).into(),
+                        admin: admin_addr,
+                        file,
+                        child,
+                        _dir: dir,
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log =
+                        std::fs::read_to_string(dir.path().join("err.txt")).unwrap_or_default();
+                    failures.push(format!("{e}\n{log}"));
+                }
+            }
+        }
+        panic!("gateway did not start:\n{}", failures.join("\n---\n"));
     }
 
     /// What the process printed on stdout so far.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("out.txt")).unwrap_or_default()
-    }
-
-    pub async fn wait_ready(&self) {
-        let client = HttpClient::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(r) = admin_get(&client, self.admin, "/readyz").await {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gateway did not become ready");
     }
 
     pub async fn admin(&self, path: &str) -> Reply {
@@ -312,6 +327,24 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Wait until `/readyz` answers 200; an error if the process exits first or 20 s pass.
+async fn wait_ready(child: &mut Child, admin: SocketAddr) -> Result<(), String> {
+    let client = HttpClient::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("gateway exited during start-up: {status}"));
+        }
+        if let Ok(r) = admin_get(&client, admin, "/readyz").await {
+            if r.status == 200 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("gateway not ready after 20 s".into())
 }
 
 async fn admin_get(client: &HttpClient, addr: SocketAddr, path: &str) -> Result<Reply, String> {
