@@ -33,6 +33,10 @@ async fn demo_serves_split_tags_and_wakes_the_cold_revision() {
         "curl -H 'Host: v1-knative-routing-demo.default.example.com'",
         "curl -H 'Host: v2-knative-routing-demo.default.example.com'",
         &format!("curl -H 'Host: {COLD}'"),
+        &format!(
+            "curl -H 'Host: knative-routing-demo.default.svc.cluster.local' http://localhost:{}/",
+            gw.internal.port()
+        ),
     ] {
         assert!(out.contains(line), "{line:?} not printed:\n{out}");
     }

@@ -215,8 +215,8 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView) {
     let port = args.http.rsplit(':').next().unwrap_or("8080");
     let gw = format!("localhost:{port}");
     println!(
-        "Knative gateway demo: proxy on {}, admin on {}",
-        args.http, args.admin
+        "Knative gateway demo: proxy on {} (internal listener {}), admin on {}",
+        args.http, args.internal_http, args.admin
     );
     println!();
     for route in &view.routes {
@@ -243,6 +243,11 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView) {
     println!(
         "The cold revision wakes on its first request and scales back to zero after {:?} idle.",
         args.scale_to_zero_after
+    );
+    let internal_port = args.internal_http.rsplit(':').next().unwrap_or("8081");
+    println!(
+        "Cluster-local names answer on the internal listener only: \
+         curl -H 'Host: knative-routing-demo.default.svc.cluster.local' http://localhost:{internal_port}/"
     );
     println!(
         "Watch the table: curl http://{}/debug/routes   metrics: curl http://{}/metrics",
