@@ -101,6 +101,19 @@ async fn sync_serve_and_follow_changes() {
     })
     .await;
 
+    // The slice deleted: cold again (the activator); recreated: the pod.
+    c.api
+        .delete(SLICE_API, "EndpointSlice", "ns", "rev-b-private-abcde");
+    eventually(5, "activator after slice delete", || async {
+        body(&gw, "web.ns.example.com").await == "activator"
+    })
+    .await;
+    c.api.apply(slice_obj("ns", "rev-b", b.addr, true));
+    eventually(5, "pod after slice recreate", || async {
+        body(&gw, "web.ns.example.com").await == "rev-b"
+    })
+    .await;
+
     // Cluster-local: 404 on the external listener, served on the internal one.
     let mut private = route_obj("ns", "private", &[("rev-b", 100)]);
     private["metadata"]["labels"] = json!({"networking.knative.dev/visibility": "cluster-local"});

@@ -116,8 +116,8 @@ enum Change<T> {
     Relisted,
     /// `key` was added or replaced; `old` is what it replaced.
     Upserted { key: ObjectKey, old: Option<T> },
-    /// An object was deleted; `old` is what was stored, if anything.
-    Removed(Option<T>),
+    /// `key` was deleted; `old` is what was stored, if anything.
+    Removed { key: ObjectKey, old: Option<T> },
 }
 
 fn key_of(obj: &DynamicObject) -> ObjectKey {
@@ -168,10 +168,17 @@ impl<T> Store<T> {
                         let old = self.objects.insert(key.clone(), item);
                         Change::Upserted { key, old }
                     }
-                    None => Change::Removed(self.objects.remove(&key)),
+                    None => {
+                        let old = self.objects.remove(&key);
+                        Change::Removed { key, old }
+                    }
                 }
             }
-            Event::Delete(obj) => Change::Removed(self.objects.remove(&key_of(&obj))),
+            Event::Delete(obj) => {
+                let key = key_of(&obj);
+                let old = self.objects.remove(&key);
+                Change::Removed { key, old }
+            }
         }
     }
 }
@@ -179,14 +186,52 @@ impl<T> Store<T> {
 /// The store of one watch: Routes or EndpointSlices (decoded into the model),
 /// or KIngresses of our class.
 enum Watched {
-    Objects(Resource, Store<Decoded>),
+    Objects(Resource, Store<Decoded>, SliceIndex),
     KIngresses(Store<KIngress>),
+}
+
+/// For an EndpointSlice watch: `namespace/revision` → its slices, so an
+/// endpoint change reads only the changed revisions' slices.
+#[derive(Default)]
+struct SliceIndex(std::collections::HashMap<ObjectKey, std::collections::BTreeSet<ObjectKey>>);
+
+impl SliceIndex {
+    fn revision_of(decoded: Option<&Decoded>) -> Option<ObjectKey> {
+        match decoded {
+            Some(Decoded::EndpointSlice(s)) => slice_revision(s),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, slice: &ObjectKey, decoded: Option<&Decoded>) {
+        if let Some(rev) = Self::revision_of(decoded) {
+            if let Some(set) = self.0.get_mut(&rev) {
+                set.remove(slice);
+                if set.is_empty() {
+                    self.0.remove(&rev);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, slice: &ObjectKey, decoded: Option<&Decoded>) {
+        if let Some(rev) = Self::revision_of(decoded) {
+            self.0.entry(rev).or_default().insert(slice.clone());
+        }
+    }
+
+    fn rebuild(&mut self, objects: &BTreeMap<ObjectKey, Decoded>) {
+        self.0.clear();
+        for (key, decoded) in objects {
+            self.insert(key, Some(decoded));
+        }
+    }
 }
 
 impl Watched {
     fn synced(&self) -> bool {
         match self {
-            Watched::Objects(_, s) => s.synced,
+            Watched::Objects(_, s, _) => s.synced,
             Watched::KIngresses(s) => s.synced,
         }
     }
@@ -245,7 +290,7 @@ impl KubeSource {
                 let index = stores.len();
                 stores.push(match resource {
                     Resource::KIngress => Watched::KIngresses(Store::default()),
-                    other => Watched::Objects(other, Store::default()),
+                    other => Watched::Objects(other, Store::default(), SliceIndex::default()),
                 });
                 streams.push(
                     watcher::watcher(api, config)
@@ -280,8 +325,8 @@ impl KubeSource {
                     };
                     self.publisher.report_healthy();
                     match &mut stores[index] {
-                        Watched::Objects(resource, store) => {
-                            if apply(store, *resource, event, &self.publisher, &mut pending) {
+                        Watched::Objects(resource, store, index) => {
+                            if apply(store, index, *resource, event, &self.publisher, &mut pending) {
                                 publish_at.get_or_insert_with(|| Instant::now() + self.options.settle);
                             }
                         }
@@ -351,7 +396,7 @@ fn apply_kingress(
         Change::Nothing => false,
         Change::Relisted => true,
         Change::Upserted { key, old } => old.as_ref() != store.objects.get(&key),
-        Change::Removed(old) => old.is_some(),
+        Change::Removed { old, .. } => old.is_some(),
     }
 }
 
@@ -377,6 +422,7 @@ fn note(pending: &mut Pending, resource: Resource, decoded: Option<&Decoded>) {
 /// Apply one Route or EndpointSlice watch event; true when the table needs rebuilding.
 fn apply(
     store: &mut Store<Decoded>,
+    index: &mut SliceIndex,
     resource: Resource,
     event: Event<DynamicObject>,
     publisher: &Publisher,
@@ -385,16 +431,27 @@ fn apply(
     match store.apply_event(event, publisher, |obj| Some(decode(resource, obj))) {
         Change::Nothing => false,
         Change::Relisted => {
+            if resource == Resource::EndpointSlice {
+                index.rebuild(&store.objects);
+            }
             pending.full = true;
             true
         }
         Change::Upserted { key, old } => {
-            note(pending, resource, store.objects.get(&key));
+            let new = store.objects.get(&key);
+            note(pending, resource, new);
             note(pending, resource, old.as_ref());
+            if resource == Resource::EndpointSlice {
+                index.remove(&key, old.as_ref());
+                index.insert(&key, new);
+            }
             true
         }
-        Change::Removed(old) => {
+        Change::Removed { key, old } => {
             note(pending, resource, old.as_ref());
+            if resource == Resource::EndpointSlice {
+                index.remove(&key, old.as_ref());
+            }
             old.is_some()
         }
     }
@@ -405,7 +462,7 @@ fn objects(stores: &[Watched]) -> impl Iterator<Item = (&ObjectKey, &Decoded)> {
     stores
         .iter()
         .flat_map(|w| match w {
-            Watched::Objects(_, s) => Some(s.objects.iter()),
+            Watched::Objects(_, s, _) => Some(s.objects.iter()),
             Watched::KIngresses(_) => None,
         })
         .flatten()
@@ -421,13 +478,25 @@ fn endpoints_of(
         revisions.iter().map(|r| (r.clone(), Vec::new())).collect();
     let mut slices = Vec::new();
     let mut rejected = Vec::new();
-    for (key, decoded) in objects(stores) {
+    // Only the slices of the changed revisions, through each slice watch's index.
+    let indexed = stores.iter().filter_map(|w| match w {
+        Watched::Objects(Resource::EndpointSlice, store, index) => Some((store, index)),
+        _ => None,
+    });
+    let found = indexed.flat_map(|(store, index)| {
+        revisions
+            .iter()
+            .filter_map(|rev| index.0.get(rev).map(|keys| (rev, keys)))
+            .flat_map(move |(rev, keys)| {
+                keys.iter()
+                    .filter_map(move |k| Some((rev, k, store.objects.get(k)?)))
+            })
+    });
+    for (rev, key, decoded) in found {
         let Decoded::EndpointSlice(slice) = decoded else {
             continue;
         };
-        let Some(rev) = slice_revision(slice).filter(|r| revisions.contains(r)) else {
-            continue;
-        };
+        let rev = rev.clone();
         slices.push(key.clone());
         match slice_endpoints(slice, &mut rejected) {
             Ok(Some((_, found))) => addrs.entry(rev).or_default().extend(found),
