@@ -26,7 +26,7 @@ case "${1:-}" in
     need_apt cmake cmake
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
     # Offline Kubernetes schema validation of deploy/ (the schemas ship in the package).
-    command -v kubernetes-validate >/dev/null 2>&1 || {
+    python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || {
       echo "==> installing kubernetes-validate (PyPI)" >&2
       python3 -m pip install -q kubernetes-validate
     }
