@@ -145,9 +145,12 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
     if sum != 100 {
         return Err(ObjectError::PercentSum { sum });
     }
-    let svc_suffix = format!(".svc.{}", opts.cluster_domain);
-    let cluster_local = route.metadata.label(VISIBILITY_LABEL) == Some("cluster-local")
-        || host.ends_with(&svc_suffix);
+    // Under `.svc.<cluster domain>`, checked without building the suffix per route.
+    let under_svc = host
+        .strip_suffix(opts.cluster_domain.as_str())
+        .is_some_and(|h| h.ends_with(".svc."));
+    let cluster_local =
+        route.metadata.label(VISIBILITY_LABEL) == Some("cluster-local") || under_svc;
     Ok(ValidRoute {
         key: Arc::new(key),
         cluster_local,
@@ -157,25 +160,23 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
     })
 }
 
-/// The ready endpoints of one private EndpointSlice, keyed by its revision.
-/// `Ok(None)` for slices that are not a revision's private slice (not ours).
-/// Bad endpoints are skipped and reported in `rejected`.
-pub fn slice_endpoints<'a>(
-    slice: &'a EndpointSlice,
-    rejected: &mut Vec<Rejection>,
-) -> Result<Option<(RevisionKey<'a>, Vec<SocketAddr>)>, ObjectError> {
+/// `(namespace, revision)` of a revision's private slice; `None` for any other slice.
+fn private_revision(slice: &EndpointSlice) -> Option<RevisionKey<'_>> {
     let meta = &slice.metadata;
-    let (Some(revision), Some("Private")) =
-        (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL))
-    else {
-        return Ok(None);
-    };
-    let namespace = meta.namespace.as_deref().unwrap_or("default");
-    match slice.address_type.as_deref() {
-        Some("IPv4") | Some("IPv6") | None => {}
-        Some(other) => return Err(ObjectError::AddressType(other.into())),
+    match (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL)) {
+        (Some(rev), Some("Private")) => Some((meta.namespace.as_deref().unwrap_or("default"), rev)),
+        _ => None,
     }
-    let port = slice
+}
+
+/// The `namespace/revision` a slice belongs to, if it is a revision's private slice.
+pub fn slice_revision(slice: &EndpointSlice) -> Option<ObjectKey> {
+    private_revision(slice).map(|(ns, rev)| ObjectKey::new(ns, rev))
+}
+
+/// The port named `http` (queue-proxy's), if the slice has a valid one.
+pub fn http_port(slice: &EndpointSlice) -> Option<u16> {
+    slice
         .ports
         .iter()
         .flatten()
@@ -183,7 +184,15 @@ pub fn slice_endpoints<'a>(
         .and_then(|p| p.port)
         .and_then(|p| u16::try_from(p).ok())
         .filter(|&p| p > 0)
-        .ok_or(ObjectError::NoHttpPort)?;
+}
+
+/// The first address of every ready endpoint, on `port`. An address that is not
+/// an IP is skipped and reported in `rejected`.
+pub fn ready_addresses(
+    slice: &EndpointSlice,
+    port: u16,
+    rejected: &mut Vec<Rejection>,
+) -> Vec<SocketAddr> {
     let mut addrs = Vec::new();
     for (index, ep) in slice.endpoints.iter().flatten().enumerate() {
         if !ep.is_ready() {
@@ -196,7 +205,7 @@ pub fn slice_endpoints<'a>(
             Ok(ip) => addrs.push(SocketAddr::new(ip, port)),
             Err(_) => rejected.push(Rejection {
                 kind: Kind::EndpointSlice,
-                object: model::key(meta),
+                object: model::key(&slice.metadata),
                 error: ObjectError::BadAddress {
                     index,
                     address: first.clone(),
@@ -205,7 +214,25 @@ pub fn slice_endpoints<'a>(
             }),
         }
     }
-    Ok(Some(((namespace, revision), addrs)))
+    addrs
+}
+
+/// The ready endpoints of one private EndpointSlice, keyed by its revision.
+/// `Ok(None)` for slices that are not a revision's private slice (not ours).
+/// Bad endpoints are skipped and reported in `rejected`.
+pub fn slice_endpoints<'a>(
+    slice: &'a EndpointSlice,
+    rejected: &mut Vec<Rejection>,
+) -> Result<Option<(RevisionKey<'a>, Vec<SocketAddr>)>, ObjectError> {
+    let Some(revision) = private_revision(slice) else {
+        return Ok(None);
+    };
+    match slice.address_type.as_deref() {
+        Some("IPv4") | Some("IPv6") | None => {}
+        Some(other) => return Err(ObjectError::AddressType(other.into())),
+    }
+    let port = http_port(slice).ok_or(ObjectError::NoHttpPort)?;
+    Ok(Some((revision, ready_addresses(slice, port, rejected))))
 }
 
 /// `(namespace, revision)`, borrowed from the objects being built.
@@ -213,18 +240,6 @@ pub type RevisionKey<'a> = (&'a str, &'a str);
 
 /// Hash map with the fast hasher used throughout the build.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// The `namespace/revision` a slice belongs to, if it is a revision's private slice.
-pub fn slice_revision(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let meta = &slice.metadata;
-    match (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL)) {
-        (Some(rev), Some("Private")) => Some(ObjectKey::new(
-            meta.namespace.as_deref().unwrap_or("default"),
-            rev,
-        )),
-        _ => None,
-    }
-}
 
 /// Index every slice's ready endpoints by `namespace/revision`.
 pub fn index_endpoints<'a>(

@@ -4,7 +4,7 @@
 //! KIngress's current hash: the Route turns Ready when the traffic is served
 //! everywhere, not before.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,9 +19,10 @@ use kube::Client;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::build::{http_port, ready_addresses};
 use crate::kingress::KIngress;
 use crate::leader::LeaderElector;
-use crate::model::ObjectKey;
+use crate::model::{EndpointSlice, ObjectKey};
 
 /// Where the status writer looks and what it writes.
 #[derive(Debug, Clone)]
@@ -171,27 +172,26 @@ impl StatusWriter {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &svc.namespace, &ar);
         let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={}", svc.name));
-        let mut out = BTreeMap::new();
-        for slice in api.list(&lp).await?.items {
-            let ports = slice.data["ports"].as_array().cloned().unwrap_or_default();
-            let Some(port) = ports
-                .iter()
-                .find(|p| p["name"] == "http")
-                .or(ports.first())
-                .and_then(|p| p["port"].as_u64())
+        let mut out = BTreeSet::new();
+        for obj in api.list(&lp).await?.items {
+            // The same reading of a slice as the table builder's.
+            let Ok(slice) =
+                serde_json::to_value(&obj).and_then(serde_json::from_value::<EndpointSlice>)
             else {
                 continue;
             };
-            for ep in slice.data["endpoints"].as_array().into_iter().flatten() {
-                if ep["conditions"]["ready"] == json!(false) {
-                    continue;
-                }
-                if let Some(ip) = ep["addresses"][0].as_str().and_then(|a| a.parse().ok()) {
-                    out.insert(SocketAddr::new(ip, port as u16), ());
-                }
-            }
+            // The Service's port is named `http`; an unnamed single port is taken as is.
+            let first = || {
+                let port = slice.ports.as_ref()?.first()?.port?;
+                u16::try_from(port).ok().filter(|&p| p > 0)
+            };
+            let Some(port) = http_port(&slice).or_else(first) else {
+                continue;
+            };
+            // Addresses that are not IPs are skipped; nothing here reports them.
+            out.extend(ready_addresses(&slice, port, &mut Vec::new()));
         }
-        Ok(out.into_keys().collect())
+        Ok(out.into_iter().collect())
     }
 
     /// Every replica answers the probe of every rule's first host with the hash.
