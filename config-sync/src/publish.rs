@@ -121,26 +121,20 @@ impl Publisher {
         self.probes.store(Arc::new(map));
     }
 
-    /// Build a table from `snapshot` and make it live. Rejected objects are
-    /// logged here, once per publish; the caller gets the new table.
+    /// Build a table from `snapshot` and make it live. Rejections new since the
+    /// live table are logged here; the caller gets the new table.
     pub fn publish(&self, snapshot: &Snapshot) -> Arc<Table> {
-        // One builder at a time, so generations and last-good state stay in order.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = state.generation + 1;
-        let prev = self.table.load_full();
-        let (table, last_good) = build(
-            snapshot,
-            &self.options,
-            &state.last_good,
-            Some(&prev),
-            generation,
-        );
-        let table = Arc::new(table);
-        self.table.store(table.clone());
-        state.last_good = last_good;
-        state.generation = generation;
-        drop(state);
-
+        let (prev, table) = self.swap(|prev, state, generation| {
+            let (table, last_good) = build(
+                snapshot,
+                &self.options,
+                &state.last_good,
+                Some(prev),
+                generation,
+            );
+            state.last_good = last_good;
+            table
+        });
         // Log what is newly wrong; a standing rejection was logged when it appeared
         // (and stays visible in metrics and /debug/routes).
         let known: std::collections::HashSet<&crate::error::Rejection> =
@@ -150,21 +144,13 @@ impl Publisher {
         }
         drop(prev);
         tracing::info!(
-            generation,
+            generation = table.generation,
             routes = table.route_count(),
             hosts = table.host_count(),
             rejected = table.rejected().len(),
             "routing table swapped in"
         );
-        self.status.publishes.fetch_add(1, Ordering::Relaxed);
-        self.status
-            .last_success_unix
-            .store(unix_now(), Ordering::Relaxed);
-        *self
-            .status
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.report_healthy();
         self.ready.store(true, Ordering::Release);
         table
     }
@@ -178,26 +164,34 @@ impl Publisher {
         slices: &[crate::model::ObjectKey],
         rejected: Vec<crate::error::Rejection>,
     ) -> Arc<Table> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = state.generation + 1;
         for r in &rejected {
             tracing::warn!(reason = r.error.reason(), "{r}");
         }
-        let table = Arc::new(
-            self.table
-                .load()
-                .with_endpoints(updates, slices, rejected, generation),
-        );
-        self.table.store(table.clone());
-        state.generation = generation;
-        drop(state);
+        let (_, table) = self
+            .swap(|prev, _, generation| prev.with_endpoints(updates, slices, rejected, generation));
         tracing::debug!(
-            generation,
+            generation = table.generation,
             revisions = updates.len(),
             "endpoints swapped in"
         );
-        self.status.publishes.fetch_add(1, Ordering::Relaxed);
         table
+    }
+
+    /// Make a table derived from the live one current. One swap at a time, so
+    /// generations and the last-good set stay in order. Returns (previous, new).
+    fn swap(
+        &self,
+        make: impl FnOnce(&Table, &mut BuilderState, u64) -> Table,
+    ) -> (Arc<Table>, Arc<Table>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = state.generation + 1;
+        let prev = self.table.load_full();
+        let table = Arc::new(make(&prev, &mut state, generation));
+        self.table.store(table.clone());
+        state.generation = generation;
+        drop(state);
+        self.status.publishes.fetch_add(1, Ordering::Relaxed);
+        (prev, table)
     }
 
     /// Record that the source is in contact again (an event arrived): clears the
