@@ -54,8 +54,6 @@ impl ProbeReader {
 /// Health of the source feeding the publisher, for metrics and `/debug/routes`.
 #[derive(Debug, Default)]
 pub struct SourceStatus {
-    /// Tables published.
-    pub publishes: AtomicU64,
     /// Source reads that failed (the table was kept).
     pub errors: AtomicU64,
     /// Unix time (seconds) the source was last known in sync.
@@ -190,7 +188,6 @@ impl Publisher {
         self.table.store(table.clone());
         state.generation = generation;
         drop(state);
-        self.status.publishes.fetch_add(1, Ordering::Relaxed);
         (prev, table)
     }
 
@@ -235,11 +232,6 @@ impl Publisher {
     /// Health of the source.
     pub fn status(&self) -> &SourceStatus {
         &self.status
-    }
-
-    /// Build options in use.
-    pub fn options(&self) -> &BuildOptions {
-        &self.options
     }
 }
 
