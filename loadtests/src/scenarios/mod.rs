@@ -1,0 +1,180 @@
+//! The scenarios, each a function over a [`Ctx`]: start backends and
+//! proxies, drive load, record what was measured in the report.
+
+pub mod churn;
+pub mod cold;
+pub mod hosts;
+pub mod rollout;
+pub mod split;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backend::{Backend, Pods};
+use crate::load::{self, Outcome, Spec};
+use crate::peers::{Binaries, Kind, Proxy};
+use crate::report::Report;
+use crate::topology::{Revision, Route};
+
+/// A scenario's name, as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// One route, 90/10 over two revisions with two endpoints each; every proxy.
+    Split,
+    /// Many routes, a random Host per request; every proxy.
+    Hosts,
+    /// The split changed through the snapshot file under load (gateway).
+    Rollout,
+    /// A scaled-to-zero revision behind a test activator (gateway).
+    Cold,
+    /// Endpoints added and removed ten times a second under load (gateway).
+    Churn,
+}
+
+/// How hard and how long.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Measured time per load run.
+    pub duration: Duration,
+    /// Unmeasured load before each measured run.
+    pub warmup: Duration,
+    /// Proxy worker threads to compare at.
+    pub threads: Vec<usize>,
+    /// Client connections to compare at.
+    pub conns: Vec<usize>,
+    /// Load generator threads.
+    pub load_threads: usize,
+    /// Routes in the hosts scenario.
+    pub routes: usize,
+    /// How long each rollout step lasts.
+    pub step: Duration,
+    /// Rollout cycles (of four steps each).
+    pub cycles: usize,
+    /// The proxies to run (the gateway always, peers where available).
+    pub kinds: Vec<Kind>,
+    /// Compare the load generator with wrk, where wrk is installed.
+    pub wrk: bool,
+}
+
+/// What scenarios share.
+pub struct Ctx<'a> {
+    /// Options.
+    pub opts: &'a Options,
+    /// Where backends run.
+    pub pods: &'a Pods,
+    /// Executables.
+    pub bins: &'a Binaries,
+    /// Results so far.
+    pub report: &'a mut Report,
+    /// Start of the whole invocation, for progress lines.
+    pub started: Instant,
+}
+
+impl<'a> Ctx<'a> {
+    /// A progress line on stderr.
+    pub fn progress(&self, msg: impl AsRef<str>) {
+        eprintln!(
+            "[{:>6.1}s] {}",
+            self.started.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
+    }
+
+    /// The proxies to compare: the gateway, then each available peer.
+    pub fn proxies(&self) -> Vec<(Kind, &'a Path)> {
+        let bins: &'a Binaries = self.bins;
+        self.opts
+            .kinds
+            .iter()
+            .filter_map(|k| bins.get(*k).map(|p| (*k, p)))
+            .collect()
+    }
+
+    /// The gateway's executable.
+    pub fn gateway(&self) -> &'a Path {
+        &self.bins.gateway
+    }
+
+    /// Warm up, then measure `spec` against `proxy` (CPU over the measured part, peak RSS).
+    pub fn measure(
+        &self,
+        proxy: Option<&Proxy>,
+        spec: &Spec,
+    ) -> (Outcome, Option<f64>, Option<u64>) {
+        self.warm_up(spec);
+        self.measure_now(proxy, spec)
+    }
+
+    /// Unmeasured load, so connections, pools and caches are warm.
+    pub fn warm_up(&self, spec: &Spec) {
+        if !self.opts.warmup.is_zero() {
+            load::run(&Spec {
+                duration: self.opts.warmup,
+                timeline: false,
+                ..spec.clone()
+            });
+        }
+    }
+
+    /// Measure `spec` against `proxy` without warming up first.
+    pub fn measure_now(
+        &self,
+        proxy: Option<&Proxy>,
+        spec: &Spec,
+    ) -> (Outcome, Option<f64>, Option<u64>) {
+        let cpu0 = proxy.map(Proxy::cpu_seconds);
+        let out = load::run(spec);
+        let cpu = proxy.zip(cpu0).map(|(p, c0)| p.cpu_seconds() - c0);
+        let rss = proxy.map(Proxy::peak_rss);
+        (out, cpu, rss)
+    }
+
+    /// The load spec every scenario starts from.
+    pub fn spec(&self, target: SocketAddr, host: &str, conns: usize) -> Spec {
+        Spec {
+            targets: vec![target],
+            hosts: load::Hosts::one(host),
+            conns,
+            threads: self.opts.load_threads,
+            duration: self.opts.duration,
+            timeline: false,
+        }
+    }
+
+    /// Start `n` backends answering `revision`.
+    pub fn backends(&self, revision: &str, n: usize) -> anyhow::Result<Vec<Backend>> {
+        (0..n).map(|_| self.pods.start(revision)).collect()
+    }
+}
+
+/// The revisions every scenario splits between.
+pub const A: &str = "hello-00001";
+/// The second revision.
+pub const B: &str = "hello-00002";
+
+/// Route `default/hello` splitting `pa`/`pb` between revisions A and B.
+pub fn hello(a: &[&Backend], b: &[&Backend], pa: u32, pb: u32) -> Route {
+    let rev = |name: &str, percent, eps: &[&Backend]| Revision {
+        name: name.into(),
+        percent,
+        endpoints: eps.iter().map(|e| e.addr).collect(),
+    };
+    Route {
+        namespace: "default".into(),
+        name: "hello".into(),
+        revisions: vec![rev(A, pa, a), rev(B, pb, b)],
+    }
+}
+
+/// Milliseconds between two instants (negative if `to` is earlier).
+pub fn ms_between(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64() * 1000.0
+    } else {
+        -((from - to).as_secs_f64() * 1000.0)
+    }
+}

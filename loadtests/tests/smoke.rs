@@ -1,0 +1,92 @@
+//! The harness's smoke run, so it cannot rot: every scenario for about a
+//! second, gateway and direct only, against the gateway this workspace built.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn runs<'a>(report: &'a Value, scenario: &str, proxy: &str) -> Vec<&'a Value> {
+    report["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["scenario"] == scenario && r["proxy"] == proxy)
+        .collect()
+}
+
+fn assert_served(run: &Value) {
+    assert!(run["requests"].as_u64().unwrap() > 100, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+}
+
+/// The share of `revision` in a run, percent.
+fn share(run: &Value, revision: &str) -> f64 {
+    run["split"][revision].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn every_scenario_runs_and_measures() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--smoke")
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .expect("run the harness (cargo test --workspace builds the gateway next to it)");
+    assert!(status.success(), "the smoke run failed: {status}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+
+    // split: direct and through the gateway; the gateway keeps the 90/10 split.
+    let direct = runs(&report, "split", "direct");
+    assert_served(direct[0]);
+    let gw = runs(&report, "split", "gateway");
+    assert_eq!(gw.len(), 1);
+    assert_served(gw[0]);
+    assert!(
+        (share(gw[0], "hello-00001") - 90.0).abs() < 5.0,
+        "{}",
+        gw[0]
+    );
+    assert!(gw[0]["cpu_s_per_100k"].as_f64().unwrap() > 0.0);
+    assert!(gw[0]["peak_rss_mib"].as_f64().unwrap() > 1.0);
+
+    // hosts: one route and many, both served.
+    let hosts = runs(&report, "hosts", "gateway");
+    let routes: Vec<u64> = hosts
+        .iter()
+        .map(|r| r["routes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(routes, [1, 1000]);
+    hosts.iter().for_each(|r| assert_served(r));
+
+    // rollout: every step propagated, no failures, the last step is all B.
+    let rollout = &report["rollout"];
+    assert_eq!(rollout["errors"], 0, "{rollout}");
+    let steps = rollout["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    for s in steps {
+        assert!(s["propagation_ms"].as_f64().unwrap() >= 0.0, "{s}");
+    }
+    assert_eq!(steps[2]["observed"]["hello-00002"].as_f64(), Some(100.0));
+
+    // cold: the activator saw every cold request; the wake lost none.
+    let cold = &report["cold"];
+    assert_served(&cold["activator"]);
+    assert_eq!(cold["activator_requests"], cold["activator"]["requests"]);
+    assert_served(&cold["wake"]);
+    assert!(cold["switch_ms"].as_f64().is_some(), "{cold}");
+
+    // churn: endpoints changed under load without a failure.
+    let churn = &report["churn"];
+    assert!(churn["updates"].as_u64().unwrap() >= 4, "{churn}");
+    assert_served(&churn["run"]);
+    assert!(churn["added_served"].as_u64().unwrap() >= 1, "{churn}");
+
+    assert!(report["failures"].as_array().unwrap().is_empty());
+    assert!(report["checks"].as_array().unwrap().len() >= 5);
+    let svg = std::fs::read_to_string(out.path().join("chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("gateway"));
+    let text = std::fs::read_to_string(out.path().join("results.txt")).unwrap();
+    assert!(text.contains("targets:"));
+}
