@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::{hello, ms_between, Ctx, A, B};
 use crate::backend::Backend;
 use crate::load;
-use crate::peers::{Kind, Launch};
 use crate::report::{quantile, Churn, Run};
 use crate::topology::Topology;
 
@@ -33,16 +32,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     };
     let first = topo(&churned);
     let host = first.routes[0].host();
-    let threads = *ctx.opts.threads.iter().max().expect("a thread count");
+    let threads = ctx.max_threads();
     let conns = ctx.opts.conns[0];
-    let proxy = Launch {
-        kind: Kind::Gateway,
-        bin: ctx.gateway(),
-        topology: &first,
-        threads,
-        activator: None,
-    }
-    .start(&host)?;
+    let proxy = ctx.start_gateway(&first, None, &host)?;
     ctx.progress(format!(
         "churn: an endpoint added or removed every {TICK:?} for {:?} under {conns} conns",
         ctx.opts.duration

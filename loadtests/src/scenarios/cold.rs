@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use super::{ms_between, Ctx};
 use crate::activator::Activator;
 use crate::load::{self, Spec};
-use crate::peers::{Kind, Launch};
 use crate::report::{Cold, Run};
 use crate::topology::{Revision, Route, Topology};
 
@@ -44,16 +43,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     };
     let asleep = topo(vec![]);
     let (warm_host, cold_host) = (asleep.routes[0].host(), asleep.routes[1].host());
-    let threads = *ctx.opts.threads.iter().max().expect("a thread count");
+    let threads = ctx.max_threads();
     let conns = ctx.opts.conns[0];
-    let proxy = Launch {
-        kind: Kind::Gateway,
-        bin: ctx.gateway(),
-        topology: &asleep,
-        threads,
-        activator: Some(activator.addr),
-    }
-    .start(&warm_host)?;
+    let proxy = ctx.start_gateway(&asleep, Some(activator.addr), &warm_host)?;
 
     ctx.progress(format!("cold: warm path, {conns} conns"));
     let (warm, cpu, _) = ctx.measure(Some(&proxy), &ctx.spec(proxy.addr, &warm_host, conns));

@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use crate::backend::{Backend, Pods};
 use crate::load::{self, Outcome, Spec};
-use crate::peers::{Binaries, Kind, Proxy};
+use crate::peers::{Binaries, Kind, Launch, Proxy};
 use crate::report::Report;
-use crate::topology::{Revision, Route};
+use crate::topology::{Revision, Route, Topology};
 
 /// A scenario's name, as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -143,6 +143,33 @@ impl<'a> Ctx<'a> {
             duration: self.opts.duration,
             timeline: false,
         }
+    }
+
+    /// The thread count the single-proxy scenarios run at: the highest asked for.
+    pub fn max_threads(&self) -> usize {
+        *self
+            .opts
+            .threads
+            .iter()
+            .max()
+            .expect("at least one thread count")
+    }
+
+    /// Start the gateway on `topology` at [`Self::max_threads`], ready once `host` answers.
+    pub fn start_gateway(
+        &self,
+        topology: &Topology,
+        activator: Option<SocketAddr>,
+        host: &str,
+    ) -> anyhow::Result<Proxy> {
+        Launch {
+            kind: Kind::Gateway,
+            bin: self.gateway(),
+            topology,
+            threads: self.max_threads(),
+            activator,
+        }
+        .start(host)
     }
 
     /// Start `n` backends answering `revision`.

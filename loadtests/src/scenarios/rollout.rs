@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use super::{hello, ms_between, Ctx, A, B};
 use crate::load::{self, Hosts, Outcome, Spec};
-use crate::peers::{Kind, Launch};
 use crate::report::{quantile, Rollout, RolloutStep, Run};
 use crate::topology::{Revision, Route, Topology};
 
@@ -42,15 +41,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     };
     let first = topo(0);
     let (host, marker_host) = (first.routes[0].host(), first.routes[1].host());
-    let threads = *ctx.opts.threads.iter().max().expect("a thread count");
-    let proxy = Launch {
-        kind: Kind::Gateway,
-        bin: ctx.gateway(),
-        topology: &first,
-        threads,
-        activator: None,
-    }
-    .start(&host)?;
+    let threads = ctx.max_threads();
+    let proxy = ctx.start_gateway(&first, None, &host)?;
     let step = ctx.opts.step;
     let conns = ctx.opts.conns[0];
     ctx.progress(format!(
