@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use http::header::HOST;
-use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::HeaderValue;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,8 +50,9 @@ pub struct Spec {
     pub timeline: bool,
 }
 
-/// One response on the timeline: microseconds since [`Outcome::started`], index into [`Outcome::names`].
-pub type Mark = (u64, u16);
+/// One response on the timeline: when its request was sent and when it was
+/// answered (microseconds since [`Outcome::started`]), and an index into [`Outcome::names`].
+pub type Mark = (u64, u64, u16);
 
 /// What a run measured.
 #[derive(Debug)]
@@ -75,7 +73,7 @@ pub struct Outcome {
     pub bodies: BTreeMap<String, u64>,
     /// Distinct bodies, indexed by [`Mark`].
     pub names: Vec<String>,
-    /// Every successful response in completion order per connection (only with `timeline`).
+    /// Every successful response, in order of sending (only with `timeline`).
     pub timeline: Vec<Mark>,
 }
 
@@ -239,7 +237,7 @@ fn merge(started: Instant, tallies: Vec<(Tally, Instant)>) -> Outcome {
         out.timeline.extend(
             t.timeline
                 .into_iter()
-                .map(|(at, i)| (at, global[i as usize])),
+                .map(|(sent, done, i)| (sent, done, global[i as usize])),
         );
     }
     out.timeline.sort_unstable();
@@ -279,10 +277,7 @@ async fn connection(
                 Hosts::One(h) => h,
                 Hosts::Random(all) => &all[rng.random_range(0..all.len())],
             };
-            request.clear();
-            request.extend_from_slice(b"GET / HTTP/1.1\r\nHost: ");
-            request.extend_from_slice(host.as_bytes());
-            request.extend_from_slice(b"\r\n\r\n");
+            encode_request(&mut request, host.as_bytes());
             let reply = match stream.write_all(&request).await {
                 Ok(()) => read_response(&mut stream, &mut buf).await,
                 Err(e) => Err(format!("writing: {e}")),
@@ -302,7 +297,7 @@ async fn connection(
                 if timeline {
                     tally
                         .timeline
-                        .push(((done - started).as_micros() as u64, i));
+                        .push((micros(t0 - started), micros(done - started), i));
                 }
             } else {
                 let text = String::from_utf8_lossy(&body);
@@ -370,28 +365,32 @@ async fn read_response(
     Ok((status, message.split_off(head).freeze(), keep))
 }
 
-/// One request, for readiness checks: status and body.
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// `GET /` for `host`, into `out` (cleared first).
+fn encode_request(out: &mut Vec<u8>, host: &[u8]) {
+    out.clear();
+    out.extend_from_slice(b"GET / HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// One request on a new connection, for readiness checks: status and body.
+/// The same client as the load, so a proxy is ready when the load can use it.
 pub async fn get(target: SocketAddr, host: &str) -> Result<(u16, String), String> {
-    let stream = TcpStream::connect(target)
+    let mut stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let mut request = Vec::new();
+    encode_request(&mut request, host.as_bytes());
+    stream
+        .write_all(&request)
         .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = Request::get("/")
-        .header(HOST, host)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
+        .map_err(|e| format!("{target}: writing: {e}"))?;
+    let (status, body, _) = read_response(&mut stream, &mut BytesMut::new())
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+        .map_err(|e| format!("{target}: {e}"))?;
     Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
 }

@@ -90,7 +90,7 @@ pub struct RolloutStep {
     pub written: Vec<(String, u32)>,
     /// From the file write to the first response of the new table, ms.
     pub propagation_ms: Option<f64>,
-    /// Share per revision among responses after propagation, percent.
+    /// Share per revision among requests sent after propagation, percent.
     pub observed: BTreeMap<String, f64>,
     /// Responses counted for `observed`.
     pub responses: u64,
@@ -181,6 +181,12 @@ pub struct Report {
     pub failures: Vec<String>,
     /// Targets.
     pub checks: Vec<Check>,
+}
+
+/// `revision=share%` pairs, space-separated.
+fn shares(split: &BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = split.iter().map(|(k, v)| format!("{k}={v:.1}%")).collect();
+    parts.join(" ")
 }
 
 /// Nearest-rank quantile of unsorted values.
@@ -353,11 +359,6 @@ impl Report {
                 Some(b) if r.proxy == "gateway" => format!("{:.2}×", r.rps / b),
                 _ => String::new(),
             };
-            let split: Vec<String> = r
-                .split
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.1}%"))
-                .collect();
             let _ = writeln!(
                 s,
                 "{:<9} {:>3} {:>5} {:>6} {:<17} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>6} {:>8} {:>7} {:>8}  {}",
@@ -375,25 +376,20 @@ impl Report {
                 r.cpu_s_per_100k.map_or("-".into(), |c| format!("{c:.2}")),
                 r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
                 vs,
-                split.join(" ")
+                shares(&r.split)
             );
         }
         if let Some(r) = &self.rollout {
             let _ = writeln!(s, "\nrollout: {} ok, {} failed", r.requests, r.errors);
             for st in &r.steps {
                 let w: Vec<String> = st.written.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let o: Vec<String> = st
-                    .observed
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v:.1}%"))
-                    .collect();
                 let _ = writeln!(
                     s,
                     "  wrote {:<32} propagated in {:>8}  observed {} ({} responses)",
                     w.join(" "),
                     st.propagation_ms
                         .map_or("never".into(), |p| format!("{p:.2} ms")),
-                    o.join(" "),
+                    shares(&st.observed),
                     st.responses
                 );
             }

@@ -46,6 +46,11 @@ impl Kind {
     }
 }
 
+/// The gateway's snapshot file in a proxy's directory.
+fn snapshot_file(dir: &Path) -> PathBuf {
+    dir.join("snapshot.yaml")
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -84,7 +89,7 @@ impl Launch<'_> {
         let mut last = None;
         // A port picked free can be taken before the proxy binds it: try again.
         for _ in 0..3 {
-            let proxy = self.spawn()?;
+            let mut proxy = self.spawn()?;
             match proxy.wait_ready(ready_host, Duration::from_secs(60)) {
                 Ok(()) => return Ok(proxy),
                 Err(e) => last = Some(e),
@@ -103,7 +108,7 @@ impl Launch<'_> {
         let mut cmd = Command::new(self.bin);
         match self.kind {
             Kind::Gateway => {
-                let file = dir.path().join("snapshot.yaml");
+                let file = snapshot_file(dir.path());
                 topology::write_atomic(&file, &topology::snapshot(t))?;
                 let activator = self
                     .activator
@@ -176,17 +181,12 @@ impl Proxy {
         crate::procstat::peak_rss(self.pid())
     }
 
-    /// The gateway's snapshot file (what `rollout`, `cold` and `churn` rewrite).
-    pub fn snapshot_path(&self) -> PathBuf {
-        self.dir.path().join("snapshot.yaml")
-    }
-
     /// Replace the gateway's routes by rewriting its snapshot file.
     pub fn update(&self, t: &Topology) -> anyhow::Result<()> {
         if self.kind != Kind::Gateway {
             bail!("only the gateway reloads a snapshot file");
         }
-        topology::write_atomic(&self.snapshot_path(), &topology::snapshot(t))?;
+        topology::write_atomic(&snapshot_file(self.dir.path()), &topology::snapshot(t))?;
         Ok(())
     }
 
@@ -197,15 +197,14 @@ impl Proxy {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    fn wait_ready(&self, host: &str, limit: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, host: &str, limit: Duration) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let deadline = Instant::now() + limit;
         let mut last = String::new();
-        // `try_wait` needs `&mut`; poll the exit status through /proc instead.
         while Instant::now() < deadline {
-            if !Path::new(&format!("/proc/{}", self.pid())).exists() || self.exited() {
+            if !matches!(self.child.try_wait(), Ok(None)) {
                 bail!(
                     "{} exited during startup:\n{}",
                     self.kind.name(),
@@ -225,17 +224,6 @@ impl Proxy {
             self.addr,
             self.log_tail()
         )
-    }
-
-    /// A zombie (exited, not yet reaped) counts as exited.
-    fn exited(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.rfind(')')
-                    .map(|i| s[i + 1..].trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true)
     }
 }
 

@@ -117,7 +117,9 @@ fn at(out: &Outcome, micros: u64) -> Instant {
     out.started + Duration::from_micros(micros)
 }
 
-/// Per step: propagation from the marker, observed split from the main load.
+/// Per step: propagation from the marker (when its first answer from the new
+/// pod arrived), observed split from the main load (requests sent after that,
+/// so a request routed by the old table and answered late is not counted).
 fn analyse(main: &Outcome, marker: &Outcome, writes: &[Instant]) -> Vec<RolloutStep> {
     let end = at(main, main.timeline.last().map_or(0, |m| m.0));
     writes
@@ -129,14 +131,14 @@ fn analyse(main: &Outcome, marker: &Outcome, writes: &[Instant]) -> Vec<RolloutS
             let live = marker
                 .timeline
                 .iter()
-                .map(|&(t, n)| (at(marker, t), n))
+                .map(|&(_, done, n)| (at(marker, done), n))
                 .find(|&(t, n)| t >= written && marker.names[n as usize] == name)
                 .map(|(t, _)| t);
             let until = writes.get(k + 1).copied().unwrap_or(end);
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             if let Some(from) = live {
-                for &(t, n) in &main.timeline {
-                    let t = at(main, t);
+                for &(sent, _, n) in &main.timeline {
+                    let t = at(main, sent);
                     if t >= from && t < until {
                         *counts.entry(main.names[n as usize].clone()).or_default() += 1;
                     }
