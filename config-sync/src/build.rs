@@ -15,6 +15,7 @@ use crate::model::{
     self, EndpointSlice, Kind, ObjectKey, Route, Snapshot, REVISION_LABEL, SERVICE_TYPE_LABEL,
     VISIBILITY_LABEL,
 };
+use crate::responses::Responses;
 use crate::table::{
     Endpoint, HostEntry, HostMap, Revision, RevisionId, RouteInfo, Split, Table, Target,
 };
@@ -285,7 +286,7 @@ pub fn build(
             let side = scope.spawn(|| {
                 let mut slice_rejected = Vec::new();
                 let endpoints = index_endpoints(&snapshot.slices, &mut slice_rejected);
-                let counters = prev.map(inflight_counters).unwrap_or_default();
+                let counters = prev.map(Carried::from).unwrap_or_default();
                 (endpoints, slice_rejected, counters)
             });
             let validated = validate_all(snapshot, opts, last_good);
@@ -404,20 +405,46 @@ fn validate_all(snapshot: &Snapshot, opts: &BuildOptions, last_good: &LastGood) 
     (rejected, routes, next_good)
 }
 
-/// In-flight counters of the live table by revision and address.
-fn inflight_counters(table: &Table) -> Counters<'_> {
-    table
-        .revisions
-        .iter()
-        .flat_map(|r| {
-            r.endpoints
-                .iter()
-                .map(|e| ((&*r.namespace, &*r.name, e.addr), &e.inflight))
-        })
-        .collect()
+/// The live table's counters, which the next table takes over.
+#[derive(Default)]
+struct Carried<'p> {
+    /// In-flight counts by revision namespace, name and endpoint address.
+    inflight: FastMap<(&'p str, &'p str, SocketAddr), &'p Arc<AtomicU32>>,
+    /// Response counts by route namespace, route name and revision name.
+    responses: FastMap<(&'p str, &'p str, &'p str), &'p Arc<Responses>>,
 }
 
-type Counters<'p> = FastMap<(&'p str, &'p str, SocketAddr), &'p Arc<AtomicU32>>;
+impl<'p> From<&'p Table> for Carried<'p> {
+    fn from(table: &'p Table) -> Self {
+        let inflight = table
+            .revisions
+            .iter()
+            .flat_map(|r| {
+                r.endpoints
+                    .iter()
+                    .map(|e| ((&*r.namespace, &*r.name, e.addr), &e.inflight))
+            })
+            .collect();
+        let responses = table
+            .routes
+            .iter()
+            .flat_map(|route| {
+                route.responses.iter().map(|(rev, counts)| {
+                    let key = (
+                        route.key.namespace.as_str(),
+                        route.key.name.as_str(),
+                        &*table.revision(*rev).name,
+                    );
+                    (key, counts)
+                })
+            })
+            .collect();
+        Self {
+            inflight,
+            responses,
+        }
+    }
+}
 
 /// A host name from parts, allocated once at its exact size.
 fn host_name<'s>(parts: impl Iterator<Item = &'s str> + Clone) -> Box<str> {
@@ -432,7 +459,7 @@ struct Compiler<'a, 'p> {
     revision_ids: FastMap<RevisionKey<'a>, RevisionId>,
     namespaces: FastMap<&'a str, (Arc<str>, HeaderValue)>,
     endpoints: &'a mut FastMap<RevisionKey<'a>, Vec<SocketAddr>>,
-    counters: &'a Counters<'p>,
+    counters: &'a Carried<'p>,
     rejected: &'a mut Vec<Rejection>,
     /// Keys of the routes added so far, by id.
     keys: Vec<Arc<ObjectKey>>,
@@ -465,12 +492,26 @@ impl<'a> Compiler<'a, '_> {
                 tags.push((tag.tag.clone(), rev));
             }
         }
+        let mut responses: Vec<(RevisionId, Arc<Responses>)> = Vec::with_capacity(traffic.len());
+        for rev in traffic.iter().map(|t| t.0).chain(tags.iter().map(|t| t.1)) {
+            if responses.iter().any(|r| r.0 == rev) {
+                continue;
+            }
+            let counts = self
+                .counters
+                .responses
+                .get(&(ns, name, &*self.revisions[rev as usize].name))
+                .map(|c| Arc::clone(c))
+                .unwrap_or_default();
+            responses.push((rev, counts));
+        }
         RouteInfo {
             key: route.key.clone(),
             cluster_local: route.cluster_local,
             last_good,
             traffic,
             tags,
+            responses,
         }
     }
 
@@ -533,6 +574,7 @@ impl<'a> Compiler<'a, '_> {
                 addr,
                 inflight: self
                     .counters
+                    .inflight
                     .get(&(ns, name, addr))
                     .map(|c| Arc::clone(c))
                     .unwrap_or_default(),

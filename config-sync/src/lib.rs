@@ -14,6 +14,7 @@ pub mod kingress;
 pub mod leader;
 pub mod model;
 pub mod publish;
+pub mod responses;
 pub mod select;
 pub mod sources;
 pub mod status;

@@ -3,10 +3,11 @@
 //! into these types, one object at a time, so one malformed object is
 //! rejected on its own instead of failing the whole list.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{ObjectError, Rejection};
 
@@ -52,9 +53,9 @@ pub struct ObjectMeta {
     /// Namespace; `default` when absent, as kubectl does.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Labels.
+    /// The labels the gateway reads (the others are dropped while decoding).
     #[serde(default)]
-    pub labels: Option<BTreeMap<String, String>>,
+    pub labels: Option<Labels>,
     /// Server-side version, when the object came from an API server.
     #[serde(default)]
     pub resource_version: Option<String>,
@@ -63,7 +64,98 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     /// The value of label `key`, if set.
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.as_ref()?.get(key).map(String::as_str)
+        self.labels.as_ref()?.get(key)
+    }
+}
+
+/// The labels the table is built from. Every other label is skipped while
+/// decoding: objects in a real cluster carry many, and a 10,000-route
+/// snapshot kept them all in a map per object (a third of its memory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    revision: Option<String>,
+    service_type: Option<String>,
+    visibility: Option<String>,
+}
+
+impl Labels {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        match key {
+            REVISION_LABEL => Some(&mut self.revision),
+            SERVICE_TYPE_LABEL => Some(&mut self.service_type),
+            VISIBILITY_LABEL => Some(&mut self.visibility),
+            _ => None,
+        }
+    }
+
+    /// The value of `key`, if it is set and one the gateway reads.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            REVISION_LABEL => self.revision.as_deref(),
+            SERVICE_TYPE_LABEL => self.service_type.as_deref(),
+            VISIBILITY_LABEL => self.visibility.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Set `key` if it is one the gateway reads; returns whether it was kept.
+    pub fn insert(&mut self, key: &str, value: impl Into<String>) -> bool {
+        self.slot(key).map(|s| *s = Some(value.into())).is_some()
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (REVISION_LABEL, &self.revision),
+            (SERVICE_TYPE_LABEL, &self.service_type),
+            (VISIBILITY_LABEL, &self.visibility),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+    }
+}
+
+impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut labels = Labels::default();
+        for (k, v) in iter {
+            labels.insert(k.as_ref(), v);
+        }
+        labels
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in self.pairs() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LabelsVisitor;
+        impl<'de> Visitor<'de> for LabelsVisitor {
+            type Value = Labels;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of label names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+                let mut labels = Labels::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match labels.slot(&key) {
+                        Some(slot) => *slot = Some(map.next_value()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(labels)
+            }
+        }
+        deserializer.deserialize_map(LabelsVisitor)
     }
 }
 
@@ -309,6 +401,31 @@ mod tests {
         assert!(msg.contains("status.traffic[0].percent"), "{msg}");
         assert_eq!(s.rejected[1].error.reason(), "unsupported_kind");
         assert_eq!(s.rejected[1].object.to_string(), "default/cm");
+    }
+
+    #[test]
+    fn only_the_labels_read_are_kept() {
+        let meta: ObjectMeta = serde_json::from_value(json!({"name": "s", "labels": {
+            "serving.knative.dev/revision": "a-1",
+            "app": "hello",
+            "networking.internal.knative.dev/serviceType": "Private",
+            "odd": {"not": "a string"}
+        }}))
+        .unwrap();
+        assert_eq!(meta.label(REVISION_LABEL), Some("a-1"));
+        assert_eq!(meta.label(SERVICE_TYPE_LABEL), Some("Private"));
+        assert_eq!(meta.label(VISIBILITY_LABEL), None);
+        assert_eq!(meta.label("app"), None, "unread labels are dropped");
+        assert_eq!(
+            serde_json::to_value(&meta.labels).unwrap(),
+            json!({"serving.knative.dev/revision": "a-1",
+                   "networking.internal.knative.dev/serviceType": "Private"})
+        );
+        // A label the gateway reads must still be a string.
+        let bad = serde_json::from_value::<ObjectMeta>(
+            json!({"labels": {"serving.knative.dev/revision": 7}}),
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

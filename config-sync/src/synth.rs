@@ -1,7 +1,5 @@
 //! Synthetic clusters of any size, for benchmarks and load tests.
 
-use std::collections::BTreeMap;
-
 use crate::model::{
     Endpoint, EndpointPort, EndpointSlice, ObjectMeta, Route, RouteStatus, Snapshot, TrafficTarget,
     REVISION_LABEL, SERVICE_TYPE_LABEL,
@@ -69,10 +67,14 @@ pub fn cluster(shape: Shape) -> Snapshot {
                 metadata: ObjectMeta {
                     name: Some(format!("{rev}-private-x")),
                     namespace: Some(ns.clone()),
-                    labels: Some(BTreeMap::from([
-                        (REVISION_LABEL.to_owned(), rev),
-                        (SERVICE_TYPE_LABEL.to_owned(), "Private".to_owned()),
-                    ])),
+                    labels: Some(
+                        [
+                            (REVISION_LABEL, rev),
+                            (SERVICE_TYPE_LABEL, "Private".into()),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    ),
                     resource_version: None,
                 },
                 address_type: Some("IPv4".into()),

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::error::Rejection;
 use crate::model::ObjectKey;
+use crate::responses::Responses;
 
 /// Index of a route in [`Table::route`].
 pub type RouteId = u32;
@@ -113,6 +114,20 @@ pub struct RouteInfo {
     pub traffic: Vec<(RevisionId, u32)>,
     /// Tags and their revisions.
     pub tags: Vec<(String, RevisionId)>,
+    /// Responses by status code for each revision the route sends to (split
+    /// and tags), each revision once.
+    pub responses: Vec<(RevisionId, Arc<Responses>)>,
+}
+
+impl RouteInfo {
+    /// The response counts of `revision` through this route.
+    #[inline]
+    pub fn responses(&self, revision: RevisionId) -> Option<&Responses> {
+        self.responses
+            .iter()
+            .find(|r| r.0 == revision)
+            .map(|r| &*r.1)
+    }
 }
 
 /// A revision and its ready endpoints.
@@ -174,6 +189,11 @@ impl Table {
     #[inline]
     pub fn route(&self, id: RouteId) -> &RouteInfo {
         &self.routes[id as usize]
+    }
+
+    /// Every route served, indexed by id.
+    pub fn routes(&self) -> &[RouteInfo] {
+        &self.routes
     }
 
     /// A revision by id.

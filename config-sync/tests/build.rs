@@ -359,6 +359,35 @@ fn inflight_counters_survive_a_rebuild() {
 }
 
 #[test]
+fn response_counts_survive_a_rebuild_per_route_and_revision() {
+    let (first, lg) = table(SNAPSHOT);
+    let entry = first.lookup("v2-hello.default.example.com").unwrap();
+    let Target::Revision(v2) = entry.target else {
+        panic!()
+    };
+    let route = first.route(entry.route);
+    // Both revisions of the split (and of the tags) are counted, each once.
+    assert_eq!(route.responses.len(), 2);
+    route.responses(v2).unwrap().record(503);
+    route.responses(v2).unwrap().record(200);
+    let (second, _) = table_after(SNAPSHOT, &lg, Some(&first));
+    let entry = second.lookup("v2-hello.default.example.com").unwrap();
+    let Target::Revision(v2) = entry.target else {
+        panic!()
+    };
+    let mut counts = second.route(entry.route).responses(v2).unwrap().counts();
+    counts.sort_unstable();
+    assert_eq!(counts, [(200, 1), (503, 1)]);
+    // The route's other revision starts from nothing.
+    let v1 = second.routes()[entry.route as usize]
+        .responses
+        .iter()
+        .find(|r| r.0 != v2)
+        .unwrap();
+    assert!(v1.1.counts().is_empty());
+}
+
+#[test]
 fn endpoint_updates_swap_only_their_revisions() {
     use config_sync::table::EndpointUpdate;
     use config_sync::ObjectKey;

@@ -174,6 +174,12 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_MAX_CONNECT_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub max_connect_attempts: u16,
+    /// Idle upstream connections kept for reuse, across all pods. Below the
+    /// number of concurrent client connections, every request past it pays a
+    /// new TCP connect (pingora's default is 128).
+    #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub upstream_idle_connections: u32,
     /// After SIGTERM, keep serving this long so load balancers stop sending first.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -194,6 +200,7 @@ impl Tuning {
             internal_http: internal_http.to_owned(),
             admin: admin.to_owned(),
             threads,
+            upstream_idle_connections: self.upstream_idle_connections as usize,
             proxy: ProxyOptions {
                 connect_timeout: self.connect_timeout,
                 max_connect_attempts: self.max_connect_attempts as usize,

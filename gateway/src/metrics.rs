@@ -1,23 +1,33 @@
 //! Prometheus metrics. Request metrics are recorded on the request path;
 //! table and source gauges are computed when `/metrics` is scraped, from the
 //! live table and the publisher's status, so swaps cost nothing extra.
+//!
+//! `gateway_requests_total` is not a `prometheus` counter vector: its counts
+//! live in the routing table (`config_sync::responses`), one atomic add per
+//! request, and become a metric family only when scraped.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use config_sync::responses::Responses;
 use config_sync::{Publisher, Table};
+use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
+const REQUESTS: &str = "gateway_requests_total";
+const REQUESTS_HELP: &str = "Requests by namespace, route, revision and status code.";
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    /// Requests by namespace, route, revision and status code.
-    pub requests: IntCounterVec,
+    /// Requests answered before a route was resolved (no Host, unknown host),
+    /// by status code; the routed ones are counted in the table.
+    pub unrouted: Responses,
     /// Request latency, by where the request went (`revision`, `activator`, `none`).
     pub duration: HistogramVec,
     /// Requests sent to the activator because their revision had no ready endpoint.
@@ -40,13 +50,6 @@ impl Metrics {
     /// Register every metric.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "gateway_requests_total",
-                "Requests by namespace, route, revision and status code.",
-            ),
-            &["namespace", "route", "revision", "code"],
-        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "gateway_request_duration_seconds",
@@ -102,8 +105,7 @@ impl Metrics {
             "Full relists after the first sync (restarted watches, 410 Gone).",
         )?;
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
+            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(activator_requests.clone()),
             Box::new(connect_errors.clone()),
             Box::new(table_generation.clone()),
@@ -119,7 +121,7 @@ impl Metrics {
         }
         Ok(Self {
             registry,
-            requests,
+            unrouted: Responses::default(),
             duration,
             activator_requests,
             connect_errors,
@@ -179,9 +181,58 @@ impl Metrics {
             self.source_relists.inc_by(relists.saturating_sub(seen.1));
             *seen = (errors, relists);
         }
+        let mut families = self.registry.gather();
+        families.push(self.requests(table));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
+
+    /// `gateway_requests_total` from the live table's counts and the unrouted ones.
+    fn requests(&self, table: &Table) -> MetricFamily {
+        let mut metrics = Vec::new();
+        let mut add = |labels: [&str; 3], counts: &Responses| {
+            for (code, n) in counts.counts() {
+                let mut m = Metric::default();
+                let [namespace, route, revision] = labels;
+                // In name order, as the prometheus crate writes its own.
+                m.set_label(vec![
+                    label("code", &code.to_string()),
+                    label("namespace", namespace),
+                    label("revision", revision),
+                    label("route", route),
+                ]);
+                let mut c = Counter::default();
+                c.set_value(n as f64);
+                m.set_counter(c);
+                metrics.push(m);
+            }
+        };
+        add(["", "", ""], &self.unrouted);
+        for route in table.routes() {
+            for (rev, counts) in &route.responses {
+                let labels = [
+                    route.key.namespace.as_str(),
+                    route.key.name.as_str(),
+                    &*table.revision(*rev).name,
+                ];
+                add(labels, counts);
+            }
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(REQUESTS.to_owned());
+        family.set_help(REQUESTS_HELP.to_owned());
+        family.set_field_type(MetricType::COUNTER);
+        family.set_metric(metrics);
+        family
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_owned());
+    l.set_value(value.to_owned());
+    l
 }

@@ -324,8 +324,6 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        let status = http::StatusCode::from_u16(code).ok();
-        let code_label = status.as_ref().map_or("0", |c| c.as_str());
         let upstream = match ctx.upstream {
             Upstream::Activator => "activator",
             Upstream::Endpoint(_) => "revision",
@@ -333,24 +331,13 @@ impl ProxyHttp for Gateway {
             Upstream::None => "none",
         };
         match &ctx.table {
+            // One atomic add on counts kept in the table (see metrics.rs).
             Some(table) => {
-                let route = table.route(ctx.route);
-                let revision = table.revision(ctx.revision);
-                self.metrics
-                    .requests
-                    .with_label_values(&[
-                        route.key.namespace.as_str(),
-                        route.key.name.as_str(),
-                        &*revision.name,
-                        code_label,
-                    ])
-                    .inc();
+                if let Some(counts) = table.route(ctx.route).responses(ctx.revision) {
+                    counts.record(code);
+                }
             }
-            None => self
-                .metrics
-                .requests
-                .with_label_values(&["", "", "", code_label])
-                .inc(),
+            None => self.metrics.unrouted.record(code),
         }
         self.metrics
             .duration

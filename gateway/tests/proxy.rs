@@ -295,11 +295,21 @@ async fn admin_endpoints() {
             .status,
         200
     );
+    assert_eq!(
+        HttpClient::new()
+            .get(gw.http, "nobody.ns.example.com")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
     assert_eq!(gw.admin("/healthz").await.status, 200);
     assert_eq!(gw.admin("/readyz").await.status, 200);
     let m = gw.admin("/metrics").await.body;
     for line in [
+        "# TYPE gateway_requests_total counter",
         r#"gateway_requests_total{code="200",namespace="ns",revision="rev-a",route="web"} 1"#,
+        r#"gateway_requests_total{code="404",namespace="",revision="",route=""} 1"#,
         "gateway_table_generation 1",
         "gateway_routes 1",
         "gateway_hosts 8",

@@ -10,7 +10,7 @@
 mod activator;
 pub mod sample;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,10 +116,14 @@ fn slice_for(rev: &ObjectKey, addr: SocketAddr) -> EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("{}-private-{}", rev.name, addr.port())),
             namespace: Some(rev.namespace.clone()),
-            labels: Some(BTreeMap::from([
-                (REVISION_LABEL.to_owned(), rev.name.clone()),
-                (SERVICE_TYPE_LABEL.to_owned(), "Private".to_owned()),
-            ])),
+            labels: Some(
+                [
+                    (REVISION_LABEL, rev.name.clone()),
+                    (SERVICE_TYPE_LABEL, "Private".into()),
+                ]
+                .into_iter()
+                .collect(),
+            ),
             resource_version: None,
         },
         address_type: Some(if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
