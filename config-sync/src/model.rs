@@ -72,45 +72,35 @@ impl ObjectMeta {
 /// decoding: objects in a real cluster carry many, and a 10,000-route
 /// snapshot kept them all in a map per object (a third of its memory).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels {
-    revision: Option<String>,
-    service_type: Option<String>,
-    visibility: Option<String>,
-}
+pub struct Labels([Option<String>; 3]);
 
 impl Labels {
+    /// The labels kept, in the order of their values.
+    const KEYS: [&'static str; 3] = [REVISION_LABEL, SERVICE_TYPE_LABEL, VISIBILITY_LABEL];
+
     fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
-        match key {
-            REVISION_LABEL => Some(&mut self.revision),
-            SERVICE_TYPE_LABEL => Some(&mut self.service_type),
-            VISIBILITY_LABEL => Some(&mut self.visibility),
-            _ => None,
-        }
+        let i = Self::KEYS.iter().position(|k| *k == key)?;
+        Some(&mut self.0[i])
     }
 
     /// The value of `key`, if it is set and one the gateway reads.
     pub fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            REVISION_LABEL => self.revision.as_deref(),
-            SERVICE_TYPE_LABEL => self.service_type.as_deref(),
-            VISIBILITY_LABEL => self.visibility.as_deref(),
-            _ => None,
+        let i = Self::KEYS.iter().position(|k| *k == key)?;
+        self.0[i].as_deref()
+    }
+
+    /// Set `key` if it is one the gateway reads; any other is dropped.
+    pub fn insert(&mut self, key: &str, value: impl Into<String>) {
+        if let Some(slot) = self.slot(key) {
+            *slot = Some(value.into());
         }
     }
 
-    /// Set `key` if it is one the gateway reads; returns whether it was kept.
-    pub fn insert(&mut self, key: &str, value: impl Into<String>) -> bool {
-        self.slot(key).map(|s| *s = Some(value.into())).is_some()
-    }
-
     fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            (REVISION_LABEL, &self.revision),
-            (SERVICE_TYPE_LABEL, &self.service_type),
-            (VISIBILITY_LABEL, &self.visibility),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+        Self::KEYS
+            .into_iter()
+            .zip(&self.0)
+            .filter_map(|(k, v)| Some((k, v.as_deref()?)))
     }
 }
 

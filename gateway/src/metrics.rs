@@ -193,10 +193,9 @@ impl Metrics {
     /// `gateway_requests_total` from the live table's counts and the unrouted ones.
     fn requests(&self, table: &Table) -> MetricFamily {
         let mut metrics = Vec::new();
-        let mut add = |labels: [&str; 3], counts: &Responses| {
+        let mut add = |namespace: &str, route: &str, revision: &str, counts: &Responses| {
             for (code, n) in counts.counts() {
                 let mut m = Metric::default();
-                let [namespace, route, revision] = labels;
                 // In name order, as the prometheus crate writes its own.
                 m.set_label(vec![
                     label("code", &code.to_string()),
@@ -210,15 +209,11 @@ impl Metrics {
                 metrics.push(m);
             }
         };
-        add(["", "", ""], &self.unrouted);
+        add("", "", "", &self.unrouted);
         for route in table.routes() {
             for (rev, counts) in &route.responses {
-                let labels = [
-                    route.key.namespace.as_str(),
-                    route.key.name.as_str(),
-                    &*table.revision(*rev).name,
-                ];
-                add(labels, counts);
+                let (namespace, name) = (&route.key.namespace, &route.key.name);
+                add(namespace, name, &table.revision(*rev).name, counts);
             }
         }
         let mut family = MetricFamily::default();

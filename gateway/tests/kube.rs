@@ -273,17 +273,11 @@ async fn bad_objects_are_skipped_with_a_reason() {
         "unknown fields are fine"
     );
     assert_eq!(body(&gw, "wrong-types.ns.example.com").await, "status 404");
-    let d = gw.debug_routes().await;
-    let reasons: Vec<(String, String)> = d["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["object"].as_str().unwrap().into(),
-                r["reason"].as_str().unwrap().into(),
-            )
-        })
+    let reasons: Vec<(String, String)> = gw
+        .rejected()
+        .await
+        .into_iter()
+        .map(|(object, reason, _)| (object, reason))
         .collect();
     assert!(
         reasons.contains(&("ns/wrong-types".into(), "decode".into())),

@@ -287,17 +287,13 @@ async fn admin_endpoints() {
     let a = Backend::start("rev-a").await;
     let snap = route("ns", "web", &[("rev-a", 100, Some("t"))]) + &slice("ns", "rev-a", &[a.addr]);
     let gw = Gateway::start(&snap, closed()).await;
+    let c = HttpClient::new();
     assert_eq!(
-        HttpClient::new()
-            .get(gw.http, "web.ns.example.com")
-            .await
-            .unwrap()
-            .status,
+        c.get(gw.http, "web.ns.example.com").await.unwrap().status,
         200
     );
     assert_eq!(
-        HttpClient::new()
-            .get(gw.http, "nobody.ns.example.com")
+        c.get(gw.http, "nobody.ns.example.com")
             .await
             .unwrap()
             .status,

@@ -170,19 +170,7 @@ async fn an_invalid_route_is_left_out_or_keeps_its_last_good_version() {
         404
     );
 
-    let d = gw.debug_routes().await;
-    let rejected: Vec<(String, String, String)> = d["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["object"].as_str().unwrap().to_owned(),
-                r["reason"].as_str().unwrap().to_owned(),
-                r["outcome"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let rejected = gw.rejected().await;
     for want in [
         ("ns/web", "percent_sum", "last_good"),
         ("ns/neg", "negative_percent", "left_out"),

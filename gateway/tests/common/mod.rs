@@ -301,6 +301,18 @@ impl Gateway {
         serde_json::from_str(&self.admin("/debug/routes").await.body).unwrap()
     }
 
+    /// `(object, reason, outcome)` of every rejection in `/debug/routes`.
+    pub async fn rejected(&self) -> Vec<(String, String, String)> {
+        let d = self.debug_routes().await;
+        let field = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap().to_owned();
+        d["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (field(r, "object"), field(r, "reason"), field(r, "outcome")))
+            .collect()
+    }
+
     pub async fn generation(&self) -> u64 {
         self.debug_routes().await["generation"].as_u64().unwrap()
     }
