@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use config_sync::sources::kube::KubeOptions;
 
 use crate::proxy::ProxyOptions;
 use crate::server::ServeConfig;
@@ -71,6 +72,12 @@ pub struct ServeArgs {
         requires = "kube"
     )]
     pub namespaces: Vec<String>,
+    /// Longest wait between retries while the API server is unreachable (e.g.
+    /// 10s; default 5s); each wait gets up to as much again in jitter. The
+    /// last table keeps serving meanwhile; this bounds how stale it stays once
+    /// the API server is back.
+    #[arg(long, env = "GATEWAY_KUBE_MAX_BACKOFF", value_parser = humantime::parse_duration)]
+    pub kube_max_backoff: Option<Duration>,
     /// External proxy listener: public routes only (cluster-local ones get 404).
     #[arg(long, env = "GATEWAY_HTTP", default_value = "0.0.0.0:8080")]
     pub http: String,
@@ -130,10 +137,24 @@ fn default_identity() -> String {
 }
 
 impl ServeArgs {
+    /// What the kube source watches and how it retries.
+    pub fn kube_options(&self) -> KubeOptions {
+        let defaults = KubeOptions::default();
+        KubeOptions {
+            namespaces: self.namespaces.clone(),
+            ingress_class: Some(self.ingress_class.clone()),
+            max_backoff: self.kube_max_backoff.unwrap_or(defaults.max_backoff),
+            ..defaults
+        }
+    }
+
     /// Checks clap cannot express (a `KUBECONFIG` in the environment is fine with `--file`).
     pub fn validate(&self) -> Result<(), String> {
         if !self.kube && !self.namespaces.is_empty() {
             return Err("--namespace only applies with --kube".into());
+        }
+        if !self.kube && self.kube_max_backoff.is_some() {
+            return Err("--kube-max-backoff only applies with --kube".into());
         }
         Ok(())
     }
@@ -237,6 +258,33 @@ mod tests {
             args.validate().unwrap_err(),
             "--namespace only applies with --kube"
         );
+    }
+
+    #[test]
+    fn kube_max_backoff_defaults_to_5s_and_needs_kube() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["gateway", "serve"], args].concat());
+        let serve = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Serve(args) => args,
+            Command::Demo(_) => unreachable!(),
+        };
+        assert_eq!(
+            serve(&["--kube"]).kube_options().max_backoff,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            serve(&["--kube", "--kube-max-backoff", "30s"])
+                .kube_options()
+                .max_backoff,
+            Duration::from_secs(30)
+        );
+        assert!(parse(&["--kube", "--kube-max-backoff", "soon"]).is_err());
+        assert_eq!(
+            serve(&["--file", "f", "--kube-max-backoff", "1s"])
+                .validate()
+                .unwrap_err(),
+            "--kube-max-backoff only applies with --kube"
+        );
+        assert!(serve(&["--file", "f"]).validate().is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use config_sync::sources::file::FileSource;
-use config_sync::sources::kube::{KubeOptions, KubeSource};
+use config_sync::sources::kube::KubeSource;
 use config_sync::status::{StatusOptions, StatusWriter};
 use config_sync::{BuildOptions, Publisher};
 
@@ -48,11 +48,7 @@ fn kube_tasks(
     publisher: &Arc<Publisher>,
 ) -> anyhow::Result<Vec<(&'static str, Task)>> {
     let config = kube_config(args.kubeconfig.as_deref())?;
-    let options = KubeOptions {
-        namespaces: args.namespaces.clone(),
-        ingress_class: Some(args.ingress_class.clone()),
-        ..KubeOptions::default()
-    };
+    let options = args.kube_options();
     let status = StatusOptions {
         lease: args.lease.clone(),
         identity: args.identity.clone(),

@@ -237,7 +237,8 @@ async fn api_server_away_for_30s_every_request_still_served() {
     // Back: a change made meanwhile is picked up.
     c.api.apply(route_obj("ns", "web", &[("rev-b", 100)]));
     c.api.restart().await;
-    eventually(40, "resync", || async {
+    // Retries are at most 5 s apart plus up to 5 s of jitter (--kube-max-backoff).
+    eventually(25, "resync", || async {
         body(&gw, "web.ns.example.com").await == "rev-b"
     })
     .await;

@@ -5,8 +5,9 @@
 //! Objects are watched as `DynamicObject`s and decoded one at a time, so a
 //! Route with a malformed status is rejected alone instead of failing the
 //! whole list. `kube`'s watcher relists after 410 Gone and backs off on
-//! errors; the stream is never ended by an error, and the last table keeps
-//! serving while the API server is away.
+//! errors (at most `max_backoff` apart, plus jitter); the stream is never
+//! ended by an error, and the last table keeps serving while the API server
+//! is away.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -45,6 +47,9 @@ pub struct KubeOptions {
     pub settle: Duration,
     /// KIngress class to implement (probe answers); `None` watches no KIngress.
     pub ingress_class: Option<String>,
+    /// Longest wait between retries while the API server is unreachable,
+    /// before jitter (which adds up to as much again).
+    pub max_backoff: Duration,
 }
 
 impl Default for KubeOptions {
@@ -53,8 +58,31 @@ impl Default for KubeOptions {
             namespaces: Vec::new(),
             settle: Duration::from_millis(10),
             ingress_class: None,
+            max_backoff: DEFAULT_MAX_BACKOFF,
         }
     }
+}
+
+/// kube's default (client-go's reflector: 800 ms doubling to 30 s, plus up to
+/// 100% jitter) can leave a gateway a minute behind an API server that came
+/// back; stale routes at the edge cost more than a few extra retries.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Retry delays for one watch: 500 ms doubling to `max`, each plus up to 100%
+/// jitter so replicas do not retry in step; back to 500 ms once the watch has
+/// delivered something or after two quiet minutes.
+fn watch_backoff(max: Duration) -> impl Backoff {
+    let min = Duration::from_millis(500).min(max);
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(exponential),
+        Duration::from_secs(120),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -294,7 +322,7 @@ impl KubeSource {
                 });
                 streams.push(
                     watcher::watcher(api, config)
-                        .default_backoff()
+                        .backoff(watch_backoff(self.options.max_backoff))
                         .map(move |event| (index, event))
                         .boxed(),
                 );
@@ -521,4 +549,35 @@ fn snapshot(stores: &[Watched]) -> Snapshot {
         s.push(decoded.clone());
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_doubles_up_to_the_cap_with_jitter_and_never_gives_up() {
+        let max = Duration::from_secs(5);
+        let delays: Vec<Duration> = watch_backoff(max).take(50).collect();
+        assert_eq!(delays.len(), 50, "keeps retrying");
+        // Each delay is its base plus up to 100% jitter: 0.5, 1, 2, 4, then 5 s.
+        for (i, d) in delays.iter().enumerate() {
+            let base = Duration::from_millis(500 * (1 << i.min(4))).min(max);
+            assert!(
+                *d >= base && *d <= base * 2,
+                "retry {i}: {d:?}, base {base:?}"
+            );
+        }
+        let tail = &delays[10..];
+        assert!(
+            tail.iter().any(|d| *d != tail[0]),
+            "jittered, so replicas spread out: {tail:?}"
+        );
+    }
+
+    #[test]
+    fn a_cap_below_the_first_delay_lowers_the_first_delay() {
+        let max = Duration::from_millis(100);
+        assert!(watch_backoff(max).take(10).all(|d| d <= max * 2));
+    }
 }
