@@ -93,6 +93,27 @@ impl Outcome {
         }
     }
 
+    /// Add another run of the same load (another round of it): counts,
+    /// latencies and bodies add up, and so does the measured time, so
+    /// [`Self::rps`] is the rate over both. The timeline is not kept.
+    pub fn absorb(&mut self, other: Outcome) {
+        self.elapsed += other.elapsed;
+        self.ok += other.ok;
+        self.errors += other.errors;
+        for s in other.error_samples {
+            if self.error_samples.len() < 5 {
+                self.error_samples.push(s);
+            }
+        }
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
+        for (body, n) in other.bodies {
+            *self.bodies.entry(body).or_insert(0) += n;
+        }
+        self.timeline.clear();
+    }
+
     /// Successful requests per second.
     pub fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -393,4 +414,37 @@ pub async fn get(target: SocketAddr, host: &str) -> Result<(u16, String), String
         .await
         .map_err(|e| format!("{target}: {e}"))?;
     Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ok: u64, errors: u64, secs: u64, latency_us: u64, body: &str) -> Outcome {
+        let mut out = Outcome::empty();
+        out.ok = ok;
+        out.errors = errors;
+        out.elapsed = Duration::from_secs(secs);
+        for _ in 0..ok {
+            out.latency.record(latency_us).unwrap();
+        }
+        out.bodies.insert(body.into(), ok);
+        out
+    }
+
+    #[test]
+    fn absorbed_rounds_give_the_rate_and_latencies_over_all_of_them() {
+        let mut total = outcome(1000, 1, 1, 100, "a");
+        total.absorb(outcome(3000, 2, 1, 900, "b"));
+        assert_eq!((total.ok, total.errors), (4000, 3));
+        assert_eq!(total.elapsed, Duration::from_secs(2));
+        assert_eq!(total.rps(), 2000.0);
+        assert_eq!(total.latency.len(), 4000);
+        assert!(
+            total.ms(0.2) < 0.2 && total.ms(0.9) > 0.8,
+            "both rounds' latencies"
+        );
+        assert_eq!(total.split()["a"], 25.0);
+        assert_eq!(total.split()["b"], 75.0);
+    }
 }

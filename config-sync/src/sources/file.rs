@@ -7,6 +7,7 @@
 //! (a 10,000-route snapshot is 17 MB), and content is hashed so a touch
 //! without change costs no rebuild.
 
+use std::ffi::OsStr;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -51,16 +52,14 @@ pub fn parse(text: &str) -> Result<Snapshot, SyntaxError> {
         })?;
         match value {
             serde_json::Value::Null => {}
-            serde_json::Value::Object(ref o)
+            serde_json::Value::Object(mut o)
                 if o.get("kind").and_then(|k| k.as_str()) == Some("List") =>
             {
-                let items = o
-                    .get("items")
-                    .and_then(|i| i.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                for item in items {
-                    snapshot.push_value(item);
+                // Taken, not cloned: a List holds the whole snapshot.
+                if let Some(serde_json::Value::Array(items)) = o.remove("items") {
+                    for item in items {
+                        snapshot.push_value(item);
+                    }
                 }
             }
             other => snapshot.push_value(other),
@@ -260,9 +259,12 @@ impl FileSource {
             path: self.path.clone(),
             message: e.to_string(),
         };
+        let name = self.path.file_name().map(OsStr::to_owned);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| is_change(&e.kind)) {
+                if event.is_ok_and(|e| {
+                    is_change(&e.kind) && name.as_deref().is_none_or(|n| concerns(&e.paths, n))
+                }) {
                     changed.notify_one();
                 }
             })
@@ -287,6 +289,19 @@ fn is_change(kind: &EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
+}
+
+/// Whether an event in the watched directory names the file or a ConfigMap
+/// volume's `..data` link and `..<timestamp>` directories (its atomic update
+/// swaps those). Anything else in the directory, such as a log file written
+/// next to the snapshot, would otherwise cost a full read of it per write.
+/// An event without paths (an inotify overflow) may hide anything: it counts.
+fn concerns(paths: &[PathBuf], name: &OsStr) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|f| f == name || f.as_encoded_bytes().starts_with(b".."))
+        })
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -317,6 +332,75 @@ mod tests {
             RenameMode::To
         ))));
         assert!(is_change(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn only_events_naming_the_file_or_a_configmap_swap_concern_it() {
+        let name = OsStr::new("snapshot.yaml");
+        let at = |names: &[&str]| -> Vec<PathBuf> {
+            names.iter().map(|n| Path::new("/etc/gw").join(n)).collect()
+        };
+        assert!(concerns(&at(&["snapshot.yaml"]), name));
+        assert!(concerns(
+            &at(&[".snapshot.yaml.swp", "snapshot.yaml"]),
+            name
+        ));
+        assert!(concerns(&at(&["..data_tmp", "..data"]), name));
+        assert!(concerns(&at(&["..2026_11_24_10_00_00.123"]), name));
+        assert!(concerns(&[], name), "an overflow may hide a change");
+        assert!(!concerns(&at(&["proxy.log"]), name));
+        assert!(!concerns(&at(&["snapshot.yaml.bak", "other.yaml"]), name));
+    }
+
+    /// A ConfigMap volume: `snapshot.yaml -> ..data/snapshot.yaml`, and an
+    /// update renames a new `..data` link over the old one. Only inotify can
+    /// see it here (the poll is an hour away).
+    #[tokio::test]
+    async fn a_configmap_style_symlink_swap_is_picked_up() {
+        use crate::build::BuildOptions;
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let version = |ts: &str, percent_a: u32| {
+            std::fs::create_dir(d.join(ts)).unwrap();
+            let text = format!(
+                "kind: Route\nmetadata: {{name: a, namespace: n}}\nstatus: {{url: http://a.n.example.com, traffic: [{{revisionName: a-1, percent: {percent_a}}}, {{revisionName: a-2, percent: {}}}]}}\n",
+                100 - percent_a
+            );
+            std::fs::write(d.join(ts).join("snapshot.yaml"), text).unwrap();
+        };
+        version("..2026_11_24_01", 90);
+        symlink("..2026_11_24_01", d.join("..data")).unwrap();
+        symlink("..data/snapshot.yaml", d.join("snapshot.yaml")).unwrap();
+
+        let publisher = Arc::new(Publisher::new(BuildOptions::default()));
+        let mut source = FileSource::new(d.join("snapshot.yaml"), publisher.clone());
+        source.poll_interval = Duration::from_secs(3600);
+        source.load_initial().unwrap();
+        let first = publisher.reader().load().generation;
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(source.run(shutdown));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // Noise next to the file changes nothing.
+        std::fs::write(d.join("proxy.log"), "a log line\n").unwrap();
+        version("..2026_11_24_02", 50);
+        symlink("..2026_11_24_02", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while publisher.reader().load().generation == first {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the swap was not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let table = publisher.reader().load();
+        let traffic = &table.routes()[0].traffic;
+        assert_eq!(traffic.iter().map(|t| t.1).collect::<Vec<_>>(), [50, 50]);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[test]

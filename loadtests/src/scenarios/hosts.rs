@@ -1,9 +1,10 @@
 //! Scenario 2: many routes (10,000 by default), each request for a random
 //! one of their hosts, against the same proxy serving one route; throughput
-//! ratio and peak memory.
+//! ratio and peak memory. The two run side by side, measured in alternating
+//! rounds.
 
-use super::{hello, Ctx, A, B};
-use crate::load::{Hosts, Spec};
+use super::{hello, Ctx, A, B, ROUNDS};
+use crate::load::{Hosts, Outcome, Spec};
 use crate::peers::Launch;
 use crate::report::Run;
 use crate::topology::{Revision, Route, Topology};
@@ -49,6 +50,10 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         .expect("at least one thread count");
     let conns = ctx.opts.conns[0];
     for (kind, bin) in ctx.proxies() {
+        // Both proxies run side by side and are measured in alternating rounds
+        // (one, many, many, one, ...): on a shared machine a neighbour's burst
+        // then lands on both sides instead of deciding the ratio.
+        let mut sides = Vec::new();
         for topo in [&one, &many] {
             let n = topo.routes.len();
             ctx.progress(format!(
@@ -62,8 +67,25 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 threads,
                 activator: None,
             };
-            let proxy = match launch.start(&topo.routes[0].host()) {
-                Ok(p) => p,
+            match launch.start(&topo.routes[0].host()) {
+                Ok(proxy) => {
+                    let spec = Spec {
+                        hosts: if n == 1 {
+                            Hosts::one(&topo.routes[0].host())
+                        } else {
+                            Hosts::Random(hosts.clone())
+                        },
+                        ..ctx.spec(proxy.addr, "", conns)
+                    };
+                    ctx.warm_up(&spec);
+                    sides.push(Side {
+                        n,
+                        proxy,
+                        spec,
+                        out: Outcome::empty(),
+                        cpu: Some(0.0),
+                    });
+                }
                 Err(e) => {
                     let why = format!(
                         "hosts: {} with {n} routes failed to start: {e:#}",
@@ -71,28 +93,53 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                     );
                     ctx.progress(&why);
                     ctx.report.failures.push(why);
-                    continue;
                 }
+            }
+        }
+        for round in 0..ROUNDS {
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..sides.len()).collect()
+            } else {
+                (0..sides.len()).rev().collect()
             };
-            let spec = Spec {
-                hosts: if n == 1 {
-                    Hosts::one(&topo.routes[0].host())
-                } else {
-                    Hosts::Random(hosts.clone())
-                },
-                ..ctx.spec(proxy.addr, "", conns)
-            };
-            let (out, cpu, rss) = ctx.measure(Some(&proxy), &spec);
+            for i in order {
+                let side = &mut sides[i];
+                let (out, cpu, _) = ctx.measure_now(Some(&side.proxy), &side.spec);
+                side.out.absorb(out);
+                side.cpu = side.cpu.zip(cpu).map(|(a, b)| a + b);
+            }
+        }
+        for side in sides {
+            let rss = side.proxy.peak_rss();
             ctx.progress(format!(
-                "  {:.0} rps, p99 {:.2} ms, {} errors, peak RSS {:.1} MiB",
-                out.rps(),
-                out.ms(0.99),
-                out.errors,
-                rss.unwrap_or(0) as f64 / 1048576.0
+                "  {} with {} route(s): {:.0} rps, p99 {:.2} ms, {} errors, peak RSS {:.1} MiB",
+                kind.name(),
+                side.n,
+                side.out.rps(),
+                side.out.ms(0.99),
+                side.out.errors,
+                rss as f64 / 1048576.0
             ));
-            let run = Run::new("hosts", kind.name(), Some(threads), n, conns, &out).usage(cpu, rss);
+            let run = Run::new(
+                "hosts",
+                kind.name(),
+                Some(threads),
+                side.n,
+                conns,
+                &side.out,
+            )
+            .usage(side.cpu, Some(rss));
             ctx.report.runs.push(run);
         }
     }
     Ok(())
+}
+
+/// One of the two proxies compared, and what its rounds measured so far.
+struct Side {
+    n: usize,
+    proxy: crate::peers::Proxy,
+    spec: Spec,
+    out: Outcome,
+    cpu: Option<f64>,
 }

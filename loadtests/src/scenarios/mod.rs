@@ -19,6 +19,10 @@ use crate::peers::{Binaries, Kind, Launch, Proxy};
 use crate::report::Report;
 use crate::topology::{Revision, Route, Topology};
 
+/// Rounds per side where two things are compared by alternating rounds (the
+/// hosts ratio, the generator against wrk); each lasts the configured duration.
+pub const ROUNDS: usize = 3;
+
 /// A scenario's name, as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
