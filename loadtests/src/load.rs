@@ -363,27 +363,33 @@ async fn read_response(
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(format!("bad response: {e}")),
         }
-        if stream
-            .read_buf(buf)
-            .await
-            .map_err(|e| format!("reading: {e}"))?
-            == 0
-        {
-            return Err("connection closed before a response".into());
-        }
+        read_more(
+            stream,
+            buf,
+            "reading",
+            "connection closed before a response",
+        )
+        .await?;
     };
     while buf.len() < head + length {
-        if stream
-            .read_buf(buf)
-            .await
-            .map_err(|e| format!("reading body: {e}"))?
-            == 0
-        {
-            return Err("connection closed in the body".into());
-        }
+        read_more(stream, buf, "reading body", "connection closed in the body").await?;
     }
     let mut message = buf.split_to(head + length);
     Ok((status, message.split_off(head).freeze(), keep))
+}
+
+/// Append what the socket has to `buf`; an end of stream is the error `eof`.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    what: &str,
+    eof: &str,
+) -> Result<(), String> {
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(eof.into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
 }
 
 fn micros(d: Duration) -> u64 {

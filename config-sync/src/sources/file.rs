@@ -314,6 +314,14 @@ fn hash(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// Route `n/a` split between `a-1` (`percent_a`) and `a-2` (the rest).
+    fn split_route(percent_a: u32) -> String {
+        format!(
+            "kind: Route\nmetadata: {{name: a, namespace: n}}\nstatus: {{url: http://a.n.example.com, traffic: [{{revisionName: a-1, percent: {percent_a}}}, {{revisionName: a-2, percent: {}}}]}}\n",
+            100 - percent_a
+        )
+    }
+
     #[test]
     fn reads_are_not_changes() {
         use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
@@ -363,11 +371,7 @@ mod tests {
         let d = dir.path();
         let version = |ts: &str, percent_a: u32| {
             std::fs::create_dir(d.join(ts)).unwrap();
-            let text = format!(
-                "kind: Route\nmetadata: {{name: a, namespace: n}}\nstatus: {{url: http://a.n.example.com, traffic: [{{revisionName: a-1, percent: {percent_a}}}, {{revisionName: a-2, percent: {}}}]}}\n",
-                100 - percent_a
-            );
-            std::fs::write(d.join(ts).join("snapshot.yaml"), text).unwrap();
+            std::fs::write(d.join(ts).join("snapshot.yaml"), split_route(percent_a)).unwrap();
         };
         version("..2026_11_24_01", 90);
         symlink("..2026_11_24_01", d.join("..data")).unwrap();
@@ -449,13 +453,7 @@ mod tests {
         use crate::build::BuildOptions;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot.yaml");
-        let route = |percent_a: u32| {
-            format!(
-                "kind: Route\nmetadata: {{name: a, namespace: n}}\nstatus: {{url: http://a.n.example.com, traffic: [{{revisionName: a-1, percent: {percent_a}}}, {{revisionName: a-2, percent: {}}}]}}\n",
-                100 - percent_a
-            )
-        };
-        std::fs::write(&path, route(10)).unwrap();
+        std::fs::write(&path, split_route(10)).unwrap();
         let publisher = Arc::new(Publisher::new(BuildOptions::default()));
         let mut source = FileSource::new(&path, publisher.clone());
         source.load_initial().unwrap();
@@ -463,7 +461,7 @@ mod tests {
         assert!(!source.poll());
 
         // Same length, new content: the write moves ctime, so the poll reads it.
-        std::fs::write(&path, route(20)).unwrap();
+        std::fs::write(&path, split_route(20)).unwrap();
         let generation = publisher.reader().load().generation;
         assert!(source.poll());
         assert!(publisher.reader().load().generation > generation);

@@ -3,7 +3,7 @@
 //! ratio and peak memory. The two run side by side, measured in alternating
 //! rounds.
 
-use super::{hello, Ctx, A, B, ROUNDS};
+use super::{alternating, hello, Ctx, A, B, ROUNDS};
 use crate::load::{Hosts, Outcome, Spec};
 use crate::peers::Launch;
 use crate::report::Run;
@@ -97,12 +97,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             }
         }
         for round in 0..ROUNDS {
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..sides.len()).collect()
-            } else {
-                (0..sides.len()).rev().collect()
-            };
-            for i in order {
+            for i in alternating(round, sides.len()) {
                 let side = &mut sides[i];
                 let (out, cpu, _) = ctx.measure_now(Some(&side.proxy), &side.spec);
                 side.out.absorb(out);

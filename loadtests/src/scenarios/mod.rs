@@ -23,6 +23,13 @@ use crate::topology::{Revision, Route, Topology};
 /// hosts ratio, the generator against wrk); each lasts the configured duration.
 pub const ROUNDS: usize = 3;
 
+/// The order of `n` sides in `round`: forwards, then backwards (A B, B A,
+/// A B, ...), so a drift over time favours neither side.
+pub fn alternating(round: usize, n: usize) -> impl Iterator<Item = usize> {
+    let forwards = round % 2 == 0;
+    (0..n).map(move |i| if forwards { i } else { n - 1 - i })
+}
+
 /// A scenario's name, as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -207,5 +214,20 @@ pub fn ms_between(from: Instant, to: Instant) -> f64 {
         (to - from).as_secs_f64() * 1000.0
     } else {
         -((from - to).as_secs_f64() * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alternating;
+
+    #[test]
+    fn rounds_alternate_the_order_of_the_sides() {
+        let order = |round, n| alternating(round, n).collect::<Vec<_>>();
+        assert_eq!(order(0, 2), [0, 1]);
+        assert_eq!(order(1, 2), [1, 0]);
+        assert_eq!(order(2, 2), [0, 1]);
+        assert_eq!(order(1, 1), [0], "a side that failed to start leaves one");
+        assert!(order(1, 0).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::Context;
 
-use super::{hello, Ctx, A, B, ROUNDS};
+use super::{alternating, hello, Ctx, A, B, ROUNDS};
 use crate::load::{self, Outcome, Spec};
 use crate::peers::Launch;
 use crate::report::Run;
@@ -46,8 +46,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let mut ours = Outcome::empty();
         let mut theirs = Vec::new();
         for round in 0..ROUNDS {
-            for ours_now in [round % 2 == 0, round % 2 == 1] {
-                if ours_now {
+            for side in alternating(round, 2) {
+                if side == 0 {
                     ours.absorb(ctx.measure_now(None, &spec).0);
                 } else {
                     theirs.push(run_wrk(&wrk, &spec).context("wrk")?);
