@@ -184,7 +184,7 @@ mod tests {
     fn table() -> Table {
         let text = "kind: Route\nmetadata: {name: web, namespace: ns}\nstatus:\n  url: http://web.ns.example.com\n  traffic: [{revisionName: web-1, percent: 80}, {revisionName: web-2, percent: 20}]\n";
         build(
-            &parse(text).unwrap(),
+            parse(text).unwrap(),
             &BuildOptions::default(),
             &LastGood::default(),
             None,

@@ -121,7 +121,7 @@ impl Publisher {
 
     /// Build a table from `snapshot` and make it live. Rejections new since the
     /// live table are logged here; the caller gets the new table.
-    pub fn publish(&self, snapshot: &Snapshot) -> Arc<Table> {
+    pub fn publish(&self, snapshot: Snapshot) -> Arc<Table> {
         let (prev, table) = self.swap(|prev, state, generation| {
             let (table, last_good) = build(
                 snapshot,

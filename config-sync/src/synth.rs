@@ -114,7 +114,7 @@ mod tests {
             tags: true,
         };
         let (t, _) = build(
-            &cluster(shape),
+            cluster(shape),
             &BuildOptions::default(),
             &LastGood::default(),
             None,

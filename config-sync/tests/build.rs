@@ -73,7 +73,7 @@ fn table(text: &str) -> (Table, LastGood) {
 
 fn table_after(text: &str, last_good: &LastGood, prev: Option<&Table>) -> (Table, LastGood) {
     build(
-        &parse(text).unwrap(),
+        parse(text).unwrap(),
         &BuildOptions::default(),
         last_good,
         prev,

@@ -324,11 +324,12 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        let upstream = match ctx.upstream {
-            Upstream::Activator => "activator",
-            Upstream::Endpoint(_) => "revision",
-            Upstream::None if ctx.table.is_some() => "revision",
-            Upstream::None => "none",
+        let durations = &self.metrics.duration;
+        let duration = match ctx.upstream {
+            Upstream::Activator => &durations.activator,
+            Upstream::Endpoint(_) => &durations.revision,
+            Upstream::None if ctx.table.is_some() => &durations.revision,
+            Upstream::None => &durations.none,
         };
         match &ctx.table {
             // One atomic add on counts kept in the table (see metrics.rs).
@@ -339,10 +340,7 @@ impl ProxyHttp for Gateway {
             }
             None => self.metrics.unrouted.record(code),
         }
-        self.metrics
-            .duration
-            .with_label_values(&[upstream])
-            .observe(ctx.start.elapsed().as_secs_f64());
+        duration.observe(ctx.start.elapsed().as_secs_f64());
         ctx.release();
     }
 }

@@ -45,6 +45,10 @@ struct Cli {
     /// Rollout cycles of four steps.
     #[arg(long, default_value_t = 3)]
     cycles: usize,
+    /// Pods the churn scenario adds (one every other 100 ms tick). Below 100,
+    /// the propagation p99 is simply the slowest sample.
+    #[arg(long, default_value_t = 100)]
+    churn_adds: usize,
     /// Backend (pod) runtime threads.
     #[arg(long, default_value_t = 2)]
     pod_threads: usize,
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         cli.routes = 1_000;
         cli.step = Duration::from_millis(250);
         cli.cycles = 1;
+        cli.churn_adds = 3;
         cli.no_install = true;
         cli.no_wrk = true;
     }
@@ -110,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         routes: cli.routes,
         step: cli.step,
         cycles: cli.cycles,
+        churn_adds: cli.churn_adds.max(1),
         kinds: cli.peers.clone(),
         wrk: !cli.no_wrk,
     };

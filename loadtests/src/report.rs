@@ -147,6 +147,10 @@ pub struct Churn {
     pub propagation_p50_ms: Option<f64>,
     /// p99 (nearest rank).
     pub propagation_p99_ms: Option<f64>,
+    /// The slowest.
+    pub propagation_max_ms: Option<f64>,
+    /// Propagation samples: added endpoints whose first request was seen.
+    pub propagation_samples: usize,
 }
 
 /// One target of the issue and whether this run met it.
@@ -326,7 +330,7 @@ impl Report {
             if let Some(p99) = c.propagation_p99_ms {
                 checks.push(Check {
                     target: "churn: propagation < 50 ms p99".into(),
-                    measured: format!("{p99:.1} ms over {} added endpoints", c.added_served),
+                    measured: format!("{p99:.1} ms over {} added endpoints", c.propagation_samples),
                     met: p99 < 50.0,
                 });
             }
@@ -406,10 +410,11 @@ impl Report {
         if let Some(c) = &self.churn {
             let _ = writeln!(
                 s,
-                "\nchurn: {} writes ({} endpoints added, {} served traffic), {} ok, {} failed; propagation p50 {} p99 {}",
-                c.updates, c.added, c.added_served, c.run.requests, c.run.errors,
+                "\nchurn: {} writes ({} endpoints added, {} served traffic), {} ok, {} failed; propagation over {} samples p50 {} p99 {} max {}",
+                c.updates, c.added, c.added_served, c.run.requests, c.run.errors, c.propagation_samples,
                 c.propagation_p50_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
                 c.propagation_p99_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
+                c.propagation_max_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
             );
         }
         for (k, why) in &self.missing {

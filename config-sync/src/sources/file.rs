@@ -152,7 +152,7 @@ impl FileSource {
         self.served_hash = self.last_hash;
         // The text is not needed to build: free it first, it is the peak.
         drop(bytes);
-        self.publisher.publish(&snapshot);
+        self.publisher.publish(snapshot);
         Ok(())
     }
 
@@ -229,7 +229,7 @@ impl FileSource {
             Ok(snapshot) => {
                 self.last_error = None;
                 self.served_hash = Some(h);
-                self.publisher.publish(&snapshot);
+                self.publisher.publish(snapshot);
             }
             Err(e) => self.fail(syntax(&self.path, e)),
         }

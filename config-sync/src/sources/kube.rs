@@ -369,7 +369,7 @@ impl KubeSource {
                     publish_at = None;
                     let done = std::mem::take(&mut pending);
                     if done.full || !self.publisher.is_ready() {
-                        self.publisher.publish(&snapshot(&stores));
+                        self.publisher.publish(snapshot(&stores));
                     } else {
                         // Endpoints only: swap those revisions, share every route.
                         let (updates, slices, rejected) = endpoints_of(&stores, &done.revisions);

@@ -74,7 +74,7 @@ impl DemoCluster {
         let addr = server.addr;
         tracing::info!(revision = %key, %addr, "activator: scaled revision up from zero");
         woken.insert(key, server);
-        self.publisher.publish(&self.snapshot(&woken));
+        self.publisher.publish(self.snapshot(&woken));
         Some(addr)
     }
 
@@ -97,7 +97,7 @@ impl DemoCluster {
                 continue;
             }
             let stopped: Vec<SampleServer> = idle.iter().filter_map(|k| woken.remove(k)).collect();
-            self.publisher.publish(&self.snapshot(&woken));
+            self.publisher.publish(self.snapshot(&woken));
             drop(woken);
             for k in &idle {
                 tracing::info!(revision = %k, "scaled revision to zero after {:?} idle", self.scale_to_zero_after);
@@ -172,7 +172,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let activator_addr = activator_listener.local_addr()?;
 
     let publisher = Arc::new(Publisher::new(BuildOptions::default()));
-    let table = publisher.publish(&snapshot);
+    let table = publisher.publish(snapshot.clone());
     let cluster = Arc::new(DemoCluster {
         publisher: publisher.clone(),
         base: snapshot,

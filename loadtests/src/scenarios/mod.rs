@@ -65,6 +65,8 @@ pub struct Options {
     pub step: Duration,
     /// Rollout cycles (of four steps each).
     pub cycles: usize,
+    /// Pods the churn scenario adds, each one propagation sample.
+    pub churn_adds: usize,
     /// The proxies to run (the gateway always, peers where available).
     pub kinds: Vec<Kind>,
     /// Compare the load generator with wrk, where wrk is installed.
