@@ -17,7 +17,8 @@ use crate::model::{
 };
 use crate::responses::Responses;
 use crate::table::{
-    Endpoint, HostEntry, HostMap, Revision, RevisionId, RouteInfo, Split, Table, Target,
+    revision_key, Endpoint, HostEntry, HostMap, Revision, RevisionId, RouteInfo, Split, Table,
+    Target,
 };
 
 /// Cluster settings the builder needs.
@@ -245,16 +246,6 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// Ready endpoints by `namespace/revision`.
 pub type EndpointIndex = FastMap<Box<str>, Vec<SocketAddr>>;
 
-/// `namespace/revision` into `buf`: the key of an [`EndpointIndex`] and of the
-/// table's revision index.
-fn revision_key<'b>(buf: &'b mut String, namespace: &str, revision: &str) -> &'b str {
-    buf.clear();
-    buf.push_str(namespace);
-    buf.push('/');
-    buf.push_str(revision);
-    buf
-}
-
 /// Index every slice's ready endpoints by `namespace/revision`. The index owns
 /// its keys, so the slices can be freed before the table is filled.
 pub fn index_endpoints(slices: &[EndpointSlice], rejected: &mut Vec<Rejection>) -> EndpointIndex {
@@ -348,12 +339,13 @@ pub fn build(
         hosts, revisions, ..
     } = compiler;
     let cluster_names = hosts.values().filter(|e| e.cluster_name).count();
+    let mut key = String::new();
     let revision_index = revisions
         .iter()
         .enumerate()
         .map(|(id, r)| {
             (
-                host_name([&*r.namespace, "/", &*r.name].into_iter()),
+                revision_key(&mut key, &r.namespace, &r.name).into(),
                 id as RevisionId,
             )
         })

@@ -23,6 +23,16 @@ pub type RouteId = u32;
 /// Index of a revision in [`Table::revision`].
 pub type RevisionId = u32;
 
+/// `namespace/revision` into `buf`: the key of the revision index, and of the
+/// builder's endpoint index. One writer, so the two can never disagree.
+pub(crate) fn revision_key<'b>(buf: &'b mut String, namespace: &str, revision: &str) -> &'b str {
+    buf.clear();
+    buf.push_str(namespace);
+    buf.push('/');
+    buf.push_str(revision);
+    buf
+}
+
 /// Host map with a fast hasher: keys are Route hosts, not attacker-chosen, and
 /// a lookup of an arbitrary Host cannot degrade it.
 pub type HostMap = HashMap<Box<str>, HostEntry, foldhash::fast::RandomState>;
@@ -220,7 +230,7 @@ impl Table {
     /// The id of revision `namespace/name`, if a route references it.
     pub fn revision_id(&self, namespace: &str, name: &str) -> Option<RevisionId> {
         self.revision_index
-            .get(format!("{namespace}/{name}").as_str())
+            .get(revision_key(&mut String::new(), namespace, name))
             .copied()
     }
 

@@ -4,7 +4,7 @@
 //! as Knative's queue-proxy drains before a pod stops. Measured: failed
 //! requests, the split, and the time from each add to the new pod's first
 //! request. The load lasts as long as the configured number of adds takes
-//! (100 by default: ten seconds of churn gave only 24 samples, and the p99 of
+//! (100 by default: 5 s of churn gave only 24 samples, and the p99 of
 //! 24 is their maximum, decided by one stall of a shared machine).
 
 use std::collections::VecDeque;
