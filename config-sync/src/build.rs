@@ -1,5 +1,7 @@
-//! The table builder: a pure function from Routes and EndpointSlices (plus
-//! the last good version of each Route) to a [`Table`].
+//! The table builder: a pure function from a snapshot (Routes, KIngresses,
+//! Services, EndpointSlices), plus the last good version of each routed
+//! object, to a [`Table`]. Routes and KIngresses are first lowered into the
+//! one intermediate form of [`crate::ir`]; [`Compiler`] turns that into the table.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -7,31 +9,42 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::error::{ObjectError, Outcome, Rejection};
 use crate::host;
+use crate::ir::{self, PortSelector};
+use crate::kingress::{self, KIngress, LowerOptions, Services};
 use crate::model::{
-    self, EndpointSlice, Kind, ObjectKey, Route, Snapshot, REVISION_LABEL, SERVICE_TYPE_LABEL,
-    VISIBILITY_LABEL,
+    self, EndpointSlice, Kind, ObjectKey, Route, Service, Snapshot, REVISION_LABEL,
+    SERVICE_NAME_LABEL, SERVICE_TYPE_LABEL, VISIBILITY_LABEL,
 };
 use crate::responses::Responses;
 use crate::table::{
-    revision_key, Endpoint, HostEntry, HostMap, Revision, RevisionId, RouteInfo, Split, Table,
-    Target,
+    endpoint_addrs, Backend, BackendId, BackendKind, Dispatch, Endpoint, HostEntry, HostMap,
+    PathRule, Pick, RouteInfo, SliceEndpoints, Split, Table, Target,
 };
+
+/// `Knative-Serving-Revision`: set on every request sent to a revision.
+pub const REVISION_HEADER: HeaderName = HeaderName::from_static("knative-serving-revision");
+/// `Knative-Serving-Namespace`: set on every request sent to a revision.
+pub const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("knative-serving-namespace");
 
 /// Cluster settings the builder needs.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     /// Kubernetes cluster domain (`cluster.local`), for `x.ns.svc.<domain>` names.
     pub cluster_domain: String,
+    /// The gateway's internal Service: an ExternalName Service pointing at it
+    /// is dispatched internally, without a network hop (DomainMapping).
+    pub internal_service: Option<ObjectKey>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             cluster_domain: "cluster.local".into(),
+            internal_service: None,
         }
     }
 }
@@ -62,11 +75,11 @@ pub struct ValidTag {
     pub host: Option<String>,
 }
 
-/// The last valid version of every Route seen, so that a broken update keeps
-/// serving what worked.
+/// The last valid version of every Route and KIngress seen, so that a broken
+/// update keeps serving what worked.
 #[derive(Debug, Clone, Default)]
 pub struct LastGood {
-    routes: HashMap<Arc<ObjectKey>, Arc<ValidRoute>>,
+    routes: HashMap<(Kind, Arc<ObjectKey>), Arc<ir::Ingress>>,
 }
 
 /// Check a Route's status and reduce it to a [`ValidRoute`].
@@ -162,18 +175,104 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
     })
 }
 
-/// `(namespace, revision)` of a revision's private slice; `None` for any other slice.
-fn private_revision(slice: &EndpointSlice) -> Option<RevisionKey<'_>> {
-    let meta = &slice.metadata;
-    match (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL)) {
-        (Some(rev), Some("Private")) => Some((meta.namespace.as_deref().unwrap_or("default"), rev)),
-        _ => None,
+/// Lower a validated Route into the intermediate form: its URL's host and its
+/// `name.ns` cluster name get the split; each tag's host and cluster name get
+/// its revision. Every split sets the revision's Knative headers and goes to
+/// the activator when the revision has no ready endpoint.
+pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
+    let ns = route.key.namespace.as_str();
+    let name = route.key.name.as_str();
+    let namespace_value = dns_header(ns);
+    let split = |rev: &str, percent: u32| ir::Split {
+        backend: revision_backend(ns, rev),
+        percent,
+        append: vec![
+            (REVISION_HEADER, dns_header(rev)),
+            (NAMESPACE_HEADER, namespace_value.clone()),
+        ],
+        activator: true,
+    };
+    let rule = |hosts: Vec<ir::Host>, splits: Vec<ir::Split>| ir::Rule {
+        hosts,
+        paths: vec![ir::Path {
+            prefix: String::new(),
+            headers: Vec::new(),
+            append: Vec::new(),
+            rewrite_host: None,
+            splits,
+        }],
+    };
+    let public = |host: &str| ir::Host {
+        name: host.to_owned(),
+        internal_only: route.cluster_local,
+        cluster_name: false,
+    };
+    let cluster_name = |short: String| ir::Host {
+        name: format!("{short}.{ns}"),
+        internal_only: true,
+        cluster_name: true,
+    };
+    let mut rules = vec![rule(
+        vec![public(&route.host), cluster_name(name.to_owned())],
+        route
+            .split
+            .iter()
+            .map(|(rev, pct)| split(rev, *pct))
+            .collect(),
+    )];
+    for tag in &route.tags {
+        let mut hosts: Vec<ir::Host> = tag.host.as_deref().map(public).into_iter().collect();
+        hosts.push(cluster_name(format!("{}-{name}", tag.tag)));
+        rules.push(rule(hosts, vec![split(&tag.revision, 100)]));
+    }
+    ir::Ingress {
+        kind: Kind::Route,
+        key: route.key.clone(),
+        cluster_local: route.cluster_local,
+        hash: None,
+        rules,
+        tags: route
+            .tags
+            .iter()
+            .map(|t| (t.tag.clone(), revision_backend(ns, &t.revision)))
+            .collect(),
     }
 }
 
-/// The `namespace/revision` a slice belongs to, if it is a revision's private slice.
-pub fn slice_revision(slice: &EndpointSlice) -> Option<ObjectKey> {
-    private_revision(slice).map(|(ns, rev)| ObjectKey::new(ns, rev))
+/// A revision's pods: its private EndpointSlices on queue-proxy's `http` port.
+fn revision_backend(ns: &str, rev: &str) -> ir::Backend {
+    ir::Backend::Pods {
+        namespace: ns.into(),
+        name: rev.into(),
+        key: ir::revision_key(ns, rev),
+        port: PortSelector {
+            name: "http".into(),
+            number: None,
+        },
+    }
+}
+
+/// The endpoint index keys a slice feeds: its revision's (a private revision
+/// slice) and its Service's (`kubernetes.io/service-name`).
+pub fn slice_keys(slice: &EndpointSlice) -> Vec<String> {
+    let meta = &slice.metadata;
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let mut keys = Vec::with_capacity(2);
+    if let (Some(rev), Some("Private")) =
+        (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL))
+    {
+        keys.push(ir::revision_key(ns, rev));
+    }
+    if let Some(svc) = meta.label(SERVICE_NAME_LABEL) {
+        keys.push(ir::service_key(ns, svc));
+    }
+    keys
+}
+
+/// Whether a slice is a revision's private slice.
+fn is_private_revision(slice: &EndpointSlice) -> bool {
+    let meta = &slice.metadata;
+    meta.label(REVISION_LABEL).is_some() && meta.label(SERVICE_TYPE_LABEL) == Some("Private")
 }
 
 /// The port named `http` (queue-proxy's), if the slice has a valid one.
@@ -195,6 +294,13 @@ pub fn ready_addresses(
     port: u16,
     rejected: &mut Vec<Rejection>,
 ) -> Vec<SocketAddr> {
+    ready_ips(slice, rejected)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+fn ready_ips(slice: &EndpointSlice, rejected: &mut Vec<Rejection>) -> Vec<IpAddr> {
     let mut addrs = Vec::new();
     for (index, ep) in slice.endpoints.iter().flatten().enumerate() {
         if !ep.is_ready() {
@@ -204,7 +310,7 @@ pub fn ready_addresses(
             continue;
         };
         match first.parse::<IpAddr>() {
-            Ok(ip) => addrs.push(SocketAddr::new(ip, port)),
+            Ok(ip) => addrs.push(ip),
             Err(_) => rejected.push(Rejection {
                 kind: Kind::EndpointSlice,
                 object: model::key(&slice.metadata),
@@ -219,48 +325,63 @@ pub fn ready_addresses(
     addrs
 }
 
-/// The ready endpoints of one private EndpointSlice, keyed by its revision.
-/// `Ok(None)` for slices that are not a revision's private slice (not ours).
+/// The endpoint index keys of one slice and what it contributes to them.
+/// `Ok(None)` for a slice that feeds no key (not a revision's or a Service's).
 /// Bad endpoints are skipped and reported in `rejected`.
-pub fn slice_endpoints<'a>(
-    slice: &'a EndpointSlice,
+pub fn slice_endpoints(
+    slice: &EndpointSlice,
     rejected: &mut Vec<Rejection>,
-) -> Result<Option<(RevisionKey<'a>, Vec<SocketAddr>)>, ObjectError> {
-    let Some(revision) = private_revision(slice) else {
+) -> Result<Option<(Vec<String>, SliceEndpoints)>, ObjectError> {
+    let keys = slice_keys(slice);
+    if keys.is_empty() {
         return Ok(None);
-    };
+    }
     match slice.address_type.as_deref() {
         Some("IPv4") | Some("IPv6") | None => {}
         Some(other) => return Err(ObjectError::AddressType(other.into())),
     }
-    let port = http_port(slice).ok_or(ObjectError::NoHttpPort)?;
-    Ok(Some((revision, ready_addresses(slice, port, rejected))))
+    if is_private_revision(slice) && http_port(slice).is_none() {
+        return Err(ObjectError::NoHttpPort);
+    }
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let number = u16::try_from(p.port?).ok().filter(|&n| n > 0)?;
+            Some((p.name.clone().unwrap_or_default().into_boxed_str(), number))
+        })
+        .collect();
+    Ok(Some((
+        keys,
+        SliceEndpoints {
+            ports,
+            addrs: ready_ips(slice, rejected),
+        },
+    )))
 }
-
-/// `(namespace, revision)`, borrowed from the objects being built.
-pub type RevisionKey<'a> = (&'a str, &'a str);
 
 /// Hash map with the fast hasher used throughout the build.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Ready endpoints by `namespace/revision`.
-pub type EndpointIndex = FastMap<Box<str>, Vec<SocketAddr>>;
+/// What each endpoint index key's slices contribute.
+pub type EndpointIndex = FastMap<Box<str>, Vec<SliceEndpoints>>;
 
-/// Index every slice's ready endpoints by `namespace/revision`. The index owns
-/// its keys, so the slices can be freed before the table is filled.
+/// Index every slice by the keys it feeds. The index owns its data, so the
+/// slices can be freed before the table is filled.
 pub fn index_endpoints(slices: &[EndpointSlice], rejected: &mut Vec<Rejection>) -> EndpointIndex {
     let mut index = EndpointIndex::with_capacity_and_hasher(slices.len(), Default::default());
-    let mut buf = String::new();
     for slice in slices {
         match slice_endpoints(slice, rejected) {
-            Ok(Some(((ns, rev), addrs))) => {
-                let key = revision_key(&mut buf, ns, rev);
-                match index.get_mut(key) {
-                    Some(known) => known.extend(addrs),
-                    None => {
-                        index.insert(key.into(), addrs);
-                    }
+            Ok(Some((keys, found))) => {
+                let (last, rest) = keys.split_last().expect("slice_endpoints returns keys");
+                for key in rest {
+                    index
+                        .entry(key.as_str().into())
+                        .or_default()
+                        .push(found.clone());
                 }
+                index.entry(last.as_str().into()).or_default().push(found);
             }
             Ok(None) => {}
             Err(error) => rejected.push(Rejection::new(
@@ -270,18 +391,13 @@ pub fn index_endpoints(slices: &[EndpointSlice], rejected: &mut Vec<Rejection>) 
             )),
         }
     }
-    for addrs in index.values_mut() {
-        // A pod can sit in two slices while they are being rebalanced.
-        addrs.sort_unstable();
-        addrs.dedup();
-    }
     index
 }
 
 /// Build a table from a snapshot. `last_good` supplies the previous valid
-/// version of Routes that are now invalid; `prev` (the live table) lends its
-/// in-flight counters so load balancing carries across the swap.
-/// Returns the table and the updated last-good set.
+/// version of Routes and KIngresses that are now invalid; `prev` (the live
+/// table) lends its in-flight and response counters so they carry across the
+/// swap. Returns the table and the updated last-good set.
 ///
 /// The snapshot is consumed: once its objects are read, they are freed on a
 /// thread of their own while the table is filled, so that the two are not in
@@ -297,11 +413,14 @@ pub fn build(
     let Snapshot {
         routes: decoded,
         slices,
+        kingresses,
+        services,
         rejected,
+        class: _,
     } = snapshot;
-    // Slices and the live table's counters do not depend on the Routes: index
-    // them on a second thread while the Routes are validated (a quarter of a build).
-    let ((mut endpoints, slice_rejected, counters), (mut rejected, routes, next_good)) =
+    // Slices and the live table's counters do not depend on the routed objects:
+    // index them on a second thread while those are validated (a quarter of a build).
+    let ((endpoints, slice_rejected, counters), (mut rejected, routes, next_good)) =
         std::thread::scope(|scope| {
             let side = scope.spawn(|| {
                 let mut slice_rejected = Vec::new();
@@ -310,47 +429,47 @@ pub fn build(
                 let counters = prev.map(Carried::from).unwrap_or_default();
                 (endpoints, slice_rejected, counters)
             });
-            let validated = validate_all(&decoded, rejected, opts, last_good);
+            let validated =
+                validate_all(&decoded, &kingresses, &services, rejected, opts, last_good);
             let side = side.join().expect("indexing endpoints does not panic");
             (side, validated)
         });
-    retire(decoded);
+    retire((decoded, kingresses, services));
     rejected.extend(slice_rejected);
     let mut hosts = HostMap::default();
-    // A route stores 2 names for its split and 2 per tag.
-    hosts.reserve(routes.iter().map(|(r, _)| 2 + 2 * r.tags.len()).sum());
+    hosts.reserve(
+        routes
+            .iter()
+            .map(|(r, _)| r.rules.iter().map(|r| r.hosts.len()).sum::<usize>())
+            .sum(),
+    );
     let mut compiler = Compiler {
         hosts,
-        revisions: Vec::new(),
-        revision_ids: FastMap::default(),
-        namespaces: FastMap::default(),
-        endpoints: &mut endpoints,
-        key: String::new(),
+        backends: Vec::new(),
+        backend_ids: FastMap::default(),
+        endpoints: &endpoints,
         counters: &counters,
         rejected: &mut rejected,
-        keys: Vec::with_capacity(routes.len()),
+        owners: Vec::with_capacity(routes.len()),
     };
     let infos: Vec<RouteInfo> = routes
         .iter()
         .enumerate()
-        .map(|(id, (route, last_good))| compiler.add_route(id as u32, route, *last_good))
+        .map(|(id, (route, last_good))| compiler.add(id as u32, route, *last_good))
         .collect();
     let Compiler {
-        hosts, revisions, ..
+        hosts, backends, ..
     } = compiler;
     let cluster_names = hosts.values().filter(|e| e.cluster_name).count();
-    let mut key = String::new();
-    let revision_index = revisions
-        .iter()
-        .enumerate()
-        .map(|(id, r)| {
-            (
-                revision_key(&mut key, &r.namespace, &r.name).into(),
-                id as RevisionId,
-            )
-        })
-        .collect();
-
+    let mut backend_index: FastMap<Box<str>, Vec<BackendId>> = FastMap::default();
+    for (id, b) in backends.iter().enumerate() {
+        if b.kind == BackendKind::Pods {
+            backend_index
+                .entry(b.key.clone())
+                .or_default()
+                .push(id as BackendId);
+        }
+    }
     let table = Table {
         generation,
         built_at: Some(SystemTime::now()),
@@ -358,8 +477,8 @@ pub fn build(
         hosts: Arc::new(hosts),
         svc_suffix: format!(".svc.{}", opts.cluster_domain).into_boxed_str(),
         routes: Arc::new(infos),
-        revisions,
-        revision_index: Arc::new(revision_index),
+        backends,
+        backend_index: Arc::new(backend_index),
         rejected: Arc::new(rejected),
     };
     (table, next_good)
@@ -381,9 +500,9 @@ pub fn is_dns_name(s: &str) -> bool {
         && !s.ends_with(['-', '.'])
 }
 
-/// Rejections, routes ordered by namespace/name (each flagged when it is a last
-/// good version), and the new last-good set.
-type Validated = (Vec<Rejection>, Vec<(Arc<ValidRoute>, bool)>, LastGood);
+/// Rejections, routed objects in the order they claim hosts (each flagged when
+/// it is a last good version), and the new last-good set.
+type Validated = (Vec<Rejection>, Vec<(Arc<ir::Ingress>, bool)>, LastGood);
 
 /// Free `garbage` on a thread of its own: a decoded snapshot is hundreds of
 /// thousands of allocations, and the build need not wait for them.
@@ -394,22 +513,31 @@ fn retire<T: Send + 'static>(garbage: T) {
         .spawn(move || drop(garbage));
 }
 
-/// Validate every Route, falling back to last good versions.
+/// Validate and lower every Route and KIngress, falling back to last good
+/// versions of the invalid ones.
 fn validate_all(
-    decoded: &[Route],
+    routes: &[Route],
+    kingresses: &[KIngress],
+    services: &[Service],
     mut rejected: Vec<Rejection>,
     opts: &BuildOptions,
     last_good: &LastGood,
 ) -> Validated {
     let mut next_good = LastGood::default();
-    let mut routes: Vec<(Arc<ValidRoute>, bool)> = Vec::with_capacity(decoded.len());
-    for route in decoded {
+    // (kind order, creation time, key): Routes by namespace/name; among
+    // KIngresses the oldest claims a contested host first, as Knative expects.
+    let mut lowered: Vec<((u8, String), Arc<ir::Ingress>, bool)> =
+        Vec::with_capacity(routes.len() + kingresses.len());
+    let mut accept = |valid: ir::Ingress, order: (u8, String), next_good: &mut LastGood| {
+        let valid = Arc::new(valid);
+        next_good
+            .routes
+            .insert((valid.kind, valid.key.clone()), valid.clone());
+        lowered.push((order, valid, false));
+    };
+    for route in routes {
         match validate_route(route, opts) {
-            Ok(valid) => {
-                let valid = Arc::new(valid);
-                next_good.routes.insert(valid.key.clone(), valid.clone());
-                routes.push((valid, false));
-            }
+            Ok(valid) => accept(lower_route(&valid), (0, String::new()), &mut next_good),
             Err(error) => rejected.push(Rejection::new(
                 Kind::Route,
                 model::key(&route.metadata),
@@ -417,60 +545,85 @@ fn validate_all(
             )),
         }
     }
-    // Invalid Routes (including undecodable ones) fall back to their last good version.
-    for r in rejected.iter_mut().filter(|r| r.kind == Kind::Route) {
-        if next_good.routes.contains_key(&r.object) {
-            continue;
-        }
-        if let Some(good) = last_good.routes.get(&r.object) {
-            r.outcome = Outcome::LastGood;
-            next_good.routes.insert(good.key.clone(), good.clone());
-            routes.push((good.clone(), true));
+    let services: Services<'_> = services
+        .iter()
+        .map(|s| {
+            let m = &s.metadata;
+            let key = (
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or_default(),
+            );
+            (key, s)
+        })
+        .collect();
+    let lower_opts = LowerOptions {
+        cluster_domain: &opts.cluster_domain,
+        internal_service: opts.internal_service.as_ref(),
+    };
+    for ing in kingresses {
+        let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
+        match kingress::lower(ing, &services, &lower_opts) {
+            Ok(valid) => accept(valid, (1, created), &mut next_good),
+            Err(error) => rejected.push(Rejection::new(Kind::KIngress, ing.key(), error)),
         }
     }
-    // Ordered by namespace/name: host conflicts are settled the same way every
-    // time. A Route listed twice: the later one wins, as in the last-good set.
-    routes.sort_by(|a, b| a.0.key.cmp(&b.0.key));
-    routes.dedup_by(|later, earlier| {
-        let same = later.0.key == earlier.0.key;
+    // Invalid objects (including undecodable ones, and KIngresses whose new
+    // version names a Service that has not arrived yet: watches deliver in
+    // any order) fall back to their last good version.
+    for r in rejected
+        .iter_mut()
+        .filter(|r| matches!(r.kind, Kind::Route | Kind::KIngress))
+    {
+        let key = (r.kind, Arc::new(r.object.clone()));
+        if next_good.routes.contains_key(&key) {
+            continue;
+        }
+        if let Some(good) = last_good.routes.get(&key) {
+            r.outcome = Outcome::LastGood;
+            next_good.routes.insert(key, good.clone());
+            let order = (if r.kind == Kind::Route { 0 } else { 1 }, String::new());
+            lowered.push((order, good.clone(), true));
+        }
+    }
+    // Host conflicts are settled the same way every time. An object listed
+    // twice: the later one wins, as in the last-good set.
+    lowered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)));
+    lowered.dedup_by(|later, earlier| {
+        let same = later.1.kind == earlier.1.kind && later.1.key == earlier.1.key;
         if same {
             std::mem::swap(later, earlier);
         }
         same
     });
-
+    let routes = lowered.into_iter().map(|(_, r, lg)| (r, lg)).collect();
     (rejected, routes, next_good)
 }
 
 /// The live table's counters, which the next table takes over.
 #[derive(Default)]
 struct Carried<'p> {
-    /// In-flight counts by revision namespace, name and endpoint address.
-    inflight: FastMap<(&'p str, &'p str, SocketAddr), &'p Arc<AtomicU32>>,
-    /// Response counts by route namespace, route name and revision name.
+    /// In-flight counts by endpoint index key and endpoint address.
+    inflight: FastMap<(&'p str, SocketAddr), &'p Arc<AtomicU32>>,
+    /// Response counts by route namespace, route name and backend name.
     responses: FastMap<(&'p str, &'p str, &'p str), &'p Arc<Responses>>,
 }
 
 impl<'p> From<&'p Table> for Carried<'p> {
     fn from(table: &'p Table) -> Self {
         let inflight = table
-            .revisions
+            .backends
             .iter()
-            .flat_map(|r| {
-                r.endpoints
-                    .iter()
-                    .map(|e| ((&*r.namespace, &*r.name, e.addr), &e.inflight))
-            })
+            .flat_map(|b| b.endpoints.iter().map(|e| ((&*b.key, e.addr), &e.inflight)))
             .collect();
         let responses = table
             .routes
             .iter()
             .flat_map(|route| {
-                route.responses.iter().map(|(rev, counts)| {
+                route.responses.iter().map(|(b, counts)| {
                     let key = (
                         route.key.namespace.as_str(),
                         route.key.name.as_str(),
-                        &*table.revision(*rev).name,
+                        &*table.backend(*b).name,
                     );
                     (key, counts)
                 })
@@ -483,159 +636,217 @@ impl<'p> From<&'p Table> for Carried<'p> {
     }
 }
 
-/// A host name from parts, allocated once at its exact size.
-fn host_name<'s>(parts: impl Iterator<Item = &'s str> + Clone) -> Box<str> {
-    let mut s = String::with_capacity(parts.clone().map(str::len).sum());
-    parts.for_each(|p| s.push_str(p));
-    s.into_boxed_str()
-}
-
 struct Compiler<'a, 'p> {
     hosts: HostMap,
-    revisions: Vec<Arc<Revision>>,
-    revision_ids: FastMap<RevisionKey<'a>, RevisionId>,
-    namespaces: FastMap<&'a str, (Arc<str>, HeaderValue)>,
-    endpoints: &'a mut EndpointIndex,
-    /// Reused to look revisions up in `endpoints` without allocating.
-    key: String,
+    backends: Vec<Arc<Backend>>,
+    backend_ids: FastMap<&'a ir::Backend, BackendId>,
+    endpoints: &'a EndpointIndex,
     counters: &'a Carried<'p>,
     rejected: &'a mut Vec<Rejection>,
-    /// Keys of the routes added so far, by id.
-    keys: Vec<Arc<ObjectKey>>,
+    /// Kind and key of the objects added so far, by id.
+    owners: Vec<(Kind, Arc<ObjectKey>)>,
 }
 
 impl<'a> Compiler<'a, '_> {
-    fn add_route(&mut self, id: u32, route: &'a ValidRoute, last_good: bool) -> RouteInfo {
-        self.keys.push(route.key.clone());
-        let (ns, name) = (route.key.namespace.as_str(), route.key.name.as_str());
-        let traffic: Vec<(RevisionId, u32)> = route
-            .split
-            .iter()
-            .map(|(rev, pct)| (self.revision(ns, rev), *pct))
-            .collect();
-        let target = match traffic.as_slice() {
-            [(only, _)] => Target::Revision(*only),
-            _ => Target::Split(Arc::new(Split::new(&traffic))),
-        };
-        self.claim(route.host.as_str().into(), id, route, &target, false);
-        self.claim_cluster_name(&[name], id, route, &target);
-
-        let mut tags = Vec::with_capacity(route.tags.len());
-        for tag in &route.tags {
-            let target = Target::Revision(self.revision(ns, &tag.revision));
-            if let Some(host) = &tag.host {
-                self.claim(host.as_str().into(), id, route, &target, false);
+    fn add(&mut self, id: u32, ing: &'a ir::Ingress, last_good: bool) -> RouteInfo {
+        self.owners.push((ing.kind, ing.key.clone()));
+        let mut traffic = Vec::new();
+        for (r, rule) in ing.rules.iter().enumerate() {
+            let dispatch = self.dispatch(&rule.paths);
+            if r == 0 {
+                if let Some(target) = dispatch.default_target() {
+                    traffic = target
+                        .shares()
+                        .into_iter()
+                        .filter(|s| s.1 > 0)
+                        .map(|(p, pct)| (p.backend, pct))
+                        .collect();
+                }
             }
-            self.claim_cluster_name(&[&tag.tag, "-", name], id, route, &target);
-            if let Target::Revision(rev) = target {
-                tags.push((tag.tag.clone(), rev));
+            for host in &rule.hosts {
+                self.claim(host, id, ing, &dispatch);
             }
         }
-        let mut responses: Vec<(RevisionId, Arc<Responses>)> = Vec::with_capacity(traffic.len());
-        for rev in traffic.iter().map(|t| t.0).chain(tags.iter().map(|t| t.1)) {
-            if responses.iter().any(|r| r.0 == rev) {
+        let tags: Vec<(String, BackendId)> = ing
+            .tags
+            .iter()
+            .map(|(tag, b)| (tag.clone(), self.backend(b)))
+            .collect();
+        let (ns, name) = (ing.key.namespace.as_str(), ing.key.name.as_str());
+        let mut responses: Vec<(BackendId, Arc<Responses>)> = Vec::new();
+        let used = ing
+            .rules
+            .iter()
+            .flat_map(|r| &r.paths)
+            .flat_map(|p| &p.splits)
+            .map(|s| &s.backend);
+        for backend in used {
+            let id = self.backend(backend);
+            if responses.iter().any(|r| r.0 == id) {
                 continue;
             }
             let counts = self
                 .counters
                 .responses
-                .get(&(ns, name, &*self.revisions[rev as usize].name))
+                .get(&(ns, name, &*self.backends[id as usize].name))
                 .map(|c| Arc::clone(c))
                 .unwrap_or_default();
-            responses.push((rev, counts));
+            responses.push((id, counts));
         }
         RouteInfo {
-            key: route.key.clone(),
-            cluster_local: route.cluster_local,
+            kind: ing.kind,
+            key: ing.key.clone(),
+            cluster_local: ing.cluster_local,
             last_good,
             traffic,
             tags,
+            hash: ing.hash.clone(),
             responses,
         }
     }
 
-    /// `name.ns`, which [`Table::lookup`] also finds as `name.ns.svc` and
-    /// `name.ns.svc.<cluster domain>`; `name` comes in parts.
-    fn claim_cluster_name(&mut self, name: &[&str], id: u32, route: &ValidRoute, target: &Target) {
-        let ns = route.key.namespace.as_str();
-        let host = host_name(name.iter().chain(&[".", ns]).copied());
-        self.claim(host, id, route, target, true);
+    /// A catch-all path that sets nothing of its own goes straight to its
+    /// split; anything else is matched path by path.
+    fn dispatch(&mut self, paths: &'a [ir::Path]) -> Dispatch {
+        if let [only] = paths {
+            if only.prefix.is_empty()
+                && only.headers.is_empty()
+                && only.append.is_empty()
+                && only.rewrite_host.is_none()
+            {
+                return Dispatch::Direct(self.target(&only.splits));
+            }
+        }
+        let rules: Vec<PathRule> = paths
+            .iter()
+            .map(|p| PathRule {
+                prefix: p.prefix.as_str().into(),
+                headers: p.headers.clone().into_boxed_slice(),
+                append: (!p.append.is_empty()).then(|| p.append.as_slice().into()),
+                rewrite_host: p.rewrite_host.clone(),
+                target: self.target(&p.splits),
+            })
+            .collect();
+        Dispatch::Paths(rules.into())
+    }
+
+    fn target(&mut self, splits: &'a [ir::Split]) -> Target {
+        let mut picks: Vec<(Pick, u32)> = splits
+            .iter()
+            .map(|s| {
+                let pick = Pick {
+                    backend: self.backend(&s.backend),
+                    headers: (!s.append.is_empty()).then(|| s.append.as_slice().into()),
+                    activator: s.activator,
+                };
+                (pick, s.percent)
+            })
+            .collect();
+        match picks.iter().filter(|p| p.1 > 0).count() {
+            1 => {
+                let i = picks.iter().position(|p| p.1 > 0).expect("counted one");
+                Target::One(picks.swap_remove(i).0)
+            }
+            _ => Target::Split(Arc::new(Split::new(picks))),
+        }
     }
 
     /// Give `host` to route `id`. Hosts arrive normalised: URLs through
-    /// [`host::of_url`], cluster names from validated lower-case DNS names.
-    fn claim(
-        &mut self,
-        host: Box<str>,
-        id: u32,
-        route: &ValidRoute,
-        target: &Target,
-        cluster_name: bool,
-    ) {
+    /// [`host::of_url`], KIngress hosts through [`host::normalize_owned`],
+    /// cluster names from validated lower-case DNS names.
+    fn claim(&mut self, host: &ir::Host, id: u32, ing: &ir::Ingress, dispatch: &Dispatch) {
         use std::collections::hash_map::Entry;
-        let owner = match self.hosts.entry(host) {
+        let owner = match self.hosts.entry(host.name.as_str().into()) {
             Entry::Vacant(v) => {
                 v.insert(HostEntry {
                     route: id,
-                    target: target.clone(),
-                    cluster_local: route.cluster_local,
-                    cluster_name,
+                    dispatch: dispatch.clone(),
+                    internal_only: host.internal_only,
+                    cluster_name: host.cluster_name,
                 });
                 return;
             }
-            // The same route naming a host twice (a cluster-local URL is also
-            // one of its cluster names): the first target stands.
+            // The same object naming a host twice (a cluster-local URL is also
+            // one of its cluster names; a host in two rules): the first stands.
             Entry::Occupied(o) if o.get().route == id => return,
             Entry::Occupied(o) => (o.get().route, o.key().to_string()),
         };
-        // Routes are added in key order, so the owner is an earlier one.
+        // Objects are added in claim order, so the owner is an earlier one.
+        let (kind, key) = &self.owners[owner.0 as usize];
         self.rejected.push(Rejection {
-            kind: Kind::Route,
-            object: (*route.key).clone(),
+            kind: ing.kind,
+            object: (*ing.key).clone(),
             error: ObjectError::HostConflict {
-                owner: self.keys[owner.0 as usize].to_string(),
+                owner: format!("{kind} {key}"),
                 host: owner.1,
             },
             outcome: Outcome::PartlyServed,
         });
     }
 
-    fn revision(&mut self, ns: &'a str, name: &'a str) -> RevisionId {
-        if let Some(&id) = self.revision_ids.get(&(ns, name)) {
+    fn backend(&mut self, backend: &'a ir::Backend) -> BackendId {
+        if let Some(&id) = self.backend_ids.get(backend) {
             return id;
         }
-        let endpoints = self
-            .endpoints
-            .remove(revision_key(&mut self.key, ns, name))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|addr| Endpoint {
-                addr,
-                inflight: self
-                    .counters
-                    .inflight
-                    .get(&(ns, name, addr))
-                    .map(|c| Arc::clone(c))
-                    .unwrap_or_default(),
-            })
-            .collect();
-        let key = (ns, name);
-        // Namespaces repeat across revisions: share one string and header value each.
-        let (namespace, namespace_header) = self
-            .namespaces
-            .entry(ns)
-            .or_insert_with(|| (Arc::from(ns), dns_header(ns)))
-            .clone();
-        let name: Arc<str> = name.into();
-        let id = self.revisions.len() as RevisionId;
-        self.revisions.push(Arc::new(Revision {
-            namespace_header,
-            name_header: dns_header(&name),
-            namespace,
-            name,
+        let (namespace, name, key, port, kind) = match backend {
+            ir::Backend::Pods {
+                namespace,
+                name,
+                key,
+                port,
+            } => (
+                namespace.as_str(),
+                name.as_str(),
+                key.as_str(),
+                port.clone(),
+                BackendKind::Pods,
+            ),
+            ir::Backend::Internal => ("", "internal", "", no_port(), BackendKind::Internal),
+            ir::Backend::External {
+                namespace,
+                name,
+                host,
+                port,
+            } => (
+                namespace.as_str(),
+                name.as_str(),
+                "",
+                no_port(),
+                BackendKind::External(host.as_str().into(), *port),
+            ),
+        };
+        let endpoints = match self.endpoints.get(key) {
+            Some(slices) if kind == BackendKind::Pods => endpoint_addrs(slices, &port)
+                .into_iter()
+                .map(|addr| Endpoint {
+                    addr,
+                    inflight: self
+                        .counters
+                        .inflight
+                        .get(&(key, addr))
+                        .map(|c| Arc::clone(c))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let id = self.backends.len() as BackendId;
+        self.backends.push(Arc::new(Backend {
+            namespace: namespace.into(),
+            name: name.into(),
+            key: key.into(),
+            port,
+            kind,
             endpoints,
         }));
-        self.revision_ids.insert(key, id);
+        self.backend_ids.insert(backend, id);
         id
+    }
+}
+
+fn no_port() -> PortSelector {
+    PortSelector {
+        name: String::new(),
+        number: None,
     }
 }

@@ -17,8 +17,8 @@ pub enum ObjectError {
         /// What serde said.
         message: String,
     },
-    /// Neither a Route nor an EndpointSlice.
-    #[error("unsupported kind {kind} (expected Route or EndpointSlice)")]
+    /// Not a kind the gateway reads.
+    #[error("unsupported kind {kind} (expected Route, Ingress, Service or EndpointSlice)")]
     UnsupportedKind {
         /// The kind found.
         kind: String,
@@ -68,13 +68,82 @@ pub enum ObjectError {
         /// The sum found.
         sum: i64,
     },
-    /// A host already claimed by another Route (the first by namespace/name keeps it).
-    #[error("host {host} is already served by Route {owner}")]
+    /// A host already claimed by another object: among Routes the first by
+    /// namespace/name keeps it, among KIngresses the oldest (Knative's `DomainConflict`).
+    #[error("host {host} is already served by {owner}")]
     HostConflict {
         /// The contested host.
         host: String,
-        /// The Route that keeps it.
+        /// The object that keeps it, with its kind (`Route ns/name`).
         owner: String,
+    },
+    /// A KIngress rule without an `http` block.
+    #[error("spec.rules[{rule}] has no http block")]
+    NoHttp {
+        /// Index of the rule.
+        rule: usize,
+    },
+    /// A KIngress rule without hosts.
+    #[error("spec.rules[{rule}] has no hosts")]
+    NoHosts {
+        /// Index of the rule.
+        rule: usize,
+    },
+    /// A host name that cannot be routed.
+    #[error("{field} {host:?} is not a valid host")]
+    BadHost {
+        /// Which field.
+        field: String,
+        /// The value found.
+        host: String,
+    },
+    /// A visibility other than `ExternalIP` or `ClusterLocal`.
+    #[error("{field} {value:?} is not ExternalIP or ClusterLocal")]
+    Visibility {
+        /// Which field.
+        field: String,
+        /// The value found.
+        value: String,
+    },
+    /// A path without splits.
+    #[error("{field} has no splits")]
+    NoSplits {
+        /// Which field.
+        field: String,
+    },
+    /// KIngress split percents that do not add up.
+    #[error("{field} percents sum to {sum}, not 100")]
+    SplitSum {
+        /// Which path's splits.
+        field: String,
+        /// The sum found.
+        sum: i64,
+    },
+    /// A header name or value that HTTP cannot carry.
+    #[error("{field} {name:?} is not a valid header name and value")]
+    BadHeader {
+        /// Which field.
+        field: String,
+        /// The header name.
+        name: String,
+    },
+    /// A split naming a Service that does not exist (yet): served once it appears.
+    #[error("{field} names Service {service}, which does not exist")]
+    NoService {
+        /// Which split.
+        field: String,
+        /// `namespace/name` of the Service.
+        service: String,
+    },
+    /// A split's `servicePort` that matches no port of its Service.
+    #[error("{field} servicePort {port} matches no port of Service {service}")]
+    NoServicePort {
+        /// Which split.
+        field: String,
+        /// `namespace/name` of the Service.
+        service: String,
+        /// The port asked for.
+        port: String,
     },
     /// A private EndpointSlice without the queue-proxy `http` port.
     #[error("no port named \"http\" with a number in 1..=65535")]
@@ -107,6 +176,15 @@ impl ObjectError {
             ObjectError::NegativePercent { .. } => "negative_percent",
             ObjectError::PercentSum { .. } => "percent_sum",
             ObjectError::HostConflict { .. } => "host_conflict",
+            ObjectError::NoHttp { .. } => "no_http",
+            ObjectError::NoHosts { .. } => "no_hosts",
+            ObjectError::BadHost { .. } => "bad_host",
+            ObjectError::Visibility { .. } => "visibility",
+            ObjectError::NoSplits { .. } => "no_splits",
+            ObjectError::SplitSum { .. } => "split_sum",
+            ObjectError::BadHeader { .. } => "bad_header",
+            ObjectError::NoService { .. } => "no_service",
+            ObjectError::NoServicePort { .. } => "no_service_port",
             ObjectError::NoHttpPort => "no_http_port",
             ObjectError::AddressType(_) => "address_type",
             ObjectError::BadAddress { .. } => "bad_address",

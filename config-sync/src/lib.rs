@@ -10,10 +10,12 @@
 pub mod build;
 pub mod error;
 pub mod host;
+pub mod ir;
 pub mod kingress;
 pub mod leader;
 pub mod model;
 pub mod publish;
+pub mod resolve;
 pub mod responses;
 pub mod select;
 pub mod sources;

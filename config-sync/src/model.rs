@@ -4,12 +4,14 @@
 //! rejected on its own instead of failing the whole list.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{ObjectError, Rejection};
+use crate::kingress::KIngress;
 
 /// Label carrying the revision name on a revision's Services and EndpointSlices.
 pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
@@ -17,6 +19,8 @@ pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
 pub const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceType";
 /// Label marking a Route as reachable only inside the cluster.
 pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
+/// Label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// `namespace/name` of an object: how every message names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -59,6 +63,15 @@ pub struct ObjectMeta {
     /// Server-side version, when the object came from an API server.
     #[serde(default)]
     pub resource_version: Option<String>,
+    /// The annotations the gateway reads (the ingress class; the others are dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Annotations>,
+    /// `metadata.generation`, echoed in KIngress status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// RFC 3339 creation time: the older of two KIngresses claiming a host keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 impl ObjectMeta {
@@ -68,86 +81,123 @@ impl ObjectMeta {
     }
 }
 
-/// The labels the table is built from. Every other label is skipped while
-/// decoding: objects in a real cluster carry many, and a 10,000-route
-/// snapshot kept them all in a map per object (a third of its memory).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels([Option<String>; 3]);
+/// Which keys of a string map the gateway keeps.
+pub trait KeySet {
+    /// The keys kept; every other one is skipped while decoding.
+    const KEYS: &'static [&'static str];
+}
 
-impl Labels {
-    /// The labels kept, in the order of their values.
-    const KEYS: [&'static str; 3] = [REVISION_LABEL, SERVICE_TYPE_LABEL, VISIBILITY_LABEL];
+/// A string map trimmed to the keys of `K`. Objects in a real cluster carry
+/// many labels and annotations, and a 10,000-route snapshot kept them all in
+/// a map per object (a third of its memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept<K: KeySet> {
+    /// `(index in K::KEYS, value)`, at most one per key.
+    values: Vec<(u8, String)>,
+    keys: std::marker::PhantomData<K>,
+}
 
-    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
-        let i = Self::KEYS.iter().position(|k| *k == key)?;
-        Some(&mut self.0[i])
+impl<K: KeySet> Default for Kept<K> {
+    fn default() -> Self {
+        Self {
+            values: Vec::new(),
+            keys: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: KeySet> Kept<K> {
+    fn index(key: &str) -> Option<u8> {
+        K::KEYS.iter().position(|k| *k == key).map(|i| i as u8)
     }
 
     /// The value of `key`, if it is set and one the gateway reads.
     pub fn get(&self, key: &str) -> Option<&str> {
-        let i = Self::KEYS.iter().position(|k| *k == key)?;
-        self.0[i].as_deref()
+        let i = Self::index(key)?;
+        self.values
+            .iter()
+            .find(|(k, _)| *k == i)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Set `key` if it is one the gateway reads; any other is dropped.
     pub fn insert(&mut self, key: &str, value: impl Into<String>) {
-        if let Some(slot) = self.slot(key) {
-            *slot = Some(value.into());
+        let Some(i) = Self::index(key) else { return };
+        let value = value.into();
+        match self.values.iter_mut().find(|(k, _)| *k == i) {
+            Some(slot) => slot.1 = value,
+            None => self.values.push((i, value)),
         }
-    }
-
-    fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        Self::KEYS
-            .into_iter()
-            .zip(&self.0)
-            .filter_map(|(k, v)| Some((k, v.as_deref()?)))
     }
 }
 
-impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Labels {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut labels = Labels::default();
+impl<K: KeySet, Key: AsRef<str>, V: Into<String>> FromIterator<(Key, V)> for Kept<K> {
+    fn from_iter<I: IntoIterator<Item = (Key, V)>>(iter: I) -> Self {
+        let mut kept = Kept::default();
         for (k, v) in iter {
-            labels.insert(k.as_ref(), v);
+            kept.insert(k.as_ref(), v);
         }
-        labels
+        kept
     }
 }
 
-impl Serialize for Labels {
+impl<K: KeySet> Serialize for Kept<K> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (k, v) in self.pairs() {
-            map.serialize_entry(k, v)?;
+        let mut map = serializer.serialize_map(Some(self.values.len()))?;
+        for (k, v) in &self.values {
+            map.serialize_entry(K::KEYS[*k as usize], v)?;
         }
         map.end()
     }
 }
 
-impl<'de> Deserialize<'de> for Labels {
+impl<'de, K: KeySet> Deserialize<'de> for Kept<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LabelsVisitor;
-        impl<'de> Visitor<'de> for LabelsVisitor {
-            type Value = Labels;
+        struct KeptVisitor<K>(std::marker::PhantomData<K>);
+        impl<'de, K: KeySet> Visitor<'de> for KeptVisitor<K> {
+            type Value = Kept<K>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of label names to values")
+                f.write_str("a map of names to string values")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
-                let mut labels = Labels::default();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kept<K>, A::Error> {
+                let mut kept = Kept::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match labels.slot(&key) {
-                        Some(slot) => *slot = Some(map.next_value()?),
+                    match Kept::<K>::index(&key) {
+                        Some(i) => kept.values.push((i, map.next_value()?)),
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                Ok(labels)
+                Ok(kept)
             }
         }
-        deserializer.deserialize_map(LabelsVisitor)
+        deserializer.deserialize_map(KeptVisitor(std::marker::PhantomData))
     }
 }
+
+/// The labels the table is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelKeys;
+impl KeySet for LabelKeys {
+    const KEYS: &'static [&'static str] = &[
+        REVISION_LABEL,
+        SERVICE_TYPE_LABEL,
+        VISIBILITY_LABEL,
+        SERVICE_NAME_LABEL,
+    ];
+}
+/// Labels trimmed to the ones the table is built from.
+pub type Labels = Kept<LabelKeys>;
+
+/// The annotations the gateway reads: the ingress class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotationKeys;
+impl KeySet for AnnotationKeys {
+    const KEYS: &'static [&'static str] = &[crate::kingress::CLASS_ANNOTATION];
+}
+/// Annotations trimmed to the ones the gateway reads.
+pub type Annotations = Kept<AnnotationKeys>;
 
 /// `serving.knative.dev/v1` Route: only its resolved `status` matters, since
 /// `spec.traffic` may name configurations and `latestRevision` targets.
@@ -260,7 +310,11 @@ pub enum Kind {
     Route,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
-    /// Something that is neither (or has no kind at all).
+    /// `networking.internal.knative.dev/v1alpha1` Ingress (KIngress).
+    KIngress,
+    /// `v1` Service.
+    Service,
+    /// Something else (or no kind at all).
     Other,
 }
 
@@ -269,28 +323,126 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Route => "Route",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::KIngress => "KIngress",
+            Kind::Service => "Service",
             Kind::Other => "object",
         })
     }
 }
 
+/// `v1` Service, trimmed to what resolves a KIngress split.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Type, ports and external name.
+    #[serde(default)]
+    pub spec: Option<ServiceSpec>,
+}
+
+/// `spec` of a Service.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP` (the default), `ExternalName`, ...
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// The DNS name of an `ExternalName` Service.
+    #[serde(default)]
+    pub external_name: Option<String>,
+    /// The Service's ports.
+    #[serde(default)]
+    pub ports: Option<Vec<ServicePort>>,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port name; slices name their ports after it.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The Service port (what a KIngress `servicePort` number names).
+    #[serde(default)]
+    pub port: Option<i32>,
+    /// The endpoints' port: a number, or the name of a container port.
+    #[serde(default)]
+    pub target_port: Option<IntOrString>,
+    /// `kubernetes.io/h2c` asks for HTTP/2 cleartext.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// Kubernetes' `IntOrString`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A number.
+    Int(i64),
+    /// A name.
+    Str(String),
+}
+
+impl Default for IntOrString {
+    fn default() -> Self {
+        IntOrString::Int(0)
+    }
+}
+
+impl fmt::Display for IntOrString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntOrString::Int(n) => write!(f, "{n}"),
+            IntOrString::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
 /// The objects a table is built from, plus the ones that could not even be
-/// decoded (kept so that a broken Route can fall back to its last good version).
-#[derive(Debug, Clone, Default)]
+/// decoded (kept so that a broken object can fall back to its last good version).
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Decoded Routes.
     pub routes: Vec<Route>,
     /// Decoded EndpointSlices.
     pub slices: Vec<EndpointSlice>,
+    /// Decoded KIngresses of [`Snapshot::class`].
+    pub kingresses: Vec<KIngress>,
+    /// Decoded Services.
+    pub services: Vec<Service>,
     /// Objects rejected while decoding.
     pub rejected: Vec<Rejection>,
+    /// The KIngress class implemented: KIngresses of any other are skipped unread.
+    pub class: Arc<str>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::for_class(crate::kingress::DEFAULT_CLASS)
+    }
 }
 
 impl Snapshot {
+    /// An empty snapshot that keeps the KIngresses of `class`.
+    pub fn for_class(class: &str) -> Self {
+        Self {
+            routes: Vec::new(),
+            slices: Vec::new(),
+            kingresses: Vec::new(),
+            services: Vec::new(),
+            rejected: Vec::new(),
+            class: class.into(),
+        }
+    }
+
     /// Decode one object (a YAML document or an API list item) into the snapshot.
-    /// Anything that is not a well-formed Route or EndpointSlice becomes a rejection.
+    /// Anything that is not a well-formed object of a kind the gateway reads
+    /// becomes a rejection; a KIngress of another class is skipped.
     pub fn push_value(&mut self, value: serde_json::Value) {
-        self.push(decode_object(value));
+        let decoded = decode_object(value, &self.class);
+        self.push(decoded);
     }
 
     /// Add an already decoded object.
@@ -298,6 +450,9 @@ impl Snapshot {
         match decoded {
             Decoded::Route(r) => self.routes.push(r),
             Decoded::EndpointSlice(s) => self.slices.push(s),
+            Decoded::KIngress(k) => self.kingresses.push(*k),
+            Decoded::Service(s) => self.services.push(s),
+            Decoded::NotOurs => {}
             Decoded::Rejected(r) => self.rejected.push(r),
         }
     }
@@ -310,21 +465,39 @@ pub enum Decoded {
     Route(Route),
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
+    /// A KIngress of our class.
+    KIngress(Box<KIngress>),
+    /// A Service.
+    Service(Service),
+    /// A KIngress of another class (or none): not ours, never read further.
+    NotOurs,
     /// Not usable, with the reason.
     Rejected(Rejection),
 }
 
-/// Decode one object by its `kind`.
-pub fn decode_object(value: serde_json::Value) -> Decoded {
+/// Decode one object by its `kind`; KIngresses only when of `class`.
+pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
     let kind = match value.get("kind").and_then(|k| k.as_str()) {
         Some("Route") => Kind::Route,
         Some("EndpointSlice") => Kind::EndpointSlice,
+        Some("Ingress")
+            if value.get("apiVersion").and_then(|v| v.as_str())
+                == Some(crate::kingress::API_VERSION) =>
+        {
+            Kind::KIngress
+        }
+        Some("Service") => Kind::Service,
         _ => Kind::Other,
     };
+    if kind == Kind::KIngress && crate::kingress::class_of(&value) != Some(class) {
+        return Decoded::NotOurs;
+    }
     let key = key_of(&value);
     let result = match kind {
         Kind::Route => decode::<Route>(value).map(Decoded::Route),
         Kind::EndpointSlice => decode::<EndpointSlice>(value).map(Decoded::EndpointSlice),
+        Kind::KIngress => crate::kingress::decode(value).map(|k| Decoded::KIngress(Box::new(k))),
+        Kind::Service => decode::<Service>(value).map(Decoded::Service),
         Kind::Other => Err(ObjectError::UnsupportedKind {
             kind: value
                 .get("kind")
@@ -335,7 +508,9 @@ pub fn decode_object(value: serde_json::Value) -> Decoded {
     result.unwrap_or_else(|error| Decoded::Rejected(Rejection::new(kind, key, error)))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ObjectError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, ObjectError> {
     serde_path_to_error::deserialize(value).map_err(|e| ObjectError::Decode {
         path: e.path().to_string(),
         message: e.into_inner().to_string(),

@@ -1,16 +1,16 @@
-//! Per-request choices, as plain functions: which revision of a split, and
-//! which endpoint of a revision.
+//! Per-request choices, as plain functions: which way out of a split, and
+//! which endpoint of a backend.
 
 use rand::Rng;
 
-use crate::table::{Endpoint, RevisionId, Target};
+use crate::table::{Endpoint, Pick, Target};
 
-/// The revision a request for `target` goes to: O(1), one random number for a split.
+/// The pick a request for `target` takes: O(1), one random number for a split.
 #[inline]
-pub fn pick_revision<R: Rng + ?Sized>(target: &Target, rng: &mut R) -> RevisionId {
+pub fn pick<'t, R: Rng + ?Sized>(target: &'t Target, rng: &mut R) -> &'t Pick {
     match target {
-        Target::Revision(id) => *id,
-        Target::Split(split) => split.slots[rng.random_range(0..100usize)],
+        Target::One(pick) => pick,
+        Target::Split(split) => split.slot(rng.random_range(0..100usize)),
     }
 }
 
@@ -64,13 +64,25 @@ mod tests {
             .collect()
     }
 
+    fn to(backend: u32) -> Pick {
+        Pick {
+            backend,
+            headers: None,
+            activator: false,
+        }
+    }
+
     #[test]
     fn split_follows_weights_and_never_picks_zero() {
-        let split = Target::Split(Arc::new(Split::new(&[(0, 90), (1, 10)])));
+        let split = Target::Split(Arc::new(Split::new(vec![
+            (to(0), 90),
+            (to(2), 0),
+            (to(1), 10),
+        ])));
         let mut rng = SmallRng::seed_from_u64(7);
         let mut counts = [0u32; 3];
         for _ in 0..100_000 {
-            counts[pick_revision(&split, &mut rng) as usize] += 1;
+            counts[pick(&split, &mut rng).backend as usize] += 1;
         }
         assert!((89_000..91_000).contains(&counts[0]), "{counts:?}");
         assert!((9_000..11_000).contains(&counts[1]), "{counts:?}");
@@ -80,7 +92,7 @@ mod tests {
     #[test]
     fn single_revision_target() {
         let mut rng = SmallRng::seed_from_u64(1);
-        assert_eq!(pick_revision(&Target::Revision(4), &mut rng), 4);
+        assert_eq!(pick(&Target::One(to(4)), &mut rng).backend, 4);
     }
 
     #[test]

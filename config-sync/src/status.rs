@@ -1,8 +1,11 @@
-//! Marks KIngresses of this gateway's class Ready. Only the Lease holder
-//! writes, and only once every ready replica of the gateway (the endpoints of
-//! its internal Service) answers Knative's probe for each rule's host with the
-//! KIngress's current hash: the Route turns Ready when the traffic is served
-//! everywhere, not before.
+//! Writes the status of KIngresses of this gateway's class. Only the Lease
+//! holder writes. Ready only once the live table applies the KIngress's
+//! current version and every ready replica of the gateway (the endpoints of
+//! its internal Service) answers Knative's probe for each rule's host with its
+//! hash: the Route turns Ready when the traffic is served everywhere, not
+//! before. A KIngress the table leaves out (its Service does not exist yet) or
+//! that lost a host to an older one (`DomainConflict`) is marked not ready,
+//! with the reason.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -20,9 +23,12 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::build::{http_port, ready_addresses};
-use crate::kingress::KIngress;
+use crate::error::ObjectError;
+use crate::kingress::{self, KIngress};
 use crate::leader::LeaderElector;
-use crate::model::{EndpointSlice, ObjectKey};
+use crate::model::{EndpointSlice, Kind, ObjectKey};
+use crate::publish::TableReader;
+use crate::sources::kube::SourceKind;
 
 /// Where the status writer looks and what it writes.
 #[derive(Debug, Clone)]
@@ -40,6 +46,9 @@ pub struct StatusOptions {
     pub cluster_domain: String,
     /// How often to renew the Lease and check KIngresses.
     pub interval: Duration,
+    /// Where the table comes from: with `Routes`, a KIngress is ready when
+    /// the Routes' table serves its split (the probe is answered by the gateway).
+    pub source: SourceKind,
 }
 
 /// The latest KIngresses of our class, as the kube source sees them.
@@ -50,20 +59,71 @@ pub struct StatusWriter {
     client: Client,
     options: StatusOptions,
     kingresses: KIngressFeed,
+    table: TableReader,
     http: HttpClient<HttpConnector, Empty<Bytes>>,
 }
 
+/// What a KIngress's status should say now.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// Served; Ready once every replica answers the probe.
+    Ready,
+    /// Not served (or not all of it), with a reason and message.
+    NotReady(&'static str, String),
+}
+
 impl StatusWriter {
-    /// A writer using `client`, fed by the kube source.
-    pub fn new(client: Client, options: StatusOptions, kingresses: KIngressFeed) -> Self {
+    /// A writer using `client`, fed by the kube source, reading the live `table`.
+    pub fn new(
+        client: Client,
+        options: StatusOptions,
+        kingresses: KIngressFeed,
+        table: TableReader,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         Self {
             client,
             options,
             kingresses,
+            table,
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
         }
+    }
+
+    /// What the live table says of `ing`; `None` while it does not apply the
+    /// current version yet.
+    fn verdict(&self, ing: &KIngress) -> Option<Verdict> {
+        if self.options.source == SourceKind::Routes {
+            return Some(Verdict::Ready);
+        }
+        let table = self.table.load();
+        let key = ing.key();
+        let rejections = table
+            .rejected()
+            .iter()
+            .filter(|r| r.kind == Kind::KIngress && r.object == key);
+        let mut conflict = None;
+        for r in rejections {
+            match &r.error {
+                ObjectError::HostConflict { .. } => conflict = Some(r.error.to_string()),
+                e @ (ObjectError::NoService { .. } | ObjectError::NoServicePort { .. }) => {
+                    return Some(Verdict::NotReady("ServiceNotFound", e.to_string()))
+                }
+                // A broken version served from its last good one is not this version.
+                e if r.outcome == crate::error::Outcome::LastGood => {
+                    return Some(Verdict::NotReady("InvalidSpec", e.to_string()))
+                }
+                e if r.outcome == crate::error::Outcome::LeftOut => {
+                    return Some(Verdict::NotReady("InvalidSpec", e.to_string()))
+                }
+                _ => {}
+            }
+        }
+        if let Some(message) = conflict {
+            return Some(Verdict::NotReady("DomainConflict", message));
+        }
+        kingress::is_applied(ing, &table).then_some(Verdict::Ready)
     }
 
     /// Lead (or wait to) and write status until `shutdown`.
@@ -102,64 +162,100 @@ impl StatusWriter {
     }
 
     async fn mark_ready(&self) -> Result<(), kube::Error> {
-        let pending: Vec<KIngress> = self
+        // What each KIngress whose status is not current should say.
+        let pending: Vec<(KIngress, Verdict)> = self
             .kingresses
             .borrow()
             .iter()
-            .filter(|k| k.ready_generation != Some(k.generation))
-            .cloned()
+            .filter_map(|k| Some((k.clone(), self.verdict(k)?)))
+            .filter(|(k, verdict)| !says(k, verdict))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
-        let replicas = self.replicas().await?;
-        if replicas.is_empty() {
-            tracing::warn!(
-                "no ready endpoints for {}: cannot verify any KIngress",
-                self.options.private_service
-            );
-            return Ok(());
-        }
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("networking.internal.knative.dev", "v1alpha1", "Ingress"),
-            "ingresses",
-        );
-        for ing in pending {
-            if !self.served_everywhere(&ing, &replicas).await {
-                continue;
-            }
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), &ing.key.namespace, &ar);
-            let Some(mut obj) = api.get_opt(&ing.key.name).await? else {
-                continue;
-            };
-            obj.data["status"] = self.ready_status(&ing);
-            match api
-                .replace_status(&ing.key.name, &PostParams::default(), &obj)
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(kingress = %ing.key, generation = ing.generation, "KIngress marked Ready")
+        let mut replicas = None;
+        for (ing, verdict) in pending {
+            if verdict == Verdict::Ready {
+                if replicas.is_none() {
+                    replicas = Some(self.replicas().await?);
                 }
-                // Changed under us: the next round sees the new version.
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e),
+                let replicas = replicas.as_deref().unwrap_or_default();
+                if replicas.is_empty() {
+                    tracing::warn!(
+                        "no ready endpoints for {}: cannot verify any KIngress",
+                        self.options.private_service
+                    );
+                    return Ok(());
+                }
+                if !self.served_everywhere(&ing, replicas).await {
+                    continue;
+                }
             }
+            self.write(&ing, &verdict).await?;
         }
         Ok(())
     }
 
-    fn ready_status(&self, ing: &KIngress) -> serde_json::Value {
+    async fn write(&self, ing: &KIngress, verdict: &Verdict) -> Result<(), kube::Error> {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("networking.internal.knative.dev", "v1alpha1", "Ingress"),
+            "ingresses",
+        );
+        let key = ing.key();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
+        let Some(mut obj) = api.get_opt(&key.name).await? else {
+            return Ok(());
+        };
+        obj.data["status"] = self.status(ing, verdict);
+        match api
+            .replace_status(&key.name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(_) => match verdict {
+                Verdict::Ready => {
+                    tracing::info!(kingress = %key, generation = ing.generation(), "KIngress marked Ready")
+                }
+                Verdict::NotReady(reason, message) => {
+                    tracing::warn!(kingress = %key, generation = ing.generation(), reason, "KIngress not ready: {message}")
+                }
+            },
+            // Changed under us: the next round sees the new version.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn status(&self, ing: &KIngress, verdict: &Verdict) -> serde_json::Value {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let o = &self.options;
         let lb = |s: &ObjectKey| json!({"ingress": [{"domainInternal": format!("{}.{}.svc.{}", s.name, s.namespace, o.cluster_domain)}]});
-        let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-        json!({
-            "observedGeneration": ing.generation,
-            "conditions": [cond("LoadBalancerReady"), cond("NetworkConfigured"), cond("Ready")],
-            "publicLoadBalancer": lb(&o.public_service),
-            "privateLoadBalancer": lb(&o.private_service),
-        })
+        let ready = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+        let conditions = match verdict {
+            Verdict::Ready => json!([
+                ready("LoadBalancerReady"),
+                ready("NetworkConfigured"),
+                ready("Ready")
+            ]),
+            Verdict::NotReady(reason, message) => {
+                let not = |t: &str| json!({"type": t, "status": "False", "reason": reason, "message": message, "lastTransitionTime": now});
+                json!([
+                    not("LoadBalancerReady"),
+                    ready("NetworkConfigured"),
+                    not("Ready")
+                ])
+            }
+        };
+        let mut status = json!({
+            "observedGeneration": ing.generation(),
+            "conditions": conditions,
+        });
+        if *verdict == Verdict::Ready {
+            status["publicLoadBalancer"] = lb(&o.public_service);
+            status["privateLoadBalancer"] = lb(&o.private_service);
+        }
+        status
     }
 
     /// Ready endpoints of the gateway's internal Service.
@@ -197,9 +293,9 @@ impl StatusWriter {
     /// Every replica answers the probe of every rule's first host with the hash.
     async fn served_everywhere(&self, ing: &KIngress, replicas: &[SocketAddr]) -> bool {
         for replica in replicas {
-            for host in ing.rules.iter().filter_map(|r| r.hosts.first()) {
+            for host in ing.probe_hosts() {
                 let req = http::Request::get(format!("http://{replica}/healthz"))
-                    .header(http::header::HOST, host.as_str())
+                    .header(http::header::HOST, host)
                     .header("K-Network-Probe", "probe")
                     .header("K-Network-Hash", "override")
                     .header(http::header::USER_AGENT, "Knative-Ingress-Probe")
@@ -219,5 +315,18 @@ impl StatusWriter {
             }
         }
         true
+    }
+}
+
+/// Whether the written status of `ing` already says `verdict` for its generation.
+fn says(ing: &KIngress, verdict: &Verdict) -> bool {
+    match verdict {
+        Verdict::Ready => ing.ready_generation() == Some(ing.generation()),
+        Verdict::NotReady(reason, _) => {
+            ing.status.as_ref().and_then(|s| s.observed_generation) == Some(ing.generation())
+                && ing
+                    .condition("Ready")
+                    .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some(*reason))
+        }
     }
 }

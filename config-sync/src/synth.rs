@@ -2,7 +2,7 @@
 
 use crate::model::{
     Endpoint, EndpointPort, EndpointSlice, ObjectMeta, Route, RouteStatus, Snapshot, TrafficTarget,
-    REVISION_LABEL, SERVICE_TYPE_LABEL,
+    REVISION_LABEL, SERVICE_NAME_LABEL, SERVICE_TYPE_LABEL,
 };
 
 /// Shape of a synthetic cluster.
@@ -75,7 +75,7 @@ pub fn cluster(shape: Shape) -> Snapshot {
                         .into_iter()
                         .collect(),
                     ),
-                    resource_version: None,
+                    ..ObjectMeta::default()
                 },
                 address_type: Some("IPv4".into()),
                 ports: Some(vec![EndpointPort {
@@ -96,6 +96,70 @@ pub fn cluster(shape: Shape) -> Snapshot {
                 traffic: Some(traffic),
             }),
         });
+    }
+    s
+}
+
+/// KIngresses shaped as Serving writes them for a Route with a 90/10 split and
+/// a tag: an external rule (a `Knative-Serving-Tag` path before the split), a
+/// cluster-local rule, and the tag's own rule. Each has three revisions'
+/// Services and EndpointSlices (`endpoints` ready endpoints each).
+pub fn kingress_cluster(kingresses: usize, endpoints: usize) -> Snapshot {
+    let mut s = Snapshot::default();
+    let mut ip: u32 = 0x0a00_0001;
+    for i in 0..kingresses {
+        let (name, ns) = (route_name(i), namespace(i));
+        let rev = |r: usize| format!("{name}-{r:05}");
+        let split = |r: usize, pct: u32| {
+            serde_json::json!({"serviceName": rev(r), "serviceNamespace": ns, "servicePort": 80,
+                "percent": pct,
+                "appendHeaders": {"Knative-Serving-Revision": rev(r), "Knative-Serving-Namespace": ns}})
+        };
+        let tagged = serde_json::json!({"headers": {"Knative-Serving-Tag": {"exact": "v2"}},
+            "splits": [split(2, 100)]});
+        let main = serde_json::json!({"splits": [split(0, 90), split(1, 10)]});
+        let value = serde_json::json!({
+            "apiVersion": crate::kingress::API_VERSION, "kind": "Ingress",
+            "metadata": {"name": name, "namespace": ns,
+                "annotations": {crate::kingress::CLASS_ANNOTATION: crate::kingress::DEFAULT_CLASS}},
+            "spec": {"rules": [
+                {"hosts": [host(i)], "visibility": "ExternalIP",
+                 "http": {"paths": [tagged.clone(), main.clone()]}},
+                {"hosts": [format!("{name}.{ns}"), format!("{name}.{ns}.svc"),
+                           format!("{name}.{ns}.svc.cluster.local")],
+                 "visibility": "ClusterLocal", "http": {"paths": [tagged, main]}},
+                {"hosts": [format!("v2-{}", host(i))], "visibility": "ExternalIP",
+                 "http": {"paths": [{"splits": [split(2, 100)]}]}}]}});
+        s.push_value(value);
+        for r in 0..3 {
+            let service = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": rev(r), "namespace": ns},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012}]}});
+            s.push_value(service);
+            let addrs = (0..endpoints)
+                .map(|_| {
+                    ip += 1;
+                    Endpoint {
+                        addresses: vec![std::net::Ipv4Addr::from(ip).to_string()],
+                        conditions: None,
+                    }
+                })
+                .collect();
+            s.slices.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}-x", rev(r))),
+                    namespace: Some(ns.clone()),
+                    labels: Some([(SERVICE_NAME_LABEL, rev(r))].into_iter().collect()),
+                    ..ObjectMeta::default()
+                },
+                address_type: Some("IPv4".into()),
+                ports: Some(vec![EndpointPort {
+                    name: Some("http".into()),
+                    port: Some(8012),
+                }]),
+                endpoints: Some(addrs),
+            });
+        }
     }
     s
 }
@@ -125,5 +189,21 @@ mod tests {
         // Per route: 4 names for the split, 4 per tag.
         assert_eq!(t.host_count(), 50 * 4 * 4);
         assert!(t.lookup(&host(49)).is_some());
+    }
+
+    #[test]
+    fn synthetic_kingresses_build_without_rejections() {
+        let (t, _) = build(
+            kingress_cluster(20, 2),
+            &BuildOptions::default(),
+            &LastGood::default(),
+            None,
+            1,
+        );
+        assert!(t.rejected().is_empty(), "{:?}", t.rejected());
+        assert_eq!(t.route_count(), 20);
+        // Per KIngress: its host, 3 cluster-local forms, the tag's host.
+        assert_eq!(t.host_count(), 20 * 5);
+        assert_eq!(t.backends().filter(|b| b.endpoints.len() == 2).count(), 60);
     }
 }

@@ -1,8 +1,10 @@
 //! The routing table: an immutable value the gateway reads through one
-//! `ArcSwap` load per request. Hosts map to a route and a target (a weighted
-//! split or one tagged revision); revisions carry their ready endpoints.
+//! `ArcSwap` load per request. A host maps to a route and its dispatch: straight
+//! to a target (a Route's split or tag), or KIngress paths matched in order,
+//! each with its target. A target picks a backend (a revision or a Service) by
+//! weight; backends carry their ready endpoints.
 //!
-//! The parts are behind `Arc`s so a new table that changes only one revision's
+//! The parts are behind `Arc`s so a new table that changes only one backend's
 //! endpoints shares everything else with the old one.
 
 use std::collections::HashMap;
@@ -11,31 +13,25 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::error::Rejection;
-use crate::model::ObjectKey;
+use crate::ir::PortSelector;
+use crate::model::{Kind, ObjectKey};
 use crate::responses::Responses;
 
 /// Index of a route in [`Table::route`].
 pub type RouteId = u32;
-/// Index of a revision in [`Table::revision`].
-pub type RevisionId = u32;
-
-/// `namespace/revision` into `buf`: the key of the revision index, and of the
-/// builder's endpoint index. One writer, so the two can never disagree.
-pub(crate) fn revision_key<'b>(buf: &'b mut String, namespace: &str, revision: &str) -> &'b str {
-    buf.clear();
-    buf.push_str(namespace);
-    buf.push('/');
-    buf.push_str(revision);
-    buf
-}
+/// Index of a backend in [`Table::backend`].
+pub type BackendId = u32;
 
 /// Host map with a fast hasher: keys are Route hosts, not attacker-chosen, and
 /// a lookup of an arbitrary Host cannot degrade it.
 pub type HostMap = HashMap<Box<str>, HostEntry, foldhash::fast::RandomState>;
+
+/// Headers set on the upstream request, shared by every request that uses them.
+pub type Headers = Arc<[(HeaderName, HeaderValue)]>;
 
 /// The live routing table.
 #[derive(Debug, Default)]
@@ -50,19 +46,41 @@ pub struct Table {
     /// Hosts answered, counting the `.svc` forms of cluster names.
     pub(crate) host_count: usize,
     pub(crate) routes: Arc<Vec<RouteInfo>>,
-    pub(crate) revisions: Vec<Arc<Revision>>,
-    /// `namespace/name` → revision id, for endpoint-only updates.
-    pub(crate) revision_index: Arc<HashMap<Box<str>, RevisionId, foldhash::fast::RandomState>>,
+    pub(crate) backends: Vec<Arc<Backend>>,
+    /// Endpoint index key → the backends fed by it, for endpoint-only updates.
+    pub(crate) backend_index: Arc<HashMap<Box<str>, Vec<BackendId>, foldhash::fast::RandomState>>,
     pub(crate) rejected: Arc<Vec<Rejection>>,
 }
 
-/// New endpoints for one revision.
+/// The EndpointSlices now behind one endpoint index key.
 #[derive(Debug, Clone)]
 pub struct EndpointUpdate {
-    /// `namespace/revision`.
-    pub revision: ObjectKey,
-    /// Its ready addresses now (sorted, deduplicated).
-    pub addrs: Vec<SocketAddr>,
+    /// [`crate::ir::revision_key`] or [`crate::ir::service_key`].
+    pub key: String,
+    /// Each slice's ports and ready addresses.
+    pub slices: Vec<SliceEndpoints>,
+}
+
+/// What one EndpointSlice contributes: its named ports and ready addresses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SliceEndpoints {
+    /// `(name, number)` of every port; an unnamed port has an empty name.
+    pub ports: Vec<(Box<str>, u16)>,
+    /// Ready addresses.
+    pub addrs: Vec<std::net::IpAddr>,
+}
+
+/// The endpoints of `slices` on the port `port` selects: sorted, deduplicated
+/// (a pod can sit in two slices while they are being rebalanced).
+pub fn endpoint_addrs(slices: &[SliceEndpoints], port: &PortSelector) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = slices
+        .iter()
+        .filter_map(|s| Some((s, port.select(&s.ports)?)))
+        .flat_map(|(s, p)| s.addrs.iter().map(move |ip| SocketAddr::new(*ip, p)))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// What a host resolves to.
@@ -70,95 +88,219 @@ pub struct EndpointUpdate {
 pub struct HostEntry {
     /// The route owning the host.
     pub route: RouteId,
-    /// Where its traffic goes.
-    pub target: Target,
-    /// Whether the route is reachable only inside the cluster.
-    pub cluster_local: bool,
+    /// How its requests are dispatched.
+    pub dispatch: Dispatch,
+    /// Served only on the internal listener (cluster-local routes and rules,
+    /// and cluster names).
+    pub internal_only: bool,
     /// This is the `name.ns` cluster name, which also answers for
     /// `name.ns.svc` and `name.ns.svc.<cluster domain>`.
     pub cluster_name: bool,
 }
 
-/// Where a host's traffic goes.
+/// How a host's requests are dispatched.
+#[derive(Debug, Clone)]
+pub enum Dispatch {
+    /// One catch-all path that sets no header of its own: straight to the split.
+    Direct(Target),
+    /// Paths in order, the first that matches wins; none matching is a 404.
+    Paths(Arc<[PathRule]>),
+}
+
+/// A path rule of a KIngress.
+#[derive(Debug)]
+pub struct PathRule {
+    /// Literal prefix of the request path; empty matches every path.
+    pub prefix: Box<str>,
+    /// Exact header matches, all of which must hold.
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Set before the split.
+    pub append: Option<Headers>,
+    /// Replaces the upstream Host.
+    pub rewrite_host: Option<HeaderValue>,
+    /// The split.
+    pub target: Target,
+}
+
+impl PathRule {
+    /// Whether a request for `path` with `headers` takes this rule.
+    #[inline]
+    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        path.starts_with(&*self.prefix)
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value))
+    }
+}
+
+impl Dispatch {
+    /// The path rule and target a request takes; `None` when no path matches.
+    #[inline]
+    pub fn resolve(&self, path: &str, headers: &HeaderMap) -> Option<(Option<&PathRule>, &Target)> {
+        match self {
+            Dispatch::Direct(target) => Some((None, target)),
+            Dispatch::Paths(rules) => rules
+                .iter()
+                .find(|r| r.matches(path, headers))
+                .map(|r| (Some(r), &r.target)),
+        }
+    }
+
+    /// The target of the catch-all path, if there is one (for views and probes).
+    pub fn default_target(&self) -> Option<&Target> {
+        match self {
+            Dispatch::Direct(target) => Some(target),
+            Dispatch::Paths(rules) => rules
+                .iter()
+                .rev()
+                .find(|r| r.prefix.is_empty() && r.headers.is_empty())
+                .map(|r| &r.target),
+        }
+    }
+}
+
+/// One way out of a split: a backend and what is set on the way.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    /// Where the request goes.
+    pub backend: BackendId,
+    /// Set on the upstream request after the split (for a revision, its
+    /// `Knative-Serving-Revision` and `-Namespace`).
+    pub headers: Option<Headers>,
+    /// With no ready endpoint: the activator (true, a revision) or 503.
+    pub activator: bool,
+}
+
+/// Where a path's traffic goes.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// All of it to one revision (a tag host, or a one-revision route).
-    Revision(RevisionId),
+    /// All of it one way (a tag host, a one-revision route).
+    One(Pick),
     /// A weighted split.
     Split(Arc<Split>),
+}
+
+impl Target {
+    /// Every pick with its percent.
+    pub fn shares(&self) -> Vec<(&Pick, u32)> {
+        match self {
+            Target::One(p) => vec![(p, 100)],
+            Target::Split(s) => s
+                .picks
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        p,
+                        s.slots.iter().filter(|&&x| x as usize == i).count() as u32,
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A weighted split precomputed as 100 slots (Knative percents are whole
 /// numbers summing to 100), so a pick is one random index.
 #[derive(Debug)]
 pub struct Split {
-    pub(crate) slots: [RevisionId; 100],
+    pub(crate) picks: Box<[Pick]>,
+    pub(crate) slots: [u8; 100],
 }
 
 impl Split {
-    /// A split from `(revision, percent)` pairs whose percents sum to 100.
-    pub fn new(weights: &[(RevisionId, u32)]) -> Self {
+    /// A split from `(pick, percent)` pairs whose percents sum to 100; at most
+    /// 100 of them have a share.
+    pub fn new(weights: Vec<(Pick, u32)>) -> Self {
         debug_assert_eq!(weights.iter().map(|w| w.1).sum::<u32>(), 100);
         let mut slots = [0; 100];
         let mut at = 0;
-        for &(rev, pct) in weights {
+        let mut picks = Vec::with_capacity(weights.len());
+        for (pick, pct) in weights.into_iter().filter(|w| w.1 > 0) {
             for slot in &mut slots[at..at + pct as usize] {
-                *slot = rev;
+                *slot = picks.len() as u8;
             }
             at += pct as usize;
+            picks.push(pick);
         }
-        Self { slots }
+        Self {
+            picks: picks.into_boxed_slice(),
+            slots,
+        }
+    }
+
+    /// The pick in slot `i` (0..100).
+    #[inline]
+    pub fn slot(&self, i: usize) -> &Pick {
+        &self.picks[self.slots[i] as usize]
     }
 }
 
-/// A route as the table holds it (for metrics labels and `/debug/routes`).
+/// A routed object as the table holds it (for metrics labels and `/debug/routes`).
 #[derive(Debug, Clone)]
 pub struct RouteInfo {
+    /// `Route` or `KIngress`.
+    pub kind: Kind,
     /// `namespace/name`.
     pub key: Arc<ObjectKey>,
     /// Reachable only inside the cluster.
     pub cluster_local: bool,
     /// Served from its last good version because the current one is invalid.
     pub last_good: bool,
-    /// The split: `(revision, percent)`, percent > 0.
-    pub traffic: Vec<(RevisionId, u32)>,
-    /// Tags and their revisions.
-    pub tags: Vec<(String, RevisionId)>,
-    /// Responses by status code for each revision the route sends to (split
-    /// and tags), each revision once.
-    pub responses: Vec<(RevisionId, Arc<Responses>)>,
+    /// The split of its first rule's catch-all path: `(backend, percent)`, percent > 0.
+    pub traffic: Vec<(BackendId, u32)>,
+    /// A Route's tags and their revisions.
+    pub tags: Vec<(String, BackendId)>,
+    /// `K-Network-Hash` of a KIngress: set on requests that send `override`.
+    pub hash: Option<HeaderValue>,
+    /// Responses by status code for each backend the route sends to, each once.
+    pub responses: Vec<(BackendId, Arc<Responses>)>,
 }
 
 impl RouteInfo {
-    /// The response counts of `revision` through this route.
+    /// The response counts of `backend` through this route.
     #[inline]
-    pub fn responses(&self, revision: RevisionId) -> Option<&Responses> {
+    pub fn responses(&self, backend: BackendId) -> Option<&Responses> {
         self.responses
             .iter()
-            .find(|r| r.0 == revision)
+            .find(|r| r.0 == backend)
             .map(|r| &*r.1)
     }
 }
 
-/// A revision and its ready endpoints.
+/// Where a backend's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Ready endpoints from EndpointSlices.
+    Pods,
+    /// The gateway itself (an ExternalName pointing at its internal Service).
+    Internal,
+    /// An ExternalName Service: `host:port`, resolved in the background.
+    External(Box<str>, u16),
+}
+
+/// A revision or Service and its ready endpoints.
 #[derive(Debug)]
-pub struct Revision {
+pub struct Backend {
     /// Namespace.
     pub namespace: Arc<str>,
-    /// Revision name.
+    /// Revision or Service name.
     pub name: Arc<str>,
-    /// `Knative-Serving-Namespace` value, validated once at build time.
-    pub namespace_header: HeaderValue,
-    /// `Knative-Serving-Revision` value, validated once at build time.
-    pub name_header: HeaderValue,
-    /// Ready endpoints on the `http` port; empty means scaled to zero.
+    /// Endpoint index key (empty for internal and external backends).
+    pub key: Box<str>,
+    /// Which port of the slices.
+    pub port: PortSelector,
+    /// Pods, the gateway itself, or an external name.
+    pub kind: BackendKind,
+    /// Ready endpoints; empty means scaled to zero (or not ready).
     pub endpoints: Vec<Endpoint>,
 }
 
-/// One ready pod of a revision.
+/// One ready pod of a backend.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// Pod IP and queue-proxy `http` port.
+    /// Pod IP and port.
     pub addr: SocketAddr,
     /// Requests in flight to it; shared across tables so a swap keeps the counts.
     pub inflight: Arc<AtomicU32>,
@@ -206,10 +348,10 @@ impl Table {
         &self.routes
     }
 
-    /// A revision by id.
+    /// A backend by id.
     #[inline]
-    pub fn revision(&self, id: RevisionId) -> &Revision {
-        &self.revisions[id as usize]
+    pub fn backend(&self, id: BackendId) -> &Backend {
+        &self.backends[id as usize]
     }
 
     /// Number of routes served.
@@ -227,17 +369,15 @@ impl Table {
         &self.rejected
     }
 
-    /// The id of revision `namespace/name`, if a route references it.
-    pub fn revision_id(&self, namespace: &str, name: &str) -> Option<RevisionId> {
-        self.revision_index
-            .get(revision_key(&mut String::new(), namespace, name))
-            .copied()
+    /// The backends fed by endpoint index `key`.
+    pub fn backends_of(&self, key: &str) -> &[BackendId] {
+        self.backend_index.get(key).map_or(&[], Vec::as_slice)
     }
 
-    /// A table equal to this one but for the endpoints of `updates` (revisions no
-    /// route references are skipped) and the rejections of the EndpointSlices in
+    /// A table equal to this one but for the endpoints of `updates` (keys no
+    /// route uses are skipped) and the rejections of the EndpointSlices in
     /// `slices`, which `rejected` replaces. Everything else is shared, so the cost
-    /// is one pointer copy per revision, whatever the number of routes.
+    /// is one pointer copy per backend, whatever the number of routes.
     pub fn with_endpoints(
         &self,
         updates: &[EndpointUpdate],
@@ -245,39 +385,38 @@ impl Table {
         rejected: Vec<Rejection>,
         generation: u64,
     ) -> Table {
-        let mut revisions = self.revisions.clone();
+        let mut backends = self.backends.clone();
         for update in updates {
-            let Some(id) = self.revision_id(&update.revision.namespace, &update.revision.name)
-            else {
-                continue;
-            };
-            let old = &self.revisions[id as usize];
-            let endpoints = update
-                .addrs
-                .iter()
-                .map(|&addr| {
-                    // Keep the in-flight count of an endpoint that stays.
-                    old.endpoints
-                        .iter()
-                        .find(|e| e.addr == addr)
-                        .cloned()
-                        .unwrap_or_else(|| Endpoint::new(addr))
-                })
-                .collect();
-            revisions[id as usize] = Arc::new(Revision {
-                namespace: old.namespace.clone(),
-                name: old.name.clone(),
-                namespace_header: old.namespace_header.clone(),
-                name_header: old.name_header.clone(),
-                endpoints,
-            });
+            for &id in self.backends_of(&update.key) {
+                let old = &self.backends[id as usize];
+                let endpoints = endpoint_addrs(&update.slices, &old.port)
+                    .into_iter()
+                    .map(|addr| {
+                        // Keep the in-flight count of an endpoint that stays.
+                        old.endpoints
+                            .iter()
+                            .find(|e| e.addr == addr)
+                            .cloned()
+                            .unwrap_or_else(|| Endpoint::new(addr))
+                    })
+                    .collect();
+                backends[id as usize] = Arc::new(Backend {
+                    namespace: old.namespace.clone(),
+                    name: old.name.clone(),
+                    key: old.key.clone(),
+                    port: old.port.clone(),
+                    kind: old.kind.clone(),
+                    endpoints,
+                });
+            }
         }
         let rejected = if slices.is_empty() && rejected.is_empty() {
             self.rejected.clone()
         } else {
-            let kept = self.rejected.iter().filter(|r| {
-                !(r.kind == crate::model::Kind::EndpointSlice && slices.contains(&r.object))
-            });
+            let kept = self
+                .rejected
+                .iter()
+                .filter(|r| !(r.kind == Kind::EndpointSlice && slices.contains(&r.object)));
             Arc::new(kept.cloned().chain(rejected).collect())
         };
         Table {
@@ -287,24 +426,24 @@ impl Table {
             svc_suffix: self.svc_suffix.clone(),
             host_count: self.host_count,
             routes: self.routes.clone(),
-            revisions,
-            revision_index: self.revision_index.clone(),
+            backends,
+            backend_index: self.backend_index.clone(),
             rejected,
         }
     }
 
-    /// Revisions referenced by routes.
-    pub fn revisions(&self) -> impl Iterator<Item = &Revision> {
-        self.revisions.iter().map(|r| &**r)
+    /// Every backend routes send to.
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().map(|r| &**r)
     }
 
     /// The table as JSON-friendly data, for `/debug/routes`.
     pub fn view(&self) -> TableView {
         let mut hosts_of: Vec<Vec<HostView>> = vec![Vec::new(); self.routes.len()];
         for (host, entry) in self.hosts.iter() {
-            let revision = match &entry.target {
-                Target::Revision(r) => Some(self.revision(*r).name.to_string()),
-                Target::Split(_) => None,
+            let revision = match &entry.dispatch {
+                Dispatch::Direct(Target::One(p)) => Some(self.backend(p.backend).name.to_string()),
+                _ => None,
             };
             let names = if entry.cluster_name {
                 vec![
@@ -315,10 +454,16 @@ impl Table {
             } else {
                 vec![host.to_string()]
             };
+            let paths = match &entry.dispatch {
+                Dispatch::Direct(_) => Vec::new(),
+                Dispatch::Paths(rules) => rules.iter().map(|r| self.path_view(r)).collect(),
+            };
             for host in names {
                 hosts_of[entry.route as usize].push(HostView {
                     host,
                     revision: revision.clone(),
+                    internal_only: entry.internal_only,
+                    paths: paths.clone(),
                 });
             }
         }
@@ -329,24 +474,29 @@ impl Table {
             .map(|(r, mut hosts)| {
                 hosts.sort_by(|a, b| a.host.cmp(&b.host));
                 RouteView {
+                    kind: r.kind.to_string(),
                     namespace: r.key.namespace.clone(),
                     name: r.key.name.clone(),
                     cluster_local: r.cluster_local,
                     last_good: r.last_good,
+                    hash: r
+                        .hash
+                        .as_ref()
+                        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
                     traffic: r
                         .traffic
                         .iter()
-                        .map(|&(rev, percent)| TrafficView {
-                            revision: self.revision(rev).name.to_string(),
+                        .map(|&(b, percent)| TrafficView {
+                            revision: self.backend(b).name.to_string(),
                             percent,
                         })
                         .collect(),
                     tags: r
                         .tags
                         .iter()
-                        .map(|(tag, rev)| TagView {
+                        .map(|(tag, b)| TagView {
                             tag: tag.clone(),
-                            revision: self.revision(*rev).name.to_string(),
+                            revision: self.backend(*b).name.to_string(),
                         })
                         .collect(),
                     hosts,
@@ -354,13 +504,18 @@ impl Table {
             })
             .collect();
         let revisions = self
-            .revisions
+            .backends
             .iter()
-            .map(|r| RevisionView {
-                namespace: r.namespace.to_string(),
-                name: r.name.to_string(),
-                cold: r.endpoints.is_empty(),
-                endpoints: r
+            .map(|b| RevisionView {
+                namespace: b.namespace.to_string(),
+                name: b.name.to_string(),
+                kind: match &b.kind {
+                    BackendKind::Pods => "pods".into(),
+                    BackendKind::Internal => "internal".into(),
+                    BackendKind::External(host, port) => format!("external {host}:{port}"),
+                },
+                cold: b.kind == BackendKind::Pods && b.endpoints.is_empty(),
+                endpoints: b
                     .endpoints
                     .iter()
                     .map(|e| EndpointView {
@@ -392,6 +547,28 @@ impl Table {
             rejected,
         }
     }
+
+    fn path_view(&self, rule: &PathRule) -> PathView {
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        PathView {
+            prefix: rule.prefix.to_string(),
+            headers: rule
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), text(v)))
+                .collect(),
+            rewrite_host: rule.rewrite_host.as_ref().map(text),
+            splits: rule
+                .target
+                .shares()
+                .into_iter()
+                .map(|(p, percent)| TrafficView {
+                    revision: self.backend(p.backend).name.to_string(),
+                    percent,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `/debug/routes` view of a table.
@@ -412,6 +589,8 @@ pub struct TableView {
 /// A route in [`TableView`].
 #[derive(Debug, Serialize)]
 pub struct RouteView {
+    /// `Route` or `KIngress`.
+    pub kind: String,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -420,6 +599,8 @@ pub struct RouteView {
     pub cluster_local: bool,
     /// Served from its last good version.
     pub last_good: bool,
+    /// The KIngress hash set on `K-Network-Hash: override` requests.
+    pub hash: Option<String>,
     /// The split.
     pub traffic: Vec<TrafficView>,
     /// Tags.
@@ -435,10 +616,28 @@ pub struct HostView {
     pub host: String,
     /// The revision, for a tag host; `None` for the split.
     pub revision: Option<String>,
+    /// Served only on the internal listener.
+    pub internal_only: bool,
+    /// A KIngress host's paths, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathView>,
+}
+
+/// A path rule in [`HostView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PathView {
+    /// Path prefix.
+    pub prefix: String,
+    /// Exact header matches.
+    pub headers: Vec<(String, String)>,
+    /// Upstream Host rewrite.
+    pub rewrite_host: Option<String>,
+    /// The split.
+    pub splits: Vec<TrafficView>,
 }
 
 /// A split entry in [`RouteView`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TrafficView {
     /// Revision name.
     pub revision: String,
@@ -462,6 +661,8 @@ pub struct RevisionView {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// `pods`, `internal` or `external HOST:PORT`.
+    pub kind: String,
     /// No ready endpoint: requests go to the activator.
     pub cold: bool,
     /// Ready endpoints.

@@ -2,7 +2,7 @@
 
 use config_sync::build::{build, BuildOptions, LastGood};
 use config_sync::sources::file::parse;
-use config_sync::table::Target;
+use config_sync::table::{BackendId, Dispatch, Target};
 use config_sync::{Outcome, Table};
 
 const SNAPSHOT: &str = r#"
@@ -85,18 +85,24 @@ fn revision_of(t: &Table, host: &str) -> String {
     match &t
         .lookup(host)
         .unwrap_or_else(|| panic!("no host {host}"))
-        .target
+        .dispatch
     {
-        Target::Revision(r) => t.revision(*r).name.to_string(),
-        Target::Split(_) => "split".into(),
+        Dispatch::Direct(Target::One(p)) => t.backend(p.backend).name.to_string(),
+        Dispatch::Direct(Target::Split(_)) => "split".into(),
+        Dispatch::Paths(_) => "paths".into(),
+    }
+}
+
+/// The one backend `host` sends to.
+fn one(t: &Table, host: &str) -> BackendId {
+    match &t.lookup(host).unwrap().dispatch {
+        Dispatch::Direct(Target::One(p)) => p.backend,
+        other => panic!("{host} is not one backend: {other:?}"),
     }
 }
 
 fn addrs(t: &Table, host: &str) -> Vec<String> {
-    let Target::Revision(r) = t.lookup(host).unwrap().target else {
-        panic!("split")
-    };
-    t.revision(r)
+    t.backend(one(t, host))
         .endpoints
         .iter()
         .map(|e| e.addr.to_string())
@@ -112,7 +118,7 @@ fn route_host_splits_and_tags_route_to_their_revision() {
     let traffic: Vec<(String, u32)> = route
         .traffic
         .iter()
-        .map(|(r, p)| (t.revision(*r).name.to_string(), *p))
+        .map(|(r, p)| (t.backend(*r).name.to_string(), *p))
         .collect();
     assert_eq!(
         traffic,
@@ -287,9 +293,9 @@ fn cluster_local_routes_are_marked() {
         .replace("svc.ns.example.com", "svc.ns.svc.cluster.local");
     text += &one_route("pub", "[{revisionName: z-1, percent: 100}]");
     let (t, _) = table(&text);
-    assert!(t.lookup("lbl.ns.example.com").unwrap().cluster_local);
-    assert!(t.lookup("svc.ns.svc.cluster.local").unwrap().cluster_local);
-    assert!(!t.lookup("pub.ns.example.com").unwrap().cluster_local);
+    assert!(t.lookup("lbl.ns.example.com").unwrap().internal_only);
+    assert!(t.lookup("svc.ns.svc.cluster.local").unwrap().internal_only);
+    assert!(!t.lookup("pub.ns.example.com").unwrap().internal_only);
     assert!(t.rejected().is_empty(), "{:?}", t.rejected());
 }
 
@@ -341,30 +347,20 @@ fn slices_of_another_namespace_do_not_count() {
 #[test]
 fn inflight_counters_survive_a_rebuild() {
     let (first, lg) = table(SNAPSHOT);
-    let Target::Revision(r) = first.lookup("v1-hello.default.example.com").unwrap().target else {
-        panic!()
-    };
-    first.revision(r).endpoints[0]
+    let r = one(&first, "v1-hello.default.example.com");
+    first.backend(r).endpoints[0]
         .inflight
         .store(7, std::sync::atomic::Ordering::Relaxed);
     let (second, _) = table_after(SNAPSHOT, &lg, Some(&first));
-    let Target::Revision(r) = second
-        .lookup("v1-hello.default.example.com")
-        .unwrap()
-        .target
-    else {
-        panic!()
-    };
-    assert_eq!(second.revision(r).endpoints[0].load(), 7);
+    let r = one(&second, "v1-hello.default.example.com");
+    assert_eq!(second.backend(r).endpoints[0].load(), 7);
 }
 
 #[test]
 fn response_counts_survive_a_rebuild_per_route_and_revision() {
     let (first, lg) = table(SNAPSHOT);
     let entry = first.lookup("v2-hello.default.example.com").unwrap();
-    let Target::Revision(v2) = entry.target else {
-        panic!()
-    };
+    let v2 = one(&first, "v2-hello.default.example.com");
     let route = first.route(entry.route);
     // Both revisions of the split (and of the tags) are counted, each once.
     assert_eq!(route.responses.len(), 2);
@@ -372,9 +368,7 @@ fn response_counts_survive_a_rebuild_per_route_and_revision() {
     route.responses(v2).unwrap().record(200);
     let (second, _) = table_after(SNAPSHOT, &lg, Some(&first));
     let entry = second.lookup("v2-hello.default.example.com").unwrap();
-    let Target::Revision(v2) = entry.target else {
-        panic!()
-    };
+    let v2 = one(&second, "v2-hello.default.example.com");
     let mut counts = second.route(entry.route).responses(v2).unwrap().counts();
     counts.sort_unstable();
     assert_eq!(counts, [(200, 1), (503, 1)]);
@@ -389,30 +383,27 @@ fn response_counts_survive_a_rebuild_per_route_and_revision() {
 
 #[test]
 fn endpoint_updates_swap_only_their_revisions() {
-    use config_sync::table::EndpointUpdate;
+    use config_sync::ir::revision_key;
+    use config_sync::table::{EndpointUpdate, SliceEndpoints};
     use config_sync::ObjectKey;
     let (t, _) = table(SNAPSHOT);
-    let Target::Revision(v1) = t.lookup("v1-hello.default.example.com").unwrap().target else {
-        panic!()
-    };
-    let Target::Revision(v2) = t.lookup("v2-hello.default.example.com").unwrap().target else {
-        panic!()
-    };
-    t.revision(v1).endpoints[0]
+    let v1 = one(&t, "v1-hello.default.example.com");
+    let v2 = one(&t, "v2-hello.default.example.com");
+    t.backend(v1).endpoints[0]
         .inflight
         .store(3, std::sync::atomic::Ordering::Relaxed);
     let updates = [
         EndpointUpdate {
-            revision: ObjectKey::new("default", "hello-00001"),
-            addrs: vec![
-                "10.0.0.1:8012".parse().unwrap(),
-                "10.0.0.9:8012".parse().unwrap(),
-            ],
+            key: revision_key("default", "hello-00001"),
+            slices: vec![SliceEndpoints {
+                ports: vec![("http".into(), 8012), ("http-metrics".into(), 9090)],
+                addrs: vec!["10.0.0.9".parse().unwrap(), "10.0.0.1".parse().unwrap()],
+            }],
         },
         // Not referenced by any route: ignored.
         EndpointUpdate {
-            revision: ObjectKey::new("default", "nobody-00001"),
-            addrs: vec![],
+            key: revision_key("default", "nobody-00001"),
+            slices: vec![],
         },
     ];
     let bad = config_sync::Rejection::new(
@@ -432,12 +423,12 @@ fn endpoint_updates_swap_only_their_revisions() {
         ["10.0.0.1:8012", "10.0.0.9:8012"]
     );
     assert_eq!(
-        next.revision(v1).endpoints[0].load(),
+        next.backend(v1).endpoints[0].load(),
         3,
         "a staying endpoint keeps its count"
     );
     assert!(
-        std::ptr::eq(next.revision(v2), t.revision(v2)),
+        std::ptr::eq(next.backend(v2), t.backend(v2)),
         "untouched revisions are shared"
     );
     assert_eq!(next.host_count(), t.host_count());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use config_sync::sources::kube::KubeOptions;
+use config_sync::sources::kube::{KubeOptions, SourceKind};
 
 use crate::proxy::ProxyOptions;
 use crate::server::ServeConfig;
@@ -57,10 +57,16 @@ pub struct ServeArgs {
         conflicts_with = "kube"
     )]
     pub file: Option<PathBuf>,
-    /// Watch Routes and EndpointSlices on a Kubernetes API server instead of a file
-    /// (in-cluster config, or the kubeconfig of `--kubeconfig`).
+    /// Watch a Kubernetes API server instead of a file (in-cluster config, or
+    /// the kubeconfig of `--kubeconfig`).
     #[arg(long, env = "GATEWAY_KUBE")]
     pub kube: bool,
+    /// With `--kube`, what the table is built from: `kingress` (the KIngresses
+    /// of `--ingress-class`, their Services and EndpointSlices: Knative's
+    /// ingress contract; the default) or `routes` (Route status and revision
+    /// EndpointSlices).
+    #[arg(long, env = "GATEWAY_SOURCE", value_enum)]
+    pub source: Option<Source>,
     /// Kubeconfig file for `--kube` (default: in-cluster config, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -119,6 +125,15 @@ pub struct ServeArgs {
     pub tuning: Tuning,
 }
 
+/// What `--kube` builds the table from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    /// KIngresses of the class, Services and EndpointSlices.
+    Kingress,
+    /// Route status and revision EndpointSlices.
+    Routes,
+}
+
 /// `NAMESPACE/NAME`.
 fn parse_key(s: &str) -> Result<config_sync::ObjectKey, String> {
     match s.split_once('/') {
@@ -141,6 +156,10 @@ impl ServeArgs {
     pub fn kube_options(&self) -> KubeOptions {
         let defaults = KubeOptions::default();
         KubeOptions {
+            source: match self.source.unwrap_or(Source::Kingress) {
+                Source::Kingress => SourceKind::KIngress,
+                Source::Routes => SourceKind::Routes,
+            },
             namespaces: self.namespaces.clone(),
             ingress_class: Some(self.ingress_class.clone()),
             max_backoff: self.kube_max_backoff.unwrap_or(defaults.max_backoff),
@@ -155,6 +174,12 @@ impl ServeArgs {
         }
         if !self.kube && self.kube_max_backoff.is_some() {
             return Err("--kube-max-backoff only applies with --kube".into());
+        }
+        if !self.kube && self.source.is_some() {
+            return Err(
+                "--source only applies with --kube (a --file snapshot may hold Routes and KIngresses)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod activator;
 pub mod admin;
 pub mod cli;
 pub mod demo;
+pub mod external;
 pub mod metrics;
 pub mod proxy;
 pub mod serve;

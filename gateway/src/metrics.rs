@@ -229,7 +229,7 @@ impl Metrics {
         for route in table.routes() {
             for (rev, counts) in &route.responses {
                 let (namespace, name) = (&route.key.namespace, &route.key.name);
-                add(namespace, name, &table.revision(*rev).name, counts);
+                add(namespace, name, &table.backend(*rev).name, counts);
             }
         }
         let mut family = MetricFamily::default();

@@ -1,13 +1,17 @@
 //! The request path, start to end, as pingora `ProxyHttp` hooks:
 //!
-//! 1. `request_filter`: Knative's probe (`K-Network-Probe`) is answered with
-//!    the applied KIngress hash; otherwise one `ArcSwap` load of the table, Host → route,
-//!    revision by weight; 400 without a Host, 404 for an unknown one, and 404
-//!    on the external listener for cluster-local routes and cluster names.
-//! 2. `upstream_peer`: a ready endpoint by power of two choices, or the
-//!    activator when the revision has none.
-//! 3. `upstream_request_filter`: overwrite `Knative-Serving-Revision` and
-//!    `Knative-Serving-Namespace`, whatever the client sent.
+//! 1. `request_filter`: one `ArcSwap` load of the table, then
+//!    [`config_sync::resolve`]: Host → route, the first matching path (prefix
+//!    and exact headers), a pick by weight, and the headers to set; 400
+//!    without a Host, 404 for an unknown host or path, and 404 on the external
+//!    listener for cluster-local routes. With `--source routes`, Knative's
+//!    probe is answered here with the applied KIngress hash.
+//! 2. `upstream_peer`: a ready endpoint by power of two choices; with none,
+//!    the activator for a revision split, else 503.
+//! 3. `upstream_request_filter`: path and split `appendHeaders` (for a
+//!    revision, `Knative-Serving-Revision` and `-Namespace`) replace whatever
+//!    the client sent; `K-Network-Hash: override` gets the KIngress hash;
+//!    `rewriteHost` replaces the Host.
 //! 4. `fail_to_connect`: a refused connection is retried on another endpoint
 //!    of the same revision, a bounded number of times. A response is never
 //!    retried: a backend's 503 reaches the client.
@@ -23,15 +27,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use config_sync::host::{self, MAX_HOST_LEN};
 use config_sync::publish::ProbeReader;
-use config_sync::select::{pick_endpoint, pick_revision};
-use config_sync::table::{RevisionId, RouteId};
+use config_sync::resolve::{resolve, Miss, Request, Resolved, HASH_HEADER};
+use config_sync::select::pick_endpoint;
+use config_sync::table::BackendKind;
 use config_sync::{Table, TableReader};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::activator::{Activator, NAMESPACE_HEADER, REVISION_HEADER};
+use crate::activator::Activator;
+use crate::external::ExternalNames;
 use crate::metrics::Metrics;
 
 /// Proxy settings.
@@ -51,16 +57,19 @@ pub struct Gateway {
     table: TableReader,
     probes: ProbeReader,
     activator: Arc<Activator>,
+    external: Arc<ExternalNames>,
     metrics: Arc<Metrics>,
     options: ProxyOptions,
 }
 
 impl Gateway {
-    /// A gateway reading `table`, answering Knative's probes from `probes`.
+    /// A gateway reading `table`, answering Knative's probes from `probes`
+    /// (`--source routes`), dialling ExternalName Services through `external`.
     pub fn new(
         table: TableReader,
         probes: ProbeReader,
         activator: Arc<Activator>,
+        external: Arc<ExternalNames>,
         metrics: Arc<Metrics>,
         options: ProxyOptions,
     ) -> Self {
@@ -68,6 +77,7 @@ impl Gateway {
             table,
             probes,
             activator,
+            external,
             metrics,
             options,
         }
@@ -76,8 +86,6 @@ impl Gateway {
 
 /// Header marking Knative's ingress probe.
 const PROBE_HEADER: &str = "K-Network-Probe";
-/// Header carrying the hash of the KIngress a gateway has applied.
-const HASH_HEADER: &str = "K-Network-Hash";
 
 impl Gateway {
     /// Knative's prober asks each replica which KIngress version it serves for
@@ -117,8 +125,8 @@ pub struct RequestCtx {
     start: Instant,
     /// The table this request resolved against; kept so ids stay valid after a swap.
     table: Option<Arc<Table>>,
-    route: RouteId,
-    revision: RevisionId,
+    /// Where it goes and what is set on it.
+    to: Resolved,
     upstream: Upstream,
     /// Endpoints that refused a connection during this request.
     failed: Vec<usize>,
@@ -129,7 +137,7 @@ impl RequestCtx {
     /// Release the in-flight slot of the current endpoint, if any.
     fn release(&mut self) {
         if let (Upstream::Endpoint(i), Some(table)) = (self.upstream, &self.table) {
-            table.revision(self.revision).endpoints[i]
+            table.backend(self.to.backend).endpoints[i]
                 .inflight
                 .fetch_sub(1, Ordering::Relaxed);
         }
@@ -158,8 +166,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             start: Instant::now(),
             table: None,
-            route: 0,
-            revision: 0,
+            to: Resolved::default(),
             upstream: Upstream::None,
             failed: Vec::new(),
             connect_failed: false,
@@ -180,25 +187,38 @@ impl ProxyHttp for Gateway {
         let Some(host) = host::normalize(raw, &mut buf) else {
             return respond(session, 400, "invalid Host header\n").await;
         };
-        if req
-            .headers
-            .get(PROBE_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"probe")
-        {
-            let host = host.to_owned();
-            return self.answer_probe(session, &host).await;
-        }
         let table = self.table.load();
-        let Some(entry) = table.lookup(host) else {
-            return respond(session, 404, "no route for this host\n").await;
+        let request = Request {
+            host,
+            path: req.uri.path(),
+            headers: &req.headers,
+            internal: self.is_internal(session),
+            probe: req
+                .headers
+                .get(PROBE_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"probe"),
         };
-        if (entry.cluster_local || entry.cluster_name) && !self.is_internal(session) {
-            return respond(session, 404, "no route for this host\n").await;
+        let resolved = resolve(&table, request, &mut rand::rng(), &mut ctx.to);
+        match resolved {
+            Ok(()) => {
+                ctx.table = Some(table);
+                Ok(false)
+            }
+            Err(Miss::Probe) => {
+                let host = host.to_owned();
+                self.answer_probe(session, &host).await
+            }
+            Err(Miss::NoRoute) => respond(session, 404, "no route for this host\n").await,
+            Err(Miss::NoPath) => respond(session, 404, "no path of this host matches\n").await,
+            Err(Miss::Loop) => {
+                respond(
+                    session,
+                    508,
+                    "ExternalName Services loop back to the gateway\n",
+                )
+                .await
+            }
         }
-        ctx.route = entry.route;
-        ctx.revision = pick_revision(&entry.target, &mut rand::rng());
-        ctx.table = Some(table);
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -211,31 +231,59 @@ impl ProxyHttp for Gateway {
             .table
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route resolved"))?;
-        let revision = table.revision(ctx.revision);
-        let addr = if revision.endpoints.is_empty() {
-            // Scaled to zero: the activator wakes a pod and forwards.
-            let addr = self.activator.addr().ok_or_else(|| {
-                Error::explain(
+        let backend = table.backend(ctx.to.backend);
+        let addr = match &backend.kind {
+            BackendKind::Pods if backend.endpoints.is_empty() && ctx.to.activator => {
+                // Scaled to zero: the activator wakes a pod and forwards.
+                let addr = self.activator.addr().ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        format!("activator {} is not resolvable", self.activator.target()),
+                    )
+                })?;
+                self.metrics
+                    .activator_requests
+                    .with_label_values(&[&*backend.namespace, &*backend.name])
+                    .inc();
+                ctx.upstream = Upstream::Activator;
+                addr
+            }
+            BackendKind::Pods if backend.endpoints.is_empty() => {
+                return Err(Error::explain(
                     ErrorType::HTTPStatus(503),
-                    format!("activator {} is not resolvable", self.activator.target()),
-                )
-            })?;
-            self.metrics
-                .activator_requests
-                .with_label_values(&[&*revision.namespace, &*revision.name])
-                .inc();
-            ctx.upstream = Upstream::Activator;
-            addr
-        } else {
-            // Unreachable through fail_to_connect (it stops retrying first), but if
-            // every endpoint has refused, the answer is the specified 502.
-            let i = pick_endpoint(&revision.endpoints, &ctx.failed, &mut rand::rng()).ok_or_else(
-                || Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused"),
-            )?;
-            let endpoint = &revision.endpoints[i];
-            endpoint.inflight.fetch_add(1, Ordering::Relaxed);
-            ctx.upstream = Upstream::Endpoint(i);
-            endpoint.addr
+                    format!(
+                        "{}/{} has no ready endpoint",
+                        backend.namespace, backend.name
+                    ),
+                ));
+            }
+            BackendKind::Pods => {
+                // Unreachable through fail_to_connect (it stops retrying first), but if
+                // every endpoint has refused, the answer is the specified 502.
+                let i = pick_endpoint(&backend.endpoints, &ctx.failed, &mut rand::rng())
+                    .ok_or_else(|| {
+                        Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused")
+                    })?;
+                let endpoint = &backend.endpoints[i];
+                endpoint.inflight.fetch_add(1, Ordering::Relaxed);
+                ctx.upstream = Upstream::Endpoint(i);
+                endpoint.addr
+            }
+            BackendKind::External(host, port) => {
+                self.external.addr(host, *port).ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        format!("ExternalName {host}:{port} is not resolved yet"),
+                    )
+                })?
+            }
+            // resolve() dispatches internal backends itself.
+            BackendKind::Internal => {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(508),
+                    "internal dispatch did not resolve",
+                ))
+            }
         };
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.options.connect_timeout);
@@ -248,11 +296,15 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(table) = &ctx.table {
-            // insert_header replaces every value the client sent.
-            let revision = table.revision(ctx.revision);
-            upstream_request.insert_header(REVISION_HEADER, revision.name_header.clone())?;
-            upstream_request.insert_header(NAMESPACE_HEADER, revision.namespace_header.clone())?;
+        // insert_header replaces every value the client sent.
+        for (name, value) in ctx.to.headers.iter().flatten().flat_map(|h| h.iter()) {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+        if let Some(hash) = &ctx.to.hash {
+            upstream_request.insert_header(HASH_HEADER, hash.clone())?;
+        }
+        if let Some(host) = &ctx.to.rewrite_host {
+            upstream_request.insert_header(http::header::HOST, host.clone())?;
         }
         Ok(())
     }
@@ -275,7 +327,7 @@ impl ProxyHttp for Gateway {
                 let endpoints = ctx
                     .table
                     .as_ref()
-                    .map_or(0, |t| t.revision(ctx.revision).endpoints.len());
+                    .map_or(0, |t| t.backend(ctx.to.backend).endpoints.len());
                 // Nothing was sent yet, so another endpoint is safe to try.
                 let more = ctx.failed.len() < endpoints
                     && ctx.failed.len() < self.options.max_connect_attempts;
@@ -334,7 +386,7 @@ impl ProxyHttp for Gateway {
         match &ctx.table {
             // One atomic add on counts kept in the table (see metrics.rs).
             Some(table) => {
-                if let Some(counts) = table.route(ctx.route).responses(ctx.revision) {
+                if let Some(counts) = table.route(ctx.to.route).responses(ctx.to.backend) {
                     counts.record(code);
                 }
             }

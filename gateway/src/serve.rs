@@ -20,10 +20,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let publisher = Arc::new(Publisher::new(BuildOptions {
         cluster_domain: args.cluster_domain.clone(),
+        internal_service: Some(args.private_service.clone()),
     }));
     let tasks = match &args.file {
         Some(file) => {
-            let mut source = FileSource::new(file, publisher.clone());
+            let mut source =
+                FileSource::new(file, publisher.clone()).with_class(&args.ingress_class);
             source
                 .load_initial()
                 .with_context(|| format!("cannot start from {}", file.display()))?;
@@ -56,6 +58,7 @@ fn kube_tasks(
         private_service: args.private_service.clone(),
         cluster_domain: args.cluster_domain.clone(),
         interval: Duration::from_secs(1),
+        source: options.source,
     };
     let (feed, kingresses) = tokio::sync::watch::channel(Arc::default());
 
@@ -72,10 +75,11 @@ fn kube_tasks(
         }
     });
     let p = publisher.clone();
+    let table = publisher.reader();
     let writer = Task::new(move |shutdown| async move {
         match kube::Client::try_from(config) {
             Ok(client) => {
-                StatusWriter::new(client, status, kingresses)
+                StatusWriter::new(client, status, kingresses, table)
                     .run(shutdown)
                     .await
             }

@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 
 use crate::activator::{Activator, ActivatorResolver};
 use crate::admin::Admin;
+use crate::external::ExternalNames;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
 
@@ -68,6 +69,16 @@ impl BackgroundService for Task {
     }
 }
 
+/// pingora takes background services by value; the proxy shares the resolver.
+struct ExternalNamesTask(Arc<ExternalNames>);
+
+#[async_trait]
+impl BackgroundService for ExternalNamesTask {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.start(shutdown).await
+    }
+}
+
 /// Run the gateway until a signal stops it. `tasks` are named background tasks
 /// (the sources). Returns only on a start-up error.
 pub fn run(
@@ -113,10 +124,12 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let external = Arc::new(ExternalNames::new(publisher.reader()));
     let gateway = Gateway::new(
         publisher.reader(),
         publisher.probes(),
         activator.clone(),
+        external.clone(),
         metrics.clone(),
         config.proxy.clone(),
     );
@@ -144,6 +157,10 @@ pub fn run(
     server.add_service(background_service(
         "activator-resolver",
         ActivatorResolver(activator),
+    ));
+    server.add_service(background_service(
+        "external-names",
+        ExternalNamesTask(external),
     ));
     for (name, task) in tasks {
         server.add_service(background_service(name, task));

@@ -71,7 +71,7 @@ async fn sync_serve_and_follow_changes() {
         .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
         "metadata": {"name": "unrelated", "namespace": "ns"}, "endpoints": []}));
 
-    let gw = Gateway::kube(&c.kubeconfig, activator.addr, &[]).await;
+    let gw = Gateway::kube(&c.kubeconfig, activator.addr, &["--source", "routes"]).await;
     assert_eq!(body(&gw, "web.ns.example.com").await, "rev-a");
 
     // A status change of the Route: the new split is served.
@@ -148,7 +148,12 @@ async fn namespaces_outside_the_watch_are_ignored() {
         c.api.apply(route_obj(ns, "web", &[("rev-a", 100)]));
         c.api.apply(slice_obj(ns, "rev-a", a.addr, true));
     }
-    let gw = Gateway::kube(&c.kubeconfig, a.addr, &["--namespace", "mine"]).await;
+    let gw = Gateway::kube(
+        &c.kubeconfig,
+        a.addr,
+        &["--source", "routes", "--namespace", "mine"],
+    )
+    .await;
     assert_eq!(body(&gw, "web.mine.example.com").await, "rev-a");
     assert_eq!(body(&gw, "web.theirs.example.com").await, "status 404");
     c.api.apply(route_obj("theirs", "other", &[("rev-a", 100)]));
@@ -167,7 +172,7 @@ async fn web_on_rev_a() -> (Cluster, Backend, Backend, Gateway) {
     c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
     c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
     c.api.apply(slice_obj("ns", "rev-b", b.addr, true));
-    let gw = Gateway::kube(&c.kubeconfig, a.addr, &[]).await;
+    let gw = Gateway::kube(&c.kubeconfig, a.addr, &["--source", "routes"]).await;
     assert_eq!(body(&gw, "web.ns.example.com").await, "rev-a");
     (c, a, b, gw)
 }
@@ -266,7 +271,7 @@ async fn bad_objects_are_skipped_with_a_reason() {
     c.api.apply(unknown);
     c.api.apply(json!({"apiVersion": ROUTE_API, "kind": "Route", "metadata": {"name": "no-status", "namespace": "ns"}}));
 
-    let gw = Gateway::kube(&c.kubeconfig, a.addr, &[]).await;
+    let gw = Gateway::kube(&c.kubeconfig, a.addr, &["--source", "routes"]).await;
     assert_eq!(body(&gw, "good.ns.example.com").await, "rev-a");
     assert_eq!(
         body(&gw, "unknown-fields.ns.example.com").await,
@@ -311,10 +316,7 @@ fn kingress_obj(class: &str, name: &str, generation: i64, traffic: &[(&str, i64)
 }
 
 fn hash_of(obj: &Value) -> String {
-    config_sync::kingress::decode(obj, config_sync::kingress::DEFAULT_CLASS)
-        .unwrap()
-        .unwrap()
-        .hash
+    config_sync::kingress::decode(obj.clone()).unwrap().hash
 }
 
 async fn probe(addr: SocketAddr, host: &str) -> (u16, String) {
@@ -343,6 +345,8 @@ async fn kingress_of_our_class_marked_ready_once_every_replica_serves_it() {
     ));
 
     let flags = [
+        "--source",
+        "routes",
         "--lease",
         "gw/lease",
         "--private-service",

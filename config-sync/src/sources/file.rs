@@ -1,5 +1,6 @@
 //! The snapshot-file source: a multi-document YAML (or a `kind: List`) of
-//! Routes and EndpointSlices exactly as `kubectl get -o yaml` prints them.
+//! Routes and EndpointSlices, or KIngresses, Services and EndpointSlices (or
+//! both), exactly as `kubectl get -o yaml` prints them.
 //!
 //! The file's directory is watched (inotify), not the file itself, so that
 //! atomic renames and Kubernetes ConfigMap symlink swaps are seen; a slow poll
@@ -37,7 +38,12 @@ pub struct SyntaxError {
 /// Parse snapshot text. Only YAML syntax errors fail the whole text; an object
 /// of the wrong shape becomes a rejection inside the snapshot.
 pub fn parse(text: &str) -> Result<Snapshot, SyntaxError> {
-    let mut snapshot = Snapshot::default();
+    parse_for_class(text, crate::kingress::DEFAULT_CLASS)
+}
+
+/// [`parse`], keeping the KIngresses of `class`.
+pub fn parse_for_class(text: &str, class: &str) -> Result<Snapshot, SyntaxError> {
+    let mut snapshot = Snapshot::for_class(class);
     for document in serde_norway::Deserializer::from_str(text) {
         let value = serde_json::Value::deserialize(document).map_err(|e| {
             let (line, column) = e
@@ -69,12 +75,12 @@ pub fn parse(text: &str) -> Result<Snapshot, SyntaxError> {
 }
 
 /// Read and parse a snapshot file; errors name the file (and line and column).
-pub fn load(path: &Path) -> Result<Snapshot, SourceError> {
+pub fn load(path: &Path, class: &str) -> Result<Snapshot, SourceError> {
     let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text).map_err(|e| syntax(path, e))
+    parse_for_class(&text, class).map_err(|e| syntax(path, e))
 }
 
 fn syntax(path: &Path, e: SyntaxError) -> SourceError {
@@ -90,6 +96,8 @@ fn syntax(path: &Path, e: SyntaxError) -> SourceError {
 pub struct FileSource {
     path: PathBuf,
     publisher: Arc<Publisher>,
+    /// KIngress class kept from the file.
+    class: String,
     /// Safety-net poll interval, for file systems where inotify says nothing.
     pub poll_interval: Duration,
     /// Quiet time after a change event before reading, to coalesce a burst of writes.
@@ -134,6 +142,7 @@ impl FileSource {
         Self {
             path: path.into(),
             publisher,
+            class: crate::kingress::DEFAULT_CLASS.into(),
             poll_interval: Duration::from_secs(1),
             settle: Duration::from_millis(2),
             last_hash: None,
@@ -143,11 +152,17 @@ impl FileSource {
         }
     }
 
+    /// Keep the KIngresses of `class` (default: [`crate::kingress::DEFAULT_CLASS`]).
+    pub fn with_class(mut self, class: &str) -> Self {
+        self.class = class.into();
+        self
+    }
+
     /// The first load, at start: any error is returned so the caller can refuse to start.
     pub fn load_initial(&mut self) -> Result<(), SourceError> {
         let bytes = self.read()?;
-        let snapshot =
-            parse(&String::from_utf8_lossy(&bytes)).map_err(|e| syntax(&self.path, e))?;
+        let snapshot = parse_for_class(&String::from_utf8_lossy(&bytes), &self.class)
+            .map_err(|e| syntax(&self.path, e))?;
         self.last_hash = Some(hash(&bytes));
         self.served_hash = self.last_hash;
         // The text is not needed to build: free it first, it is the peak.
@@ -223,7 +238,7 @@ impl FileSource {
             return;
         }
         self.last_hash = Some(h);
-        let parsed = parse(&String::from_utf8_lossy(&bytes));
+        let parsed = parse_for_class(&String::from_utf8_lossy(&bytes), &self.class);
         drop(bytes);
         match parsed {
             Ok(snapshot) => {

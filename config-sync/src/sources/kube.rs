@@ -1,6 +1,10 @@
-//! The Kubernetes source: watches `routes.serving.knative.dev/v1` and the
-//! `discovery.k8s.io/v1` EndpointSlices labelled with a revision, keeps a
-//! store per watch, and publishes a table after each burst of changes.
+//! The Kubernetes source. With [`SourceKind::KIngress`] (what Knative hands
+//! an ingress class) it watches the KIngresses of its class, Services, and the
+//! EndpointSlices labelled `kubernetes.io/service-name`; with
+//! [`SourceKind::Routes`], `routes.serving.knative.dev/v1` and the
+//! EndpointSlices labelled with a revision (plus the KIngresses of its class,
+//! only to answer Knative's probe). It keeps a store per watch and publishes
+//! a table after each burst of changes, and only once every watch has synced.
 //!
 //! Objects are watched as `DynamicObject`s and decoded one at a time, so a
 //! Route with a malformed status is rejected alone instead of failing the
@@ -22,30 +26,43 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::build::{slice_endpoints, slice_revision};
+use crate::build::{slice_endpoints, slice_keys};
 use crate::error::Rejection;
 use crate::kingress::{self, KIngress};
-use crate::model::{decode_object, Decoded, Kind, ObjectKey, Snapshot, REVISION_LABEL};
+use crate::model::{
+    decode_object, Decoded, Kind, ObjectKey, Snapshot, REVISION_LABEL, SERVICE_NAME_LABEL,
+};
 use crate::publish::Publisher;
 use crate::table::EndpointUpdate;
 
 /// What a burst of events requires.
 #[derive(Default)]
 struct Pending {
-    /// Rebuild everything (a Route changed, or a relist completed).
+    /// Rebuild everything (a Route, KIngress or Service changed, or a relist completed).
     full: bool,
-    /// Revisions whose endpoints changed.
-    revisions: std::collections::BTreeSet<ObjectKey>,
+    /// Endpoint index keys whose slices changed.
+    keys: std::collections::BTreeSet<String>,
+}
+
+/// Which objects the table is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// KIngresses of the class, their Services and EndpointSlices.
+    KIngress,
+    /// Route status and revision EndpointSlices.
+    Routes,
 }
 
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
+    /// Which objects the table is built from.
+    pub source: SourceKind,
     /// Namespaces to watch; empty means cluster-wide.
     pub namespaces: Vec<String>,
     /// Quiet time after a change before publishing, so a burst builds one table.
     pub settle: Duration,
-    /// KIngress class to implement (probe answers); `None` watches no KIngress.
+    /// KIngress class to implement; with `Routes`, `None` watches no KIngress.
     pub ingress_class: Option<String>,
     /// Longest wait between retries while the API server is unreachable,
     /// before jitter (which adds up to as much again).
@@ -55,9 +72,10 @@ pub struct KubeOptions {
 impl Default for KubeOptions {
     fn default() -> Self {
         Self {
+            source: SourceKind::KIngress,
             namespaces: Vec::new(),
             settle: Duration::from_millis(10),
-            ingress_class: None,
+            ingress_class: Some(kingress::DEFAULT_CLASS.into()),
             max_backoff: DEFAULT_MAX_BACKOFF,
         }
     }
@@ -90,6 +108,7 @@ enum Resource {
     Route,
     EndpointSlice,
     KIngress,
+    Service,
 }
 
 impl Resource {
@@ -105,6 +124,7 @@ impl Resource {
                 "Ingress",
                 "ingresses",
             ),
+            Resource::Service => ("", "v1", "Service", "services"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
     }
@@ -114,6 +134,16 @@ impl Resource {
             Resource::Route => "Route",
             Resource::EndpointSlice => "EndpointSlice",
             Resource::KIngress => "Ingress",
+            Resource::Service => "Service",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Resource::Route => "serving.knative.dev/v1",
+            Resource::EndpointSlice => "discovery.k8s.io/v1",
+            Resource::KIngress => kingress::API_VERSION,
+            Resource::Service => "v1",
         }
     }
 }
@@ -211,40 +241,40 @@ impl<T> Store<T> {
     }
 }
 
-/// The store of one watch: Routes or EndpointSlices (decoded into the model),
-/// or KIngresses of our class.
+/// The store of one watch: objects the table is built from (decoded into the
+/// model), or, with `--source routes`, the KIngresses of our class (probes only).
 enum Watched {
     Objects(Resource, Store<Decoded>, SliceIndex),
     KIngresses(Store<KIngress>),
 }
 
-/// For an EndpointSlice watch: `namespace/revision` → its slices, so an
-/// endpoint change reads only the changed revisions' slices.
+/// For an EndpointSlice watch: endpoint index key → its slices, so an
+/// endpoint change reads only the changed keys' slices.
 #[derive(Default)]
-struct SliceIndex(std::collections::HashMap<ObjectKey, std::collections::BTreeSet<ObjectKey>>);
+struct SliceIndex(std::collections::HashMap<String, std::collections::BTreeSet<ObjectKey>>);
 
 impl SliceIndex {
-    fn revision_of(decoded: Option<&Decoded>) -> Option<ObjectKey> {
+    fn keys_of(decoded: Option<&Decoded>) -> Vec<String> {
         match decoded {
-            Some(Decoded::EndpointSlice(s)) => slice_revision(s),
-            _ => None,
+            Some(Decoded::EndpointSlice(s)) => slice_keys(s),
+            _ => Vec::new(),
         }
     }
 
     fn remove(&mut self, slice: &ObjectKey, decoded: Option<&Decoded>) {
-        if let Some(rev) = Self::revision_of(decoded) {
-            if let Some(set) = self.0.get_mut(&rev) {
+        for key in Self::keys_of(decoded) {
+            if let Some(set) = self.0.get_mut(&key) {
                 set.remove(slice);
                 if set.is_empty() {
-                    self.0.remove(&rev);
+                    self.0.remove(&key);
                 }
             }
         }
     }
 
     fn insert(&mut self, slice: &ObjectKey, decoded: Option<&Decoded>) {
-        if let Some(rev) = Self::revision_of(decoded) {
-            self.0.entry(rev).or_default().insert(slice.clone());
+        for key in Self::keys_of(decoded) {
+            self.0.entry(key).or_default().insert(slice.clone());
         }
     }
 
@@ -299,11 +329,21 @@ impl KubeSource {
         };
         let mut stores = Vec::new();
         let mut streams = Vec::new();
+        let kingress_source = self.options.source == SourceKind::KIngress;
         for scope in &scopes {
-            let mut resources = vec![Resource::Route, Resource::EndpointSlice];
-            if self.options.ingress_class.is_some() {
-                resources.push(Resource::KIngress);
-            }
+            let resources = match self.options.source {
+                SourceKind::KIngress => {
+                    vec![
+                        Resource::KIngress,
+                        Resource::Service,
+                        Resource::EndpointSlice,
+                    ]
+                }
+                SourceKind::Routes if self.options.ingress_class.is_some() => {
+                    vec![Resource::Route, Resource::EndpointSlice, Resource::KIngress]
+                }
+                SourceKind::Routes => vec![Resource::Route, Resource::EndpointSlice],
+            };
             for resource in resources {
                 let ar = resource.api_resource();
                 let api: Api<DynamicObject> = match scope {
@@ -311,13 +351,16 @@ impl KubeSource {
                     None => Api::all_with(self.client.clone(), &ar),
                 };
                 let config = match resource {
-                    // Server-side selection: only revision slices travel.
+                    // Server-side selection: only the slices a table can use travel.
+                    Resource::EndpointSlice if kingress_source => {
+                        watcher::Config::default().labels(SERVICE_NAME_LABEL)
+                    }
                     Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
-                    Resource::Route | Resource::KIngress => watcher::Config::default(),
+                    _ => watcher::Config::default(),
                 };
                 let index = stores.len();
                 stores.push(match resource {
-                    Resource::KIngress => Watched::KIngresses(Store::default()),
+                    Resource::KIngress if !kingress_source => Watched::KIngresses(Store::default()),
                     other => Watched::Objects(other, Store::default(), SliceIndex::default()),
                 });
                 streams.push(
@@ -354,7 +397,7 @@ impl KubeSource {
                     self.publisher.report_healthy();
                     match &mut stores[index] {
                         Watched::Objects(resource, store, index) => {
-                            if apply(store, index, *resource, event, &self.publisher, &mut pending) {
+                            if apply(store, index, *resource, event, &class, &self.publisher, &mut pending) {
                                 publish_at.get_or_insert_with(|| Instant::now() + self.options.settle);
                             }
                         }
@@ -369,10 +412,10 @@ impl KubeSource {
                     publish_at = None;
                     let done = std::mem::take(&mut pending);
                     if done.full || !self.publisher.is_ready() {
-                        self.publisher.publish(snapshot(&stores));
+                        self.publisher.publish(snapshot(&stores, &class));
                     } else {
                         // Endpoints only: swap those revisions, share every route.
-                        let (updates, slices, rejected) = endpoints_of(&stores, &done.revisions);
+                        let (updates, slices, rejected) = endpoints_of(&stores, &done.keys);
                         self.publisher.publish_endpoints(&updates, &slices, rejected);
                     }
                     self.refresh_probes(&stores);
@@ -382,43 +425,49 @@ impl KubeSource {
         }
     }
 
-    /// Recompute which KIngresses the live table serves.
+    /// Send the KIngresses of our class to the status writer; with `--source
+    /// routes`, also recompute which of them the live table serves (the probe map).
     fn refresh_probes(&self, stores: &[Watched]) {
-        if self.options.ingress_class.is_none() {
-            return;
+        let mut all: Vec<KIngress> = Vec::new();
+        for w in stores {
+            match w {
+                Watched::KIngresses(s) => all.extend(s.objects.values().cloned()),
+                Watched::Objects(Resource::KIngress, s, _) => {
+                    all.extend(s.objects.values().filter_map(|d| match d {
+                        Decoded::KIngress(k) => Some((**k).clone()),
+                        _ => None,
+                    }))
+                }
+                Watched::Objects(..) => {}
+            }
         }
-        let table = self.publisher.reader().load();
-        let all = stores.iter().flat_map(|w| match w {
-            Watched::KIngresses(s) => Some(s.objects.values()),
-            Watched::Objects(..) => None,
-        });
-        let all = all.flatten();
-        let previous = self.publisher.probes().snapshot();
-        self.publisher
-            .set_probes(kingress::probe_map(all.clone(), &table, &previous));
+        if self.options.source == SourceKind::Routes && self.options.ingress_class.is_some() {
+            let table = self.publisher.reader().load();
+            let previous = self.publisher.probes().snapshot();
+            self.publisher
+                .set_probes(kingress::probe_map(all.iter(), &table, &previous));
+        }
         if let Some(feed) = &self.feed {
-            feed.send_replace(Arc::new(all.cloned().collect()));
+            feed.send_replace(Arc::new(all));
         }
     }
 }
 
-/// Apply a KIngress watch event; true when the set of KIngresses changed.
-/// KIngresses of another class (or none) are never stored, never touched.
+/// Apply a KIngress watch event (`--source routes`); true when the set of
+/// KIngresses changed. KIngresses of another class are never stored.
 fn apply_kingress(
     store: &mut Store<KIngress>,
     event: Event<DynamicObject>,
     class: &str,
     publisher: &Publisher,
 ) -> bool {
-    let ours = |obj: DynamicObject| {
-        let value = serde_json::to_value(&obj).unwrap_or_default();
-        match kingress::decode(&value, class)? {
-            Ok(k) => Some(k),
-            Err(e) => {
-                tracing::warn!("KIngress {} skipped: {e}", key_of(&obj));
-                None
-            }
+    let ours = |obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
+        Decoded::KIngress(k) => Some(*k),
+        Decoded::Rejected(r) => {
+            tracing::warn!("{r}");
+            None
         }
+        _ => None,
     };
     match store.apply_event(event, publisher, ours) {
         Change::Nothing => false,
@@ -428,11 +477,12 @@ fn apply_kingress(
     }
 }
 
-fn decode(resource: Resource, obj: DynamicObject) -> Decoded {
+fn decode(resource: Resource, obj: DynamicObject, class: &str) -> Decoded {
     let mut value = serde_json::to_value(&obj).unwrap_or_default();
     // List items carry no kind; the watch says what they are.
     value["kind"] = resource.kind().into();
-    decode_object(value)
+    value["apiVersion"] = resource.api_version().into();
+    decode_object(value, class)
 }
 
 /// Note what a changed object requires: the revisions of a slice (before and
@@ -440,7 +490,7 @@ fn decode(resource: Resource, obj: DynamicObject) -> Decoded {
 fn note(pending: &mut Pending, resource: Resource, decoded: Option<&Decoded>) {
     match (resource, decoded) {
         (Resource::EndpointSlice, Some(Decoded::EndpointSlice(s))) => {
-            pending.revisions.extend(slice_revision(s));
+            pending.keys.extend(slice_keys(s));
         }
         (Resource::EndpointSlice, None) => {}
         _ => pending.full = true,
@@ -453,10 +503,16 @@ fn apply(
     index: &mut SliceIndex,
     resource: Resource,
     event: Event<DynamicObject>,
+    class: &str,
     publisher: &Publisher,
     pending: &mut Pending,
 ) -> bool {
-    match store.apply_event(event, publisher, |obj| Some(decode(resource, obj))) {
+    // A KIngress of another class is not stored (and one that changed class is dropped).
+    let ours = |obj| match decode(resource, obj, class) {
+        Decoded::NotOurs => None,
+        decoded => Some(decoded),
+    };
+    match store.apply_event(event, publisher, ours) {
         Change::Nothing => false,
         Change::Relisted => {
             if resource == Resource::EndpointSlice {
@@ -496,55 +552,61 @@ fn objects(stores: &[Watched]) -> impl Iterator<Item = (&ObjectKey, &Decoded)> {
         .flatten()
 }
 
-/// The endpoints of `revisions` from every slice store, the slices read, and
-/// their rejections.
+/// The slices now behind each of `keys` from every slice store, the slices
+/// read, and their rejections.
 fn endpoints_of(
     stores: &[Watched],
-    revisions: &std::collections::BTreeSet<ObjectKey>,
+    keys: &std::collections::BTreeSet<String>,
 ) -> (Vec<EndpointUpdate>, Vec<ObjectKey>, Vec<Rejection>) {
-    let mut addrs: BTreeMap<ObjectKey, Vec<std::net::SocketAddr>> =
-        revisions.iter().map(|r| (r.clone(), Vec::new())).collect();
+    let mut updates: BTreeMap<&str, EndpointUpdate> = keys
+        .iter()
+        .map(|k| {
+            let update = EndpointUpdate {
+                key: k.clone(),
+                slices: Vec::new(),
+            };
+            (k.as_str(), update)
+        })
+        .collect();
     let mut slices = Vec::new();
     let mut rejected = Vec::new();
-    // Only the slices of the changed revisions, through each slice watch's index.
+    // Only the slices of the changed keys, through each slice watch's index.
     let indexed = stores.iter().filter_map(|w| match w {
         Watched::Objects(Resource::EndpointSlice, store, index) => Some((store, index)),
         _ => None,
     });
-    let found = indexed.flat_map(|(store, index)| {
-        revisions
-            .iter()
-            .filter_map(|rev| index.0.get(rev).map(|keys| (rev, keys)))
-            .flat_map(move |(rev, keys)| {
-                keys.iter()
-                    .filter_map(move |k| Some((rev, k, store.objects.get(k)?)))
-            })
-    });
-    for (rev, key, decoded) in found {
-        let Decoded::EndpointSlice(slice) = decoded else {
-            continue;
-        };
-        let rev = rev.clone();
-        slices.push(key.clone());
-        match slice_endpoints(slice, &mut rejected) {
-            Ok(Some((_, found))) => addrs.entry(rev).or_default().extend(found),
-            Ok(None) => {}
-            Err(error) => rejected.push(Rejection::new(Kind::EndpointSlice, key.clone(), error)),
+    for (store, index) in indexed {
+        for key in keys {
+            for slice_key in index.0.get(key).into_iter().flatten() {
+                let Some(Decoded::EndpointSlice(slice)) = store.objects.get(slice_key) else {
+                    continue;
+                };
+                if !slices.contains(slice_key) {
+                    slices.push(slice_key.clone());
+                }
+                match slice_endpoints(slice, &mut rejected) {
+                    Ok(Some((_, found))) => {
+                        if let Some(u) = updates.get_mut(key.as_str()) {
+                            u.slices.push(found);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => rejected.push(Rejection::new(
+                        Kind::EndpointSlice,
+                        slice_key.clone(),
+                        error,
+                    )),
+                }
+            }
         }
     }
-    let updates = addrs
-        .into_iter()
-        .map(|(revision, mut addrs)| {
-            addrs.sort_unstable();
-            addrs.dedup();
-            EndpointUpdate { revision, addrs }
-        })
-        .collect();
-    (updates, slices, rejected)
+    // A slice feeding two changed keys was read twice: report it once.
+    rejected.dedup();
+    (updates.into_values().collect(), slices, rejected)
 }
 
-fn snapshot(stores: &[Watched]) -> Snapshot {
-    let mut s = Snapshot::default();
+fn snapshot(stores: &[Watched], class: &str) -> Snapshot {
+    let mut s = Snapshot::for_class(class);
     for (_, decoded) in objects(stores) {
         s.push(decoded.clone());
     }

@@ -64,7 +64,7 @@ impl DemoCluster {
             .publisher
             .reader()
             .peek()
-            .revisions()
+            .backends()
             .any(|r| &*r.namespace == ns && &*r.name == rev);
         if !known {
             return None;
@@ -124,7 +124,7 @@ fn slice_for(rev: &ObjectKey, addr: SocketAddr) -> EndpointSlice {
                 .into_iter()
                 .collect(),
             ),
-            resource_version: None,
+            ..ObjectMeta::default()
         },
         address_type: Some(if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
         ports: Some(vec![EndpointPort {
@@ -229,13 +229,7 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView) {
             println!("  {}% -> {}", t.percent, t.revision);
         }
         // External hosts only: the cluster-local names work too, but are noisy here.
-        let ns = &route.namespace;
-        let cluster_name = |h: &str| {
-            h.ends_with(&format!(".{ns}"))
-                || h.ends_with(&format!(".{ns}.svc"))
-                || h.contains(".svc.")
-        };
-        for h in route.hosts.iter().filter(|h| !cluster_name(&h.host)) {
+        for h in route.hosts.iter().filter(|h| !h.internal_only) {
             let what = h
                 .revision
                 .as_deref()

@@ -42,7 +42,9 @@ pub fn closed() -> SocketAddr {
 }
 
 /// A test backend: answers with its name in the body, echoes the Knative
-/// headers it received, and counts requests.
+/// headers it received (and every request header as `x-echo-<name>`, and the
+/// path as `x-seen-path`), answers Knative's probe as queue-proxy does
+/// (echoing `K-Network-Hash`), and counts requests.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
@@ -85,13 +87,23 @@ impl Backend {
                                 .collect::<Vec<_>>()
                                 .join(",")
                         };
-                        let resp = Response::builder()
-                            .status(status)
+                        let probe = req
+                            .headers()
+                            .get("k-network-probe")
+                            .is_some_and(|v| v == "probe");
+                        let mut resp = Response::builder()
+                            .status(if probe { 200 } else { status })
                             .header("x-seen-revision", seen("knative-serving-revision"))
                             .header("x-seen-namespace", seen("knative-serving-namespace"))
                             .header("x-seen-host", seen("host"))
-                            .body(Full::new(Bytes::from(n.clone())))
-                            .unwrap();
+                            .header("x-seen-path", req.uri().path());
+                        for (name, value) in req.headers() {
+                            resp = resp.header(format!("x-echo-{name}"), value.clone());
+                        }
+                        if probe {
+                            resp = resp.header("k-network-hash", seen("k-network-hash"));
+                        }
+                        let resp = resp.body(Full::new(Bytes::from(n.clone()))).unwrap();
                         async move { Ok::<_, Infallible>(resp) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -1,0 +1,146 @@
+//! The one intermediate form both inputs compile into. A Route's status
+//! ([`crate::build::validate_route`]) and a KIngress with its Services
+//! ([`crate::kingress::lower`]) each become an [`Ingress`]; the builder turns
+//! a list of them into the routing table and never looks at where they came
+//! from. Everything here is already validated: header names and values are
+//! typed, hosts normalised, percents summing to 100.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::model::{Kind, ObjectKey};
+
+/// Header name and value pairs set on a request, replacing what the client sent.
+pub type HeaderSet = Vec<(HeaderName, HeaderValue)>;
+
+/// One routed object: its hosts, paths and splits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingress {
+    /// `Route` or `KIngress`.
+    pub kind: Kind,
+    /// `namespace/name`.
+    pub key: Arc<ObjectKey>,
+    /// Every rule is internal only (a cluster-local Route, or a KIngress whose
+    /// rules are all `ClusterLocal`).
+    pub cluster_local: bool,
+    /// `K-Network-Hash` set on a request that asks for it with `override`
+    /// (Knative's `InsertProbe`); only KIngresses have one.
+    pub hash: Option<HeaderValue>,
+    /// Rules in order: the first one naming a host owns it.
+    pub rules: Vec<Rule>,
+    /// A Route's tags and the revision each sends to, for `/debug/routes`.
+    pub tags: Vec<(String, Backend)>,
+}
+
+/// Hosts and the paths that serve them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Normalised hosts.
+    pub hosts: Vec<Host>,
+    /// Paths in order: the first that matches wins.
+    pub paths: Vec<Path>,
+}
+
+/// A host of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    /// Lower case, no port, no trailing dot.
+    pub name: String,
+    /// Served only on the internal listener.
+    pub internal_only: bool,
+    /// A Route's `name.ns` cluster name: also answers for `name.ns.svc` and
+    /// `name.ns.svc.<cluster domain>`, which are not stored.
+    pub cluster_name: bool,
+}
+
+/// A path rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Path {
+    /// Literal prefix of the request path; empty matches every path.
+    pub prefix: String,
+    /// Exact header matches, all of which must hold.
+    pub headers: HeaderSet,
+    /// Set on the request before the split.
+    pub append: HeaderSet,
+    /// Replaces the upstream Host.
+    pub rewrite_host: Option<HeaderValue>,
+    /// Percents summing to 100; 0% splits are kept (never picked).
+    pub splits: Vec<Split>,
+}
+
+/// One weighted backend of a path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// Where it goes.
+    pub backend: Backend,
+    /// Share of the path's requests.
+    pub percent: u32,
+    /// Set on the request after the split.
+    pub append: HeaderSet,
+    /// With no ready endpoint, go to the activator (a revision split) rather than 503.
+    pub activator: bool,
+}
+
+/// Where a split sends requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Ready endpoints of EndpointSlices, found in the endpoint index by `key`
+    /// and served on the port `port` selects.
+    Pods {
+        /// Namespace, for labels and metrics.
+        namespace: String,
+        /// Revision or Service name, for labels and metrics.
+        name: String,
+        /// Endpoint index key ([`revision_key`] or [`service_key`]).
+        key: String,
+        /// Which port of the slices.
+        port: PortSelector,
+    },
+    /// The gateway's own internal Service (an ExternalName pointing back at
+    /// it, as DomainMapping does): dispatched again without a network hop.
+    Internal,
+    /// An ExternalName Service elsewhere, resolved in the background.
+    External {
+        /// Namespace of the Service.
+        namespace: String,
+        /// Name of the Service.
+        name: String,
+        /// DNS name to resolve.
+        host: String,
+        /// Port to dial.
+        port: u16,
+    },
+}
+
+/// Which port of an EndpointSlice carries a backend: the port named `name`,
+/// or else `number`, the Service's numeric `targetPort`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortSelector {
+    /// Slice port name: the Service port's name (empty when unnamed), or
+    /// queue-proxy's `http` for a revision.
+    pub name: String,
+    /// Used when no slice port has that name.
+    pub number: Option<u16>,
+}
+
+impl PortSelector {
+    /// The port of a slice with `ports`, if any matches.
+    pub fn select(&self, ports: &[(Box<str>, u16)]) -> Option<u16> {
+        ports
+            .iter()
+            .find(|(name, _)| **name == *self.name)
+            .map(|p| p.1)
+            .or(self.number)
+    }
+}
+
+/// Endpoint index key of a revision's private EndpointSlices.
+pub fn revision_key(namespace: &str, revision: &str) -> String {
+    format!("r/{namespace}/{revision}")
+}
+
+/// Endpoint index key of a Service's EndpointSlices.
+pub fn service_key(namespace: &str, service: &str) -> String {
+    format!("s/{namespace}/{service}")
+}

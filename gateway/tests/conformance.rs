@@ -1,0 +1,794 @@
+//! Knative's ingress conformance suite (knative/networking
+//! `test/conformance/ingress`), ported: each test is named after the suite's
+//! case and drives `gateway serve --kube` (KIngress source) through the real
+//! kube client against the in-repo API server, with real backends on loopback.
+//! As in the suite, every KIngress is created and awaited Ready (the leader
+//! probes every replica) before traffic is checked.
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::{json, Value};
+use test_apiserver::ApiServer;
+
+const KINGRESS_API: &str = "networking.internal.knative.dev/v1alpha1";
+const CLASS: &str = "knative-gateway.ingress.networking.knative.dev";
+const NS: &str = "serving-tests";
+
+/// An API server and one gateway replica that the leader probes.
+struct Env {
+    api: ApiServer,
+    gw: Gateway,
+    _dir: tempfile::TempDir,
+    /// Keeps the activator stand-in's port refusing for the whole test.
+    _activator: SocketAddr,
+}
+
+async fn env() -> Env {
+    let api = ApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let activator = closed();
+    let gw = Gateway::kube(
+        &kubeconfig,
+        activator,
+        &[
+            "--lease",
+            "gw/lease",
+            "--private-service",
+            "gw/internal",
+            "--public-service",
+            "gw/external",
+        ],
+    )
+    .await;
+    // The internal Service's endpoints: this replica, which the leader probes.
+    api.apply(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "internal-0", "namespace": "gw",
+                     "labels": {"kubernetes.io/service-name": "internal"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}),
+    );
+    Env {
+        api,
+        gw,
+        _dir: dir,
+        _activator: activator,
+    }
+}
+
+impl Env {
+    /// A Service `name` (port 80, named `http`, targetPort the backend's port)
+    /// and its EndpointSlice, as the suite's `CreateRuntimeService` makes them.
+    fn service(&self, name: &str, backend: SocketAddr) {
+        self.api.apply(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"type": "ClusterIP",
+                     "ports": [{"name": "http", "port": 80, "targetPort": backend.port()}]}}));
+        self.api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-abcde"), "namespace": NS,
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": backend.port()}],
+            "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": true}}]}));
+    }
+
+    /// Start a backend named `name` behind a Service of the same name.
+    async fn runtime(&self, name: &str) -> Backend {
+        let b = Backend::start(name).await;
+        self.service(name, b.addr);
+        b
+    }
+
+    /// Create (or update) a KIngress of our class and wait until it is Ready
+    /// for this generation.
+    async fn ingress_ready(&self, name: &str, spec: Value) -> Value {
+        let generation = self.create(name, spec, CLASS);
+        self.wait_ready(name, generation).await
+    }
+
+    /// Create or update a KIngress of `class`; returns its generation.
+    fn create(&self, name: &str, spec: Value, class: &str) -> i64 {
+        let generation = self
+            .api
+            .get(KINGRESS_API, "Ingress", NS, name)
+            .and_then(|o| o["metadata"]["generation"].as_i64())
+            .unwrap_or(0)
+            + 1;
+        self.api
+            .apply(json!({"apiVersion": KINGRESS_API, "kind": "Ingress",
+            "metadata": {"name": name, "namespace": NS, "generation": generation,
+                         "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "annotations": {"networking.knative.dev/ingress.class": class}},
+            "spec": spec}));
+        generation
+    }
+
+    async fn wait_ready(&self, name: &str, generation: i64) -> Value {
+        let mut last = Value::Null;
+        eventually(20, &format!("KIngress {name} Ready"), || {
+            last = self.api.get(KINGRESS_API, "Ingress", NS, name).unwrap();
+            let status = &last["status"];
+            let ready = status["observedGeneration"] == generation
+                && status["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+            async move { ready }
+        })
+        .await;
+        last
+    }
+
+    /// GET `path` on `host` through the external listener.
+    async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.gw.http, host, path, headers).await
+    }
+}
+
+async fn request(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::get(format!("http://{addr}{path}")).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    HttpClient::new()
+        .send(req.body(Full::default()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// One rule, one path, one split to `service` port 80.
+fn simple(host: &str, service: &str) -> Value {
+    json!({"rules": [{"hosts": [host], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [split(service, 0)]}]}}]})
+}
+
+fn split(service: &str, percent: i64) -> Value {
+    json!({"serviceName": service, "serviceNamespace": NS, "servicePort": 80, "percent": percent})
+}
+
+fn host(name: &str) -> String {
+    format!("{name}.example.com")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basics() {
+    let e = env().await;
+    let _b = e.runtime("basics").await;
+    // servicePort by name too: it maps to the same port.
+    let spec = json!({"rules": [{"hosts": [host("basics")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [{"serviceName": "basics", "serviceNamespace": NS,
+                                        "servicePort": "http"}]}]}}]});
+    e.ingress_ready("basics", spec).await;
+    let r = e.get(&host("basics"), "/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "basics"));
+    // The status names both load balancers.
+    let obj = e.api.get(KINGRESS_API, "Ingress", NS, "basics").unwrap();
+    assert_eq!(
+        obj["status"]["privateLoadBalancer"]["ingress"][0]["domainInternal"],
+        "internal.gw.svc.cluster.local"
+    );
+    assert_eq!(
+        obj["status"]["publicLoadBalancer"]["ingress"][0]["domainInternal"],
+        "external.gw.svc.cluster.local"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_multiple() {
+    let e = env().await;
+    let _b = e.runtime("multi").await;
+    let hosts = [
+        "a.example.com",
+        "b.example.com",
+        "c.example.com",
+        "d.example.com",
+    ];
+    let spec = json!({"rules": [{"hosts": hosts, "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [split("multi", 100)]}]}}]});
+    e.ingress_ready("multi", spec).await;
+    for h in hosts {
+        let r = e.get(h, "/", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "multi"), "{h}");
+        // gRPC clients send the port in the authority.
+        let r = e.get(&format!("{h}:80"), "/", &[]).await;
+        assert_eq!(r.status, 200, "{h}:80");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_path() {
+    let e = env().await;
+    let mut backends = Vec::new();
+    for name in ["foo", "bar", "baz", "fallback"] {
+        backends.push(e.runtime(name).await);
+    }
+    let path = |p: &str, s: &str| json!({"path": p, "splits": [split(s, 100)]});
+    let spec = json!({"rules": [{"hosts": [host("path")], "visibility": "ExternalIP",
+        "http": {"paths": [path("/foo", "foo"), path("/bar", "bar"), path("/baz", "baz"),
+                           {"splits": [split("fallback", 100)]}]}}]});
+    e.ingress_ready("path", spec).await;
+    for (p, want) in [
+        ("/foo", "foo"),
+        ("/bar", "bar"),
+        ("/baz", "baz"),
+        ("/foo/deeper", "foo"),
+        ("/", "fallback"),
+        ("/asdf", "fallback"),
+    ] {
+        let r = e.get(&host("path"), p, &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, want), "{p}");
+        assert_eq!(
+            r.header("x-seen-path"),
+            p,
+            "the path reaches the backend as sent"
+        );
+    }
+}
+
+/// Counts of each backend's name over `n` requests.
+async fn spread(e: &Env, host: &str, path: &str, n: usize) -> HashMap<String, usize> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = n / 8;
+    for _ in 0..8 {
+        let (addr, host, path) = (e.gw.http, host.to_owned(), path.to_owned());
+        tasks.spawn(async move {
+            let client = HttpClient::new();
+            let mut seen = HashMap::new();
+            for _ in 0..per {
+                let req = http::Request::get(format!("http://{addr}{path}"))
+                    .header("host", &host)
+                    .body(Full::default())
+                    .unwrap();
+                let r = client.send(req).await.unwrap();
+                assert_eq!(r.status, 200, "{r:?}");
+                *seen.entry(r.body).or_insert(0) += 1;
+            }
+            seen
+        });
+    }
+    let mut total = HashMap::new();
+    while let Some(seen) = tasks.join_next().await {
+        for (k, v) in seen.unwrap() {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_percentage() {
+    let e = env().await;
+    // 1, 2, 4, 8, 16, 32, 37, 0, 0, 0: the suite's weights.
+    let mut weights = Vec::new();
+    let (mut percent, mut total) = (1, 0);
+    for _ in 0..10 {
+        weights.push(percent);
+        total += percent;
+        percent *= 2;
+        if total + percent > 100 {
+            percent = 100 - total;
+        }
+    }
+    let mut backends = Vec::new();
+    let mut splits = Vec::new();
+    for (i, w) in weights.iter().enumerate() {
+        let name = format!("pct-{i}");
+        backends.push(e.runtime(&name).await);
+        splits.push(split(&name, *w));
+    }
+    let spec = json!({"rules": [{"hosts": [host("pct")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": splits}]}}]});
+    e.ingress_ready("pct", spec).await;
+    let seen = spread(&e, &host("pct"), "/", 1000).await;
+    for (i, w) in weights.iter().enumerate() {
+        let got = *seen.get(&format!("pct-{i}")).unwrap_or(&0) as f64 / 10.0;
+        if *w == 0 {
+            assert_eq!(got, 0.0, "pct-{i} is a 0% split: {seen:?}");
+        } else {
+            assert!(
+                (got - *w as f64).abs() <= 10.0,
+                "pct-{i}: {got}% for {w}%: {seen:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_path_and_percentage() {
+    let e = env().await;
+    let _b = (
+        e.runtime("left").await,
+        e.runtime("right").await,
+        e.runtime("rest").await,
+    );
+    let spec = json!({"rules": [{"hosts": [host("pp")], "visibility": "ExternalIP",
+        "http": {"paths": [{"path": "/foo", "splits": [split("left", 50), split("right", 50)]},
+                           {"splits": [split("rest", 100)]}]}}]});
+    e.ingress_ready("pp", spec).await;
+    let seen = spread(&e, &host("pp"), "/foo", 400).await;
+    for side in ["left", "right"] {
+        let got = *seen.get(side).unwrap_or(&0) as f64 / 4.0;
+        assert!((got - 50.0).abs() <= 15.0, "{side}: {got}%: {seen:?}");
+    }
+    assert_eq!(e.get(&host("pp"), "/", &[]).await.body, "rest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_rule() {
+    let e = env().await;
+    let _b = (e.runtime("one").await, e.runtime("two").await);
+    let rule = |h: String, s: &str| {
+        json!({"hosts": [h], "visibility": "ExternalIP",
+        "http": {"paths": [{"appendHeaders": {"Which-Rule": s}, "splits": [split(s, 100)]}]}})
+    };
+    let spec = json!({"rules": [rule(host("rule-one"), "one"), rule(host("rule-two"), "two")]});
+    e.ingress_ready("rule", spec).await;
+    for which in ["one", "two"] {
+        let r = e.get(&host(&format!("rule-{which}")), "/", &[]).await;
+        assert_eq!(r.body, which);
+        assert_eq!(r.header("x-echo-which-rule"), which);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_pre_split() {
+    let e = env().await;
+    let _b = e.runtime("pre").await;
+    let spec = json!({"rules": [{"hosts": [host("pre")], "visibility": "ExternalIP",
+        "http": {"paths": [{"appendHeaders": {"Foo-Bar-Baz": "pre"},
+                            "splits": [split("pre", 100)]}]}}]});
+    e.ingress_ready("pre", spec).await;
+    let r = e.get(&host("pre"), "/", &[]).await;
+    assert_eq!(r.header("x-echo-foo-bar-baz"), "pre");
+    // A client's value is replaced, not appended to.
+    let r = e.get(&host("pre"), "/", &[("Foo-Bar-Baz", "bogus")]).await;
+    assert_eq!(r.header("x-echo-foo-bar-baz"), "pre");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_post_split() {
+    let e = env().await;
+    let mut backends = Vec::new();
+    let mut splits = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let name = format!("post-{i}");
+        backends.push(e.runtime(&name).await);
+        let mut s = split(&name, 25);
+        s["appendHeaders"] = json!({"Foo-Bar-Baz": name});
+        splits.push(s);
+        names.insert(name);
+    }
+    let spec = json!({"rules": [{"hosts": [host("post")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": splits}]}}]});
+    e.ingress_ready("post", spec).await;
+    for client_value in [None, Some("bogus")] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let headers: Vec<(&str, &str)> = client_value
+                .map(|v| ("Foo-Bar-Baz", v))
+                .into_iter()
+                .collect();
+            let r = e.get(&host("post"), "/", &headers).await;
+            // The header names the split that was taken.
+            assert_eq!(r.header("x-echo-foo-bar-baz"), r.body);
+            seen.insert(r.body);
+            if seen == names {
+                break;
+            }
+        }
+        assert_eq!(seen, names, "client value {client_value:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_probe() {
+    let e = env().await;
+    let _b = e.runtime("probe").await;
+    let obj = e
+        .ingress_ready("probe", simple(&host("probe"), "probe"))
+        .await;
+    // The hash as Knative's ComputeHash writes it, of the object as stored.
+    let want = config_sync::kingress::decode(obj).unwrap().hash;
+    assert_eq!(want.len(), 64);
+    let probe = |hash: &'static str| {
+        let h = host("probe");
+        let e = &e;
+        async move {
+            e.get(
+                &h,
+                "/",
+                &[("K-Network-Probe", "probe"), ("K-Network-Hash", hash)],
+            )
+            .await
+        }
+    };
+    let r = probe("override").await;
+    assert_eq!((r.status, r.header("k-network-hash")), (200, want.as_str()));
+    let custom = "2701a1b241db6af811992c57a5e11171847148ac3d2e1a8cc992a62f9e4fa111";
+    let r = probe(custom).await;
+    assert_eq!((r.status, r.header("k-network-hash")), (200, custom));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_tags() {
+    let e = env().await;
+    let _b = e.runtime("tags").await;
+    let spec = json!({"rules": [{"hosts": [host("tags")], "visibility": "ExternalIP",
+        "http": {"paths": [
+            {"headers": {"Knative-Serving-Tag": {"exact": "the-tag"}},
+             "appendHeaders": {"Which-Backend": "tag"}, "splits": [split("tags", 100)]},
+            {"appendHeaders": {"Which-Backend": "no-tag"}, "splits": [split("tags", 100)]}]}}]});
+    e.ingress_ready("tags", spec).await;
+    for (tag, want) in [
+        (Some("the-tag"), "tag"),
+        (None, "no-tag"),
+        (Some(""), "no-tag"),
+        (Some("not-the-tag"), "no-tag"),
+    ] {
+        let headers: Vec<(&str, &str)> = tag
+            .map(|t| ("Knative-Serving-Tag", t))
+            .into_iter()
+            .collect();
+        let r = e.get(&host("tags"), "/", &headers).await;
+        assert_eq!(r.header("x-echo-which-backend"), want, "tag {tag:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rewrite() {
+    let e = env().await;
+    let _b = e.runtime("target").await;
+    // The Route's KIngress: its cluster-local host, as Serving writes it.
+    let route = json!({"rules": [{"hosts": ["target.serving-tests.svc.cluster.local"],
+        "visibility": "ClusterLocal",
+        "http": {"paths": [{"splits": [split("target", 100)]}]}}]});
+    e.ingress_ready("target", route).await;
+    // DomainMapping: an ExternalName Service pointing at the gateway's internal Service.
+    e.api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "mapped", "namespace": NS},
+        "spec": {"type": "ExternalName", "externalName": "internal.gw.svc.cluster.local",
+                 "ports": [{"name": "http2", "port": 80, "appProtocol": "kubernetes.io/h2c"}]}}));
+    let mapping = json!({"rules": [{"hosts": ["shop.example.org"], "visibility": "ExternalIP",
+        "http": {"paths": [{"rewriteHost": "target.serving-tests.svc.cluster.local",
+                            "appendHeaders": {"K-Original-Host": "shop.example.org"},
+                            "splits": [split("mapped", 100)]}]}}]});
+    e.ingress_ready("mapping", mapping).await;
+    let r = e.get("shop.example.org", "/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "target"));
+    assert_eq!(
+        r.header("x-seen-host"),
+        "target.serving-tests.svc.cluster.local"
+    );
+    assert_eq!(r.header("x-echo-k-original-host"), "shop.example.org");
+    // The rewritten host itself stays cluster-local.
+    assert_eq!(
+        e.get("target.serving-tests.svc.cluster.local", "/", &[])
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry() {
+    let e = env().await;
+    let b = Backend::with_status("retry", 503).await;
+    e.service("retry", b.addr);
+    e.ingress_ready("retry", simple(&host("retry"), "retry"))
+        .await;
+    let before = b.hits();
+    let r = e.get(&host("retry"), "/", &[]).await;
+    assert_eq!(r.status, 503, "the backend's first 503 reaches the client");
+    assert_eq!(b.hits() - before, 1, "never retried");
+}
+
+/// A backend that waits `before` to send headers, then `during` before the
+/// last part of its body.
+async fn slow_backend(
+    before: Duration,
+    during: Duration,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        // Probes are answered at once, as queue-proxy does.
+                        if req.headers().contains_key("k-network-probe") {
+                            let hash = req.headers().get("k-network-hash").cloned();
+                            let mut r = hyper::Response::builder().status(200);
+                            if let Some(h) = hash {
+                                r = r.header("k-network-hash", h);
+                            }
+                            let body: http_body_util::combinators::BoxBody<Bytes, Infallible> =
+                                Full::new(Bytes::new()).boxed();
+                            return Ok::<_, Infallible>(r.body(body).unwrap());
+                        }
+                        tokio::time::sleep(before).await;
+                        let stream = futures::stream::unfold(0, move |i| async move {
+                            match i {
+                                0 => Some((
+                                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first "))),
+                                    1,
+                                )),
+                                1 => {
+                                    tokio::time::sleep(during).await;
+                                    Some((Ok(Frame::data(Bytes::from_static(b"last"))), 2))
+                                }
+                                _ => None,
+                            }
+                        });
+                        Ok(hyper::Response::new(StreamBody::new(stream).boxed()))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout() {
+    let e = env().await;
+    let (headers_late, a) = slow_backend(Duration::from_secs(10), Duration::ZERO).await;
+    let (body_late, b) = slow_backend(Duration::ZERO, Duration::from_secs(10)).await;
+    e.service("late-headers", headers_late);
+    e.service("late-body", body_late);
+    e.ingress_ready(
+        "late-headers",
+        simple(&host("late-headers"), "late-headers"),
+    )
+    .await;
+    e.ingress_ready("late-body", simple(&host("late-body"), "late-body"))
+        .await;
+    let started = std::time::Instant::now();
+    let (h1, h2) = (host("late-headers"), host("late-body"));
+    let (r1, r2) = tokio::join!(e.get(&h1, "/", &[]), e.get(&h2, "/", &[]));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    for r in [r1, r2] {
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "first last"),
+            "no ingress timeout"
+        );
+    }
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update() {
+    let e = env().await;
+    let first = e.runtime("update-0").await;
+    e.ingress_ready("update", simple(&host("update"), "update-0"))
+        .await;
+    // Continuous traffic while the KIngress changes 20 times.
+    let failed = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (addr, failed, sent, stop) = (e.gw.http, failed.clone(), sent.clone(), stop.clone());
+        load.spawn(async move {
+            let client = HttpClient::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(addr, &host("update")).await {
+                    Ok(r) if r.status == 200 => {}
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut keep = vec![first];
+    for i in 1..=20 {
+        let name = format!("update-{i}");
+        keep.push(e.runtime(&name).await);
+        e.ingress_ready("update", simple(&host("update"), &name))
+            .await;
+        let r = e.get(&host("update"), "/", &[]).await;
+        assert_eq!(r.body, name, "update {i} served once Ready");
+    }
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+    assert!(sent.load(Ordering::Relaxed) > 100, "traffic ran throughout");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across 20 updates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visibility() {
+    let e = env().await;
+    let _b = (
+        e.runtime("vis").await,
+        e.runtime("vis-a").await,
+        e.runtime("vis-b").await,
+    );
+    let private = "vis.serving-tests.svc.cluster.local";
+    let spec = json!({"rules": [
+        {"hosts": [private], "visibility": "ClusterLocal",
+         "http": {"paths": [{"splits": [split("vis", 100)]}]}},
+        // visibility/split: a split behind a cluster-local host.
+        {"hosts": ["vis-split.serving-tests.svc.cluster.local"], "visibility": "ClusterLocal",
+         "http": {"paths": [{"splits": [split("vis-a", 50), split("vis-b", 50)]}]}},
+        // visibility/path: paths behind a cluster-local host.
+        {"hosts": ["vis-path.serving-tests.svc.cluster.local"], "visibility": "ClusterLocal",
+         "http": {"paths": [{"path": "/a", "splits": [split("vis-a", 100)]},
+                            {"splits": [split("vis-b", 100)]}]}},
+        {"hosts": [host("vis")], "visibility": "ExternalIP",
+         "http": {"paths": [{"splits": [split("vis", 100)]}]}}]});
+    e.ingress_ready("vis", spec).await;
+    for h in [private, "vis.serving-tests.svc", "vis.serving-tests"] {
+        assert_eq!(e.get(h, "/", &[]).await.status, 404, "{h} is not public");
+        let r = request(e.gw.internal, h, "/", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "vis"), "{h} inside");
+    }
+    let split_host = "vis-split.serving-tests.svc.cluster.local";
+    assert_eq!(e.get(split_host, "/", &[]).await.status, 404);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        seen.insert(request(e.gw.internal, split_host, "/", &[]).await.body);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["vis-a", "vis-b"]);
+    let path_host = "vis-path.serving-tests.svc.cluster.local";
+    assert_eq!(e.get(path_host, "/a", &[]).await.status, 404);
+    assert_eq!(
+        request(e.gw.internal, path_host, "/a", &[]).await.body,
+        "vis-a"
+    );
+    assert_eq!(
+        request(e.gw.internal, path_host, "/b", &[]).await.body,
+        "vis-b"
+    );
+    // The public rule answers on both listeners.
+    assert_eq!(e.get(&host("vis"), "/", &[]).await.body, "vis");
+    assert_eq!(
+        request(e.gw.internal, &host("vis"), "/", &[]).await.body,
+        "vis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingressclass() {
+    let e = env().await;
+    let _b = e.runtime("cls").await;
+    e.create(
+        "other",
+        simple(&host("other"), "cls"),
+        "kourier.ingress.networking.knative.dev",
+    );
+    e.create("empty", simple(&host("empty"), "cls"), "");
+    e.api
+        .apply(json!({"apiVersion": KINGRESS_API, "kind": "Ingress",
+        "metadata": {"name": "absent", "namespace": NS, "generation": 1},
+        "spec": simple(&host("absent"), "cls")}));
+    // One of ours, so the writer is known to be working meanwhile.
+    e.ingress_ready("ours", simple(&host("ours"), "cls")).await;
+    let versions = |e: &Env| {
+        ["other", "empty", "absent"].map(|n| {
+            e.api.get(KINGRESS_API, "Ingress", NS, n).unwrap()["metadata"]["resourceVersion"]
+                .clone()
+        })
+    };
+    let before = versions(&e);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(versions(&e), before, "other classes are never modified");
+    for n in ["other", "empty", "absent"] {
+        assert!(e.api.get(KINGRESS_API, "Ingress", NS, n).unwrap()["status"].is_null());
+        assert_eq!(
+            e.get(&host(n), "/", &[]).await.status,
+            404,
+            "{n} is not served"
+        );
+    }
+}
+
+/// Bad input: a KIngress whose Service does not exist yet is left out with a
+/// reason (in `/debug/routes` and its status) and served once it appears; a
+/// malformed one is rejected alone; two claiming one host: the older keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_alone() {
+    let e = env().await;
+    let _b = e.runtime("fine").await;
+    e.ingress_ready("fine", simple(&host("fine"), "fine")).await;
+
+    let generation = e.create("waiting", simple(&host("waiting"), "later"), CLASS);
+    eventually(20, "NotReady with ServiceNotFound", || {
+        let obj = e.api.get(KINGRESS_API, "Ingress", NS, "waiting").unwrap();
+        let ok = obj["status"]["observedGeneration"] == generation
+            && obj["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["status"] == "False"
+                        && c["reason"] == "ServiceNotFound"
+                })
+            });
+        async move { ok }
+    })
+    .await;
+    let rejected = e.gw.rejected().await;
+    assert!(
+        rejected.contains(&(
+            format!("{NS}/waiting"),
+            "no_service".into(),
+            "left_out".into()
+        )),
+        "{rejected:?}"
+    );
+    assert_eq!(e.get(&host("waiting"), "/", &[]).await.status, 404);
+    let _later = e.runtime("later").await;
+    e.wait_ready("waiting", generation).await;
+    assert_eq!(e.get(&host("waiting"), "/", &[]).await.body, "later");
+
+    // Malformed: a visibility that does not exist. Only it is left out.
+    let bad = json!({"rules": [{"hosts": [host("bad")], "visibility": "Sideways",
+        "http": {"paths": [{"splits": [split("fine", 100)]}]}}]});
+    e.create("bad", bad, CLASS);
+    eventually(10, "the malformed KIngress rejected", || async {
+        e.gw.rejected()
+            .await
+            .iter()
+            .any(|r| r.0 == format!("{NS}/bad") && r.1 == "visibility")
+    })
+    .await;
+    assert_eq!(e.get(&host("fine"), "/", &[]).await.body, "fine");
+
+    // Two KIngresses claim one host: the older keeps it, the newer is not ready.
+    e.api.apply(json!({"apiVersion": KINGRESS_API, "kind": "Ingress",
+        "metadata": {"name": "newer", "namespace": NS, "generation": 1,
+                     "creationTimestamp": "2026-06-01T00:00:00Z",
+                     "annotations": {"networking.knative.dev/ingress.class": CLASS}},
+        "spec": {"rules": [
+            {"hosts": [host("fine")], "http": {"paths": [{"splits": [split("later", 100)]}]}},
+            {"hosts": [host("newer-own")], "http": {"paths": [{"splits": [split("later", 100)]}]}}]}}));
+    eventually(20, "DomainConflict", || {
+        let obj = e.api.get(KINGRESS_API, "Ingress", NS, "newer").unwrap();
+        let ok = obj["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "DomainConflict"
+            })
+        });
+        async move { ok }
+    })
+    .await;
+    assert_eq!(
+        e.get(&host("fine"), "/", &[]).await.body,
+        "fine",
+        "the older keeps the host"
+    );
+    assert_eq!(
+        e.get(&host("newer-own"), "/", &[]).await.body,
+        "later",
+        "the rest of it is served"
+    );
+}
