@@ -455,3 +455,120 @@ fn a_route_listed_twice_is_served_as_its_later_version() {
     let (next, _) = table_after(&broken, &last_good, Some(&t));
     assert_eq!(revision_of(&next, "r.ns.example.com"), "r-2");
 }
+
+/// A KIngress of our class with one rule for `host`, splitting to `services`.
+fn kingress(name: &str, created: &str, host: &str, services: &[(&str, u32)]) -> String {
+    let splits: Vec<String> = services
+        .iter()
+        .map(|(s, p)| {
+            format!("{{serviceName: {s}, serviceNamespace: ns, servicePort: 80, percent: {p}}}")
+        })
+        .collect();
+    format!(
+        "apiVersion: networking.internal.knative.dev/v1alpha1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: ns\n  creationTimestamp: \"{created}\"\n  annotations: {{networking.knative.dev/ingress.class: knative-gateway.ingress.networking.knative.dev}}\nspec:\n  rules:\n  - hosts: [{host}]\n    http:\n      paths:\n      - splits: [{}]\n---\n",
+        splits.join(", ")
+    )
+}
+
+/// A Service `name` with port 80 → `target`, and one slice with `addr` ready.
+fn service(name: &str, target: u16, addr: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{name: http, port: 80, targetPort: {target}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-x, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\nports: [{{name: http, port: {target}}}]\nendpoints: [{{addresses: [\"{addr}\"]}}]\n---\n"
+    )
+}
+
+#[test]
+fn a_kingress_waiting_for_its_new_service_keeps_serving_its_last_version() {
+    let v1 = kingress(
+        "web",
+        "2026-01-01T00:00:00Z",
+        "web.example.com",
+        &[("a", 100)],
+    );
+    let (t, lg) = table(&(v1 + &service("a", 8080, "10.0.0.1")));
+    assert!(t.rejected().is_empty(), "{:?}", t.rejected());
+    assert_eq!(revision_of(&t, "web.example.com"), "a");
+    // The new version names Service b, whose watch event has not arrived yet.
+    let v2 = kingress(
+        "web",
+        "2026-01-01T00:00:00Z",
+        "web.example.com",
+        &[("b", 100)],
+    );
+    let (next, lg) = table_after(
+        &(v2.clone() + &service("a", 8080, "10.0.0.1")),
+        &lg,
+        Some(&t),
+    );
+    assert_eq!(
+        revision_of(&next, "web.example.com"),
+        "a",
+        "the last good version serves"
+    );
+    let r = &next.rejected()[0];
+    assert_eq!(
+        (r.error.reason(), r.outcome),
+        ("no_service", Outcome::LastGood)
+    );
+    // Once b arrives, the new version is served.
+    let (last, _) = table_after(&(v2 + &service("b", 9090, "10.0.0.2")), &lg, Some(&next));
+    assert!(last.rejected().is_empty(), "{:?}", last.rejected());
+    assert_eq!(addrs(&last, "web.example.com"), ["10.0.0.2:9090"]);
+    // A KIngress that was never served, waiting for its Service: left out.
+    let (t, _) = table(&kingress(
+        "new",
+        "2026-01-01T00:00:00Z",
+        "new.example.com",
+        &[("c", 100)],
+    ));
+    assert!(t.lookup("new.example.com").is_none());
+    assert_eq!(t.rejected()[0].outcome, Outcome::LeftOut);
+}
+
+#[test]
+fn the_older_kingress_keeps_a_contested_host() {
+    let text = kingress(
+        "young",
+        "2026-03-01T00:00:00Z",
+        "shared.example.com",
+        &[("b", 100)],
+    ) + &kingress(
+        "old",
+        "2026-01-01T00:00:00Z",
+        "shared.example.com",
+        &[("a", 100)],
+    ) + &service("a", 8080, "10.0.0.1")
+        + &service("b", 8080, "10.0.0.2");
+    let (t, _) = table(&text);
+    assert_eq!(revision_of(&t, "shared.example.com"), "a");
+    let r = &t.rejected()[0];
+    assert_eq!(r.object.to_string(), "ns/young");
+    assert_eq!(
+        r.error.to_string(),
+        "host shared.example.com is already served by KIngress ns/old"
+    );
+    assert_eq!(r.outcome, Outcome::PartlyServed);
+}
+
+#[test]
+fn endpoint_updates_by_service_follow_each_backends_port() {
+    use config_sync::ir::service_key;
+    use config_sync::table::{EndpointUpdate, SliceEndpoints};
+    let text = kingress(
+        "web",
+        "2026-01-01T00:00:00Z",
+        "web.example.com",
+        &[("a", 100)],
+    ) + &service("a", 8080, "10.0.0.1");
+    let (t, _) = table(&text);
+    let update = EndpointUpdate {
+        key: service_key("ns", "a"),
+        slices: vec![SliceEndpoints {
+            // The backend's port is the one named after the Service port, not the first.
+            ports: vec![("metrics".into(), 9091), ("http".into(), 8080)],
+            addrs: vec!["10.0.0.7".parse().unwrap()],
+        }],
+    };
+    let next = t.with_endpoints(&[update], &[], Vec::new(), 2);
+    assert_eq!(addrs(&next, "web.example.com"), ["10.0.0.7:8080"]);
+}

@@ -173,3 +173,56 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
     };
     assert!(serve.kube && serve.validate().is_ok());
 }
+
+/// The ClusterRole grants list and watch on every resource the KIngress source
+/// (the Deployment's) and the Route source watch, and writes only KIngress status.
+#[test]
+fn rbac_covers_what_the_sources_watch_and_writes_only_status() {
+    let text = std::fs::read_to_string(deploy().join("base/rbac.yaml")).unwrap();
+    let role = serde_norway::Deserializer::from_str(&text)
+        .map(|d| <serde_norway::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|d| d["kind"].as_str() == Some("ClusterRole"))
+        .expect("a ClusterRole");
+    let strings = |v: &serde_norway::Value| -> Vec<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut granted: Vec<(String, String, String)> = Vec::new();
+    for rule in role["rules"].as_sequence().unwrap() {
+        for g in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                for v in strings(&rule["verbs"]) {
+                    granted.push((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    let has = |g: &str, r: &str, v: &str| granted.contains(&(g.into(), r.into(), v.into()));
+    for (group, resource) in [
+        ("networking.internal.knative.dev", "ingresses"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("serving.knative.dev", "routes"),
+    ] {
+        for verb in ["list", "watch"] {
+            assert!(has(group, resource, verb), "{verb} {group}/{resource}");
+        }
+    }
+    assert!(has(
+        "networking.internal.knative.dev",
+        "ingresses/status",
+        "update"
+    ));
+    let writes: Vec<_> = granted
+        .iter()
+        .filter(|(_, _, v)| !matches!(v.as_str(), "get" | "list" | "watch"))
+        .map(|(_, r, _)| r.as_str())
+        .collect();
+    assert!(
+        writes.iter().all(|r| *r == "ingresses/status"),
+        "{writes:?}"
+    );
+}
