@@ -447,6 +447,7 @@ pub fn build(
         hosts,
         backends: Vec::new(),
         backend_ids: FastMap::default(),
+        existing: None,
         endpoints: &endpoints,
         counters: &counters,
         rejected: &mut rejected,
@@ -640,6 +641,8 @@ struct Compiler<'a, 'p> {
     hosts: HostMap,
     backends: Vec<Arc<Backend>>,
     backend_ids: FastMap<&'a ir::Backend, BackendId>,
+    /// The live table, when patching it: its backends are reused.
+    existing: Option<&'a Table>,
     endpoints: &'a EndpointIndex,
     counters: &'a Carried<'p>,
     rejected: &'a mut Vec<Rejection>,
@@ -650,7 +653,26 @@ struct Compiler<'a, 'p> {
 impl<'a> Compiler<'a, '_> {
     fn add(&mut self, id: u32, ing: &'a ir::Ingress, last_good: bool) -> RouteInfo {
         self.owners.push((ing.kind, ing.key.clone()));
+        let (info, dispatches) = self.compile(ing, last_good, None);
+        for (rule, dispatch) in ing.rules.iter().zip(&dispatches) {
+            for host in &rule.hosts {
+                self.claim(host, id, ing, dispatch);
+            }
+        }
+        info
+    }
+
+    /// The route entry of `ing` and the dispatch of each of its rules. Response
+    /// counts come from `old` (the same route in the live table) when given,
+    /// else from the carried counters.
+    fn compile(
+        &mut self,
+        ing: &'a ir::Ingress,
+        last_good: bool,
+        old: Option<&RouteInfo>,
+    ) -> (RouteInfo, Vec<Dispatch>) {
         let mut traffic = Vec::new();
+        let mut dispatches = Vec::with_capacity(ing.rules.len());
         for (r, rule) in ing.rules.iter().enumerate() {
             let dispatch = self.dispatch(&rule.paths);
             if r == 0 {
@@ -663,9 +685,7 @@ impl<'a> Compiler<'a, '_> {
                         .collect();
                 }
             }
-            for host in &rule.hosts {
-                self.claim(host, id, ing, &dispatch);
-            }
+            dispatches.push(dispatch);
         }
         let tags: Vec<(String, BackendId)> = ing
             .tags
@@ -685,15 +705,17 @@ impl<'a> Compiler<'a, '_> {
             if responses.iter().any(|r| r.0 == id) {
                 continue;
             }
-            let counts = self
-                .counters
-                .responses
-                .get(&(ns, name, &*self.backends[id as usize].name))
-                .map(|c| Arc::clone(c))
-                .unwrap_or_default();
-            responses.push((id, counts));
+            let carried = match old {
+                Some(old) => old.responses.iter().find(|r| r.0 == id).map(|r| &r.1),
+                None => self
+                    .counters
+                    .responses
+                    .get(&(ns, name, &*self.backends[id as usize].name))
+                    .copied(),
+            };
+            responses.push((id, carried.map(Arc::clone).unwrap_or_default()));
         }
-        RouteInfo {
+        let info = RouteInfo {
             kind: ing.kind,
             key: ing.key.clone(),
             cluster_local: ing.cluster_local,
@@ -702,7 +724,8 @@ impl<'a> Compiler<'a, '_> {
             tags,
             hash: ing.hash.clone(),
             responses,
-        }
+        };
+        (info, dispatches)
     }
 
     /// A catch-all path that sets nothing of its own goes straight to its
@@ -788,6 +811,10 @@ impl<'a> Compiler<'a, '_> {
         if let Some(&id) = self.backend_ids.get(backend) {
             return id;
         }
+        if let Some(id) = self.existing.and_then(|t| find_backend(t, backend)) {
+            self.backend_ids.insert(backend, id);
+            return id;
+        }
         let (namespace, name, key, port, kind) = match backend {
             ir::Backend::Pods {
                 namespace,
@@ -842,6 +869,252 @@ impl<'a> Compiler<'a, '_> {
         self.backend_ids.insert(backend, id);
         id
     }
+}
+
+/// The backend of `table` that `backend` describes, if it has one.
+fn find_backend(table: &Table, backend: &ir::Backend) -> Option<BackendId> {
+    match backend {
+        ir::Backend::Pods { key, port, .. } => table
+            .backends_of(key)
+            .iter()
+            .copied()
+            .find(|&id| table.backend(id).port == *port),
+        ir::Backend::Internal => table
+            .backends
+            .iter()
+            .position(|b| b.kind == BackendKind::Internal)
+            .map(|i| i as BackendId),
+        ir::Backend::External { host, port, .. } => table
+            .backends
+            .iter()
+            .position(
+                |b| matches!(&b.kind, BackendKind::External(h, p) if **h == **host && p == port),
+            )
+            .map(|i| i as BackendId),
+    }
+}
+
+/// Changed KIngresses, with what lowering them needs: the Services they name
+/// and those Services' EndpointSlices.
+#[derive(Debug, Default)]
+pub struct KIngressUpdate {
+    /// The new version of each changed KIngress (deletions take a full rebuild).
+    pub kingresses: Vec<KIngress>,
+    /// The Services they name.
+    pub services: Vec<Service>,
+    /// The EndpointSlices of those Services.
+    pub slices: Vec<EndpointSlice>,
+}
+
+/// Apply changed KIngresses to the live table without rebuilding it: only
+/// they are lowered, and the table is patched where their hosts are. Returns
+/// `None` when a patch cannot be exact and a full build is needed: a
+/// KIngress whose hosts changed, or a new one naming a host already served.
+/// `last_good` is updated only when a table is returned.
+pub fn update_kingresses(
+    prev: &Table,
+    update: KIngressUpdate,
+    opts: &BuildOptions,
+    last_good: &mut LastGood,
+    generation: u64,
+) -> Option<Table> {
+    let services: Services<'_> = update
+        .services
+        .iter()
+        .map(|s| {
+            let m = &s.metadata;
+            let key = (
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or_default(),
+            );
+            (key, s)
+        })
+        .collect();
+    let lower_opts = LowerOptions {
+        cluster_domain: &opts.cluster_domain,
+        internal_service: opts.internal_service.as_ref(),
+    };
+    let mut rejected_now = Vec::new();
+    let endpoints = index_endpoints(&update.slices, &mut rejected_now);
+    // Lower each; what fails keeps its last good version, as in a full build.
+    let mut lowered: Vec<(ObjectKey, Result<Arc<ir::Ingress>, ObjectError>)> = Vec::new();
+    for ing in &update.kingresses {
+        let result = kingress::lower(ing, &services, &lower_opts).map(Arc::new);
+        lowered.push((ing.key(), result));
+    }
+    let ids: FastMap<(Kind, &ObjectKey), usize> = prev
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.kind, &*r.key), i))
+        .collect();
+    // Check every change can be patched exactly before touching anything.
+    for (key, result) in &lowered {
+        let Ok(ing) = result else { continue };
+        match ids.get(&(Kind::KIngress, key)) {
+            Some(&id) => {
+                let old = last_good
+                    .routes
+                    .get(&(Kind::KIngress, Arc::new(key.clone())))?;
+                if host_set(old) != host_set(ing) {
+                    return None;
+                }
+                // A served version must be the last good one the table was built from.
+                if prev.routes[id].hash != old.hash {
+                    return None;
+                }
+            }
+            None => {
+                let taken = ing
+                    .rules
+                    .iter()
+                    .flat_map(|r| &r.hosts)
+                    .any(|h| prev.lookup(&h.name).is_some());
+                if taken {
+                    return None;
+                }
+            }
+        }
+    }
+    let counters = Carried::default();
+    let mut rejected: Vec<Rejection> = rejected_now;
+    let mut compiler = Compiler {
+        hosts: (*prev.hosts).clone(),
+        backends: prev.backends.clone(),
+        backend_ids: FastMap::default(),
+        existing: Some(prev),
+        endpoints: &endpoints,
+        counters: &counters,
+        rejected: &mut rejected,
+        owners: Vec::new(),
+    };
+    let mut routes: Vec<RouteInfo> = (*prev.routes).clone();
+    let mut next_good = Vec::new();
+    let mut added_hosts = 0;
+    let mut changed = Vec::new();
+    for (key, result) in &lowered {
+        changed.push(key.clone());
+        let ing = match result {
+            Ok(ing) => ing,
+            Err(error) => {
+                let outcome = if ids.contains_key(&(Kind::KIngress, key)) {
+                    Outcome::LastGood
+                } else {
+                    Outcome::LeftOut
+                };
+                compiler.rejected.push(Rejection {
+                    kind: Kind::KIngress,
+                    object: key.clone(),
+                    error: error.clone(),
+                    outcome,
+                });
+                if outcome == Outcome::LastGood {
+                    if let Some(&id) = ids.get(&(Kind::KIngress, key)) {
+                        routes[id].last_good = true;
+                    }
+                }
+                continue;
+            }
+        };
+        next_good.push(ing.clone());
+        match ids.get(&(Kind::KIngress, key)) {
+            Some(&id) => {
+                let (info, dispatches) = compiler.compile(ing, false, Some(&prev.routes[id]));
+                // The first rule naming a host owns it.
+                let mut done: Vec<&str> = Vec::new();
+                for (rule, dispatch) in ing.rules.iter().zip(dispatches) {
+                    for host in &rule.hosts {
+                        if done.contains(&host.name.as_str()) {
+                            continue;
+                        }
+                        done.push(&host.name);
+                        // Hosts lost to an older KIngress stay with it.
+                        if let Some(entry) = compiler.hosts.get_mut(host.name.as_str()) {
+                            if entry.route == id as u32 {
+                                entry.dispatch = dispatch.clone();
+                                entry.internal_only = host.internal_only;
+                            }
+                        }
+                    }
+                }
+                routes[id] = info;
+            }
+            None => {
+                let id = routes.len() as u32;
+                let (info, dispatches) = compiler.compile(ing, false, None);
+                for (rule, dispatch) in ing.rules.iter().zip(dispatches) {
+                    for host in &rule.hosts {
+                        let entry = HostEntry {
+                            route: id,
+                            dispatch: dispatch.clone(),
+                            internal_only: host.internal_only,
+                            cluster_name: host.cluster_name,
+                        };
+                        // The first rule naming a host owns it.
+                        if let std::collections::hash_map::Entry::Vacant(v) =
+                            compiler.hosts.entry(host.name.as_str().into())
+                        {
+                            v.insert(entry);
+                            added_hosts += 1;
+                        }
+                    }
+                }
+                routes.push(info);
+            }
+        }
+    }
+    let Compiler {
+        hosts, backends, ..
+    } = compiler;
+    let backend_index = if backends.len() == prev.backends.len() {
+        prev.backend_index.clone()
+    } else {
+        let mut index = (*prev.backend_index).clone();
+        for (id, b) in backends.iter().enumerate().skip(prev.backends.len()) {
+            if b.kind == BackendKind::Pods {
+                index
+                    .entry(b.key.clone())
+                    .or_default()
+                    .push(id as BackendId);
+            }
+        }
+        Arc::new(index)
+    };
+    // Rejections of the changed KIngresses are replaced, but for host
+    // conflicts, which stand while their hosts do.
+    let kept = prev.rejected.iter().filter(|r| {
+        !(r.kind == Kind::KIngress
+            && changed.contains(&r.object)
+            && !matches!(r.error, ObjectError::HostConflict { .. }))
+    });
+    let rejected = kept.cloned().chain(rejected).collect();
+    for ing in next_good {
+        last_good.routes.insert((ing.kind, ing.key.clone()), ing);
+    }
+    Some(Table {
+        generation,
+        built_at: Some(SystemTime::now()),
+        hosts: Arc::new(hosts),
+        svc_suffix: prev.svc_suffix.clone(),
+        host_count: prev.host_count + added_hosts,
+        routes: Arc::new(routes),
+        backends,
+        backend_index,
+        rejected: Arc::new(rejected),
+    })
+}
+
+/// Every host of an object with its visibility, in a comparable order.
+fn host_set(ing: &ir::Ingress) -> Vec<(&str, bool, bool)> {
+    let mut hosts: Vec<(&str, bool, bool)> = ing
+        .rules
+        .iter()
+        .flat_map(|r| &r.hosts)
+        .map(|h| (h.name.as_str(), h.internal_only, h.cluster_name))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
 }
 
 fn no_port() -> PortSelector {

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::build::{build, BuildOptions, LastGood};
+use crate::build::{build, update_kingresses, BuildOptions, KIngressUpdate, LastGood};
 use crate::model::Snapshot;
 use crate::table::Table;
 
@@ -122,24 +122,20 @@ impl Publisher {
     /// Build a table from `snapshot` and make it live. Rejections new since the
     /// live table are logged here; the caller gets the new table.
     pub fn publish(&self, snapshot: Snapshot) -> Arc<Table> {
-        let (prev, table) = self.swap(|prev, state, generation| {
-            let (table, last_good) = build(
-                snapshot,
-                &self.options,
-                &state.last_good,
-                Some(prev),
-                generation,
-            );
-            state.last_good = last_good;
-            table
-        });
-        // Log what is newly wrong; a standing rejection was logged when it appeared
-        // (and stays visible in metrics and /debug/routes).
-        let known: std::collections::HashSet<&crate::error::Rejection> =
-            prev.rejected().iter().collect();
-        for rejection in table.rejected().iter().filter(|r| !known.contains(r)) {
-            tracing::warn!(reason = rejection.error.reason(), "{rejection}");
-        }
+        let (prev, table) = self
+            .swap(|prev, state, generation| {
+                let (table, last_good) = build(
+                    snapshot,
+                    &self.options,
+                    &state.last_good,
+                    Some(prev),
+                    generation,
+                );
+                state.last_good = last_good;
+                Some(table)
+            })
+            .expect("a full build always makes a table");
+        log_new_rejections(&prev, &table);
         drop(prev);
         tracing::info!(
             generation = table.generation,
@@ -151,6 +147,24 @@ impl Publisher {
         self.report_healthy();
         self.ready.store(true, Ordering::Release);
         table
+    }
+
+    /// Apply changed KIngresses to the live table without rebuilding it (see
+    /// [`update_kingresses`]). `None` when that cannot be done exactly: the
+    /// caller then publishes a full snapshot.
+    pub fn publish_kingresses(&self, update: KIngressUpdate) -> Option<Arc<Table>> {
+        let (prev, table) = self.swap(|prev, state, generation| {
+            update_kingresses(
+                prev,
+                update,
+                &self.options,
+                &mut state.last_good,
+                generation,
+            )
+        })?;
+        log_new_rejections(&prev, &table);
+        tracing::debug!(generation = table.generation, "KIngresses patched in");
+        Some(table)
     }
 
     /// Swap in new endpoints for some revisions without rebuilding the routes:
@@ -166,7 +180,10 @@ impl Publisher {
             tracing::warn!(reason = r.error.reason(), "{r}");
         }
         let (_, table) = self
-            .swap(|prev, _, generation| prev.with_endpoints(updates, slices, rejected, generation));
+            .swap(|prev, _, generation| {
+                Some(prev.with_endpoints(updates, slices, rejected, generation))
+            })
+            .expect("an endpoint update always makes a table");
         tracing::debug!(
             generation = table.generation,
             revisions = updates.len(),
@@ -176,19 +193,20 @@ impl Publisher {
     }
 
     /// Make a table derived from the live one current. One swap at a time, so
-    /// generations and the last-good set stay in order. Returns (previous, new).
+    /// generations and the last-good set stay in order. Returns (previous,
+    /// new), or `None` (nothing swapped) when `make` made no table.
     fn swap(
         &self,
-        make: impl FnOnce(&Table, &mut BuilderState, u64) -> Table,
-    ) -> (Arc<Table>, Arc<Table>) {
+        make: impl FnOnce(&Table, &mut BuilderState, u64) -> Option<Table>,
+    ) -> Option<(Arc<Table>, Arc<Table>)> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let generation = state.generation + 1;
         let prev = self.table.load_full();
-        let table = Arc::new(make(&prev, &mut state, generation));
+        let table = Arc::new(make(&prev, &mut state, generation)?);
         self.table.store(table.clone());
         state.generation = generation;
         drop(state);
-        (prev, table)
+        Some((prev, table))
     }
 
     /// Record that the source is in contact again (an event arrived): clears the
@@ -232,6 +250,16 @@ impl Publisher {
     /// Health of the source.
     pub fn status(&self) -> &SourceStatus {
         &self.status
+    }
+}
+
+/// Log what is newly wrong; a standing rejection was logged when it appeared
+/// (and stays visible in metrics and /debug/routes).
+fn log_new_rejections(prev: &Table, table: &Table) {
+    let known: std::collections::HashSet<&crate::error::Rejection> =
+        prev.rejected().iter().collect();
+    for rejection in table.rejected().iter().filter(|r| !known.contains(r)) {
+        tracing::warn!(reason = rejection.error.reason(), "{rejection}");
     }
 }
 

@@ -572,3 +572,137 @@ fn endpoint_updates_by_service_follow_each_backends_port() {
     let next = t.with_endpoints(&[update], &[], Vec::new(), 2);
     assert_eq!(addrs(&next, "web.example.com"), ["10.0.0.7:8080"]);
 }
+
+/// `/debug/routes` of a table, without what differs between any two builds.
+fn view(t: &Table) -> serde_json::Value {
+    let mut v = serde_json::to_value(t.view()).unwrap();
+    v["generation"] = serde_json::Value::Null;
+    v["built_at_unix"] = serde_json::Value::Null;
+    // Backend ids may differ: compare backends as a sorted set.
+    let mut revisions: Vec<String> = v["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    revisions.sort();
+    revisions.dedup();
+    v["revisions"] = serde_json::json!(revisions);
+    v
+}
+
+/// Decoded KIngresses of `text` (for an update).
+fn kingresses_of(text: &str) -> Vec<config_sync::kingress::KIngress> {
+    parse(text).unwrap().kingresses
+}
+
+#[test]
+fn a_patched_kingress_change_equals_a_full_build() {
+    use config_sync::build::{update_kingresses, KIngressUpdate};
+    let services = service("a", 8080, "10.0.0.1") + &service("b", 9090, "10.0.0.2");
+    let before = kingress(
+        "web",
+        "2026-01-01T00:00:00Z",
+        "web.example.com",
+        &[("a", 100)],
+    ) + &kingress(
+        "other",
+        "2026-01-01T00:00:00Z",
+        "other.example.com",
+        &[("a", 100)],
+    );
+    let (t, mut lg) = table(&(before + &services));
+    // The split changes; a new KIngress appears on a free host.
+    let changed = kingress(
+        "web",
+        "2026-01-01T00:00:00Z",
+        "web.example.com",
+        &[("a", 30), ("b", 70)],
+    ) + &kingress(
+        "fresh",
+        "2026-01-02T00:00:00Z",
+        "fresh.example.com",
+        &[("b", 100)],
+    );
+    let snapshot = parse(&services).unwrap();
+    let update = KIngressUpdate {
+        kingresses: kingresses_of(&changed),
+        services: snapshot.services,
+        slices: snapshot.slices,
+    };
+    let patched = update_kingresses(&t, update, &BuildOptions::default(), &mut lg, 2)
+        .expect("a split change and a new free host are patched");
+    let after = kingress(
+        "other",
+        "2026-01-01T00:00:00Z",
+        "other.example.com",
+        &[("a", 100)],
+    ) + &changed
+        + &services;
+    let (full, _) = table(&after);
+    let mut a = view(&patched);
+    let mut b = view(&full);
+    // Routes are listed by id: the patch appends, the full build orders by age.
+    for v in [&mut a, &mut b] {
+        let mut routes = v["routes"].as_array().unwrap().clone();
+        routes.sort_by_key(|r| r["name"].to_string());
+        v["routes"] = serde_json::json!(routes);
+    }
+    assert_eq!(a, b);
+    assert_eq!(addrs(&patched, "fresh.example.com"), ["10.0.0.2:9090"]);
+}
+
+#[test]
+fn a_kingress_change_that_moves_hosts_takes_a_full_build() {
+    use config_sync::build::{update_kingresses, KIngressUpdate};
+    let services = service("a", 8080, "10.0.0.1");
+    let (t, mut lg) = table(
+        &(kingress(
+            "web",
+            "2026-01-01T00:00:00Z",
+            "web.example.com",
+            &[("a", 100)],
+        ) + &services),
+    );
+    let snapshot = parse(&services).unwrap();
+    let moved = KIngressUpdate {
+        kingresses: kingresses_of(&kingress(
+            "web",
+            "2026-01-01T00:00:00Z",
+            "www.example.com",
+            &[("a", 100)],
+        )),
+        services: snapshot.services.clone(),
+        slices: snapshot.slices.clone(),
+    };
+    assert!(update_kingresses(&t, moved, &BuildOptions::default(), &mut lg, 2).is_none());
+    let taken = KIngressUpdate {
+        kingresses: kingresses_of(&kingress(
+            "thief",
+            "2026-01-01T00:00:00Z",
+            "web.example.com",
+            &[("a", 100)],
+        )),
+        services: snapshot.services.clone(),
+        slices: snapshot.slices.clone(),
+    };
+    assert!(update_kingresses(&t, taken, &BuildOptions::default(), &mut lg, 2).is_none());
+    // A broken version is patched as its rejection; the last good one serves.
+    let broken = KIngressUpdate {
+        kingresses: kingresses_of(&kingress(
+            "web",
+            "2026-01-01T00:00:00Z",
+            "web.example.com",
+            &[("a", 50)],
+        )),
+        services: snapshot.services,
+        slices: snapshot.slices,
+    };
+    let next = update_kingresses(&t, broken, &BuildOptions::default(), &mut lg, 2).unwrap();
+    assert_eq!(addrs(&next, "web.example.com"), ["10.0.0.1:8080"]);
+    let r = &next.rejected()[0];
+    assert_eq!(
+        (r.error.reason(), r.outcome),
+        ("split_sum", Outcome::LastGood)
+    );
+}

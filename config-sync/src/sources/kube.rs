@@ -42,6 +42,8 @@ struct Pending {
     full: bool,
     /// Endpoint index keys whose slices changed.
     keys: std::collections::BTreeSet<String>,
+    /// KIngresses added or changed (decoded fine): patched in without a full build.
+    kingresses: std::collections::BTreeSet<ObjectKey>,
 }
 
 /// Which objects the table is built from.
@@ -411,10 +413,18 @@ impl KubeSource {
                 _ = wait, if stores.iter().all(Watched::synced) => {
                     publish_at = None;
                     let done = std::mem::take(&mut pending);
-                    if done.full || !self.publisher.is_ready() {
+                    // A KIngress change is patched into the live table; when that
+                    // cannot be exact (hosts moved), everything is rebuilt.
+                    let patched = done.full
+                        || done.kingresses.is_empty()
+                        || self
+                            .publisher
+                            .publish_kingresses(kingress_update(&stores, &done.kingresses))
+                            .is_some();
+                    if done.full || !patched || !self.publisher.is_ready() {
                         self.publisher.publish(snapshot(&stores, &class));
-                    } else {
-                        // Endpoints only: swap those revisions, share every route.
+                    } else if !done.keys.is_empty() {
+                        // Endpoints only: swap those backends, share every route.
                         let (updates, slices, rejected) = endpoints_of(&stores, &done.keys);
                         self.publisher.publish_endpoints(&updates, &slices, rejected);
                     }
@@ -523,6 +533,10 @@ fn apply(
         }
         Change::Upserted { key, old } => {
             let new = store.objects.get(&key);
+            if let (Resource::KIngress, Some(Decoded::KIngress(_))) = (resource, new) {
+                pending.kingresses.insert(key);
+                return true;
+            }
             note(pending, resource, new);
             note(pending, resource, old.as_ref());
             if resource == Resource::EndpointSlice {
@@ -539,6 +553,64 @@ fn apply(
             old.is_some()
         }
     }
+}
+
+/// The changed KIngresses, the Services they name and those Services'
+/// EndpointSlices, from the stores.
+fn kingress_update(
+    stores: &[Watched],
+    keys: &std::collections::BTreeSet<ObjectKey>,
+) -> crate::build::KIngressUpdate {
+    let store_of = |resource: Resource| {
+        stores.iter().find_map(|w| match w {
+            Watched::Objects(r, store, index) if *r == resource => Some((store, index)),
+            _ => None,
+        })
+    };
+    let mut update = crate::build::KIngressUpdate::default();
+    let Some((kingresses, _)) = store_of(Resource::KIngress) else {
+        return update;
+    };
+    let mut named = std::collections::BTreeSet::new();
+    for key in keys {
+        if let Some(Decoded::KIngress(k)) = kingresses.objects.get(key) {
+            let splits = k
+                .spec
+                .rules
+                .iter()
+                .filter_map(|r| r.http.as_ref()?.paths.as_ref())
+                .flatten()
+                .filter_map(|p| p.splits.as_ref())
+                .flatten();
+            for split in splits {
+                named.insert(ObjectKey::new(
+                    &split.service_namespace,
+                    &split.service_name,
+                ));
+            }
+            update.kingresses.push((**k).clone());
+        }
+    }
+    if let Some((services, _)) = store_of(Resource::Service) {
+        for key in &named {
+            if let Some(Decoded::Service(svc)) = services.objects.get(key) {
+                update.services.push(svc.clone());
+            }
+        }
+    }
+    if let Some((slices, index)) = store_of(Resource::EndpointSlice) {
+        for key in &named {
+            let feeding = index
+                .0
+                .get(&crate::ir::service_key(&key.namespace, &key.name));
+            for slice in feeding.into_iter().flatten() {
+                if let Some(Decoded::EndpointSlice(s)) = slices.objects.get(slice) {
+                    update.slices.push(s.clone());
+                }
+            }
+        }
+    }
+    update
 }
 
 /// The objects of every Route and EndpointSlice store.
