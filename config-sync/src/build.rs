@@ -21,8 +21,8 @@ use crate::model::{
 };
 use crate::responses::Responses;
 use crate::table::{
-    endpoint_addrs, Backend, BackendId, BackendKind, Dispatch, Endpoint, HostEntry, HostMap,
-    PathRule, Pick, RouteInfo, SliceEndpoints, Split, Table, Target,
+    endpoint_addrs, Backend, BackendId, BackendKind, Dispatch, Endpoint, Headers, HostEntry,
+    HostMap, PathRule, Pick, RouteInfo, SliceEndpoints, Split, Table, Target,
 };
 
 /// `Knative-Serving-Revision`: set on every request sent to a revision.
@@ -79,7 +79,25 @@ pub struct ValidTag {
 /// update keeps serving what worked.
 #[derive(Debug, Clone, Default)]
 pub struct LastGood {
-    routes: HashMap<(Kind, Arc<ObjectKey>), Arc<ir::Ingress>>,
+    routes: HashMap<(Kind, Arc<ObjectKey>), Good>,
+}
+
+/// A last good version, in its most compact form: a Route as validated (its
+/// lowered form is twice the size, and is made again only when it serves), a
+/// KIngress lowered (lowering again would need Services that may be gone).
+#[derive(Debug, Clone)]
+enum Good {
+    Route(Arc<ValidRoute>),
+    KIngress(Arc<ir::Ingress>),
+}
+
+impl Good {
+    fn lowered(&self) -> Arc<ir::Ingress> {
+        match self {
+            Good::Route(route) => Arc::new(lower_route(route)),
+            Good::KIngress(ing) => ing.clone(),
+        }
+    }
 }
 
 /// Check a Route's status and reduce it to a [`ValidRoute`].
@@ -448,6 +466,7 @@ pub fn build(
         backends: Vec::new(),
         backend_ids: FastMap::default(),
         existing: None,
+        header_sets: FastMap::default(),
         endpoints: &endpoints,
         counters: &counters,
         rejected: &mut rejected,
@@ -529,16 +548,16 @@ fn validate_all(
     // KIngresses the oldest claims a contested host first, as Knative expects.
     let mut lowered: Vec<((u8, String), Arc<ir::Ingress>, bool)> =
         Vec::with_capacity(routes.len() + kingresses.len());
-    let mut accept = |valid: ir::Ingress, order: (u8, String), next_good: &mut LastGood| {
-        let valid = Arc::new(valid);
-        next_good
-            .routes
-            .insert((valid.kind, valid.key.clone()), valid.clone());
-        lowered.push((order, valid, false));
-    };
     for route in routes {
         match validate_route(route, opts) {
-            Ok(valid) => accept(lower_route(&valid), (0, String::new()), &mut next_good),
+            Ok(valid) => {
+                let lowered_route = Arc::new(lower_route(&valid));
+                next_good.routes.insert(
+                    (Kind::Route, valid.key.clone()),
+                    Good::Route(Arc::new(valid)),
+                );
+                lowered.push(((0, String::new()), lowered_route, false));
+            }
             Err(error) => rejected.push(Rejection::new(
                 Kind::Route,
                 model::key(&route.metadata),
@@ -564,7 +583,14 @@ fn validate_all(
     for ing in kingresses {
         let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
         match kingress::lower(ing, &services, &lower_opts) {
-            Ok(valid) => accept(valid, (1, created), &mut next_good),
+            Ok(valid) => {
+                let valid = Arc::new(valid);
+                next_good.routes.insert(
+                    (Kind::KIngress, valid.key.clone()),
+                    Good::KIngress(valid.clone()),
+                );
+                lowered.push(((1, created), valid, false));
+            }
             Err(error) => rejected.push(Rejection::new(Kind::KIngress, ing.key(), error)),
         }
     }
@@ -583,7 +609,7 @@ fn validate_all(
             r.outcome = Outcome::LastGood;
             next_good.routes.insert(key, good.clone());
             let order = (if r.kind == Kind::Route { 0 } else { 1 }, String::new());
-            lowered.push((order, good.clone(), true));
+            lowered.push((order, good.lowered(), true));
         }
     }
     // Host conflicts are settled the same way every time. An object listed
@@ -643,6 +669,9 @@ struct Compiler<'a, 'p> {
     backend_ids: FastMap<&'a ir::Backend, BackendId>,
     /// The live table, when patching it: its backends are reused.
     existing: Option<&'a Table>,
+    /// Header sets made so far, by backend: equal ones are shared (a
+    /// revision's split and tag set the same two headers).
+    header_sets: FastMap<BackendId, Vec<Headers>>,
     endpoints: &'a EndpointIndex,
     counters: &'a Carried<'p>,
     rejected: &'a mut Vec<Rejection>,
@@ -757,9 +786,10 @@ impl<'a> Compiler<'a, '_> {
         let mut picks: Vec<(Pick, u32)> = splits
             .iter()
             .map(|s| {
+                let backend = self.backend(&s.backend);
                 let pick = Pick {
-                    backend: self.backend(&s.backend),
-                    headers: (!s.append.is_empty()).then(|| s.append.as_slice().into()),
+                    backend,
+                    headers: (!s.append.is_empty()).then(|| self.headers(backend, &s.append)),
                     activator: s.activator,
                 };
                 (pick, s.percent)
@@ -774,6 +804,18 @@ impl<'a> Compiler<'a, '_> {
         }
     }
 
+    /// `set` as shared headers: the same allocation as an equal set made
+    /// earlier for `backend`.
+    fn headers(&mut self, backend: BackendId, set: &[(HeaderName, HeaderValue)]) -> Headers {
+        let known = self.header_sets.entry(backend).or_default();
+        if let Some(h) = known.iter().find(|h| ***h == *set) {
+            return h.clone();
+        }
+        let h: Headers = set.into();
+        known.push(h.clone());
+        h
+    }
+
     /// Give `host` to route `id`. Hosts arrive normalised: URLs through
     /// [`host::of_url`], KIngress hosts through [`host::normalize_owned`],
     /// cluster names from validated lower-case DNS names.
@@ -786,6 +828,7 @@ impl<'a> Compiler<'a, '_> {
                     dispatch: dispatch.clone(),
                     internal_only: host.internal_only,
                     cluster_name: host.cluster_name,
+                    hashed: ing.hash.is_some(),
                 });
                 return;
             }
@@ -953,9 +996,12 @@ pub fn update_kingresses(
         let Ok(ing) = result else { continue };
         match ids.get(&(Kind::KIngress, key)) {
             Some(&id) => {
-                let old = last_good
+                let Good::KIngress(old) = last_good
                     .routes
-                    .get(&(Kind::KIngress, Arc::new(key.clone())))?;
+                    .get(&(Kind::KIngress, Arc::new(key.clone())))?
+                else {
+                    return None;
+                };
                 if host_set(old) != host_set(ing) {
                     return None;
                 }
@@ -983,6 +1029,7 @@ pub fn update_kingresses(
         backends: prev.backends.clone(),
         backend_ids: FastMap::default(),
         existing: Some(prev),
+        header_sets: FastMap::default(),
         endpoints: &endpoints,
         counters: &counters,
         rejected: &mut rejected,
@@ -1049,6 +1096,7 @@ pub fn update_kingresses(
                             dispatch: dispatch.clone(),
                             internal_only: host.internal_only,
                             cluster_name: host.cluster_name,
+                            hashed: ing.hash.is_some(),
                         };
                         // The first rule naming a host owns it.
                         if let std::collections::hash_map::Entry::Vacant(v) =
@@ -1089,7 +1137,9 @@ pub fn update_kingresses(
     });
     let rejected = kept.cloned().chain(rejected).collect();
     for ing in next_good {
-        last_good.routes.insert((ing.kind, ing.key.clone()), ing);
+        last_good
+            .routes
+            .insert((ing.kind, ing.key.clone()), Good::KIngress(ing));
     }
     Some(Table {
         generation,

@@ -4,7 +4,7 @@
 //! ExternalName, as DomainMapping writes) is dispatched again, with the
 //! rewritten Host, without a network hop.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
 use crate::select::pick;
@@ -17,7 +17,7 @@ pub const MAX_HOPS: usize = 2;
 const MAX_SETS: usize = 2 * (MAX_HOPS + 1);
 
 /// Header Knative's prober uses to ask for the applied KIngress hash.
-pub const HASH_HEADER: &str = "k-network-hash";
+pub const HASH_HEADER: HeaderName = HeaderName::from_static("k-network-hash");
 /// The `K-Network-Hash` value that asks the ingress to fill in its hash.
 pub const HASH_OVERRIDE: &str = "override";
 
@@ -78,11 +78,6 @@ pub fn resolve<R: Rng + ?Sized>(
     let mut host_buf;
     let mut host = req.host;
     let mut sets = 0;
-    // Only the first hop sees the client's `override`: it replaces it.
-    let wants_hash = req
-        .headers
-        .get(HASH_HEADER)
-        .is_some_and(|v| v.as_bytes() == HASH_OVERRIDE.as_bytes());
     for hop in 0..=MAX_HOPS {
         let Some(entry) = table.lookup(host) else {
             return Err(if req.probe && hop == 0 {
@@ -91,8 +86,7 @@ pub fn resolve<R: Rng + ?Sized>(
                 Miss::NoRoute
             });
         };
-        let route = table.route(entry.route);
-        if req.probe && hop == 0 && route.hash.is_none() {
+        if req.probe && hop == 0 && !entry.hashed {
             return Err(Miss::Probe);
         }
         // An internal hop arrives on the internal side, as it would over the network.
@@ -104,8 +98,15 @@ pub fn resolve<R: Rng + ?Sized>(
             .resolve(req.path, req.headers)
             .ok_or(Miss::NoPath)?;
         let chosen = pick(target, rng);
-        if hop == 0 && wants_hash {
-            out.hash = route.hash.clone();
+        // Only the first hop sees the client's `override`: it replaces it.
+        if hop == 0
+            && entry.hashed
+            && req
+                .headers
+                .get(HASH_HEADER)
+                .is_some_and(|v| v.as_bytes() == HASH_OVERRIDE.as_bytes())
+        {
+            out.hash = table.route(entry.route).hash.clone();
         }
         if let Some(path) = path {
             if let Some(h) = &path.append {

@@ -96,6 +96,9 @@ pub struct HostEntry {
     /// This is the `name.ns` cluster name, which also answers for
     /// `name.ns.svc` and `name.ns.svc.<cluster domain>`.
     pub cluster_name: bool,
+    /// The route is a KIngress with a probe hash (kept here so that a request
+    /// reads the route entry only when it needs the hash).
+    pub hashed: bool,
 }
 
 /// How a host's requests are dispatched.

@@ -84,8 +84,8 @@ impl Gateway {
     }
 }
 
-/// Header marking Knative's ingress probe.
-const PROBE_HEADER: &str = "K-Network-Probe";
+/// Header marking Knative's ingress probe (a static name: no parse per request).
+const PROBE_HEADER: http::HeaderName = http::HeaderName::from_static("k-network-probe");
 
 impl Gateway {
     /// Knative's prober asks each replica which KIngress version it serves for
@@ -195,7 +195,7 @@ impl ProxyHttp for Gateway {
             internal: self.is_internal(session),
             probe: req
                 .headers
-                .get(PROBE_HEADER)
+                .get(&PROBE_HEADER)
                 .is_some_and(|v| v.as_bytes() == b"probe"),
         };
         let resolved = resolve(&table, request, &mut rand::rng(), &mut ctx.to);
@@ -301,7 +301,7 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
         if let Some(hash) = &ctx.to.hash {
-            upstream_request.insert_header(HASH_HEADER, hash.clone())?;
+            upstream_request.insert_header(HASH_HEADER.clone(), hash.clone())?;
         }
         if let Some(host) = &ctx.to.rewrite_host {
             upstream_request.insert_header(http::header::HOST, host.clone())?;
