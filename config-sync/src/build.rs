@@ -40,6 +40,31 @@ pub struct BuildOptions {
     pub internal_service: Option<ObjectKey>,
 }
 
+impl BuildOptions {
+    /// What lowering a KIngress needs of these options.
+    fn lower_options(&self) -> LowerOptions<'_> {
+        LowerOptions {
+            cluster_domain: &self.cluster_domain,
+            internal_service: self.internal_service.as_ref(),
+        }
+    }
+}
+
+/// Services by `(namespace, name)`, for lowering KIngresses.
+fn service_index(services: &[Service]) -> Services<'_> {
+    services
+        .iter()
+        .map(|s| {
+            let m = &s.metadata;
+            let key = (
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or_default(),
+            );
+            (key, s)
+        })
+        .collect()
+}
+
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
@@ -83,21 +108,13 @@ pub struct LastGood {
 }
 
 /// A last good version, in its most compact form: a Route as validated (its
-/// lowered form is twice the size, and is made again only when it serves), a
-/// KIngress lowered (lowering again would need Services that may be gone).
+/// lowered form is twice the size), a KIngress as decoded, shared with the
+/// source's store while it is current. Either is lowered again only when it
+/// has to serve (a KIngress against the Services of that moment).
 #[derive(Debug, Clone)]
 enum Good {
     Route(Arc<ValidRoute>),
-    KIngress(Arc<ir::Ingress>),
-}
-
-impl Good {
-    fn lowered(&self) -> Arc<ir::Ingress> {
-        match self {
-            Good::Route(route) => Arc::new(lower_route(route)),
-            Good::KIngress(ing) => ing.clone(),
-        }
-    }
+    KIngress(Arc<KIngress>),
 }
 
 /// Check a Route's status and reduce it to a [`ValidRoute`].
@@ -455,12 +472,7 @@ pub fn build(
     retire((decoded, kingresses, services));
     rejected.extend(slice_rejected);
     let mut hosts = HostMap::default();
-    hosts.reserve(
-        routes
-            .iter()
-            .map(|(r, _)| r.rules.iter().map(|r| r.hosts.len()).sum::<usize>())
-            .sum(),
-    );
+    hosts.reserve(routes.iter().map(|(r, _)| r.hosts()).sum());
     let mut compiler = Compiler {
         hosts,
         backends: Vec::new(),
@@ -475,7 +487,7 @@ pub fn build(
     let infos: Vec<RouteInfo> = routes
         .iter()
         .enumerate()
-        .map(|(id, (route, last_good))| compiler.add(id as u32, route, *last_good))
+        .map(|(id, (route, last_good))| compiler.add(id as u32, &route.lowered(), *last_good))
         .collect();
     let Compiler {
         hosts, backends, ..
@@ -522,7 +534,47 @@ pub fn is_dns_name(s: &str) -> bool {
 
 /// Rejections, routed objects in the order they claim hosts (each flagged when
 /// it is a last good version), and the new last-good set.
-type Validated = (Vec<Rejection>, Vec<(Arc<ir::Ingress>, bool)>, LastGood);
+type Validated = (Vec<Rejection>, Vec<(Ready, bool)>, LastGood);
+
+/// A valid object on its way into the table. Routes are lowered one at a
+/// time while the table is filled, so that the lowered forms of all of them
+/// (twice their validated size) are never alive together.
+enum Ready {
+    Route(Arc<ValidRoute>),
+    Lowered(Arc<ir::Ingress>),
+}
+
+impl Ready {
+    fn kind(&self) -> Kind {
+        match self {
+            Ready::Route(_) => Kind::Route,
+            Ready::Lowered(ing) => ing.kind,
+        }
+    }
+
+    fn key(&self) -> &Arc<ObjectKey> {
+        match self {
+            Ready::Route(r) => &r.key,
+            Ready::Lowered(ing) => &ing.key,
+        }
+    }
+
+    /// How many hosts it names, to size the host map.
+    fn hosts(&self) -> usize {
+        match self {
+            // Its URL and cluster name, and both for each tag.
+            Ready::Route(r) => 2 + 2 * r.tags.len(),
+            Ready::Lowered(ing) => ing.rules.iter().map(|r| r.hosts.len()).sum(),
+        }
+    }
+
+    fn lowered(&self) -> std::borrow::Cow<'_, ir::Ingress> {
+        match self {
+            Ready::Route(r) => std::borrow::Cow::Owned(lower_route(r)),
+            Ready::Lowered(ing) => std::borrow::Cow::Borrowed(ing),
+        }
+    }
+}
 
 /// Free `garbage` on a thread of its own: a decoded snapshot is hundreds of
 /// thousands of allocations, and the build need not wait for them.
@@ -537,7 +589,7 @@ fn retire<T: Send + 'static>(garbage: T) {
 /// versions of the invalid ones.
 fn validate_all(
     routes: &[Route],
-    kingresses: &[KIngress],
+    kingresses: &[Arc<KIngress>],
     services: &[Service],
     mut rejected: Vec<Rejection>,
     opts: &BuildOptions,
@@ -546,17 +598,16 @@ fn validate_all(
     let mut next_good = LastGood::default();
     // (kind order, creation time, key): Routes by namespace/name; among
     // KIngresses the oldest claims a contested host first, as Knative expects.
-    let mut lowered: Vec<((u8, String), Arc<ir::Ingress>, bool)> =
+    let mut lowered: Vec<((u8, String), Ready, bool)> =
         Vec::with_capacity(routes.len() + kingresses.len());
     for route in routes {
         match validate_route(route, opts) {
             Ok(valid) => {
-                let lowered_route = Arc::new(lower_route(&valid));
-                next_good.routes.insert(
-                    (Kind::Route, valid.key.clone()),
-                    Good::Route(Arc::new(valid)),
-                );
-                lowered.push(((0, String::new()), lowered_route, false));
+                let valid = Arc::new(valid);
+                next_good
+                    .routes
+                    .insert((Kind::Route, valid.key.clone()), Good::Route(valid.clone()));
+                lowered.push(((0, String::new()), Ready::Route(valid), false));
             }
             Err(error) => rejected.push(Rejection::new(
                 Kind::Route,
@@ -565,21 +616,8 @@ fn validate_all(
             )),
         }
     }
-    let services: Services<'_> = services
-        .iter()
-        .map(|s| {
-            let m = &s.metadata;
-            let key = (
-                m.namespace.as_deref().unwrap_or("default"),
-                m.name.as_deref().unwrap_or_default(),
-            );
-            (key, s)
-        })
-        .collect();
-    let lower_opts = LowerOptions {
-        cluster_domain: &opts.cluster_domain,
-        internal_service: opts.internal_service.as_ref(),
-    };
+    let services = service_index(services);
+    let lower_opts = opts.lower_options();
     for ing in kingresses {
         let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
         match kingress::lower(ing, &services, &lower_opts) {
@@ -587,9 +625,9 @@ fn validate_all(
                 let valid = Arc::new(valid);
                 next_good.routes.insert(
                     (Kind::KIngress, valid.key.clone()),
-                    Good::KIngress(valid.clone()),
+                    Good::KIngress(ing.clone()),
                 );
-                lowered.push(((1, created), valid, false));
+                lowered.push(((1, created), Ready::Lowered(valid), false));
             }
             Err(error) => rejected.push(Rejection::new(Kind::KIngress, ing.key(), error)),
         }
@@ -605,18 +643,29 @@ fn validate_all(
         if next_good.routes.contains_key(&key) {
             continue;
         }
-        if let Some(good) = last_good.routes.get(&key) {
-            r.outcome = Outcome::LastGood;
-            next_good.routes.insert(key, good.clone());
-            let order = (if r.kind == Kind::Route { 0 } else { 1 }, String::new());
-            lowered.push((order, good.lowered(), true));
-        }
+        let Some(good) = last_good.routes.get(&key) else {
+            continue;
+        };
+        let (order, ing) = match good {
+            Good::Route(route) => ((0, String::new()), Ready::Route(route.clone())),
+            Good::KIngress(old) => match kingress::lower(old, &services, &lower_opts) {
+                Ok(ing) => {
+                    let created = old.metadata.creation_timestamp.clone().unwrap_or_default();
+                    ((1, created), Ready::Lowered(Arc::new(ing)))
+                }
+                // Its Services are gone too: nothing of it can serve.
+                Err(_) => continue,
+            },
+        };
+        r.outcome = Outcome::LastGood;
+        next_good.routes.insert(key, good.clone());
+        lowered.push((order, ing, true));
     }
     // Host conflicts are settled the same way every time. An object listed
     // twice: the later one wins, as in the last-good set.
-    lowered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)));
+    lowered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
     lowered.dedup_by(|later, earlier| {
-        let same = later.1.kind == earlier.1.kind && later.1.key == earlier.1.key;
+        let same = later.1.kind() == earlier.1.kind() && later.1.key() == earlier.1.key();
         if same {
             std::mem::swap(later, earlier);
         }
@@ -666,7 +715,7 @@ impl<'p> From<&'p Table> for Carried<'p> {
 struct Compiler<'a, 'p> {
     hosts: HostMap,
     backends: Vec<Arc<Backend>>,
-    backend_ids: FastMap<&'a ir::Backend, BackendId>,
+    backend_ids: FastMap<ir::Backend, BackendId>,
     /// The live table, when patching it: its backends are reused.
     existing: Option<&'a Table>,
     /// Header sets made so far, by backend: equal ones are shared (a
@@ -680,7 +729,7 @@ struct Compiler<'a, 'p> {
 }
 
 impl<'a> Compiler<'a, '_> {
-    fn add(&mut self, id: u32, ing: &'a ir::Ingress, last_good: bool) -> RouteInfo {
+    fn add(&mut self, id: u32, ing: &ir::Ingress, last_good: bool) -> RouteInfo {
         self.owners.push((ing.kind, ing.key.clone()));
         let (info, dispatches) = self.compile(ing, last_good, None);
         for (rule, dispatch) in ing.rules.iter().zip(&dispatches) {
@@ -696,7 +745,7 @@ impl<'a> Compiler<'a, '_> {
     /// else from the carried counters.
     fn compile(
         &mut self,
-        ing: &'a ir::Ingress,
+        ing: &ir::Ingress,
         last_good: bool,
         old: Option<&RouteInfo>,
     ) -> (RouteInfo, Vec<Dispatch>) {
@@ -759,7 +808,7 @@ impl<'a> Compiler<'a, '_> {
 
     /// A catch-all path that sets nothing of its own goes straight to its
     /// split; anything else is matched path by path.
-    fn dispatch(&mut self, paths: &'a [ir::Path]) -> Dispatch {
+    fn dispatch(&mut self, paths: &[ir::Path]) -> Dispatch {
         if let [only] = paths {
             if only.prefix.is_empty()
                 && only.headers.is_empty()
@@ -782,7 +831,7 @@ impl<'a> Compiler<'a, '_> {
         Dispatch::Paths(rules.into())
     }
 
-    fn target(&mut self, splits: &'a [ir::Split]) -> Target {
+    fn target(&mut self, splits: &[ir::Split]) -> Target {
         let mut picks: Vec<(Pick, u32)> = splits
             .iter()
             .map(|s| {
@@ -850,12 +899,12 @@ impl<'a> Compiler<'a, '_> {
         });
     }
 
-    fn backend(&mut self, backend: &'a ir::Backend) -> BackendId {
+    fn backend(&mut self, backend: &ir::Backend) -> BackendId {
         if let Some(&id) = self.backend_ids.get(backend) {
             return id;
         }
         if let Some(id) = self.existing.and_then(|t| find_backend(t, backend)) {
-            self.backend_ids.insert(backend, id);
+            self.backend_ids.insert(backend.clone(), id);
             return id;
         }
         let (namespace, name, key, port, kind) = match backend {
@@ -909,7 +958,7 @@ impl<'a> Compiler<'a, '_> {
             kind,
             endpoints,
         }));
-        self.backend_ids.insert(backend, id);
+        self.backend_ids.insert(backend.clone(), id);
         id
     }
 }
@@ -942,7 +991,7 @@ fn find_backend(table: &Table, backend: &ir::Backend) -> Option<BackendId> {
 #[derive(Debug, Default)]
 pub struct KIngressUpdate {
     /// The new version of each changed KIngress (deletions take a full rebuild).
-    pub kingresses: Vec<KIngress>,
+    pub kingresses: Vec<Arc<KIngress>>,
     /// The Services they name.
     pub services: Vec<Service>,
     /// The EndpointSlices of those Services.
@@ -961,22 +1010,8 @@ pub fn update_kingresses(
     last_good: &mut LastGood,
     generation: u64,
 ) -> Option<Table> {
-    let services: Services<'_> = update
-        .services
-        .iter()
-        .map(|s| {
-            let m = &s.metadata;
-            let key = (
-                m.namespace.as_deref().unwrap_or("default"),
-                m.name.as_deref().unwrap_or_default(),
-            );
-            (key, s)
-        })
-        .collect();
-    let lower_opts = LowerOptions {
-        cluster_domain: &opts.cluster_domain,
-        internal_service: opts.internal_service.as_ref(),
-    };
+    let services = service_index(&update.services);
+    let lower_opts = opts.lower_options();
     let mut rejected_now = Vec::new();
     let endpoints = index_endpoints(&update.slices, &mut rejected_now);
     // Lower each; what fails keeps its last good version, as in a full build.
@@ -985,28 +1020,31 @@ pub fn update_kingresses(
         let result = kingress::lower(ing, &services, &lower_opts).map(Arc::new);
         lowered.push((ing.key(), result));
     }
-    let ids: FastMap<(Kind, &ObjectKey), usize> = prev
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ((r.kind, &*r.key), i))
-        .collect();
+    // Few KIngresses change at a time: a scan beats indexing 10,000 routes.
+    let id_of = |key: &ObjectKey| {
+        prev.routes
+            .iter()
+            .position(|r| r.kind == Kind::KIngress && *r.key == *key)
+    };
+    let ids: Vec<Option<usize>> = lowered.iter().map(|(key, _)| id_of(key)).collect();
     // Check every change can be patched exactly before touching anything.
-    for (key, result) in &lowered {
+    for ((key, result), id) in lowered.iter().zip(&ids) {
         let Ok(ing) = result else { continue };
-        match ids.get(&(Kind::KIngress, key)) {
-            Some(&id) => {
+        match id {
+            Some(id) => {
                 let Good::KIngress(old) = last_good
                     .routes
                     .get(&(Kind::KIngress, Arc::new(key.clone())))?
                 else {
                     return None;
                 };
-                if host_set(old) != host_set(ing) {
+                // The table serves that version (not one from before it).
+                if prev.routes[*id].hash.as_ref().map(|h| h.as_bytes()) != Some(old.hash.as_bytes())
+                {
                     return None;
                 }
-                // A served version must be the last good one the table was built from.
-                if prev.routes[id].hash != old.hash {
+                let old_hosts = kingress::hosts(old, &opts.cluster_domain).ok()?;
+                if host_set(old_hosts.iter()) != host_set(ing.rules.iter().flat_map(|r| &r.hosts)) {
                     return None;
                 }
             }
@@ -1039,12 +1077,12 @@ pub fn update_kingresses(
     let mut next_good = Vec::new();
     let mut added_hosts = 0;
     let mut changed = Vec::new();
-    for (key, result) in &lowered {
+    for (((key, result), id), source) in lowered.iter().zip(&ids).zip(&update.kingresses) {
         changed.push(key.clone());
         let ing = match result {
             Ok(ing) => ing,
             Err(error) => {
-                let outcome = if ids.contains_key(&(Kind::KIngress, key)) {
+                let outcome = if id.is_some() {
                     Outcome::LastGood
                 } else {
                     Outcome::LeftOut
@@ -1055,17 +1093,15 @@ pub fn update_kingresses(
                     error: error.clone(),
                     outcome,
                 });
-                if outcome == Outcome::LastGood {
-                    if let Some(&id) = ids.get(&(Kind::KIngress, key)) {
-                        routes[id].last_good = true;
-                    }
+                if let Some(id) = *id {
+                    routes[id].last_good = true;
                 }
                 continue;
             }
         };
-        next_good.push(ing.clone());
-        match ids.get(&(Kind::KIngress, key)) {
-            Some(&id) => {
+        next_good.push(source.clone());
+        match *id {
+            Some(id) => {
                 let (info, dispatches) = compiler.compile(ing, false, Some(&prev.routes[id]));
                 // The first rule naming a host owns it.
                 let mut done: Vec<&str> = Vec::new();
@@ -1139,7 +1175,7 @@ pub fn update_kingresses(
     for ing in next_good {
         last_good
             .routes
-            .insert((ing.kind, ing.key.clone()), Good::KIngress(ing));
+            .insert((Kind::KIngress, Arc::new(ing.key())), Good::KIngress(ing));
     }
     Some(Table {
         generation,
@@ -1154,12 +1190,9 @@ pub fn update_kingresses(
     })
 }
 
-/// Every host of an object with its visibility, in a comparable order.
-fn host_set(ing: &ir::Ingress) -> Vec<(&str, bool, bool)> {
-    let mut hosts: Vec<(&str, bool, bool)> = ing
-        .rules
-        .iter()
-        .flat_map(|r| &r.hosts)
+/// Hosts with their visibility, in a comparable order.
+fn host_set<'h>(hosts: impl Iterator<Item = &'h ir::Host>) -> Vec<(&'h str, bool, bool)> {
+    let mut hosts: Vec<(&str, bool, bool)> = hosts
         .map(|h| (h.name.as_str(), h.internal_only, h.cluster_name))
         .collect();
     hosts.sort_unstable();

@@ -379,35 +379,7 @@ pub fn lower(
     }
     let mut rules = Vec::with_capacity(ing.spec.rules.len());
     for (r, rule) in ing.spec.rules.iter().enumerate() {
-        let internal_only = match rule.visibility.as_str() {
-            "" | "ExternalIP" => false,
-            "ClusterLocal" => true,
-            other => {
-                return Err(ObjectError::Visibility {
-                    field: format!("spec.rules[{r}].visibility"),
-                    value: other.into(),
-                })
-            }
-        };
-        if rule.hosts.is_empty() {
-            return Err(ObjectError::NoHosts { rule: r });
-        }
-        let mut hosts: Vec<ir::Host> = Vec::new();
-        for (h, raw) in rule.hosts.iter().enumerate() {
-            let name = host::normalize_owned(raw).ok_or_else(|| ObjectError::BadHost {
-                field: format!("spec.rules[{r}].hosts[{h}]"),
-                host: raw.clone(),
-            })?;
-            for name in expanded(&name, opts.cluster_domain) {
-                if !hosts.iter().any(|x| x.name == name) {
-                    hosts.push(ir::Host {
-                        name,
-                        internal_only,
-                        cluster_name: false,
-                    });
-                }
-            }
-        }
+        let hosts = rule_hosts(rule, r, opts.cluster_domain)?;
         let http = rule.http.as_ref().ok_or(ObjectError::NoHttp { rule: r })?;
         let mut paths = Vec::new();
         for (p, path) in http.paths.iter().flatten().enumerate() {
@@ -431,6 +403,53 @@ pub fn lower(
         rules,
         tags: Vec::new(),
     })
+}
+
+/// The hosts of every rule, as [`lower`] makes them (they need no Service).
+pub fn hosts(ing: &KIngress, cluster_domain: &str) -> Result<Vec<ir::Host>, ObjectError> {
+    let mut all = Vec::new();
+    for (r, rule) in ing.spec.rules.iter().enumerate() {
+        all.extend(rule_hosts(rule, r, cluster_domain)?);
+    }
+    Ok(all)
+}
+
+/// The hosts of rule `r`, normalised, expanded, with its visibility.
+fn rule_hosts(
+    rule: &IngressRule,
+    r: usize,
+    cluster_domain: &str,
+) -> Result<Vec<ir::Host>, ObjectError> {
+    let internal_only = match rule.visibility.as_str() {
+        "" | "ExternalIP" => false,
+        "ClusterLocal" => true,
+        other => {
+            return Err(ObjectError::Visibility {
+                field: format!("spec.rules[{r}].visibility"),
+                value: other.into(),
+            })
+        }
+    };
+    if rule.hosts.is_empty() {
+        return Err(ObjectError::NoHosts { rule: r });
+    }
+    let mut hosts: Vec<ir::Host> = Vec::new();
+    for (h, raw) in rule.hosts.iter().enumerate() {
+        let name = host::normalize_owned(raw).ok_or_else(|| ObjectError::BadHost {
+            field: format!("spec.rules[{r}].hosts[{h}]"),
+            host: raw.clone(),
+        })?;
+        for name in expanded(&name, cluster_domain) {
+            if !hosts.iter().any(|x| x.name == name) {
+                hosts.push(ir::Host {
+                    name,
+                    internal_only,
+                    cluster_name: false,
+                });
+            }
+        }
+    }
+    Ok(hosts)
 }
 
 /// A host and the short forms cluster DNS also resolves, as Knative's

@@ -409,7 +409,7 @@ pub struct Snapshot {
     /// Decoded EndpointSlices.
     pub slices: Vec<EndpointSlice>,
     /// Decoded KIngresses of [`Snapshot::class`].
-    pub kingresses: Vec<KIngress>,
+    pub kingresses: Vec<Arc<KIngress>>,
     /// Decoded Services.
     pub services: Vec<Service>,
     /// Objects rejected while decoding.
@@ -450,7 +450,7 @@ impl Snapshot {
         match decoded {
             Decoded::Route(r) => self.routes.push(r),
             Decoded::EndpointSlice(s) => self.slices.push(s),
-            Decoded::KIngress(k) => self.kingresses.push(*k),
+            Decoded::KIngress(k) => self.kingresses.push(k),
             Decoded::Service(s) => self.services.push(s),
             Decoded::NotOurs => {}
             Decoded::Rejected(r) => self.rejected.push(r),
@@ -466,7 +466,7 @@ pub enum Decoded {
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
     /// A KIngress of our class.
-    KIngress(Box<KIngress>),
+    KIngress(Arc<KIngress>),
     /// A Service.
     Service(Service),
     /// A KIngress of another class (or none): not ours, never read further.
@@ -496,7 +496,7 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
     let result = match kind {
         Kind::Route => decode::<Route>(value).map(Decoded::Route),
         Kind::EndpointSlice => decode::<EndpointSlice>(value).map(Decoded::EndpointSlice),
-        Kind::KIngress => crate::kingress::decode(value).map(|k| Decoded::KIngress(Box::new(k))),
+        Kind::KIngress => crate::kingress::decode(value).map(|k| Decoded::KIngress(Arc::new(k))),
         Kind::Service => decode::<Service>(value).map(Decoded::Service),
         Kind::Other => Err(ObjectError::UnsupportedKind {
             kind: value

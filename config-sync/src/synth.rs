@@ -33,6 +33,19 @@ pub fn host(i: usize) -> String {
     format!("{}.{}.example.com", route_name(i), namespace(i))
 }
 
+/// `n` ready endpoints at the next addresses after `ip`.
+fn ready_endpoints(n: usize, ip: &mut u32) -> Vec<Endpoint> {
+    (0..n)
+        .map(|_| {
+            *ip += 1;
+            Endpoint {
+                addresses: vec![std::net::Ipv4Addr::from(*ip).to_string()],
+                conditions: None,
+            }
+        })
+        .collect()
+}
+
 /// A cluster of the given shape. Endpoint addresses are 10.x.y.z (never dialled).
 pub fn cluster(shape: Shape) -> Snapshot {
     let mut s = Snapshot::default();
@@ -54,15 +67,7 @@ pub fn cluster(shape: Shape) -> Snapshot {
                 tag: shape.tags.then(|| format!("v{r}")),
                 url: shape.tags.then(|| format!("http://v{r}-{}", host(i))),
             });
-            let endpoints = (0..shape.endpoints)
-                .map(|_| {
-                    ip += 1;
-                    Endpoint {
-                        addresses: vec![std::net::Ipv4Addr::from(ip).to_string()],
-                        conditions: None,
-                    }
-                })
-                .collect();
+            let endpoints = ready_endpoints(shape.endpoints, &mut ip);
             s.slices.push(EndpointSlice {
                 metadata: ObjectMeta {
                     name: Some(format!("{rev}-private-x")),
@@ -136,15 +141,7 @@ pub fn kingress_cluster(kingresses: usize, endpoints: usize) -> Snapshot {
                 "metadata": {"name": rev(r), "namespace": ns},
                 "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012}]}});
             s.push_value(service);
-            let addrs = (0..endpoints)
-                .map(|_| {
-                    ip += 1;
-                    Endpoint {
-                        addresses: vec![std::net::Ipv4Addr::from(ip).to_string()],
-                        conditions: None,
-                    }
-                })
-                .collect();
+            let addrs = ready_endpoints(endpoints, &mut ip);
             s.slices.push(EndpointSlice {
                 metadata: ObjectMeta {
                     name: Some(format!("{}-x", rev(r))),

@@ -592,7 +592,7 @@ fn view(t: &Table) -> serde_json::Value {
 }
 
 /// Decoded KIngresses of `text` (for an update).
-fn kingresses_of(text: &str) -> Vec<config_sync::kingress::KIngress> {
+fn kingresses_of(text: &str) -> Vec<std::sync::Arc<config_sync::kingress::KIngress>> {
     parse(text).unwrap().kingresses
 }
 

@@ -444,7 +444,7 @@ impl KubeSource {
                 Watched::KIngresses(s) => all.extend(s.objects.values().cloned()),
                 Watched::Objects(Resource::KIngress, s, _) => {
                     all.extend(s.objects.values().filter_map(|d| match d {
-                        Decoded::KIngress(k) => Some((**k).clone()),
+                        Decoded::KIngress(k) => Some(KIngress::clone(k)),
                         _ => None,
                     }))
                 }
@@ -472,7 +472,7 @@ fn apply_kingress(
     publisher: &Publisher,
 ) -> bool {
     let ours = |obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
-        Decoded::KIngress(k) => Some(*k),
+        Decoded::KIngress(k) => Some(Arc::unwrap_or_clone(k)),
         Decoded::Rejected(r) => {
             tracing::warn!("{r}");
             None
@@ -588,7 +588,7 @@ fn kingress_update(
                     &split.service_name,
                 ));
             }
-            update.kingresses.push((**k).clone());
+            update.kingresses.push(k.clone());
         }
     }
     if let Some((services, _)) = store_of(Resource::Service) {
