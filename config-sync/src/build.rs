@@ -274,6 +274,12 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
     }
 }
 
+/// `http`, shared by every revision backend instead of a copy each.
+fn http_port_name() -> Arc<str> {
+    static HTTP: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "http".into());
+    HTTP.clone()
+}
+
 /// A revision's pods: its private EndpointSlices on queue-proxy's `http` port.
 fn revision_backend(ns: &str, rev: &str) -> ir::Backend {
     ir::Backend::Pods {
@@ -281,7 +287,7 @@ fn revision_backend(ns: &str, rev: &str) -> ir::Backend {
         name: rev.into(),
         key: ir::revision_key(ns, rev),
         port: PortSelector {
-            name: "http".into(),
+            name: http_port_name(),
             number: None,
         },
     }
@@ -290,18 +296,31 @@ fn revision_backend(ns: &str, rev: &str) -> ir::Backend {
 /// The endpoint index keys a slice feeds: its revision's (a private revision
 /// slice) and its Service's (`kubernetes.io/service-name`).
 pub fn slice_keys(slice: &EndpointSlice) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2);
+    each_slice_key(slice, &mut String::new(), |k| keys.push(k.to_owned()));
+    keys
+}
+
+/// [`slice_keys`], each written into `buf` in turn: no allocation per key.
+fn each_slice_key(slice: &EndpointSlice, buf: &mut String, mut f: impl FnMut(&str)) {
     let meta = &slice.metadata;
     let ns = meta.namespace.as_deref().unwrap_or("default");
-    let mut keys = Vec::with_capacity(2);
+    let mut key = |kind: &str, name: &str| {
+        buf.clear();
+        // The forms of ir::revision_key and ir::service_key.
+        for part in [kind, "/", ns, "/", name] {
+            buf.push_str(part);
+        }
+        f(buf);
+    };
     if let (Some(rev), Some("Private")) =
         (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL))
     {
-        keys.push(ir::revision_key(ns, rev));
+        key("r", rev);
     }
     if let Some(svc) = meta.label(SERVICE_NAME_LABEL) {
-        keys.push(ir::service_key(ns, svc));
+        key("s", svc);
     }
-    keys
 }
 
 /// Whether a slice is a revision's private slice.
@@ -371,6 +390,17 @@ pub fn slice_endpoints(
     if keys.is_empty() {
         return Ok(None);
     }
+    let found = contribution(slice, rejected, &mut |name| name.into())?;
+    Ok(Some((keys, found)))
+}
+
+/// What a slice that feeds some key contributes; `port_name` makes the shared
+/// form of a port name.
+fn contribution(
+    slice: &EndpointSlice,
+    rejected: &mut Vec<Rejection>,
+    port_name: &mut dyn FnMut(&str) -> Arc<str>,
+) -> Result<SliceEndpoints, ObjectError> {
     match slice.address_type.as_deref() {
         Some("IPv4") | Some("IPv6") | None => {}
         Some(other) => return Err(ObjectError::AddressType(other.into())),
@@ -384,16 +414,13 @@ pub fn slice_endpoints(
         .flatten()
         .filter_map(|p| {
             let number = u16::try_from(p.port?).ok().filter(|&n| n > 0)?;
-            Some((p.name.clone().unwrap_or_default().into_boxed_str(), number))
+            Some((port_name(p.name.as_deref().unwrap_or_default()), number))
         })
         .collect();
-    Ok(Some((
-        keys,
-        SliceEndpoints {
-            ports,
-            addrs: ready_ips(slice, rejected),
-        },
-    )))
+    Ok(SliceEndpoints {
+        ports,
+        addrs: ready_ips(slice, rejected),
+    })
 }
 
 /// Hash map with the fast hasher used throughout the build.
@@ -406,19 +433,32 @@ pub type EndpointIndex = FastMap<Box<str>, Vec<SliceEndpoints>>;
 /// slices can be freed before the table is filled.
 pub fn index_endpoints(slices: &[EndpointSlice], rejected: &mut Vec<Rejection>) -> EndpointIndex {
     let mut index = EndpointIndex::with_capacity_and_hasher(slices.len(), Default::default());
+    // Port names repeat across slices (`http`, `http2`, ...): one copy each.
+    let mut names: FastMap<Box<str>, Arc<str>> = FastMap::default();
+    let mut port_name = |name: &str| match names.get(name) {
+        Some(shared) => shared.clone(),
+        None => {
+            let shared: Arc<str> = name.into();
+            names.insert(name.into(), shared.clone());
+            shared
+        }
+    };
+    let mut buf = String::new();
+    let mut keys: Vec<Box<str>> = Vec::with_capacity(2);
     for slice in slices {
-        match slice_endpoints(slice, rejected) {
-            Ok(Some((keys, found))) => {
-                let (last, rest) = keys.split_last().expect("slice_endpoints returns keys");
-                for key in rest {
-                    index
-                        .entry(key.as_str().into())
-                        .or_default()
-                        .push(found.clone());
+        keys.clear();
+        each_slice_key(slice, &mut buf, |k| keys.push(k.into()));
+        if keys.is_empty() {
+            continue;
+        }
+        match contribution(slice, rejected, &mut port_name) {
+            Ok(found) => {
+                let last = keys.pop().expect("checked not empty");
+                for key in keys.drain(..) {
+                    index.entry(key).or_default().push(found.clone());
                 }
-                index.entry(last.as_str().into()).or_default().push(found);
+                index.entry(last).or_default().push(found);
             }
-            Ok(None) => {}
             Err(error) => rejected.push(Rejection::new(
                 Kind::EndpointSlice,
                 model::key(&slice.metadata),
@@ -1202,7 +1242,7 @@ fn host_set<'h>(hosts: impl Iterator<Item = &'h ir::Host>) -> Vec<(&'h str, bool
 
 fn no_port() -> PortSelector {
     PortSelector {
-        name: String::new(),
+        name: "".into(),
         number: None,
     }
 }

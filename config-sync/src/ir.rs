@@ -118,15 +118,15 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortSelector {
     /// Slice port name: the Service port's name (empty when unnamed), or
-    /// queue-proxy's `http` for a revision.
-    pub name: String,
+    /// queue-proxy's `http` for a revision. Shared: most are the same few names.
+    pub name: Arc<str>,
     /// Used when no slice port has that name.
     pub number: Option<u16>,
 }
 
 impl PortSelector {
     /// The port of a slice with `ports`, if any matches.
-    pub fn select(&self, ports: &[(Box<str>, u16)]) -> Option<u16> {
+    pub fn select(&self, ports: &[(Arc<str>, u16)]) -> Option<u16> {
         ports
             .iter()
             .find(|(name, _)| **name == *self.name)

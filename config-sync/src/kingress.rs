@@ -629,7 +629,7 @@ fn backend(
         name: name.into(),
         key: ir::service_key(ns, name),
         port: PortSelector {
-            name: port.name.clone().unwrap_or_default(),
+            name: port.name.as_deref().unwrap_or_default().into(),
             number,
         },
     })

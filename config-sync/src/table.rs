@@ -65,7 +65,7 @@ pub struct EndpointUpdate {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SliceEndpoints {
     /// `(name, number)` of every port; an unnamed port has an empty name.
-    pub ports: Vec<(Box<str>, u16)>,
+    pub ports: Vec<(Arc<str>, u16)>,
     /// Ready addresses.
     pub addrs: Vec<std::net::IpAddr>,
 }

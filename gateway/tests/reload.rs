@@ -190,3 +190,54 @@ async fn an_invalid_route_is_left_out_or_keeps_its_last_good_version() {
         "{m}"
     );
 }
+
+/// A snapshot file of KIngresses, Services and EndpointSlices (what `kubectl
+/// get ingresses.networking.internal.knative.dev,services,endpointslices -A -o
+/// yaml` prints) is served and reloaded like one of Routes; a KIngress of
+/// another class in it is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_kingresses_is_served_and_reloaded() {
+    let (a, b) = (Backend::start("svc-a").await, Backend::start("svc-b").await);
+    let service = |name: &str, addr: std::net::SocketAddr| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-x, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [\"{ip}\"]}}]\n---\n",
+            port = addr.port(),
+            ip = addr.ip()
+        )
+    };
+    let kingress = |class: &str, name: &str, to: &str| {
+        format!(
+            "apiVersion: networking.internal.knative.dev/v1alpha1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: ns\n  annotations: {{networking.knative.dev/ingress.class: {class}}}\nspec:\n  rules:\n  - hosts: [{name}.example.com]\n    http:\n      paths:\n      - path: /api\n        splits: [{{serviceName: svc-b, serviceNamespace: ns, servicePort: 80}}]\n      - splits: [{{serviceName: {to}, serviceNamespace: ns, servicePort: http}}]\n---\n"
+        )
+    };
+    const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
+    let services = service("svc-a", a.addr) + &service("svc-b", b.addr);
+    let first = kingress(OURS, "web", "svc-a")
+        + &kingress("kourier.ingress.networking.knative.dev", "theirs", "svc-a")
+        + &services;
+    let gw = Gateway::start(&first, closed()).await;
+    let c = HttpClient::new();
+    let get = |host: &'static str, path: &'static str| {
+        let c = c.clone();
+        let addr = gw.http;
+        async move {
+            let req = hyper::Request::get(format!("http://{addr}{path}"))
+                .header("host", host)
+                .body(http_body_util::Full::default())
+                .unwrap();
+            c.send(req).await.unwrap()
+        }
+    };
+    assert_eq!(get("web.example.com", "/").await.body, "svc-a");
+    assert_eq!(get("web.example.com", "/api/x").await.body, "svc-b");
+    assert_eq!(
+        get("theirs.example.com", "/").await.status,
+        404,
+        "another class"
+    );
+    assert!(gw.rejected().await.is_empty(), "{:?}", gw.rejected().await);
+
+    gw.reload(&(kingress(OURS, "web", "svc-b") + &services))
+        .await;
+    assert_eq!(get("web.example.com", "/").await.body, "svc-b");
+}
