@@ -21,8 +21,8 @@ use crate::model::{
 };
 use crate::responses::Responses;
 use crate::table::{
-    endpoint_addrs, Backend, BackendId, BackendKind, Dispatch, Endpoint, Headers, HostEntry,
-    HostMap, PathRule, Pick, RouteInfo, SliceEndpoints, Split, Table, Target,
+    endpoint_addrs, Backend, BackendId, BackendKind, Dispatch, Endpoint, HostEntry, HostMap,
+    PathRule, Pick, RouteInfo, SliceEndpoints, Split, Table, Target,
 };
 
 /// `Knative-Serving-Revision`: set on every request sent to a revision.
@@ -217,15 +217,39 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
 pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
     let ns = route.key.namespace.as_str();
     let name = route.key.name.as_str();
+    let namespace: Arc<str> = ns.into();
     let namespace_value = dns_header(ns);
-    let split = |rev: &str, percent: u32| ir::Split {
-        backend: revision_backend(ns, rev),
-        percent,
-        append: vec![
+    // Each revision once: its backend and headers are shared by its split and tag.
+    let mut revisions: Vec<(Arc<str>, ir::Backend, ir::SharedHeaders)> = Vec::new();
+    let mut revision = |rev: &str| -> (ir::Backend, ir::SharedHeaders) {
+        if let Some((_, b, h)) = revisions.iter().find(|r| &*r.0 == rev) {
+            return (b.clone(), h.clone());
+        }
+        let name: Arc<str> = rev.into();
+        let backend = ir::Backend::Pods {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            revision: true,
+            port: PortSelector {
+                name: http_port_name(),
+                number: None,
+            },
+        };
+        let headers: ir::SharedHeaders = Arc::new([
             (REVISION_HEADER, dns_header(rev)),
             (NAMESPACE_HEADER, namespace_value.clone()),
-        ],
-        activator: true,
+        ]);
+        revisions.push((name, backend.clone(), headers.clone()));
+        (backend, headers)
+    };
+    let mut split = |rev: &str, percent: u32| {
+        let (backend, headers) = revision(rev);
+        ir::Split {
+            backend,
+            percent,
+            append: Some(headers),
+            activator: true,
+        }
     };
     let rule = |hosts: Vec<ir::Host>, splits: Vec<ir::Split>| ir::Rule {
         hosts,
@@ -247,18 +271,24 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
         internal_only: true,
         cluster_name: true,
     };
-    let mut rules = vec![rule(
+    let main: Vec<ir::Split> = route
+        .split
+        .iter()
+        .map(|(rev, pct)| split(rev, *pct))
+        .collect();
+    let mut rules = Vec::with_capacity(1 + route.tags.len());
+    rules.push(rule(
         vec![public(&route.host), cluster_name(name.to_owned())],
-        route
-            .split
-            .iter()
-            .map(|(rev, pct)| split(rev, *pct))
-            .collect(),
-    )];
+        main,
+    ));
+    let mut tags = Vec::with_capacity(route.tags.len());
     for tag in &route.tags {
-        let mut hosts: Vec<ir::Host> = tag.host.as_deref().map(public).into_iter().collect();
+        let mut hosts: Vec<ir::Host> = Vec::with_capacity(2);
+        hosts.extend(tag.host.as_deref().map(public));
         hosts.push(cluster_name(format!("{}-{name}", tag.tag)));
-        rules.push(rule(hosts, vec![split(&tag.revision, 100)]));
+        let to = split(&tag.revision, 100);
+        tags.push((tag.tag.clone(), to.backend.clone()));
+        rules.push(rule(hosts, vec![to]));
     }
     ir::Ingress {
         kind: Kind::Route,
@@ -266,11 +296,7 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
         cluster_local: route.cluster_local,
         hash: None,
         rules,
-        tags: route
-            .tags
-            .iter()
-            .map(|t| (t.tag.clone(), revision_backend(ns, &t.revision)))
-            .collect(),
+        tags,
     }
 }
 
@@ -278,19 +304,6 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
 fn http_port_name() -> Arc<str> {
     static HTTP: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "http".into());
     HTTP.clone()
-}
-
-/// A revision's pods: its private EndpointSlices on queue-proxy's `http` port.
-fn revision_backend(ns: &str, rev: &str) -> ir::Backend {
-    ir::Backend::Pods {
-        namespace: ns.into(),
-        name: rev.into(),
-        key: ir::revision_key(ns, rev),
-        port: PortSelector {
-            name: http_port_name(),
-            number: None,
-        },
-    }
 }
 
 /// The endpoint index keys a slice feeds: its revision's (a private revision
@@ -518,7 +531,7 @@ pub fn build(
         backends: Vec::new(),
         backend_ids: FastMap::default(),
         existing: None,
-        header_sets: FastMap::default(),
+        key: String::new(),
         endpoints: &endpoints,
         counters: &counters,
         rejected: &mut rejected,
@@ -758,9 +771,8 @@ struct Compiler<'a, 'p> {
     backend_ids: FastMap<ir::Backend, BackendId>,
     /// The live table, when patching it: its backends are reused.
     existing: Option<&'a Table>,
-    /// Header sets made so far, by backend: equal ones are shared (a
-    /// revision's split and tag set the same two headers).
-    header_sets: FastMap<BackendId, Vec<Headers>>,
+    /// Reused to write endpoint index keys.
+    key: String,
     endpoints: &'a EndpointIndex,
     counters: &'a Carried<'p>,
     rejected: &'a mut Vec<Rejection>,
@@ -875,10 +887,10 @@ impl<'a> Compiler<'a, '_> {
         let mut picks: Vec<(Pick, u32)> = splits
             .iter()
             .map(|s| {
-                let backend = self.backend(&s.backend);
                 let pick = Pick {
-                    backend,
-                    headers: (!s.append.is_empty()).then(|| self.headers(backend, &s.append)),
+                    backend: self.backend(&s.backend),
+                    // Shared with every other split that sets the same headers.
+                    headers: s.append.clone(),
                     activator: s.activator,
                 };
                 (pick, s.percent)
@@ -891,18 +903,6 @@ impl<'a> Compiler<'a, '_> {
             }
             _ => Target::Split(Arc::new(Split::new(picks))),
         }
-    }
-
-    /// `set` as shared headers: the same allocation as an equal set made
-    /// earlier for `backend`.
-    fn headers(&mut self, backend: BackendId, set: &[(HeaderName, HeaderValue)]) -> Headers {
-        let known = self.header_sets.entry(backend).or_default();
-        if let Some(h) = known.iter().find(|h| ***h == *set) {
-            return h.clone();
-        }
-        let h: Headers = set.into();
-        known.push(h.clone());
-        h
     }
 
     /// Give `host` to route `id`. Hosts arrive normalised: URLs through
@@ -947,29 +947,35 @@ impl<'a> Compiler<'a, '_> {
             self.backend_ids.insert(backend.clone(), id);
             return id;
         }
-        let (namespace, name, key, port, kind) = match backend {
+        let mut buf = std::mem::take(&mut self.key);
+        let key = backend.index_key(&mut buf).unwrap_or_default();
+        // A Pods backend's names are the lowered form's, shared, not copied.
+        let (namespace, name, port, kind): (Arc<str>, Arc<str>, _, _) = match backend {
             ir::Backend::Pods {
                 namespace,
                 name,
-                key,
                 port,
+                ..
             } => (
-                namespace.as_str(),
-                name.as_str(),
-                key.as_str(),
+                namespace.clone(),
+                name.clone(),
                 port.clone(),
                 BackendKind::Pods,
             ),
-            ir::Backend::Internal => ("", "internal", "", no_port(), BackendKind::Internal),
+            ir::Backend::Internal => (
+                "".into(),
+                "internal".into(),
+                no_port(),
+                BackendKind::Internal,
+            ),
             ir::Backend::External {
                 namespace,
                 name,
                 host,
                 port,
             } => (
-                namespace.as_str(),
-                name.as_str(),
-                "",
+                namespace.as_str().into(),
+                name.as_str().into(),
                 no_port(),
                 BackendKind::External(host.as_str().into(), *port),
             ),
@@ -991,13 +997,14 @@ impl<'a> Compiler<'a, '_> {
         };
         let id = self.backends.len() as BackendId;
         self.backends.push(Arc::new(Backend {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace,
+            name,
             key: key.into(),
             port,
             kind,
             endpoints,
         }));
+        self.key = buf;
         self.backend_ids.insert(backend.clone(), id);
         id
     }
@@ -1006,8 +1013,8 @@ impl<'a> Compiler<'a, '_> {
 /// The backend of `table` that `backend` describes, if it has one.
 fn find_backend(table: &Table, backend: &ir::Backend) -> Option<BackendId> {
     match backend {
-        ir::Backend::Pods { key, port, .. } => table
-            .backends_of(key)
+        ir::Backend::Pods { port, .. } => table
+            .backends_of(backend.index_key(&mut String::new())?)
             .iter()
             .copied()
             .find(|&id| table.backend(id).port == *port),
@@ -1107,7 +1114,7 @@ pub fn update_kingresses(
         backends: prev.backends.clone(),
         backend_ids: FastMap::default(),
         existing: Some(prev),
-        header_sets: FastMap::default(),
+        key: String::new(),
         endpoints: &endpoints,
         counters: &counters,
         rejected: &mut rejected,

@@ -14,6 +14,10 @@ use crate::model::{Kind, ObjectKey};
 /// Header name and value pairs set on a request, replacing what the client sent.
 pub type HeaderSet = Vec<(HeaderName, HeaderValue)>;
 
+/// A header set shared by every split that sets it (a revision's split and
+/// its tag), and then by the table.
+pub type SharedHeaders = Arc<[(HeaderName, HeaderValue)]>;
+
 /// One routed object: its hosts, paths and splits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ingress {
@@ -77,7 +81,7 @@ pub struct Split {
     /// Share of the path's requests.
     pub percent: u32,
     /// Set on the request after the split.
-    pub append: HeaderSet,
+    pub append: Option<SharedHeaders>,
     /// With no ready endpoint, go to the activator (a revision split) rather than 503.
     pub activator: bool,
 }
@@ -85,15 +89,15 @@ pub struct Split {
 /// Where a split sends requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// Ready endpoints of EndpointSlices, found in the endpoint index by `key`
-    /// and served on the port `port` selects.
+    /// Ready endpoints of EndpointSlices, found in the endpoint index by
+    /// [`Backend::index_key`] and served on the port `port` selects.
     Pods {
-        /// Namespace, for labels and metrics.
-        namespace: String,
-        /// Revision or Service name, for labels and metrics.
-        name: String,
-        /// Endpoint index key ([`revision_key`] or [`service_key`]).
-        key: String,
+        /// Namespace. Shared: a Route's revisions all have the same one.
+        namespace: Arc<str>,
+        /// Revision or Service name. Shared by a revision's split and tag.
+        name: Arc<str>,
+        /// A revision's private slices (true), or a Service's slices.
+        revision: bool,
         /// Which port of the slices.
         port: PortSelector,
     },
@@ -132,6 +136,27 @@ impl PortSelector {
             .find(|(name, _)| **name == *self.name)
             .map(|p| p.1)
             .or(self.number)
+    }
+}
+
+impl Backend {
+    /// The endpoint index key of a `Pods` backend, written into `buf`
+    /// ([`revision_key`] or [`service_key`]); `None` for any other.
+    pub fn index_key<'b>(&self, buf: &'b mut String) -> Option<&'b str> {
+        let Backend::Pods {
+            namespace,
+            name,
+            revision,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        buf.clear();
+        for part in [if *revision { "r" } else { "s" }, "/", namespace, "/", name] {
+            buf.push_str(part);
+        }
+        Some(buf)
     }
 }
 

@@ -507,7 +507,7 @@ fn lower_path(
         out.push(ir::Split {
             backend: backend(split, &field, services, opts)?,
             percent: percent as u32,
-            append,
+            append: (!append.is_empty()).then(|| append.into()),
             activator,
         });
     }
@@ -627,7 +627,7 @@ fn backend(
     Ok(Backend::Pods {
         namespace: ns.into(),
         name: name.into(),
-        key: ir::service_key(ns, name),
+        revision: false,
         port: PortSelector {
             name: port.name.as_deref().unwrap_or_default().into(),
             number,
