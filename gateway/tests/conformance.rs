@@ -792,3 +792,24 @@ async fn bad_input_is_rejected_alone() {
         "the rest of it is served"
     );
 }
+
+/// Not a suite case: an ExternalName Service that is not the gateway itself is
+/// resolved in the background and dialled on its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_name_elsewhere_is_resolved_and_dialled() {
+    let e = env().await;
+    let b = Backend::start("elsewhere").await;
+    e.api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ext", "namespace": NS},
+        "spec": {"type": "ExternalName", "externalName": b.addr.ip().to_string(),
+                 "ports": [{"name": "http", "port": b.addr.port()}]}}));
+    let spec = json!({"rules": [{"hosts": [host("ext")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [{"serviceName": "ext", "serviceNamespace": NS,
+                                        "servicePort": b.addr.port()}]}]}}]});
+    e.create("ext", spec, CLASS);
+    eventually(10, "the ExternalName resolved and served", || async {
+        let r = e.get(&host("ext"), "/", &[]).await;
+        r.status == 200 && r.body == "elsewhere"
+    })
+    .await;
+}
