@@ -7,7 +7,7 @@
 //! that lost a host to an older one (`DomainConflict`) is marked not ready,
 //! with the reason.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,12 +23,13 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::build::{http_port, ready_addresses};
-use crate::error::ObjectError;
+use crate::error::{ObjectError, Outcome, Rejection};
 use crate::kingress::{self, KIngress};
 use crate::leader::LeaderElector;
 use crate::model::{EndpointSlice, Kind, ObjectKey};
 use crate::publish::TableReader;
 use crate::sources::kube::SourceKind;
+use crate::table::Table;
 
 /// Where the status writer looks and what it writes.
 #[derive(Debug, Clone)]
@@ -52,7 +53,7 @@ pub struct StatusOptions {
 }
 
 /// The latest KIngresses of our class, as the kube source sees them.
-pub type KIngressFeed = watch::Receiver<Arc<Vec<KIngress>>>;
+pub type KIngressFeed = watch::Receiver<Arc<Vec<Arc<KIngress>>>>;
 
 /// Writes KIngress status while leading.
 pub struct StatusWriter {
@@ -93,16 +94,10 @@ impl StatusWriter {
 
     /// What the live table says of `ing`; `None` while it does not apply the
     /// current version yet.
-    fn verdict(&self, ing: &KIngress) -> Option<Verdict> {
+    fn verdict(&self, ing: &KIngress, table: &Table, rejections: &[&Rejection]) -> Option<Verdict> {
         if self.options.source == SourceKind::Routes {
             return Some(Verdict::Ready);
         }
-        let table = self.table.load();
-        let key = ing.key();
-        let rejections = table
-            .rejected()
-            .iter()
-            .filter(|r| r.kind == Kind::KIngress && r.object == key);
         let mut conflict = None;
         for r in rejections {
             match &r.error {
@@ -110,11 +105,9 @@ impl StatusWriter {
                 e @ (ObjectError::NoService { .. } | ObjectError::NoServicePort { .. }) => {
                     return Some(Verdict::NotReady("ServiceNotFound", e.to_string()))
                 }
-                // A broken version served from its last good one is not this version.
-                e if r.outcome == crate::error::Outcome::LastGood => {
-                    return Some(Verdict::NotReady("InvalidSpec", e.to_string()))
-                }
-                e if r.outcome == crate::error::Outcome::LeftOut => {
+                // Left out, or served from its last good version: either
+                // way, not this version.
+                e if matches!(r.outcome, Outcome::LastGood | Outcome::LeftOut) => {
                     return Some(Verdict::NotReady("InvalidSpec", e.to_string()))
                 }
                 _ => {}
@@ -123,7 +116,7 @@ impl StatusWriter {
         if let Some(message) = conflict {
             return Some(Verdict::NotReady("DomainConflict", message));
         }
-        kingress::is_applied(ing, &table).then_some(Verdict::Ready)
+        kingress::is_applied(ing, table).then_some(Verdict::Ready)
     }
 
     /// Lead (or wait to) and write status until `shutdown`.
@@ -163,13 +156,24 @@ impl StatusWriter {
 
     async fn mark_ready(&self) -> Result<(), kube::Error> {
         // What each KIngress whose status is not current should say.
-        let pending: Vec<(KIngress, Verdict)> = self
+        let table = self.table.load();
+        // The table's KIngress rejections by object, read once per round.
+        let mut rejections: HashMap<&ObjectKey, Vec<&Rejection>> = HashMap::new();
+        for r in table.rejected().iter().filter(|r| r.kind == Kind::KIngress) {
+            rejections.entry(&r.object).or_default().push(r);
+        }
+        let pending: Vec<(Arc<KIngress>, Verdict)> = self
             .kingresses
             .borrow()
             .iter()
-            .filter_map(|k| Some((k.clone(), self.verdict(k)?)))
+            .filter_map(|k| {
+                let of = rejections.get(&k.key()).map_or(&[][..], Vec::as_slice);
+                Some((k.clone(), self.verdict(k, &table, of)?))
+            })
             .filter(|(k, verdict)| !says(k, verdict))
             .collect();
+        drop(rejections);
+        drop(table);
         if pending.is_empty() {
             return Ok(());
         }

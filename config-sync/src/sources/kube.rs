@@ -247,7 +247,7 @@ impl<T> Store<T> {
 /// model), or, with `--source routes`, the KIngresses of our class (probes only).
 enum Watched {
     Objects(Resource, Store<Decoded>, SliceIndex),
-    KIngresses(Store<KIngress>),
+    KIngresses(Store<Arc<KIngress>>),
 }
 
 /// For an EndpointSlice watch: endpoint index key → its slices, so an
@@ -302,7 +302,7 @@ pub struct KubeSource {
     client: Client,
     publisher: Arc<Publisher>,
     options: KubeOptions,
-    feed: Option<watch::Sender<Arc<Vec<KIngress>>>>,
+    feed: Option<watch::Sender<Arc<Vec<Arc<KIngress>>>>>,
 }
 
 impl KubeSource {
@@ -317,7 +317,7 @@ impl KubeSource {
     }
 
     /// Also send every new set of KIngresses of our class to `feed` (the status writer).
-    pub fn feed_kingresses(mut self, feed: watch::Sender<Arc<Vec<KIngress>>>) -> Self {
+    pub fn feed_kingresses(mut self, feed: watch::Sender<Arc<Vec<Arc<KIngress>>>>) -> Self {
         self.feed = Some(feed);
         self
     }
@@ -438,13 +438,14 @@ impl KubeSource {
     /// Send the KIngresses of our class to the status writer; with `--source
     /// routes`, also recompute which of them the live table serves (the probe map).
     fn refresh_probes(&self, stores: &[Watched]) {
-        let mut all: Vec<KIngress> = Vec::new();
+        // Shared with the stores, not copied: there may be thousands.
+        let mut all: Vec<Arc<KIngress>> = Vec::new();
         for w in stores {
             match w {
                 Watched::KIngresses(s) => all.extend(s.objects.values().cloned()),
                 Watched::Objects(Resource::KIngress, s, _) => {
                     all.extend(s.objects.values().filter_map(|d| match d {
-                        Decoded::KIngress(k) => Some(KIngress::clone(k)),
+                        Decoded::KIngress(k) => Some(k.clone()),
                         _ => None,
                     }))
                 }
@@ -454,8 +455,11 @@ impl KubeSource {
         if self.options.source == SourceKind::Routes && self.options.ingress_class.is_some() {
             let table = self.publisher.reader().load();
             let previous = self.publisher.probes().snapshot();
-            self.publisher
-                .set_probes(kingress::probe_map(all.iter(), &table, &previous));
+            self.publisher.set_probes(kingress::probe_map(
+                all.iter().map(|k| &**k),
+                &table,
+                &previous,
+            ));
         }
         if let Some(feed) = &self.feed {
             feed.send_replace(Arc::new(all));
@@ -466,13 +470,13 @@ impl KubeSource {
 /// Apply a KIngress watch event (`--source routes`); true when the set of
 /// KIngresses changed. KIngresses of another class are never stored.
 fn apply_kingress(
-    store: &mut Store<KIngress>,
+    store: &mut Store<Arc<KIngress>>,
     event: Event<DynamicObject>,
     class: &str,
     publisher: &Publisher,
 ) -> bool {
     let ours = |obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
-        Decoded::KIngress(k) => Some(Arc::unwrap_or_clone(k)),
+        Decoded::KIngress(k) => Some(k),
         Decoded::Rejected(r) => {
             tracing::warn!("{r}");
             None
