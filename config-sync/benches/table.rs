@@ -51,6 +51,17 @@ const SHAPE: Shape = Shape {
     tags: true,
 };
 
+/// A plain `GET /` for `host` on the external listener.
+fn get<'r>(host: &'r str, headers: &'r http::HeaderMap) -> Request<'r> {
+    Request {
+        host,
+        path: "/",
+        headers,
+        internal: false,
+        probe: false,
+    }
+}
+
 fn per_request(c: &mut Criterion) {
     // (routes, distinct hosts requested): the first two show the cost is flat in
     // the table's size; the third adds cache misses from touching 1,024 routes.
@@ -75,15 +86,8 @@ fn per_request(c: &mut Criterion) {
                 let table = reader.load();
                 let mut buf = [0u8; MAX_HOST_LEN];
                 let h = normalize(hosts[i].as_bytes(), &mut buf).unwrap();
-                let req = Request {
-                    host: h,
-                    path: "/",
-                    headers: &headers,
-                    internal: false,
-                    probe: false,
-                };
                 let mut to = Resolved::default();
-                resolve(&table, req, &mut rng, &mut to).unwrap();
+                resolve(&table, get(h, &headers), &mut rng, &mut to).unwrap();
                 let backend = table.backend(to.backend);
                 black_box(pick_endpoint(&backend.endpoints, &[], &mut rng))
             })
@@ -356,15 +360,8 @@ fn kingresses(c: &mut Criterion) {
         group.bench_function(id, |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                let req = Request {
-                    host: &hosts[i],
-                    path: "/",
-                    headers: &headers,
-                    internal: false,
-                    probe: false,
-                };
                 let mut to = Resolved::default();
-                resolve(&table, req, &mut rng, &mut to).unwrap();
+                resolve(&table, get(&hosts[i], &headers), &mut rng, &mut to).unwrap();
                 black_box(to.backend)
             })
         });
