@@ -59,6 +59,14 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
+    /// Bumped by `stop()`: a watch opened before sends nothing more, at once.
+    /// (Aborting the server's tasks takes effect only at their next poll, so
+    /// without it an object applied right after `stop()` could still reach an
+    /// open watch.)
+    epoch: AtomicU64,
+    /// False between `stop()` and `restart()`: a connection not yet torn down
+    /// answers 503, as a dead server would not answer at all.
+    running: std::sync::atomic::AtomicBool,
     lists: AtomicU64,
     watches: AtomicU64,
 }
@@ -98,6 +106,8 @@ impl ApiServer {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 events,
+                epoch: AtomicU64::new(0),
+                running: std::sync::atomic::AtomicBool::new(true),
                 lists: AtomicU64::new(0),
                 watches: AtomicU64::new(0),
             }),
@@ -212,6 +222,8 @@ impl ApiServer {
 
     /// Drop every connection and stop listening (the API server "dies").
     pub fn stop(&self) {
+        self.shared.running.store(false, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(task) = self.task.lock().unwrap().take() {
             task.abort();
         }
@@ -225,6 +237,7 @@ impl ApiServer {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
+        self.shared.running.store(true, Ordering::SeqCst);
         self.serve(listener);
     }
 
@@ -355,6 +368,16 @@ fn parse_path(path: &str) -> Option<Target> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if !shared.running.load(Ordering::SeqCst) {
+        return Ok(json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &status(
+                503,
+                "ServiceUnavailable",
+                "the API server is stopped".into(),
+            ),
+        ));
+    }
     let Some(target) = parse_path(req.uri().path()) else {
         return Ok(json_response(
             StatusCode::NOT_FOUND,
@@ -536,6 +559,11 @@ fn watch(shared: Arc<Shared>, target: Target, query: BTreeMap<String, String>) -
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(290));
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
+    let epoch = shared.epoch.load(Ordering::SeqCst);
+    let alive = {
+        let shared = shared.clone();
+        move || shared.epoch.load(Ordering::SeqCst) == epoch
+    };
 
     // Backlog and subscription under one lock, so no event falls between them.
     let (backlog, mut live, gone, kind) = {
@@ -558,6 +586,9 @@ fn watch(shared: Arc<Shared>, target: Target, query: BTreeMap<String, String>) -
         let mut last = from;
         for e in backlog {
             last = e.rv;
+            if !alive() {
+                return;
+            }
             if in_scope(&target, &e.api_version, &e.plural, &e.object, &selector)
                 && tx.send(event_line(e.kind, &e.object)).await.is_err()
             {
@@ -571,12 +602,15 @@ fn watch(shared: Arc<Shared>, target: Target, query: BTreeMap<String, String>) -
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tick.tick(), if bookmarks => {
+                    if !alive() { return; }
                     let bm = json!({"kind": kind, "apiVersion": target.api_version,
                                     "metadata": {"resourceVersion": last.to_string()}});
                     if tx.send(event_line("BOOKMARK", &bm)).await.is_err() { return; }
                 }
                 ev = live.recv() => match ev {
                     Ok(e) if e.rv <= last => {}
+                    // The server "died" since this watch opened: nothing more.
+                    Ok(_) if !alive() => return,
                     Ok(e) => {
                         last = e.rv;
                         if in_scope(&target, &e.api_version, &e.plural, &e.object, &selector)
@@ -600,4 +634,64 @@ fn watch(shared: Arc<Shared>, target: Target, query: BTreeMap<String, String>) -
         "application/json".parse().unwrap(),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Open a raw watch on Routes from `rv` and return the connection.
+    async fn open_watch(addr: SocketAddr, rv: u64) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /apis/serving.knative.dev/v1/routes?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    }
+
+    /// Everything the connection delivers within `wait`.
+    async fn drain(s: &mut tokio::net::TcpStream, wait: Duration) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn route(name: &str) -> Value {
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+               "metadata": {"name": name, "namespace": "ns"}})
+    }
+
+    /// A change made after `stop()` never reaches a watch opened before it:
+    /// the client has to relist after `restart()`, as with a real outage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_open_at_stop_delivers_nothing_after_it() {
+        let api = ApiServer::start().await;
+        let rv = api.apply(route("before"));
+        for _ in 0..20 {
+            let mut w = open_watch(api.addr, rv).await;
+            // The watch is live: a change before the stop arrives.
+            api.apply(route("live"));
+            assert!(drain(&mut w, Duration::from_millis(200))
+                .await
+                .contains("\"live\""));
+            api.stop();
+            api.apply(route("after-stop"));
+            let seen = drain(&mut w, Duration::from_millis(200)).await;
+            assert!(
+                !seen.contains("after-stop"),
+                "delivered after stop(): {seen}"
+            );
+            // Back for the next round.
+            api.restart().await;
+        }
+    }
 }
