@@ -198,11 +198,17 @@ impl Metrics {
             *seen = (errors, relists);
         }
         let mut families = self.registry.gather();
-        families.push(self.requests(table));
+        // The text encoder stops at a family with no metrics (before any
+        // request is counted), which cut every later family from the page.
+        let requests = self.requests(table);
+        if !requests.get_metric().is_empty() {
+            families.push(requests);
+        }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
-        // Encoding into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&families, &mut out);
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!("metrics page incomplete: {e}");
+        }
         out
     }
 
@@ -246,4 +252,39 @@ fn label(name: &str, value: &str) -> LabelPair {
     l.set_name(name.to_owned());
     l.set_value(value.to_owned());
     l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config_sync::BuildOptions;
+
+    #[test]
+    fn a_fresh_gateway_renders_every_family_before_any_request() {
+        let metrics = Metrics::new().unwrap();
+        let publisher = Publisher::new(BuildOptions::default());
+        let page = String::from_utf8(metrics.render(&Table::default(), &publisher)).unwrap();
+        for family in [
+            "gateway_hosts",
+            "gateway_routes",
+            "gateway_source_errors_total",
+            "gateway_source_relists_total",
+            "gateway_source_seconds_since_last_sync",
+            "gateway_table_generation",
+        ] {
+            assert!(
+                page.contains(&format!("\n{family} ")),
+                "{family} missing:\n{page}"
+            );
+        }
+        assert!(
+            !page.contains("gateway_requests_total"),
+            "no request counted yet"
+        );
+        // Once one is, its family is there too.
+        metrics.unrouted.record(404);
+        let page = String::from_utf8(metrics.render(&Table::default(), &publisher)).unwrap();
+        assert!(page.contains("gateway_requests_total{"), "{page}");
+        assert!(page.contains("\ngateway_table_generation "), "{page}");
+    }
 }
