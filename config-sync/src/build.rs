@@ -318,21 +318,13 @@ pub fn slice_keys(slice: &EndpointSlice) -> Vec<String> {
 fn each_slice_key(slice: &EndpointSlice, buf: &mut String, mut f: impl FnMut(&str)) {
     let meta = &slice.metadata;
     let ns = meta.namespace.as_deref().unwrap_or("default");
-    let mut key = |kind: &str, name: &str| {
-        buf.clear();
-        // The forms of ir::revision_key and ir::service_key.
-        for part in [kind, "/", ns, "/", name] {
-            buf.push_str(part);
-        }
-        f(buf);
-    };
     if let (Some(rev), Some("Private")) =
         (meta.label(REVISION_LABEL), meta.label(SERVICE_TYPE_LABEL))
     {
-        key("r", rev);
+        f(ir::write_key(buf, true, ns, rev));
     }
     if let Some(svc) = meta.label(SERVICE_NAME_LABEL) {
-        key("s", svc);
+        f(ir::write_key(buf, false, ns, svc));
     }
 }
 

@@ -152,20 +152,26 @@ impl Backend {
         else {
             return None;
         };
-        buf.clear();
-        for part in [if *revision { "r" } else { "s" }, "/", namespace, "/", name] {
-            buf.push_str(part);
-        }
-        Some(buf)
+        Some(write_key(buf, *revision, namespace, name))
     }
+}
+
+/// The one writer of endpoint index keys, into `buf`: `r/ns/name` for a
+/// revision's private EndpointSlices, `s/ns/name` for a Service's.
+pub fn write_key<'b>(buf: &'b mut String, revision: bool, namespace: &str, name: &str) -> &'b str {
+    buf.clear();
+    for part in [if revision { "r" } else { "s" }, "/", namespace, "/", name] {
+        buf.push_str(part);
+    }
+    buf
 }
 
 /// Endpoint index key of a revision's private EndpointSlices.
 pub fn revision_key(namespace: &str, revision: &str) -> String {
-    format!("r/{namespace}/{revision}")
+    write_key(&mut String::new(), true, namespace, revision).to_owned()
 }
 
 /// Endpoint index key of a Service's EndpointSlices.
 pub fn service_key(namespace: &str, service: &str) -> String {
-    format!("s/{namespace}/{service}")
+    write_key(&mut String::new(), false, namespace, service).to_owned()
 }
