@@ -498,6 +498,11 @@ pub fn build(
         rejected,
         class: _,
     } = snapshot;
+    let sliced = if kingresses.is_empty() {
+        SlicedServices::default()
+    } else {
+        sliced_services(&slices)
+    };
     // Slices and the live table's counters do not depend on the routed objects:
     // index them on a second thread while those are validated (a quarter of a build).
     let ((endpoints, slice_rejected, counters), (mut rejected, routes, next_good)) =
@@ -509,8 +514,15 @@ pub fn build(
                 let counters = prev.map(Carried::from).unwrap_or_default();
                 (endpoints, slice_rejected, counters)
             });
-            let validated =
-                validate_all(&decoded, &kingresses, &services, rejected, opts, last_good);
+            let validated = validate_all(
+                &decoded,
+                &kingresses,
+                &services,
+                &sliced,
+                rejected,
+                opts,
+                last_good,
+            );
             let side = side.join().expect("indexing endpoints does not panic");
             (side, validated)
         });
@@ -636,6 +648,7 @@ fn validate_all(
     routes: &[Route],
     kingresses: &[Arc<KIngress>],
     services: &[Service],
+    sliced: &SlicedServices,
     mut rejected: Vec<Rejection>,
     opts: &BuildOptions,
     last_good: &LastGood,
@@ -665,7 +678,17 @@ fn validate_all(
     let lower_opts = opts.lower_options();
     for ing in kingresses {
         let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
-        match kingress::lower(ing, &services, &lower_opts) {
+        let key = || (Kind::KIngress, Arc::new(ing.key()));
+        let result =
+            kingress::lower(ing, &services, &lower_opts).and_then(
+                |valid| match hold_for_endpoints(&valid, last_good.routes.get(&key()), |k| {
+                    sliced.contains(k)
+                }) {
+                    Some(error) => Err(error),
+                    None => Ok(valid),
+                },
+            );
+        match result {
             Ok(valid) => {
                 let valid = Arc::new(valid);
                 next_good.routes.insert(
@@ -718,6 +741,64 @@ fn validate_all(
     });
     let routes = lowered.into_iter().map(|(_, r, lg)| (r, lg)).collect();
     (rejected, routes, next_good)
+}
+
+/// Endpoint index keys of the Services (and revisions) with at least one
+/// EndpointSlice, valid or not.
+type SlicedServices = std::collections::HashSet<Box<str>, foldhash::fast::RandomState>;
+
+fn sliced_services(slices: &[EndpointSlice]) -> SlicedServices {
+    let mut sliced = SlicedServices::default();
+    let mut buf = String::new();
+    for slice in slices {
+        each_slice_key(slice, &mut buf, |k| {
+            if !sliced.contains(k) {
+                sliced.insert(k.into());
+            }
+        });
+    }
+    sliced
+}
+
+/// Why a changed KIngress should keep serving its last good version: it
+/// names a Service whose EndpointSlices have not arrived yet. Serving it now
+/// would answer 503 for a backend that is about to be there; Knative marks a
+/// KIngress Ready only after the change is served, so the wait costs nothing.
+/// A KIngress with no last good version is served at once (503 until then).
+fn hold_for_endpoints(
+    ing: &ir::Ingress,
+    last_good: Option<&Good>,
+    has_slices: impl Fn(&str) -> bool,
+) -> Option<ObjectError> {
+    let Some(Good::KIngress(old)) = last_good else {
+        return None;
+    };
+    if ing.hash.as_ref().map(|h| h.as_bytes()) == Some(old.hash.as_bytes()) {
+        return None;
+    }
+    let mut buf = String::new();
+    let backends = ing
+        .rules
+        .iter()
+        .flat_map(|r| &r.paths)
+        .flat_map(|p| &p.splits)
+        .map(|s| &s.backend);
+    for backend in backends {
+        if let (
+            Some(key),
+            ir::Backend::Pods {
+                namespace, name, ..
+            },
+        ) = (backend.index_key(&mut buf), backend)
+        {
+            if !has_slices(key) {
+                return Some(ObjectError::NoEndpoints {
+                    service: format!("{namespace}/{name}"),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// The live table's counters, which the next table takes over.
@@ -1056,7 +1137,16 @@ pub fn update_kingresses(
     // Lower each; what fails keeps its last good version, as in a full build.
     let mut lowered: Vec<(ObjectKey, Result<Arc<ir::Ingress>, ObjectError>)> = Vec::new();
     for ing in &update.kingresses {
-        let result = kingress::lower(ing, &services, &lower_opts).map(Arc::new);
+        let key = (Kind::KIngress, Arc::new(ing.key()));
+        let result =
+            kingress::lower(ing, &services, &lower_opts).and_then(
+                |valid| match hold_for_endpoints(&valid, last_good.routes.get(&key), |k| {
+                    endpoints.contains_key(k)
+                }) {
+                    Some(error) => Err(error),
+                    None => Ok(Arc::new(valid)),
+                },
+            );
         lowered.push((ing.key(), result));
     }
     // Few KIngresses change at a time: a scan beats indexing 10,000 routes.

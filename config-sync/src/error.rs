@@ -135,6 +135,14 @@ pub enum ObjectError {
         /// `namespace/name` of the Service.
         service: String,
     },
+    /// A changed KIngress naming a Service none of whose EndpointSlices has
+    /// arrived yet (watches deliver in any order): its last good version is
+    /// served until they do, rather than answering 503 meanwhile.
+    #[error("Service {service} has no EndpointSlices yet")]
+    NoEndpoints {
+        /// `namespace/name` of the Service.
+        service: String,
+    },
     /// A split's `servicePort` that matches no port of its Service.
     #[error("{field} servicePort {port} matches no port of Service {service}")]
     NoServicePort {
@@ -184,6 +192,7 @@ impl ObjectError {
             ObjectError::SplitSum { .. } => "split_sum",
             ObjectError::BadHeader { .. } => "bad_header",
             ObjectError::NoService { .. } => "no_service",
+            ObjectError::NoEndpoints { .. } => "no_endpoints",
             ObjectError::NoServicePort { .. } => "no_service_port",
             ObjectError::NoHttpPort => "no_http_port",
             ObjectError::AddressType(_) => "address_type",

@@ -105,6 +105,9 @@ impl StatusWriter {
                 e @ (ObjectError::NoService { .. } | ObjectError::NoServicePort { .. }) => {
                     return Some(Verdict::NotReady("ServiceNotFound", e.to_string()))
                 }
+                e @ ObjectError::NoEndpoints { .. } => {
+                    return Some(Verdict::NotReady("EndpointsNotFound", e.to_string()))
+                }
                 // Left out, or served from its last good version: either
                 // way, not this version.
                 e if matches!(r.outcome, Outcome::LastGood | Outcome::LeftOut) => {

@@ -525,6 +525,73 @@ fn a_kingress_waiting_for_its_new_service_keeps_serving_its_last_version() {
     assert_eq!(t.rejected()[0].outcome, Outcome::LeftOut);
 }
 
+/// Service `name` alone, without its EndpointSlice.
+fn bare_service(name: &str, target: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{name: http, port: 80, targetPort: {target}}}]}}\n---\n"
+    )
+}
+
+#[test]
+fn a_kingress_waiting_for_its_new_services_slices_keeps_serving_its_last_version() {
+    use config_sync::build::{update_kingresses, KIngressUpdate};
+    let web = |svc| {
+        kingress(
+            "web",
+            "2026-01-01T00:00:00Z",
+            "web.example.com",
+            &[(svc, 100)],
+        )
+    };
+    let (t, lg) = table(&(web("a") + &service("a", 8080, "10.0.0.1")));
+    // The new version names Service b: its Service has arrived, its
+    // EndpointSlice not yet. Serving b now would answer 503.
+    let waiting = web("b") + &service("a", 8080, "10.0.0.1") + &bare_service("b", 9090);
+    let (next, next_lg) = table_after(&waiting, &lg, Some(&t));
+    assert_eq!(addrs(&next, "web.example.com"), ["10.0.0.1:8080"]);
+    let r = &next.rejected()[0];
+    assert_eq!(
+        (r.error.to_string().as_str(), r.outcome),
+        ("Service ns/b has no EndpointSlices yet", Outcome::LastGood)
+    );
+    // The same through the patch path.
+    let snapshot = parse(&(service("a", 8080, "10.0.0.1") + &bare_service("b", 9090))).unwrap();
+    let mut patch_lg = lg.clone();
+    let patched = update_kingresses(
+        &t,
+        KIngressUpdate {
+            kingresses: kingresses_of(&web("b")),
+            services: snapshot.services,
+            slices: snapshot.slices,
+        },
+        &BuildOptions::default(),
+        &mut patch_lg,
+        2,
+    )
+    .expect("held back in place");
+    assert_eq!(addrs(&patched, "web.example.com"), ["10.0.0.1:8080"]);
+    assert_eq!(patched.rejected()[0].error.reason(), "no_endpoints");
+    // Once the slice arrives, b is served.
+    let (last, _) = table_after(
+        &(web("b") + &service("b", 9090, "10.0.0.2")),
+        &next_lg,
+        Some(&next),
+    );
+    assert!(last.rejected().is_empty(), "{:?}", last.rejected());
+    assert_eq!(addrs(&last, "web.example.com"), ["10.0.0.2:9090"]);
+    // A KIngress never served before is served at once: nothing to keep.
+    let (fresh, _) = table(
+        &(kingress(
+            "new",
+            "2026-01-01T00:00:00Z",
+            "new.example.com",
+            &[("c", 100)],
+        ) + &bare_service("c", 8080)),
+    );
+    assert!(fresh.rejected().is_empty(), "{:?}", fresh.rejected());
+    assert!(fresh.lookup("new.example.com").is_some());
+}
+
 #[test]
 fn the_older_kingress_keeps_a_contested_host() {
     let text = kingress(

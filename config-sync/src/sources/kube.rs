@@ -412,7 +412,12 @@ impl KubeSource {
                 }
                 _ = wait, if stores.iter().all(Watched::synced) => {
                     publish_at = None;
-                    let done = std::mem::take(&mut pending);
+                    let mut done = std::mem::take(&mut pending);
+                    // A KIngress held at its last good version until its
+                    // Service's EndpointSlices arrive is applied by a full build.
+                    if !done.keys.is_empty() && self.waits_for_endpoints() {
+                        done.full = true;
+                    }
                     // A KIngress change is patched into the live table; when that
                     // cannot be exact (hosts moved), everything is rebuilt.
                     let patched = done.full
@@ -433,6 +438,16 @@ impl KubeSource {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Whether the live table holds a KIngress back until EndpointSlices arrive.
+    fn waits_for_endpoints(&self) -> bool {
+        self.publisher
+            .reader()
+            .peek()
+            .rejected()
+            .iter()
+            .any(|r| matches!(r.error, crate::error::ObjectError::NoEndpoints { .. }))
     }
 
     /// Send the KIngresses of our class to the status writer; with `--source
