@@ -233,6 +233,8 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
             port: PortSelector {
                 name: http_port_name(),
                 number: None,
+                h2c: false,
+                or_http2: true,
             },
         };
         let headers: ir::SharedHeaders = Arc::new([
@@ -334,16 +336,20 @@ fn is_private_revision(slice: &EndpointSlice) -> bool {
     meta.label(REVISION_LABEL).is_some() && meta.label(SERVICE_TYPE_LABEL) == Some("Private")
 }
 
-/// The port named `http` (queue-proxy's), if the slice has a valid one.
+/// The port named `http` (queue-proxy's), or else `http2` (a revision that
+/// speaks h2c), if the slice has a valid one.
 pub fn http_port(slice: &EndpointSlice) -> Option<u16> {
-    slice
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref() == Some("http"))
-        .and_then(|p| p.port)
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|&p| p > 0)
+    let named = |want: &str| {
+        slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(want))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|&p| p > 0)
+    };
+    named("http").or_else(|| named(ir::HTTP2_PORT))
 }
 
 /// The first address of every ready endpoint, on `port`. An address that is not
@@ -1056,8 +1062,9 @@ impl<'a> Compiler<'a, '_> {
         let endpoints = match self.endpoints.get(key) {
             Some(slices) if kind == BackendKind::Pods => endpoint_addrs(slices, &port)
                 .into_iter()
-                .map(|addr| Endpoint {
+                .map(|(addr, h2c)| Endpoint {
                     addr,
+                    h2c,
                     inflight: self
                         .counters
                         .inflight
@@ -1333,5 +1340,7 @@ fn no_port() -> PortSelector {
     PortSelector {
         name: "".into(),
         number: None,
+        h2c: false,
+        or_http2: false,
     }
 }

@@ -117,8 +117,8 @@ pub enum Backend {
     },
 }
 
-/// Which port of an EndpointSlice carries a backend: the port named `name`,
-/// or else `number`, the Service's numeric `targetPort`.
+/// Which port of an EndpointSlice carries a backend, and how to speak to it:
+/// the port named `name`, or else `number`, the Service's numeric `targetPort`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortSelector {
     /// Slice port name: the Service port's name (empty when unnamed), or
@@ -126,17 +126,38 @@ pub struct PortSelector {
     pub name: Arc<str>,
     /// Used when no slice port has that name.
     pub number: Option<u16>,
+    /// The port speaks HTTP/2 cleartext (a Service port named `http2` or
+    /// `h2c`, or with `appProtocol: kubernetes.io/h2c`).
+    pub h2c: bool,
+    /// A revision's: a slice without the `http` port is served on its port
+    /// named `http2` over HTTP/2 cleartext, as Knative names the private port
+    /// of a revision whose container asks for h2c.
+    pub or_http2: bool,
 }
 
+/// Knative's name for a revision port that speaks HTTP/2 cleartext.
+pub const HTTP2_PORT: &str = "http2";
+
 impl PortSelector {
-    /// The port of a slice with `ports`, if any matches.
-    pub fn select(&self, ports: &[(Arc<str>, u16)]) -> Option<u16> {
-        ports
-            .iter()
-            .find(|(name, _)| **name == *self.name)
-            .map(|p| p.1)
-            .or(self.number)
+    /// The port of a slice with `ports`, if any matches, and whether it
+    /// speaks HTTP/2 cleartext.
+    pub fn select(&self, ports: &[(Arc<str>, u16)]) -> Option<(u16, bool)> {
+        let named = |want: &str| ports.iter().find(|(name, _)| **name == *want).map(|p| p.1);
+        if let Some(port) = named(&self.name) {
+            return Some((port, self.h2c));
+        }
+        if self.or_http2 {
+            if let Some(port) = named(HTTP2_PORT) {
+                return Some((port, true));
+            }
+        }
+        self.number.map(|port| (port, self.h2c))
     }
+}
+
+/// Whether a Service port asks for HTTP/2 cleartext to its endpoints.
+pub fn is_h2c_port(name: Option<&str>, app_protocol: Option<&str>) -> bool {
+    matches!(name, Some("http2" | "h2c")) || app_protocol == Some("kubernetes.io/h2c")
 }
 
 impl Backend {
@@ -174,4 +195,61 @@ pub fn revision_key(namespace: &str, revision: &str) -> String {
 /// Endpoint index key of a Service's EndpointSlices.
 pub fn service_key(namespace: &str, service: &str) -> String {
     write_key(&mut String::new(), false, namespace, service).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(list: &[(&str, u16)]) -> Vec<(Arc<str>, u16)> {
+        list.iter().map(|(n, p)| ((*n).into(), *p)).collect()
+    }
+
+    fn selector(name: &str, number: Option<u16>, h2c: bool, or_http2: bool) -> PortSelector {
+        PortSelector {
+            name: name.into(),
+            number,
+            h2c,
+            or_http2,
+        }
+    }
+
+    #[test]
+    fn a_port_is_picked_by_name_then_number_with_its_protocol() {
+        let svc = selector("grpc", Some(9000), true, false);
+        assert_eq!(
+            svc.select(&ports(&[("x", 1), ("grpc", 50051)])),
+            Some((50051, true))
+        );
+        assert_eq!(svc.select(&ports(&[("x", 1)])), Some((9000, true)));
+        let unnumbered = selector("web", None, false, false);
+        assert_eq!(unnumbered.select(&ports(&[("x", 1)])), None);
+    }
+
+    #[test]
+    fn a_revision_without_an_http_port_is_served_on_http2_over_h2c() {
+        let rev = selector("http", None, false, true);
+        assert_eq!(
+            rev.select(&ports(&[("http", 8012), ("http2", 8013)])),
+            Some((8012, false))
+        );
+        assert_eq!(
+            rev.select(&ports(&[("http-metrics", 9091), ("http2", 8013)])),
+            Some((8013, true))
+        );
+        assert_eq!(rev.select(&ports(&[("http-metrics", 9091)])), None);
+        // A Service's port never falls back to another name.
+        let svc = selector("http", None, false, false);
+        assert_eq!(svc.select(&ports(&[("http2", 8013)])), None);
+    }
+
+    #[test]
+    fn h2c_ports_by_name_or_app_protocol() {
+        assert!(is_h2c_port(Some("http2"), None));
+        assert!(is_h2c_port(Some("h2c"), None));
+        assert!(is_h2c_port(Some("web"), Some("kubernetes.io/h2c")));
+        assert!(!is_h2c_port(Some("http"), None));
+        assert!(!is_h2c_port(None, Some("http")));
+        assert!(!is_h2c_port(Some("grpc"), None));
+    }
 }

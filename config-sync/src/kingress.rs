@@ -631,6 +631,8 @@ fn backend(
         port: PortSelector {
             name: port.name.as_deref().unwrap_or_default().into(),
             number,
+            h2c: ir::is_h2c_port(port.name.as_deref(), port.app_protocol.as_deref()),
+            or_http2: false,
         },
     })
 }

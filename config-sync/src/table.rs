@@ -70,13 +70,14 @@ pub struct SliceEndpoints {
     pub addrs: Vec<std::net::IpAddr>,
 }
 
-/// The endpoints of `slices` on the port `port` selects: sorted, deduplicated
-/// (a pod can sit in two slices while they are being rebalanced).
-pub fn endpoint_addrs(slices: &[SliceEndpoints], port: &PortSelector) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = slices
+/// The endpoints of `slices` on the port `port` selects, each with whether
+/// it speaks HTTP/2 cleartext: sorted, deduplicated (a pod can sit in two
+/// slices while they are being rebalanced).
+pub fn endpoint_addrs(slices: &[SliceEndpoints], port: &PortSelector) -> Vec<(SocketAddr, bool)> {
+    let mut out: Vec<(SocketAddr, bool)> = slices
         .iter()
         .filter_map(|s| Some((s, port.select(&s.ports)?)))
-        .flat_map(|(s, p)| s.addrs.iter().map(move |ip| SocketAddr::new(*ip, p)))
+        .flat_map(|(s, (p, h2c))| s.addrs.iter().map(move |ip| (SocketAddr::new(*ip, p), h2c)))
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -307,14 +308,17 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Requests in flight to it; shared across tables so a swap keeps the counts.
     pub inflight: Arc<AtomicU32>,
+    /// It speaks HTTP/2 cleartext (see [`PortSelector`]).
+    pub h2c: bool,
 }
 
 impl Endpoint {
-    /// A new endpoint with no requests in flight.
+    /// A new HTTP/1.1 endpoint with no requests in flight.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             inflight: Arc::new(AtomicU32::new(0)),
+            h2c: false,
         }
     }
 
@@ -394,13 +398,19 @@ impl Table {
                 let old = &self.backends[id as usize];
                 let endpoints = endpoint_addrs(&update.slices, &old.port)
                     .into_iter()
-                    .map(|addr| {
+                    .map(|(addr, h2c)| {
                         // Keep the in-flight count of an endpoint that stays.
-                        old.endpoints
+                        let inflight = old
+                            .endpoints
                             .iter()
                             .find(|e| e.addr == addr)
-                            .cloned()
-                            .unwrap_or_else(|| Endpoint::new(addr))
+                            .map(|e| e.inflight.clone())
+                            .unwrap_or_default();
+                        Endpoint {
+                            addr,
+                            inflight,
+                            h2c,
+                        }
                     })
                     .collect();
                 backends[id as usize] = Arc::new(Backend {
@@ -524,6 +534,7 @@ impl Table {
                     .map(|e| EndpointView {
                         address: e.addr.to_string(),
                         inflight: e.load(),
+                        protocol: if e.h2c { "h2c" } else { "http/1.1" },
                     })
                     .collect(),
             })
@@ -679,6 +690,9 @@ pub struct EndpointView {
     pub address: String,
     /// Requests in flight.
     pub inflight: u32,
+    /// What the gateway speaks to it: `http/1.1` or `h2c` (upgrades always
+    /// go out as HTTP/1.1).
+    pub protocol: &'static str,
 }
 
 /// A rejection in [`TableView`].

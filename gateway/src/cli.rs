@@ -232,6 +232,14 @@ pub struct Tuning {
     /// Then let in-flight requests finish for at most this long.
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Close a request body, WebSocket or gRPC stream silent this long in
+    /// either direction (e.g. 1h). Off by default: streams stay open.
+    #[arg(long, env = "GATEWAY_STREAM_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Option<Duration>,
+    /// Concurrent streams per HTTP/2 connection to a backend.
+    #[arg(long, env = "GATEWAY_UPSTREAM_H2_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub upstream_h2_streams: u32,
 }
 
 impl Tuning {
@@ -251,6 +259,8 @@ impl Tuning {
                 connect_timeout: self.connect_timeout,
                 max_connect_attempts: self.max_connect_attempts as usize,
                 internal_port: None,
+                stream_idle_timeout: self.stream_idle_timeout,
+                upstream_h2_streams: self.upstream_h2_streams as usize,
             },
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,

@@ -7,8 +7,10 @@
 //!    listener for cluster-local routes. With `--source routes`, Knative's
 //!    probe is answered here with the applied KIngress hash.
 //! 2. `upstream_peer`: a ready endpoint by power of two choices; with none,
-//!    the activator for a revision split, else 503.
-//! 3. `upstream_request_filter`: path and split `appendHeaders` (for a
+//!    the activator for a revision split, else 503. HTTP/2 cleartext to an
+//!    endpoint whose port asks for it, except for upgrades (HTTP/1.1 always).
+//! 3. `upstream_request_filter`: `X-Forwarded-For` gets the client address
+//!    appended, `X-Forwarded-Proto` is set; path and split `appendHeaders` (for a
 //!    revision, `Knative-Serving-Revision` and `-Namespace`) replace whatever
 //!    the client sent; `K-Network-Hash: override` gets the KIngress hash;
 //!    `rewriteHost` replaces the Host.
@@ -50,6 +52,11 @@ pub struct ProxyOptions {
     /// Local port of the internal listener, which serves every host; the other
     /// listener serves only public ones.
     pub internal_port: Option<u16>,
+    /// Close a request whose body (or an upgraded connection, a gRPC stream)
+    /// has been silent this long in either direction; `None`: never.
+    pub stream_idle_timeout: Option<Duration>,
+    /// Concurrent streams per HTTP/2 connection to a backend.
+    pub upstream_h2_streams: usize,
 }
 
 /// The gateway's `ProxyHttp` implementation.
@@ -86,6 +93,26 @@ impl Gateway {
 
 /// Header marking Knative's ingress probe (a static name: no parse per request).
 const PROBE_HEADER: http::HeaderName = http::HeaderName::from_static("k-network-probe");
+const FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
+const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
+
+/// `X-Forwarded-For` with `client` appended to what the client sent (every
+/// value, in order), as Envoy does for Kourier.
+fn forwarded_for(
+    sent: http::header::GetAll<'_, http::HeaderValue>,
+    client: std::net::IpAddr,
+) -> http::HeaderValue {
+    use std::io::Write;
+    let mut value = Vec::with_capacity(64);
+    for prior in sent {
+        value.extend_from_slice(prior.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    write!(value, "{client}").expect("writing to a Vec cannot fail");
+    http::HeaderValue::from_bytes(&value).expect("header values and an IP address stay valid")
+}
 
 impl Gateway {
     /// Knative's prober asks each replica which KIngress version it serves for
@@ -174,6 +201,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // pingora reads an HTTP/1.1 body with a 60 s timeout by default: a
+        // WebSocket or a streaming upload may be silent far longer.
+        session.set_read_timeout(self.options.stream_idle_timeout);
         let req = session.req_header();
         // HTTP/2 and absolute-form requests carry the authority in the URI.
         let raw = match req.uri.authority() {
@@ -223,7 +253,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.release();
@@ -232,6 +262,7 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route resolved"))?;
         let backend = table.backend(ctx.to.backend);
+        let mut h2c = false;
         let addr = match &backend.kind {
             BackendKind::Pods if backend.endpoints.is_empty() && ctx.to.activator => {
                 // Scaled to zero: the activator wakes a pod and forwards.
@@ -267,6 +298,7 @@ impl ProxyHttp for Gateway {
                 let endpoint = &backend.endpoints[i];
                 endpoint.inflight.fetch_add(1, Ordering::Relaxed);
                 ctx.upstream = Upstream::Endpoint(i);
+                h2c = endpoint.h2c;
                 endpoint.addr
             }
             BackendKind::External(host, port) => {
@@ -287,15 +319,32 @@ impl ProxyHttp for Gateway {
         };
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.options.connect_timeout);
+        peer.options.read_timeout = self.options.stream_idle_timeout;
+        peer.options.write_timeout = self.options.stream_idle_timeout;
+        // An upgrade (WebSocket) always goes out as HTTP/1.1: HTTP/2 to the
+        // next hop cannot carry it (Kourier's bug #801).
+        if h2c && !session.is_upgrade_req() {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = self.options.upstream_h2_streams;
+        }
         Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let value = forwarded_for(
+                upstream_request.headers.get_all(&FORWARDED_FOR),
+                client.ip(),
+            );
+            upstream_request.insert_header(FORWARDED_FOR, value)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header(FORWARDED_PROTO, if tls { HTTPS } else { HTTP })?;
         // insert_header replaces every value the client sent.
         for (name, value) in ctx.to.headers.iter().flatten().flat_map(|h| h.iter()) {
             upstream_request.insert_header(name.clone(), value.clone())?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use config_sync::Publisher;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -144,6 +145,13 @@ pub fn run(
         );
     }
     proxy.threads = Some(config.threads);
+    // HTTP/1.1 and h2c with prior knowledge on the same ports: the first 24
+    // bytes (the HTTP/2 preface, or not) decide.
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
 
     let mut admin = Service::new(
         "admin".into(),

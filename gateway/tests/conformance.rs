@@ -79,18 +79,28 @@ impl Env {
 
     /// The Service of [`Env::service`] without its EndpointSlice.
     fn service_alone(&self, name: &str, backend: SocketAddr) {
+        self.service_port(name, backend, "http");
+    }
+
+    /// A Service whose port 80 is named `port` (`http2` asks for h2c).
+    fn service_port(&self, name: &str, backend: SocketAddr, port: &str) {
         self.api.apply(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": NS},
             "spec": {"type": "ClusterIP",
-                     "ports": [{"name": "http", "port": 80, "targetPort": backend.port()}]}}));
+                     "ports": [{"name": port, "port": 80, "targetPort": backend.port()}]}}));
     }
 
     /// The EndpointSlice of [`Env::service`].
     fn slice(&self, name: &str, backend: SocketAddr) {
+        self.slice_port(name, backend, "http");
+    }
+
+    /// An EndpointSlice whose port is named `port`, after its Service's.
+    fn slice_port(&self, name: &str, backend: SocketAddr, port: &str) {
         self.api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-abcde"), "namespace": NS,
                          "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": backend.port()}],
+            "addressType": "IPv4", "ports": [{"name": port, "port": backend.port()}],
             "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": true}}]}));
     }
 
@@ -98,6 +108,14 @@ impl Env {
     async fn runtime(&self, name: &str) -> Backend {
         let b = Backend::start(name).await;
         self.service(name, b.addr);
+        b
+    }
+
+    /// [`Env::runtime`] behind a port named `http2`: the gateway speaks h2c to it.
+    async fn runtime_h2c(&self, name: &str) -> Backend {
+        let b = Backend::start(name).await;
+        self.service_port(name, b.addr, "http2");
+        self.slice_port(name, b.addr, "http2");
         b
     }
 
@@ -835,4 +853,145 @@ async fn external_name_elsewhere_is_resolved_and_dialled() {
         r.status == 200 && r.body == "elsewhere"
     })
     .await;
+}
+
+/// basics/http2: a Service port named `http2` is reached over HTTP/2
+/// cleartext, whatever the client speaks; any other port over HTTP/1.1.
+/// Clients may speak h2c with prior knowledge on the plain port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basics_http2() {
+    let e = env().await;
+    let _b = (e.runtime_h2c("h2").await, e.runtime("h1").await);
+    let spec = json!({"rules": [
+        {"hosts": [host("h2")], "visibility": "ExternalIP",
+         "http": {"paths": [{"splits": [split("h2", 100)]}]}},
+        {"hosts": [host("h1")], "visibility": "ExternalIP",
+         "http": {"paths": [{"splits": [split("h1", 100)]}]}}]});
+    e.ingress_ready("http2", spec).await;
+    let r = e.get(&host("h2"), "/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "h2"));
+    assert_eq!(
+        r.header("x-seen-version"),
+        "HTTP/2.0",
+        "HTTP/1.1 in, h2c out"
+    );
+    let h2 = H2cClient::connect(e.gw.http).await;
+    for (name, version) in [("h2", "HTTP/2.0"), ("h1", "HTTP/1.1")] {
+        let r = h2.get(&host(name), "/").await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, name));
+        assert_eq!(r.header("x-seen-version"), version, "h2c in to {name}");
+    }
+    // Many concurrent streams on one client connection.
+    let (h2_host, h1_host) = (host("h2"), host("h1"));
+    let replies = futures::future::join_all(
+        (0..50).map(|i| h2.get(if i % 2 == 0 { &h2_host } else { &h1_host }, "/")),
+    )
+    .await;
+    assert!(replies
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|r| r.status == 200)));
+}
+
+/// Forwarding headers, as Envoy sets them for Kourier: the client address is
+/// appended to `X-Forwarded-For`, `X-Forwarded-Proto` is the listener's
+/// scheme, and trace context passes untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers() {
+    let e = env().await;
+    let _b = e.runtime("fwd").await;
+    e.ingress_ready("fwd", simple(&host("fwd"), "fwd")).await;
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = e
+        .get(
+            &host("fwd"),
+            "/",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("traceparent", trace),
+                ("tracestate", "a=1"),
+                ("baggage", "k=v"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-echo-x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        r.header("x-echo-x-forwarded-proto"),
+        "http",
+        "the gateway's scheme, not the client's claim"
+    );
+    assert_eq!(r.header("x-echo-traceparent"), trace);
+    assert_eq!(r.header("x-echo-tracestate"), "a=1");
+    assert_eq!(r.header("x-echo-baggage"), "k=v");
+    let r = e.get(&host("fwd"), "/", &[]).await;
+    assert_eq!(r.header("x-echo-x-forwarded-for"), "127.0.0.1");
+}
+
+/// Open a WebSocket to `host` through the gateway and run `n` echoes;
+/// returns the backend name that answered.
+async fn websocket_echoes(gw: SocketAddr, host: &str, n: usize) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut req = format!("ws://{gw}/chat").into_client_request().unwrap();
+    req.headers_mut().insert("host", host.parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut answered = String::new();
+    for i in 0..n {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo within 5 s")
+            .unwrap()
+            .unwrap();
+        let text = reply.into_text().unwrap();
+        let (name, echoed) = text.as_str().split_once(": ").unwrap();
+        assert_eq!(echoed, format!("ping {i}"));
+        if answered.is_empty() {
+            answered = name.to_owned();
+        }
+        assert_eq!(name, answered, "one connection, one backend");
+    }
+    ws.close(None).await.unwrap();
+    answered
+}
+
+/// websocket: 100 echoes over one upgraded connection, also to a backend
+/// whose port asks for h2c (upgrades go out as HTTP/1.1: Kourier's #801).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket() {
+    let e = env().await;
+    let _b = (e.runtime("ws").await, e.runtime_h2c("ws-h2").await);
+    let spec = json!({"rules": [
+        {"hosts": [host("ws")], "visibility": "ExternalIP",
+         "http": {"paths": [{"splits": [split("ws", 100)]}]}},
+        {"hosts": [host("ws-h2")], "visibility": "ExternalIP",
+         "http": {"paths": [{"splits": [split("ws-h2", 100)]}]}}]});
+    e.ingress_ready("ws", spec).await;
+    assert_eq!(websocket_echoes(e.gw.http, &host("ws"), 100).await, "ws");
+    assert_eq!(
+        websocket_echoes(e.gw.http, &host("ws-h2"), 100).await,
+        "ws-h2"
+    );
+}
+
+/// websocket/split: upgrades through a 50/50 split reach both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_split() {
+    let e = env().await;
+    let _b = (e.runtime("ws-a").await, e.runtime("ws-b").await);
+    let spec = json!({"rules": [{"hosts": [host("ws-split")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [split("ws-a", 50), split("ws-b", 50)]}]}}]});
+    e.ingress_ready("ws-split", spec).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(websocket_echoes(e.gw.http, &host("ws-split"), 10).await);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["ws-a", "ws-b"]);
 }

@@ -182,6 +182,59 @@ async fn client_knative_headers_are_overwritten() {
     assert_eq!(r.header("x-seen-namespace"), "ns");
 }
 
+/// `--source routes`: a revision whose private EndpointSlice names its port
+/// `http2` (Knative's name when the container asks for h2c) is reached over
+/// HTTP/2 cleartext; one with an `http` port over HTTP/1.1. Clients speak
+/// either on the same port, and WebSocket upgrades go out as HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_with_an_http2_port_are_reached_over_h2c() {
+    let (a, b) = (
+        Backend::start("rev-h2").await,
+        Backend::start("rev-h1").await,
+    );
+    let h2_slice = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: rev-h2-private\n  namespace: ns\n  labels: {{serving.knative.dev/revision: rev-h2, networking.internal.knative.dev/serviceType: Private}}\nports: [{{name: http2, port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n---\n",
+        a.addr.port()
+    );
+    let snap = route("ns", "grpc", &[("rev-h2", 100, None)])
+        + &route("ns", "web", &[("rev-h1", 100, None)])
+        + &h2_slice
+        + &slice("ns", "rev-h1", &[b.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let r = HttpClient::new()
+        .get(gw.http, "grpc.ns.example.com")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "rev-h2"));
+    assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
+    assert_eq!(r.header("x-seen-revision"), "rev-h2");
+    let h2 = H2cClient::connect(gw.http).await;
+    let r = h2.get("web.ns.example.com", "/").await.unwrap();
+    assert_eq!((r.status, r.header("x-seen-version")), (200, "HTTP/1.1"));
+    let r = h2.get("grpc.ns.example.com", "/").await.unwrap();
+    assert_eq!((r.status, r.header("x-seen-version")), (200, "HTTP/2.0"));
+    let routes = gw.debug_routes().await;
+    let protocols: Vec<(String, String)> = routes["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["endpoints"][0]["protocol"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        protocols.contains(&("rev-h2".into(), "h2c".into())),
+        "{protocols:?}"
+    );
+    assert!(
+        protocols.contains(&("rev-h1".into(), "http/1.1".into())),
+        "{protocols:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_revision_goes_to_the_activator_with_both_headers() {
     let activator = Backend::start("activator").await;

@@ -42,9 +42,12 @@ pub fn closed() -> SocketAddr {
 }
 
 /// A test backend: answers with its name in the body, echoes the Knative
-/// headers it received (and every request header as `x-echo-<name>`, and the
-/// path as `x-seen-path`), answers Knative's probe as queue-proxy does
-/// (echoing `K-Network-Hash`), and counts requests.
+/// headers it received (and every request header as `x-echo-<name>`, the
+/// path as `x-seen-path`, the HTTP version as `x-seen-version`), answers
+/// Knative's probe as queue-proxy does (echoing `K-Network-Hash`), and counts
+/// requests. It speaks HTTP/1.1 and h2c on one port (hyper's auto server),
+/// and accepts WebSocket upgrades, answering each text message `m` with
+/// `<name>: m` (tokio-tungstenite).
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
@@ -79,6 +82,10 @@ impl Backend {
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         h.fetch_add(1, Ordering::Relaxed);
+                        if is_websocket(&req) {
+                            let resp = websocket_echo(req, n.clone());
+                            return std::future::ready(Ok::<_, Infallible>(resp));
+                        }
                         let seen = |name: &str| {
                             req.headers()
                                 .get_all(name)
@@ -96,7 +103,8 @@ impl Backend {
                             .header("x-seen-revision", seen("knative-serving-revision"))
                             .header("x-seen-namespace", seen("knative-serving-namespace"))
                             .header("x-seen-host", seen("host"))
-                            .header("x-seen-path", req.uri().path());
+                            .header("x-seen-path", req.uri().path())
+                            .header("x-seen-version", format!("{:?}", req.version()));
                         for (name, value) in req.headers() {
                             resp = resp.header(format!("x-echo-{name}"), value.clone());
                         }
@@ -104,10 +112,10 @@ impl Backend {
                             resp = resp.header("k-network-hash", seen("k-network-hash"));
                         }
                         let resp = resp.body(Full::new(Bytes::from(n.clone()))).unwrap();
-                        async move { Ok::<_, Infallible>(resp) }
+                        std::future::ready(Ok::<_, Infallible>(resp))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -123,6 +131,99 @@ impl Backend {
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
+}
+
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Accept a WebSocket upgrade and echo text messages prefixed with `name`.
+fn websocket_echo(req: Request<Incoming>, name: String) -> Response<Full<Bytes>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        return Response::builder()
+            .status(400)
+            .body(Full::default())
+            .unwrap();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(text) => {
+                    let reply = Message::text(format!("{name}: {}", text.as_str()));
+                    if ws.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "upgrade")
+        .header("sec-websocket-accept", accept)
+        .body(Full::default())
+        .unwrap()
+}
+
+/// HTTP/2 with prior knowledge (h2c) on one connection: hyper's client.
+pub struct H2cClient(hyper::client::conn::http2::SendRequest<Full<Bytes>>);
+
+impl H2cClient {
+    pub async fn connect(addr: SocketAddr) -> H2cClient {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        H2cClient(send)
+    }
+
+    /// GET `path` of `host` (the `:authority`).
+    pub async fn get(&self, host: &str, path: &str) -> Result<Reply, String> {
+        let req = Request::get(format!("http://{host}{path}"))
+            .version(http::Version::HTTP_2)
+            .body(Full::default())
+            .unwrap();
+        let mut send = self.0.clone();
+        send.ready().await.map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| format!("{e:?}"))?;
+        read_reply(resp).await
+    }
+}
+
+async fn read_reply(resp: Response<Incoming>) -> Result<Reply, String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// A response, fully read.
@@ -168,19 +269,7 @@ impl HttpClient {
     /// Send a request and read the whole response.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
         let resp = self.0.request(req).await.map_err(|e| format!("{e:?}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        read_reply(resp).await
     }
 }
 
