@@ -59,6 +59,7 @@ fn get<'r>(host: &'r str, headers: &'r http::HeaderMap) -> Request<'r> {
         headers,
         internal: false,
         probe: false,
+        tls: false,
     }
 }
 

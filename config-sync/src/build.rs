@@ -38,6 +38,8 @@ pub struct BuildOptions {
     /// The gateway's internal Service: an ExternalName Service pointing at it
     /// is dispatched internally, without a network hop (DomainMapping).
     pub internal_service: Option<ObjectKey>,
+    /// The Secret of the certificate for names no KIngress has one for.
+    pub default_certificate: Option<ObjectKey>,
 }
 
 impl BuildOptions {
@@ -70,6 +72,7 @@ impl Default for BuildOptions {
         Self {
             cluster_domain: "cluster.local".into(),
             internal_service: None,
+            default_certificate: None,
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct ValidTag {
 #[derive(Debug, Clone, Default)]
 pub struct LastGood {
     routes: HashMap<(Kind, Arc<ObjectKey>), Good>,
+    /// TLS Secrets as last parsed.
+    certs: crate::tls::Parsed,
 }
 
 /// A last good version, in its most compact form: a Route as validated (its
@@ -267,11 +272,13 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
         name: host.to_owned(),
         internal_only: route.cluster_local,
         cluster_name: false,
+        https_redirect: false,
     };
     let cluster_name = |short: String| ir::Host {
         name: format!("{short}.{ns}"),
         internal_only: true,
         cluster_name: true,
+        https_redirect: false,
     };
     let main: Vec<ir::Split> = route
         .split
@@ -501,6 +508,7 @@ pub fn build(
         slices,
         kingresses,
         services,
+        secrets,
         rejected,
         class: _,
     } = snapshot;
@@ -532,7 +540,16 @@ pub fn build(
             let side = side.join().expect("indexing endpoints does not panic");
             (side, validated)
         });
-    retire((decoded, kingresses, services));
+    let (certs, parsed) = crate::tls::build(
+        &kingresses,
+        &secrets,
+        opts.default_certificate.as_ref(),
+        &last_good.certs,
+        &mut rejected,
+    );
+    let mut next_good = next_good;
+    next_good.certs = parsed;
+    retire((decoded, kingresses, services, secrets));
     rejected.extend(slice_rejected);
     let mut hosts = HostMap::default();
     hosts.reserve(routes.iter().map(|(r, _)| r.hosts()).sum());
@@ -575,6 +592,7 @@ pub fn build(
         backends,
         backend_index: Arc::new(backend_index),
         rejected: Arc::new(rejected),
+        certs: Arc::new(certs),
     };
     (table, next_good)
 }
@@ -997,6 +1015,7 @@ impl<'a> Compiler<'a, '_> {
                     internal_only: host.internal_only,
                     cluster_name: host.cluster_name,
                     hashed: ing.hash.is_some(),
+                    https_redirect: host.https_redirect,
                 });
                 return;
             }
@@ -1163,6 +1182,7 @@ pub fn update_kingresses(
             .position(|r| r.kind == Kind::KIngress && *r.key == *key)
     };
     let ids: Vec<Option<usize>> = lowered.iter().map(|(key, _)| id_of(key)).collect();
+    let source_of = |key: &ObjectKey| update.kingresses.iter().find(|k| k.key() == *key);
     // Check every change can be patched exactly before touching anything.
     for ((key, result), id) in lowered.iter().zip(&ids) {
         let Ok(ing) = result else { continue };
@@ -1179,12 +1199,19 @@ pub fn update_kingresses(
                 {
                     return None;
                 }
+                // Certificates come from Secrets, which a patch does not see.
+                if old.spec.tls != source_of(key)?.spec.tls {
+                    return None;
+                }
                 let old_hosts = kingress::hosts(old, &opts.cluster_domain).ok()?;
                 if host_set(old_hosts.iter()) != host_set(ing.rules.iter().flat_map(|r| &r.hosts)) {
                     return None;
                 }
             }
             None => {
+                if !source_of(key)?.spec.tls.is_empty() {
+                    return None;
+                }
                 let taken = ing
                     .rules
                     .iter()
@@ -1252,6 +1279,7 @@ pub fn update_kingresses(
                             if entry.route == id as u32 {
                                 entry.dispatch = dispatch.clone();
                                 entry.internal_only = host.internal_only;
+                                entry.https_redirect = host.https_redirect;
                             }
                         }
                     }
@@ -1269,6 +1297,7 @@ pub fn update_kingresses(
                             internal_only: host.internal_only,
                             cluster_name: host.cluster_name,
                             hashed: ing.hash.is_some(),
+                            https_redirect: host.https_redirect,
                         };
                         // The first rule naming a host owns it.
                         if let std::collections::hash_map::Entry::Vacant(v) =
@@ -1323,6 +1352,7 @@ pub fn update_kingresses(
         backends,
         backend_index,
         rejected: Arc::new(rejected),
+        certs: prev.certs.clone(),
     })
 }
 

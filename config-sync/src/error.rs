@@ -143,6 +143,25 @@ pub enum ObjectError {
         /// `namespace/name` of the Service.
         service: String,
     },
+    /// A TLS Secret that cannot serve: wrong type, missing or broken data,
+    /// or a key that does not match the certificate.
+    #[error("{message}")]
+    BadTlsSecret {
+        /// What is wrong.
+        message: String,
+    },
+    /// A `spec.tls` entry naming a Secret that does not exist (yet): its
+    /// hosts get the default certificate until it appears.
+    #[error("{field} names Secret {secret}, which does not exist")]
+    NoSecret {
+        /// Which entry.
+        field: String,
+        /// `namespace/name` of the Secret.
+        secret: String,
+    },
+    /// `--default-certificate` names a Secret that does not exist (yet).
+    #[error("the default certificate's Secret does not exist")]
+    NoDefaultSecret,
     /// A split's `servicePort` that matches no port of its Service.
     #[error("{field} servicePort {port} matches no port of Service {service}")]
     NoServicePort {
@@ -193,6 +212,9 @@ impl ObjectError {
             ObjectError::BadHeader { .. } => "bad_header",
             ObjectError::NoService { .. } => "no_service",
             ObjectError::NoEndpoints { .. } => "no_endpoints",
+            ObjectError::BadTlsSecret { .. } => "bad_tls_secret",
+            ObjectError::NoSecret { .. } => "no_secret",
+            ObjectError::NoDefaultSecret => "no_default_secret",
             ObjectError::NoServicePort { .. } => "no_service_port",
             ObjectError::NoHttpPort => "no_http_port",
             ObjectError::AddressType(_) => "address_type",

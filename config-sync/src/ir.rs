@@ -56,6 +56,9 @@ pub struct Host {
     /// A Route's `name.ns` cluster name: also answers for `name.ns.svc` and
     /// `name.ns.svc.<cluster domain>`, which are not stored.
     pub cluster_name: bool,
+    /// Plain-HTTP requests get a 301 to `https://` (a KIngress with
+    /// `httpOption: Redirected`, on its public hosts).
+    pub https_redirect: bool,
 }
 
 /// A path rule.

@@ -379,7 +379,7 @@ pub fn lower(
     }
     let mut rules = Vec::with_capacity(ing.spec.rules.len());
     for (r, rule) in ing.spec.rules.iter().enumerate() {
-        let hosts = rule_hosts(rule, r, opts.cluster_domain)?;
+        let hosts = rule_hosts(rule, r, opts.cluster_domain, redirects(ing))?;
         let http = rule.http.as_ref().ok_or(ObjectError::NoHttp { rule: r })?;
         let mut paths = Vec::new();
         for (p, path) in http.paths.iter().flatten().enumerate() {
@@ -409,16 +409,22 @@ pub fn lower(
 pub fn hosts(ing: &KIngress, cluster_domain: &str) -> Result<Vec<ir::Host>, ObjectError> {
     let mut all = Vec::new();
     for (r, rule) in ing.spec.rules.iter().enumerate() {
-        all.extend(rule_hosts(rule, r, cluster_domain)?);
+        all.extend(rule_hosts(rule, r, cluster_domain, redirects(ing))?);
     }
     Ok(all)
 }
 
 /// The hosts of rule `r`, normalised, expanded, with its visibility.
+/// `httpOption: Redirected`: plain HTTP to the public hosts gets a 301 to HTTPS.
+fn redirects(ing: &KIngress) -> bool {
+    ing.spec.http_option == "Redirected"
+}
+
 fn rule_hosts(
     rule: &IngressRule,
     r: usize,
     cluster_domain: &str,
+    redirect: bool,
 ) -> Result<Vec<ir::Host>, ObjectError> {
     let internal_only = match rule.visibility.as_str() {
         "" | "ExternalIP" => false,
@@ -445,6 +451,7 @@ fn rule_hosts(
                     name,
                     internal_only,
                     cluster_name: false,
+                    https_redirect: redirect && !internal_only,
                 });
             }
         }

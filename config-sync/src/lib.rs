@@ -22,6 +22,7 @@ pub mod sources;
 pub mod status;
 pub mod synth;
 pub mod table;
+pub mod tls;
 
 pub use build::{build, BuildOptions, LastGood};
 pub use error::{ObjectError, Outcome, Rejection, SourceError};

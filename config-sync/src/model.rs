@@ -3,6 +3,7 @@
 //! into these types, one object at a time, so one malformed object is
 //! rejected on its own instead of failing the whole list.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -314,6 +315,8 @@ pub enum Kind {
     KIngress,
     /// `v1` Service.
     Service,
+    /// `v1` Secret of type `kubernetes.io/tls`.
+    Secret,
     /// Something else (or no kind at all).
     Other,
 }
@@ -325,9 +328,30 @@ impl fmt::Display for Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::KIngress => "KIngress",
             Kind::Service => "Service",
+            Kind::Secret => "Secret",
             Kind::Other => "object",
         })
     }
+}
+
+/// `v1` Secret, trimmed to a TLS certificate and key. `data` values are
+/// base64 in the API and in snapshot files alike; `stringData` is accepted in
+/// files for hand-written snapshots.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `kubernetes.io/tls` for a certificate.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// `tls.crt` and `tls.key`, base64.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// The same, as plain text.
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
 }
 
 /// `v1` Service, trimmed to what resolves a KIngress split.
@@ -412,6 +436,8 @@ pub struct Snapshot {
     pub kingresses: Vec<Arc<KIngress>>,
     /// Decoded Services.
     pub services: Vec<Service>,
+    /// Decoded TLS Secrets.
+    pub secrets: Vec<Secret>,
     /// Objects rejected while decoding.
     pub rejected: Vec<Rejection>,
     /// The KIngress class implemented: KIngresses of any other are skipped unread.
@@ -432,6 +458,7 @@ impl Snapshot {
             slices: Vec::new(),
             kingresses: Vec::new(),
             services: Vec::new(),
+            secrets: Vec::new(),
             rejected: Vec::new(),
             class: class.into(),
         }
@@ -452,6 +479,7 @@ impl Snapshot {
             Decoded::EndpointSlice(s) => self.slices.push(s),
             Decoded::KIngress(k) => self.kingresses.push(k),
             Decoded::Service(s) => self.services.push(s),
+            Decoded::Secret(s) => self.secrets.push(s),
             Decoded::NotOurs => {}
             Decoded::Rejected(r) => self.rejected.push(r),
         }
@@ -469,6 +497,8 @@ pub enum Decoded {
     KIngress(Arc<KIngress>),
     /// A Service.
     Service(Service),
+    /// A TLS Secret.
+    Secret(Secret),
     /// A KIngress of another class (or none): not ours, never read further.
     NotOurs,
     /// Not usable, with the reason.
@@ -487,6 +517,7 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
             Kind::KIngress
         }
         Some("Service") => Kind::Service,
+        Some("Secret") => Kind::Secret,
         _ => Kind::Other,
     };
     if kind == Kind::KIngress && crate::kingress::class_of(&value) != Some(class) {
@@ -498,6 +529,7 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
         Kind::EndpointSlice => decode::<EndpointSlice>(value).map(Decoded::EndpointSlice),
         Kind::KIngress => crate::kingress::decode(value).map(|k| Decoded::KIngress(Arc::new(k))),
         Kind::Service => decode::<Service>(value).map(Decoded::Service),
+        Kind::Secret => decode::<Secret>(value).map(Decoded::Secret),
         Kind::Other => Err(ObjectError::UnsupportedKind {
             kind: value
                 .get("kind")

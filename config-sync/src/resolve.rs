@@ -34,6 +34,8 @@ pub struct Request<'r> {
     pub internal: bool,
     /// A Knative probe (`K-Network-Probe: probe`).
     pub probe: bool,
+    /// Came in over TLS.
+    pub tls: bool,
 }
 
 /// Where a request goes and what is set on it.
@@ -65,6 +67,8 @@ pub enum Miss {
     Probe,
     /// ExternalNames pointing back at the gateway more than [`MAX_HOPS`] times.
     Loop,
+    /// Plain HTTP to a host that asks for HTTPS: 301 to `https://`.
+    Redirect,
 }
 
 /// Resolve `req` against `table`, into `out`.
@@ -92,6 +96,10 @@ pub fn resolve<R: Rng + ?Sized>(
         // An internal hop arrives on the internal side, as it would over the network.
         if entry.internal_only && !req.internal && hop == 0 {
             return Err(Miss::NoRoute);
+        }
+        // Probes are never redirected: Knative probes over plain HTTP.
+        if entry.https_redirect && !req.tls && !req.probe && hop == 0 {
+            return Err(Miss::Redirect);
         }
         let (path, target) = entry
             .dispatch
@@ -255,6 +263,7 @@ endpoints: [{addresses: [10.0.0.2]}]
             headers: &map,
             internal,
             probe: false,
+            tls: false,
         };
         let mut out = Resolved::default();
         resolve(t, req, &mut SmallRng::seed_from_u64(1), &mut out).map(|()| out)

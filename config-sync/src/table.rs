@@ -50,6 +50,8 @@ pub struct Table {
     /// Endpoint index key → the backends fed by it, for endpoint-only updates.
     pub(crate) backend_index: Arc<HashMap<Box<str>, Vec<BackendId>, foldhash::fast::RandomState>>,
     pub(crate) rejected: Arc<Vec<Rejection>>,
+    /// TLS certificates by server name.
+    pub(crate) certs: Arc<crate::tls::Certs>,
 }
 
 /// The EndpointSlices now behind one endpoint index key.
@@ -100,6 +102,8 @@ pub struct HostEntry {
     /// The route is a KIngress with a probe hash (kept here so that a request
     /// reads the route entry only when it needs the hash).
     pub hashed: bool,
+    /// Plain-HTTP requests (but probes) get a 301 to `https://`.
+    pub https_redirect: bool,
 }
 
 /// How a host's requests are dispatched.
@@ -442,6 +446,7 @@ impl Table {
             backends,
             backend_index: self.backend_index.clone(),
             rejected,
+            certs: self.certs.clone(),
         }
     }
 
@@ -559,7 +564,13 @@ impl Table {
             routes,
             revisions,
             rejected,
+            certificates: self.certs.names().to_vec(),
         }
+    }
+
+    /// TLS certificates by server name.
+    pub fn certs(&self) -> &crate::tls::Certs {
+        &self.certs
     }
 
     fn path_view(&self, rule: &PathRule) -> PathView {
@@ -598,6 +609,8 @@ pub struct TableView {
     pub revisions: Vec<RevisionView>,
     /// Rejected objects with reasons.
     pub rejected: Vec<RejectionView>,
+    /// Server names with a certificate, and the Secret of each.
+    pub certificates: Vec<crate::tls::CertView>,
 }
 
 /// A route in [`TableView`].

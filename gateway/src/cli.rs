@@ -42,7 +42,7 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run a self-contained demo on loopback: sample revisions, a 90/10 split with tags,
     /// and a scaled-to-zero revision woken by a local activator stand-in.
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
 }
 
 /// `gateway serve`.
@@ -94,6 +94,17 @@ pub struct ServeArgs {
     /// Admin listener address (/metrics, /healthz, /readyz, /debug/routes).
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
+    /// External HTTPS listener (HTTP/1.1 and h2 by ALPN), or `off`.
+    #[arg(long, env = "GATEWAY_HTTPS", default_value = "0.0.0.0:8443")]
+    pub https: String,
+    /// Internal HTTPS listener, or `off`.
+    #[arg(long, env = "GATEWAY_INTERNAL_HTTPS", default_value = "0.0.0.0:8444")]
+    pub internal_https: String,
+    /// Secret (NAMESPACE/NAME, type kubernetes.io/tls) with the certificate for
+    /// names no KIngress has one for. Watched like the KIngresses' Secrets.
+    #[arg(long, env = "GATEWAY_DEFAULT_CERTIFICATE", value_parser = parse_key,
+          conflicts_with = "default_certificate_file")]
+    pub default_certificate: Option<config_sync::ObjectKey>,
     /// Knative activator, HOST:PORT: where requests for revisions without ready endpoints go.
     #[arg(long, env = "GATEWAY_ACTIVATOR", default_value = "activator-service.knative-serving.svc.cluster.local:80",
           value_parser = crate::activator::parse_target)]
@@ -197,6 +208,12 @@ pub struct DemoArgs {
     /// Admin listener address.
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
+    /// External HTTPS listener (a self-signed demo certificate), or `off`.
+    #[arg(long, env = "GATEWAY_HTTPS", default_value = "127.0.0.1:8443")]
+    pub https: String,
+    /// Internal HTTPS listener, or `off`.
+    #[arg(long, env = "GATEWAY_INTERNAL_HTTPS", default_value = "127.0.0.1:8444")]
+    pub internal_https: String,
     /// The sample revisions' MESSAGE, as in Knative's helloworld sample.
     #[arg(long, env = "GATEWAY_DEMO_MESSAGE", default_value = "Hello World!")]
     pub message: String,
@@ -236,35 +253,85 @@ pub struct Tuning {
     /// either direction (e.g. 1h). Off by default: streams stay open.
     #[arg(long, env = "GATEWAY_STREAM_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub stream_idle_timeout: Option<Duration>,
+    /// PEM certificate chain for names nothing else has a certificate for
+    /// (without Kubernetes; with it, see --default-certificate).
+    #[arg(
+        long,
+        env = "GATEWAY_DEFAULT_CERTIFICATE_FILE",
+        requires = "default_key_file"
+    )]
+    pub default_certificate_file: Option<PathBuf>,
+    /// PEM private key of --default-certificate-file.
+    #[arg(
+        long,
+        env = "GATEWAY_DEFAULT_KEY_FILE",
+        requires = "default_certificate_file"
+    )]
+    pub default_key_file: Option<PathBuf>,
     /// Concurrent streams per HTTP/2 connection to a backend.
     #[arg(long, env = "GATEWAY_UPSTREAM_H2_STREAMS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub upstream_h2_streams: u32,
 }
 
+/// `off`, or an address.
+fn listener(addr: &str) -> Option<String> {
+    (addr != "off").then(|| addr.to_owned())
+}
+
+/// The proxy listeners, each `off` or an address (HTTP ones always listen).
+#[derive(Debug, Clone)]
+pub struct Listeners<'a> {
+    /// External HTTP.
+    pub http: &'a str,
+    /// Internal HTTP.
+    pub internal_http: &'a str,
+    /// External HTTPS.
+    pub https: &'a str,
+    /// Internal HTTPS.
+    pub internal_https: &'a str,
+    /// Admin.
+    pub admin: &'a str,
+}
+
 impl Tuning {
-    /// Server settings for the given listeners.
-    pub fn serve_config(&self, http: &str, internal_http: &str, admin: &str) -> ServeConfig {
+    /// Server settings for the given listeners; reads the default certificate
+    /// files, if any.
+    pub fn serve_config(&self, listeners: Listeners<'_>) -> anyhow::Result<ServeConfig> {
+        let Listeners {
+            http,
+            internal_http,
+            https,
+            internal_https,
+            admin,
+        } = listeners;
+        let default_certificate = match (&self.default_certificate_file, &self.default_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::load_files(cert, key)?),
+            _ => None,
+        };
         let threads = match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        ServeConfig {
+        Ok(ServeConfig {
             http: http.to_owned(),
             internal_http: internal_http.to_owned(),
+            https: listener(https),
+            internal_https: listener(internal_https),
+            default_certificate,
             admin: admin.to_owned(),
             threads,
             upstream_idle_connections: self.upstream_idle_connections as usize,
             proxy: ProxyOptions {
                 connect_timeout: self.connect_timeout,
                 max_connect_attempts: self.max_connect_attempts as usize,
-                internal_port: None,
+                internal_ports: Vec::new(),
                 stream_idle_timeout: self.stream_idle_timeout,
                 upstream_h2_streams: self.upstream_h2_streams as usize,
             },
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,
-        }
+        })
     }
 }
 

@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod serve;
 pub mod server;
+pub mod tls;

@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(&cli.log, cli.log_format)?;
     match cli.command {
         Command::Serve(args) => gateway::serve::run(*args),
-        Command::Demo(args) => gateway::demo::run(args),
+        Command::Demo(args) => gateway::demo::run(*args),
     }
 }
 

@@ -49,9 +49,9 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Endpoints tried per request when connections fail (at least 1).
     pub max_connect_attempts: usize,
-    /// Local port of the internal listener, which serves every host; the other
-    /// listener serves only public ones.
-    pub internal_port: Option<u16>,
+    /// Local ports of the internal listeners (HTTP and HTTPS), which serve
+    /// every host; the others serve only public ones.
+    pub internal_ports: Vec<u16>,
     /// Close a request whose body (or an upgraded connection, a gRPC stream)
     /// has been silent this long in either direction; `None`: never.
     pub stream_idle_timeout: Option<Duration>,
@@ -98,6 +98,11 @@ const FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwa
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
+/// `https://` + host + the request's path and query, for `httpOption: Redirected`.
+fn redirect_location(host: &str, path: Option<&http::uri::PathAndQuery>) -> String {
+    format!("https://{host}{}", path.map_or("/", |p| p.as_str()))
+}
+
 /// `X-Forwarded-For` with `client` appended to what the client sent (every
 /// value, in order), as Envoy does for Kourier.
 fn forwarded_for(
@@ -135,7 +140,7 @@ impl Gateway {
             .server_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.port());
-        port.is_some() && port == self.options.internal_port
+        port.is_some_and(|p| self.options.internal_ports.contains(&p))
     }
 }
 
@@ -218,6 +223,7 @@ impl ProxyHttp for Gateway {
             return respond(session, 400, "invalid Host header\n").await;
         };
         let table = self.table.load();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let request = Request {
             host,
             path: req.uri.path(),
@@ -227,6 +233,7 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(&PROBE_HEADER)
                 .is_some_and(|v| v.as_bytes() == b"probe"),
+            tls,
         };
         let resolved = resolve(&table, request, &mut rand::rng(), &mut ctx.to);
         match resolved {
@@ -240,6 +247,14 @@ impl ProxyHttp for Gateway {
             }
             Err(Miss::NoRoute) => respond(session, 404, "no route for this host\n").await,
             Err(Miss::NoPath) => respond(session, 404, "no path of this host matches\n").await,
+            Err(Miss::Redirect) => {
+                let location = redirect_location(host, req.uri.path_and_query());
+                let mut resp = ResponseHeader::build(301, Some(2))?;
+                resp.insert_header(http::header::LOCATION, location)?;
+                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
             Err(Miss::Loop) => {
                 respond(
                     session,

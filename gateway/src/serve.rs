@@ -21,6 +21,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let publisher = Arc::new(Publisher::new(BuildOptions {
         cluster_domain: args.cluster_domain.clone(),
         internal_service: Some(args.private_service.clone()),
+        default_certificate: args.default_certificate.clone(),
     }));
     let tasks = match &args.file {
         Some(file) => {
@@ -37,9 +38,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => kube_tasks(&args, &publisher)?,
     };
     let activator = Arc::new(Activator::new(&args.activator));
-    let config = args
-        .tuning
-        .serve_config(&args.http, &args.internal_http, &args.admin);
+    let config = args.tuning.serve_config(crate::cli::Listeners {
+        http: &args.http,
+        internal_http: &args.internal_http,
+        https: &args.https,
+        internal_https: &args.internal_https,
+        admin: &args.admin,
+    })?;
     server::run(config, publisher, activator, tasks)
 }
 

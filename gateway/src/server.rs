@@ -22,6 +22,7 @@ use crate::admin::Admin;
 use crate::external::ExternalNames;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
+use crate::tls::SniResolver;
 
 /// Listener and runtime settings.
 #[derive(Debug, Clone)]
@@ -30,6 +31,12 @@ pub struct ServeConfig {
     pub http: String,
     /// Internal proxy listener: every route, including cluster-local ones.
     pub internal_http: String,
+    /// External HTTPS listener, if any.
+    pub https: Option<String>,
+    /// Internal HTTPS listener, if any.
+    pub internal_https: Option<String>,
+    /// Certificate for names the table has none for (`--default-certificate-file`).
+    pub default_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Admin listener.
     pub admin: String,
     /// Proxy worker threads.
@@ -89,24 +96,31 @@ pub fn run(
     tasks: Vec<(&'static str, Task)>,
 ) -> anyhow::Result<()> {
     // Fail here with a clear message rather than inside pingora's start-up.
-    let mut ports = Vec::new();
+    let mut ports: Vec<(&str, u16)> = Vec::new();
     for (what, addr) in [
-        ("--http", &config.http),
-        ("--internal-http", &config.internal_http),
-        ("--admin", &config.admin),
+        ("--http", Some(&config.http)),
+        ("--internal-http", Some(&config.internal_http)),
+        ("--https", config.https.as_ref()),
+        ("--internal-https", config.internal_https.as_ref()),
+        ("--admin", Some(&config.admin)),
     ] {
+        let Some(addr) = addr else { continue };
         let listener = std::net::TcpListener::bind(addr.as_str())
             .with_context(|| format!("cannot listen on {addr} ({what})"))?;
-        ports.push(listener.local_addr()?.port());
+        ports.push((what, listener.local_addr()?.port()));
     }
     // The listener a request came in on is told by its local port.
-    anyhow::ensure!(
-        ports[0] != ports[1],
-        "--http and --internal-http must use different ports (both {})",
-        ports[0]
-    );
+    for (i, (a, port)) in ports.iter().enumerate() {
+        if let Some((b, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            anyhow::bail!("{b} and {a} must use different ports (both {port})");
+        }
+    }
     let mut config = config;
-    config.proxy.internal_port = Some(ports[1]);
+    config.proxy.internal_ports = ports
+        .iter()
+        .filter(|(what, _)| what.starts_with("--internal"))
+        .map(|(_, port)| *port)
+        .collect();
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
 
     let conf = ServerConf {
@@ -144,6 +158,16 @@ pub fn run(
             ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::default().read(0)),
         );
     }
+    let resolver = Arc::new(SniResolver::new(
+        publisher.reader(),
+        config.default_certificate.clone(),
+    ));
+    for addr in [&config.https, &config.internal_https]
+        .into_iter()
+        .flatten()
+    {
+        proxy.add_tls_with_settings(addr, None, crate::tls::settings(resolver.clone())?);
+    }
     proxy.threads = Some(config.threads);
     // HTTP/1.1 and h2c with prior knowledge on the same ports: the first 24
     // bytes (the HTTP/2 preface, or not) decide.
@@ -173,6 +197,9 @@ pub fn run(
     for (name, task) in tasks {
         server.add_service(background_service(name, task));
     }
-    tracing::info!(http = %config.http, internal_http = %config.internal_http, admin = %config.admin, threads = config.threads, "gateway listening");
+    tracing::info!(http = %config.http, internal_http = %config.internal_http,
+        https = config.https.as_deref().unwrap_or("off"),
+        internal_https = config.internal_https.as_deref().unwrap_or("off"),
+        admin = %config.admin, threads = config.threads, "gateway listening");
     server.run_forever()
 }

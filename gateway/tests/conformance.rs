@@ -35,6 +35,11 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(&[]).await
+}
+
+/// [`env`], with more gateway flags.
+async fn env_with(extra: &[&str]) -> Env {
     let api = ApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -50,7 +55,11 @@ async fn env() -> Env {
             "gw/internal",
             "--public-service",
             "gw/external",
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     )
     .await;
     // The internal Service's endpoints: this replica, which the leader probes.
@@ -994,4 +1003,278 @@ async fn websocket_split() {
         }
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["ws-a", "ws-b"]);
+}
+
+/// A test certificate authority (rcgen) and the leaf certificates it signs.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A leaf for `names`: (certificate PEM, key PEM, certificate DER).
+    fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// A `kubernetes.io/tls` Secret in the test namespace.
+fn tls_secret(name: &str, crt: &str, key: &str) -> Value {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": name, "namespace": NS},
+           "data": {"tls.crt": b64(crt), "tls.key": b64(key)}})
+}
+
+/// What an HTTPS request saw: the reply, the server's leaf certificate, ALPN.
+struct HttpsReply {
+    reply: Reply,
+    cert: Vec<u8>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// GET `path` of `host` over TLS with SNI `host` (rustls, trusting `ca`),
+/// HTTP/2 or HTTP/1.1 as ALPN decides (hyper).
+async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    ca: &TestCa,
+) -> Result<HttpsReply, String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, conn) = tls.get_ref();
+    let cert = conn.peer_certificates().unwrap()[0].to_vec();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    let io = TokioIo::new(tls);
+    let uri = format!("https://{host}{path}");
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header("host", host)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    Ok(HttpsReply {
+        reply: read_reply(resp).await?,
+        cert,
+        alpn,
+    })
+}
+
+/// tls: HTTP and HTTPS both serve a KIngress with `spec.tls`; each SNI name
+/// gets its own Secret's certificate; a renewed Secret serves new
+/// handshakes; a broken one keeps its last good certificate, named in
+/// /debug/routes; an unknown name gets a handshake alert, with no default
+/// certificate. Stalled handshakes and plaintext on the HTTPS port affect
+/// no other connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls() {
+    let e = env().await;
+    let ca = TestCa::new();
+    let _b = (e.runtime("tls-a").await, e.runtime("tls-b").await);
+    let (host_a, host_b) = (host("tls-a"), host("tls-b"));
+    let (crt_a, key_a, der_a) = ca.leaf(&[&host_a]);
+    let (crt_b, key_b, der_b) = ca.leaf(&[&host_b]);
+    e.api.apply(tls_secret("cert-a", &crt_a, &key_a));
+    e.api.apply(tls_secret("cert-b", &crt_b, &key_b));
+    let spec = json!({
+        "tls": [{"hosts": [host_a], "secretName": "cert-a", "secretNamespace": NS},
+                {"hosts": [host_b], "secretName": "cert-b", "secretNamespace": NS}],
+        "rules": [
+            {"hosts": [host_a], "visibility": "ExternalIP",
+             "http": {"paths": [{"splits": [split("tls-a", 100)]}]}},
+            {"hosts": [host_b], "visibility": "ExternalIP",
+             "http": {"paths": [{"splits": [split("tls-b", 100)]}]}}]});
+    e.ingress_ready("tls", spec).await;
+    // A client that connects and never completes a handshake, and one that
+    // speaks plaintext HTTP to the HTTPS port: neither affects the others.
+    let _stalled = tokio::net::TcpStream::connect(e.gw.https).await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(e.gw.https).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "plaintext on the HTTPS port is closed, not left hanging"
+        );
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("200"),
+            "no HTTP answer over plaintext"
+        );
+    }
+    for (h, name, der) in [(&host_a, "tls-a", &der_a), (&host_b, "tls-b", &der_b)] {
+        let r = https_get(e.gw.https, h, "/", &ca).await.unwrap();
+        assert_eq!((r.reply.status, r.reply.body.as_str()), (200, name));
+        assert_eq!(&r.cert, der, "{h} gets its own certificate");
+        assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+        assert_eq!(r.reply.header("x-echo-x-forwarded-proto"), "https");
+        assert_eq!(e.get(h, "/", &[]).await.body, name, "plain HTTP too");
+    }
+    let unknown = https_get(e.gw.https, "nobody.example.com", "/", &ca).await;
+    assert!(
+        unknown.as_ref().is_err_and(|e| e.starts_with("handshake")),
+        "{:?}",
+        unknown.as_ref().err()
+    );
+    // Renewed: new handshakes get the new certificate, without a restart.
+    let (crt_a2, key_a2, der_a2) = ca.leaf(&[&host_a]);
+    e.api.apply(tls_secret("cert-a", &crt_a2, &key_a2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while https_get(e.gw.https, &host_a, "/", &ca).await.unwrap().cert != der_a2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Broken: a key that does not match its certificate is rejected alone.
+    e.api.apply(tls_secret("cert-b", &crt_b, &key_a2));
+    eventually(10, "the broken Secret is reported", || async {
+        e.gw.rejected().await.contains(&(
+            format!("{NS}/cert-b"),
+            "bad_tls_secret".into(),
+            "last_good".into(),
+        ))
+    })
+    .await;
+    let routes = e.gw.debug_routes().await;
+    let messages: Vec<&str> = routes["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    assert!(
+        messages.contains(&"tls.key does not match the certificate in tls.crt"),
+        "{messages:?}"
+    );
+    let r = https_get(e.gw.https, &host_b, "/", &ca).await.unwrap();
+    assert_eq!(r.cert, der_b, "the last good certificate still serves");
+    assert_eq!(
+        https_get(e.gw.https, &host_a, "/", &ca).await.unwrap().cert,
+        der_a2
+    );
+    let metrics = e.gw.admin("/metrics").await.body;
+    assert!(
+        metrics.contains(r#"gateway_objects_rejected{kind="Secret",reason="bad_tls_secret"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// A default certificate (`--default-certificate NS/NAME`) for every name no
+/// KIngress has one for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_default_certificate() {
+    let e = env_with(&["--default-certificate", "serving-tests/fallback"]).await;
+    let ca = TestCa::new();
+    let _b = e.runtime("tls-d").await;
+    let (crt, key, der) = ca.leaf(&[&host("tls-d")]);
+    e.api.apply(tls_secret("fallback", &crt, &key));
+    e.ingress_ready("tls-d", simple(&host("tls-d"), "tls-d"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        match https_get(e.gw.https, &host("tls-d"), "/", &ca).await {
+            Ok(r) => break r,
+            Err(err) => assert!(std::time::Instant::now() < deadline, "{err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (r.reply.status, r.reply.body.as_str(), r.cert),
+        (200, "tls-d", der)
+    );
+}
+
+/// httpoption: `Redirected` answers plain HTTP with 301 to https:// (same
+/// host, path and query) while HTTPS serves; `Enabled` serves both. Probes
+/// are never redirected (the KIngress becomes Ready through them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httpoption() {
+    let e = env().await;
+    let ca = TestCa::new();
+    let _b = e.runtime("opt").await;
+    let (redirected, enabled) = (host("redirected"), host("enabled"));
+    let (crt, key, _) = ca.leaf(&[&redirected, &enabled]);
+    e.api.apply(tls_secret("opt-cert", &crt, &key));
+    let spec = |h: &str, option: &str| {
+        json!({"httpOption": option,
+               "tls": [{"hosts": [h], "secretName": "opt-cert", "secretNamespace": NS}],
+               "rules": [{"hosts": [h], "visibility": "ExternalIP",
+                          "http": {"paths": [{"splits": [split("opt", 100)]}]}}]})
+    };
+    e.ingress_ready("redirected", spec(&redirected, "Redirected"))
+        .await;
+    e.ingress_ready("enabled", spec(&enabled, "Enabled")).await;
+    let r = e.get(&redirected, "/a/b?x=1", &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        format!("https://{redirected}/a/b?x=1")
+    );
+    assert_eq!(e.get(&enabled, "/", &[]).await.body, "opt");
+    for h in [&redirected, &enabled] {
+        let r = https_get(e.gw.https, h, "/", &ca).await.unwrap();
+        assert_eq!(
+            (r.reply.status, r.reply.body.as_str()),
+            (200, "opt"),
+            "{h} over HTTPS"
+        );
+    }
 }

@@ -204,6 +204,7 @@ fn rbac_covers_what_the_sources_watch_and_writes_only_status() {
     for (group, resource) in [
         ("networking.internal.knative.dev", "ingresses"),
         ("", "services"),
+        ("", "secrets"),
         ("discovery.k8s.io", "endpointslices"),
         ("serving.knative.dev", "routes"),
     ] {

@@ -322,12 +322,37 @@ fn matches_selector(obj: &Value, selector: &str) -> bool {
     })
 }
 
+#[derive(Clone)]
 struct Target {
     api_version: String,
     plural: String,
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
+    /// `fieldSelector` of a list or watch: `path.to.field=value` terms.
+    fields: String,
+}
+
+/// Whether `obj` matches a field selector (`type=kubernetes.io/tls`,
+/// `metadata.name!=x`): each term's dotted path is read as a string.
+fn matches_fields(obj: &Value, selector: &str) -> bool {
+    let field = |path: &str| {
+        path.trim()
+            .split('.')
+            .try_fold(obj, |v, k| v.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            field(k) != v.trim()
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            field(k) == v.trim()
+        } else {
+            false
+        }
+    })
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -348,6 +373,7 @@ fn parse_path(path: &str) -> Option<Target> {
             namespace,
             name: None,
             status: false,
+            fields: String::new(),
         }),
         [plural, name] => Some(Target {
             api_version,
@@ -355,6 +381,7 @@ fn parse_path(path: &str) -> Option<Target> {
             namespace,
             name: Some(name.to_string()),
             status: false,
+            fields: String::new(),
         }),
         [plural, name, "status"] => Some(Target {
             api_version,
@@ -362,6 +389,7 @@ fn parse_path(path: &str) -> Option<Target> {
             namespace,
             name: Some(name.to_string()),
             status: true,
+            fields: String::new(),
         }),
         _ => None,
     }
@@ -439,9 +467,21 @@ fn in_scope(target: &Target, api_version: &str, plural: &str, obj: &Value, selec
             .as_deref()
             .is_none_or(|ns| obj["metadata"]["namespace"].as_str().unwrap_or("default") == ns)
         && matches_selector(obj, selector)
+        && matches_fields(obj, &target.fields)
 }
 
 fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+    let with_fields;
+    let target = match query.get("fieldSelector") {
+        Some(f) => {
+            with_fields = Target {
+                fields: f.clone(),
+                ..target.clone()
+            };
+            &with_fields
+        }
+        None => target,
+    };
     let selector = query.get("labelSelector").map(String::as_str).unwrap_or("");
     let st = shared.state.lock().unwrap();
     let items: Vec<&Value> = st
@@ -546,7 +586,12 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn watch(shared: Arc<Shared>, target: Target, query: BTreeMap<String, String>) -> Response<Body> {
+fn watch(
+    shared: Arc<Shared>,
+    mut target: Target,
+    query: BTreeMap<String, String>,
+) -> Response<Body> {
+    target.fields = query.get("fieldSelector").cloned().unwrap_or_default();
     let selector = query.get("labelSelector").cloned().unwrap_or_default();
     let from: u64 = query
         .get("resourceVersion")
@@ -668,6 +713,23 @@ mod tests {
     fn route(name: &str) -> Value {
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                "metadata": {"name": name, "namespace": "ns"}})
+    }
+
+    #[test]
+    fn field_selectors_compare_dotted_paths_as_strings() {
+        let secret = json!({"type": "kubernetes.io/tls", "metadata": {"name": "a"}});
+        assert!(matches_fields(&secret, "type=kubernetes.io/tls"));
+        assert!(matches_fields(
+            &secret,
+            "type==kubernetes.io/tls,metadata.name=a"
+        ));
+        assert!(matches_fields(&secret, "metadata.name!=b"));
+        assert!(!matches_fields(&secret, "type=Opaque"));
+        assert!(!matches_fields(
+            &json!({"metadata": {}}),
+            "type=kubernetes.io/tls"
+        ));
+        assert!(matches_fields(&secret, ""));
     }
 
     /// A change made after `stop()` never reaches a watch opened before it:

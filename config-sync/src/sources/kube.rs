@@ -111,6 +111,7 @@ enum Resource {
     EndpointSlice,
     KIngress,
     Service,
+    Secret,
 }
 
 impl Resource {
@@ -127,6 +128,7 @@ impl Resource {
                 "ingresses",
             ),
             Resource::Service => ("", "v1", "Service", "services"),
+            Resource::Secret => ("", "v1", "Secret", "secrets"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
     }
@@ -137,6 +139,7 @@ impl Resource {
             Resource::EndpointSlice => "EndpointSlice",
             Resource::KIngress => "Ingress",
             Resource::Service => "Service",
+            Resource::Secret => "Secret",
         }
     }
 
@@ -145,7 +148,7 @@ impl Resource {
             Resource::Route => "serving.knative.dev/v1",
             Resource::EndpointSlice => "discovery.k8s.io/v1",
             Resource::KIngress => kingress::API_VERSION,
-            Resource::Service => "v1",
+            Resource::Service | Resource::Secret => "v1",
         }
     }
 }
@@ -339,6 +342,7 @@ impl KubeSource {
                         Resource::KIngress,
                         Resource::Service,
                         Resource::EndpointSlice,
+                        Resource::Secret,
                     ]
                 }
                 SourceKind::Routes if self.options.ingress_class.is_some() => {
@@ -358,6 +362,9 @@ impl KubeSource {
                         watcher::Config::default().labels(SERVICE_NAME_LABEL)
                     }
                     Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
+                    // Certificates only: other Secrets never leave the API server.
+                    Resource::Secret => watcher::Config::default()
+                        .fields(&format!("type={}", crate::tls::TLS_SECRET_TYPE)),
                     _ => watcher::Config::default(),
                 };
                 let index = stores.len();

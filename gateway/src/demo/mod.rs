@@ -205,17 +205,61 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         drop(servers);
     });
 
-    print_intro(&args, &table.view());
-    let config = args
-        .tuning
-        .serve_config(&args.http, &args.internal_http, &args.admin);
+    let ca_file = std::env::temp_dir().join(format!(
+        "knative-gateway-demo-ca-{}.pem",
+        std::process::id()
+    ));
+    let mut config = args.tuning.serve_config(crate::cli::Listeners {
+        http: &args.http,
+        internal_http: &args.internal_http,
+        https: &args.https,
+        internal_https: &args.internal_https,
+        admin: &args.admin,
+    })?;
+    if config.https.is_some() || config.internal_https.is_some() {
+        let (ca, cert) = demo_certificate().context("cannot make the demo certificate")?;
+        std::fs::write(&ca_file, ca)
+            .with_context(|| format!("cannot write {}", ca_file.display()))?;
+        config.default_certificate = config.default_certificate.or(Some(cert));
+    }
+    print_intro(&args, &table.view(), &ca_file);
     let activator = Arc::new(crate::activator::Activator::new(
         &activator_addr.to_string(),
     ));
     server::run(config, publisher, activator, vec![("demo-cluster", task)])
 }
 
-fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView) {
+/// A demo CA (PEM, for clients to trust) and a certificate it signed for the
+/// demo's host names.
+fn demo_certificate() -> anyhow::Result<(String, Arc<rustls::sign::CertifiedKey>)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "knative-gateway demo CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let names = [
+        "*.default.example.com",
+        "*.default.svc.cluster.local",
+        "*.default.svc",
+        "*.default",
+    ];
+    let leaf =
+        CertificateParams::new(names.map(String::from).to_vec())?.signed_by(&key, &issuer)?;
+    let chain = leaf.pem() + &ca_cert.pem();
+    let cert = config_sync::tls::parse_pem(
+        chain.as_bytes(),
+        key.serialize_pem().as_bytes(),
+        ("demo certificate", "demo key"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok((ca_cert.pem(), Arc::new(cert)))
+}
+
+fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView, ca_file: &std::path::Path) {
     let port = args.http.rsplit(':').next().unwrap_or("8080");
     let gw = format!("localhost:{port}");
     println!(
@@ -238,6 +282,18 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView) {
         }
     }
     println!();
+    println!(
+        "HTTP/2 with prior knowledge (h2c), on the same port:\n  curl --http2-prior-knowledge -H 'Host: knative-routing-demo.default.example.com' http://{gw}/"
+    );
+    if args.https != "off" {
+        let https_port = args.https.rsplit(':').next().unwrap_or("8443");
+        let host = "knative-routing-demo.default.example.com";
+        println!(
+            "HTTPS (HTTP/2 by ALPN), with a demo certificate signed by the CA in {}:\n  curl --http2 --cacert {} --resolve {host}:{https_port}:127.0.0.1 https://{host}:{https_port}/",
+            ca_file.display(),
+            ca_file.display()
+        );
+    }
     println!(
         "The cold revision wakes on its first request and scales back to zero after {:?} idle.",
         args.scale_to_zero_after

@@ -210,7 +210,8 @@ impl H2cClient {
     }
 }
 
-async fn read_reply(resp: Response<Incoming>) -> Result<Reply, String> {
+/// Read a whole response.
+pub async fn read_reply(resp: Response<Incoming>) -> Result<Reply, String> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
@@ -277,6 +278,8 @@ impl HttpClient {
 pub struct Gateway {
     pub http: SocketAddr,
     pub internal: SocketAddr,
+    pub https: SocketAddr,
+    pub internal_https: SocketAddr,
     pub admin: SocketAddr,
     pub file: PathBuf,
     child: Child,
@@ -346,6 +349,7 @@ impl Gateway {
         let mut failures = Vec::new();
         for _ in 0..5 {
             let (http, internal, admin) = (free_port(), free_port(), free_port());
+            let (https, internal_https) = (free_port(), free_port());
             let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
             let stderr = std::fs::File::create(dir.path().join("err.txt")).unwrap();
             let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -357,6 +361,8 @@ impl Gateway {
                     &format!("127.0.0.1:{admin}"),
                 ])
                 .args(["--internal-http", &format!("127.0.0.1:{internal}")])
+                .args(["--https", &format!("127.0.0.1:{https}")])
+                .args(["--internal-https", &format!("127.0.0.1:{internal_https}")])
                 .args(["--threads", "2", "--log", "warn"])
                 .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
                 .stdout(stdout)
@@ -369,6 +375,8 @@ impl Gateway {
                     return Gateway {
                         http: ([127, 0, 0, 1], http).into(),
                         internal: ([127, 0, 0, 1], internal).into(),
+                        https: ([127, 0, 0, 1], https).into(),
+                        internal_https: ([127, 0, 0, 1], internal_https).into(),
                         admin: admin_addr,
                         file,
                         child,

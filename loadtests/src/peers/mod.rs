@@ -117,6 +117,7 @@ impl Launch<'_> {
                     .arg(&file)
                     .args(["--http", &addr.to_string()])
                     .args(["--internal-http", &format!("127.0.0.1:{}", free_port())])
+                    .args(["--https", "off", "--internal-https", "off"])
                     .args(["--admin", &format!("127.0.0.1:{}", free_port())])
                     .args(["--threads", &self.threads.to_string()])
                     .args(["--activator", &activator.to_string()])
