@@ -1045,73 +1045,6 @@ fn tls_secret(name: &str, crt: &str, key: &str) -> Value {
            "data": {"tls.crt": b64(crt), "tls.key": b64(key)}})
 }
 
-/// What an HTTPS request saw: the reply, the server's leaf certificate, ALPN.
-struct HttpsReply {
-    reply: Reply,
-    cert: Vec<u8>,
-    alpn: Option<Vec<u8>>,
-}
-
-/// GET `path` of `host` over TLS with SNI `host` (rustls, trusting `ca`),
-/// HTTP/2 or HTTP/1.1 as ALPN decides (hyper).
-async fn https_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    ca: &TestCa,
-) -> Result<HttpsReply, String> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (_, conn) = tls.get_ref();
-    let cert = conn.peer_certificates().unwrap()[0].to_vec();
-    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
-    let io = TokioIo::new(tls);
-    let uri = format!("https://{host}{path}");
-    let resp = if alpn.as_deref() == Some(b"h2") {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::get(uri)
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        send.send_request(req).await.map_err(|e| e.to_string())?
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header("host", host)
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        send.send_request(req).await.map_err(|e| e.to_string())?
-    };
-    Ok(HttpsReply {
-        reply: read_reply(resp).await?,
-        cert,
-        alpn,
-    })
-}
-
 /// tls: HTTP and HTTPS both serve a KIngress with `spec.tls`; each SNI name
 /// gets its own Secret's certificate; a renewed Secret serves new
 /// handshakes; a broken one keeps its last good certificate, named in
@@ -1159,14 +1092,14 @@ async fn tls() {
         );
     }
     for (h, name, der) in [(&host_a, "tls-a", &der_a), (&host_b, "tls-b", &der_b)] {
-        let r = https_get(e.gw.https, h, "/", &ca).await.unwrap();
+        let r = https_get(e.gw.https, h, "/", &ca.der).await.unwrap();
         assert_eq!((r.reply.status, r.reply.body.as_str()), (200, name));
         assert_eq!(&r.cert, der, "{h} gets its own certificate");
         assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
         assert_eq!(r.reply.header("x-echo-x-forwarded-proto"), "https");
         assert_eq!(e.get(h, "/", &[]).await.body, name, "plain HTTP too");
     }
-    let unknown = https_get(e.gw.https, "nobody.example.com", "/", &ca).await;
+    let unknown = https_get(e.gw.https, "nobody.example.com", "/", &ca.der).await;
     assert!(
         unknown.as_ref().is_err_and(|e| e.starts_with("handshake")),
         "{:?}",
@@ -1176,7 +1109,12 @@ async fn tls() {
     let (crt_a2, key_a2, der_a2) = ca.leaf(&[&host_a]);
     e.api.apply(tls_secret("cert-a", &crt_a2, &key_a2));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while https_get(e.gw.https, &host_a, "/", &ca).await.unwrap().cert != der_a2 {
+    while https_get(e.gw.https, &host_a, "/", &ca.der)
+        .await
+        .unwrap()
+        .cert
+        != der_a2
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the renewed certificate is served"
@@ -1204,10 +1142,13 @@ async fn tls() {
         messages.contains(&"tls.key does not match the certificate in tls.crt"),
         "{messages:?}"
     );
-    let r = https_get(e.gw.https, &host_b, "/", &ca).await.unwrap();
+    let r = https_get(e.gw.https, &host_b, "/", &ca.der).await.unwrap();
     assert_eq!(r.cert, der_b, "the last good certificate still serves");
     assert_eq!(
-        https_get(e.gw.https, &host_a, "/", &ca).await.unwrap().cert,
+        https_get(e.gw.https, &host_a, "/", &ca.der)
+            .await
+            .unwrap()
+            .cert,
         der_a2
     );
     let metrics = e.gw.admin("/metrics").await.body;
@@ -1230,7 +1171,7 @@ async fn tls_default_certificate() {
         .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let r = loop {
-        match https_get(e.gw.https, &host("tls-d"), "/", &ca).await {
+        match https_get(e.gw.https, &host("tls-d"), "/", &ca.der).await {
             Ok(r) => break r,
             Err(err) => assert!(std::time::Instant::now() < deadline, "{err}"),
         }
@@ -1270,11 +1211,293 @@ async fn httpoption() {
     );
     assert_eq!(e.get(&enabled, "/", &[]).await.body, "opt");
     for h in [&redirected, &enabled] {
-        let r = https_get(e.gw.https, h, "/", &ca).await.unwrap();
+        let r = https_get(e.gw.https, h, "/", &ca.der).await.unwrap();
         assert_eq!(
             (r.reply.status, r.reply.body.as_str()),
             (200, "opt"),
             "{h} over HTTPS"
         );
     }
+}
+
+/// Bad input over HTTP/2: garbage after the preface, a stream reset
+/// mid-body, and the concurrent-stream limit each get the protocol's own
+/// answer and leave other connections (and other streams) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bad_input() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env().await;
+    let _b = e.runtime("h2-bad").await;
+    e.ingress_ready("h2-bad", simple(&host("h2-bad"), "h2-bad"))
+        .await;
+    let healthy = H2cClient::connect(e.gw.http).await;
+    // The preface, then bytes that are no HTTP/2 frame: the connection ends
+    // (after a GOAWAY), it does not hang.
+    let mut raw = tokio::net::TcpStream::connect(e.gw.http).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    raw.write_all(&[0xff; 64]).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a broken HTTP/2 connection is closed");
+    // A request body reset mid-way: only that stream ends.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    let req = http::Request::post(format!("http://{}/upload", host("h2-bad")))
+        .version(http::Version::HTTP_2)
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(e.gw.http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let pending = send.send_request(req);
+    {
+        use futures::SinkExt;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first half"))))
+            .await
+            .unwrap();
+        tx.send(Err(std::io::Error::other("client gave up")))
+            .await
+            .unwrap();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the reset stream ends");
+    let (done, empty) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    drop(done);
+    let again = http::Request::get(format!("http://{}/", host("h2-bad")))
+        .version(http::Version::HTTP_2)
+        .body(StreamBody::new(empty))
+        .unwrap();
+    send.ready().await.unwrap();
+    let r = read_reply(send.send_request(again).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "h2-bad"),
+        "the connection lives on"
+    );
+    // The stream limit is advertised (100), and a client sending 150 at
+    // once is held to it, all answered.
+    let tcp = tokio::net::TcpStream::connect(e.gw.http).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut conn = Box::pin(conn);
+    // Settings arrive with the first exchange.
+    let probe = {
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}/", host("h2-bad")))
+            .body(())
+            .unwrap();
+        h2.send_request(req, true).unwrap().0
+    };
+    let resp = match futures::future::select(probe, conn.as_mut()).await {
+        futures::future::Either::Left((resp, _)) => resp.unwrap(),
+        futures::future::Either::Right((ended, _)) => panic!("the connection ended: {ended:?}"),
+    };
+    assert_eq!(resp.status(), 200);
+    assert_eq!(conn.max_concurrent_send_streams(), 100);
+    tokio::spawn(conn);
+    let bad_host = host("h2-bad");
+    let replies = futures::future::join_all((0..150).map(|_| healthy.get(&bad_host, "/"))).await;
+    assert!(replies
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|r| r.status == 200)));
+}
+
+/// `--stream-idle-timeout`: a WebSocket silent longer than it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let e = env_with(&["--stream-idle-timeout", "1s"]).await;
+    let _b = e.runtime("idle").await;
+    e.ingress_ready("idle", simple(&host("idle"), "idle")).await;
+    let mut req = format!("ws://{}/", e.gw.http)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", host("idle").parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(e.gw.http).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "idle: hi"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = ws.send(Message::text("still there?")).await;
+        ws.next().await
+    })
+    .await
+    .expect("the closed stream ends at once");
+    assert!(
+        !matches!(&after, Some(Ok(Message::Text(t))) if t.as_str() == "idle: still there?"),
+        "closed after 1 s of silence: {after:?}"
+    );
+}
+
+/// The gRPC message of the tests, derived by hand (no code generation).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Ping {
+    #[prost(string, tag = "1")]
+    msg: String,
+}
+
+/// `/test.Echo/Chat`: a bidirectional stream answering each `m` with
+/// `<name>: m` (tonic's server codec over hyper's h2c server).
+#[derive(Clone)]
+struct Chat(String);
+
+impl tonic::server::StreamingService<Ping> for Chat {
+    type Response = Ping;
+    type ResponseStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Ping, tonic::Status>> + Send>>;
+    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<Ping>>) -> Self::Future {
+        use futures::StreamExt;
+        let name = self.0.clone();
+        let replies = request.into_inner().map(move |m| {
+            m.map(|p| Ping {
+                msg: format!("{name}: {}", p.msg),
+            })
+        });
+        std::future::ready(Ok(tonic::Response::new(Box::pin(replies))))
+    }
+}
+
+/// A gRPC backend named `name` on h2c, which answers Knative's probe as
+/// queue-proxy does; behind a Service port named `http2`.
+async fn grpc_runtime(e: &Env, name: &str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name = name.to_owned();
+    e.service_port(&name, addr, "http2");
+    e.slice_port(&name, addr, "http2");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        async move {
+                            if let Some(hash) = req.headers().get("k-network-hash").filter(|_| {
+                                req.headers()
+                                    .get("k-network-probe")
+                                    .is_some_and(|v| v == "probe")
+                            }) {
+                                let resp = http::Response::builder()
+                                    .header("k-network-hash", hash.clone())
+                                    .body(tonic::body::Body::empty())
+                                    .unwrap();
+                                return Ok::<_, Infallible>(resp);
+                            }
+                            let mut grpc =
+                                tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                            Ok(grpc.streaming(Chat(name), req).await)
+                        }
+                    });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    })
+}
+
+/// A bidirectional stream of `n` round trips through the gateway's plain
+/// port (h2c) to `host` (tonic's client); returns the backend that answered.
+async fn grpc_chat(gw: SocketAddr, host: &str, n: usize) -> String {
+    use futures::{SinkExt, StreamExt};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gw}"))
+        .unwrap()
+        .origin(format!("http://{host}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Ping>(1);
+    let mut replies = client
+        .streaming(
+            tonic::Request::new(rx),
+            http::uri::PathAndQuery::from_static("/test.Echo/Chat"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = String::new();
+    for i in 0..n {
+        tx.send(Ping {
+            msg: format!("ping {i}"),
+        })
+        .await
+        .unwrap();
+        let reply: Ping = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("a reply within 5 s")
+            .unwrap()
+            .unwrap();
+        let (name, echoed) = reply.msg.split_once(": ").unwrap();
+        assert_eq!(echoed, format!("ping {i}"));
+        if answered.is_empty() {
+            answered = name.to_owned();
+        }
+        assert_eq!(name, answered, "one stream, one backend");
+    }
+    drop(tx);
+    // The server ends the stream with grpc-status 0 in the trailers.
+    assert!(replies.next().await.is_none(), "a clean end of stream");
+    answered
+}
+
+/// grpc: 100 round trips of one bidirectional stream over h2c on the plain
+/// port, to a backend whose port asks for h2c; trailers pass through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc() {
+    let e = env().await;
+    let _b = grpc_runtime(&e, "grpc").await;
+    e.ingress_ready("grpc", simple(&host("grpc"), "grpc")).await;
+    assert_eq!(grpc_chat(e.gw.http, &host("grpc"), 100).await, "grpc");
+}
+
+/// grpc/split: streams through a 50/50 split reach both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_split() {
+    let e = env().await;
+    let _b = (
+        grpc_runtime(&e, "grpc-a").await,
+        grpc_runtime(&e, "grpc-b").await,
+    );
+    let spec = json!({"rules": [{"hosts": [host("grpc-split")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [split("grpc-a", 50), split("grpc-b", 50)]}]}}]});
+    e.ingress_ready("grpc-split", spec).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(grpc_chat(e.gw.http, &host("grpc-split"), 10).await);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["grpc-a", "grpc-b"]);
 }

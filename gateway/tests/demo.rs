@@ -94,3 +94,47 @@ async fn demo_serves_split_tags_and_wakes_the_cold_revision() {
         (200, "Hi! from cold-demo-00001\n")
     );
 }
+
+/// The demo's h2c and HTTPS lines work as printed: h2c with prior knowledge
+/// on the plain port, and HTTPS (h2 by ALPN) trusting the CA file it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_h2c_and_https_as_printed() {
+    use rustls::pki_types::pem::PemObject;
+    let gw = Gateway::demo(&[]).await;
+    let out = gw.stdout();
+    let h2c_line = format!(
+        "curl --http2-prior-knowledge -H 'Host: {SPLIT}' http://localhost:{}/",
+        gw.http.port()
+    );
+    assert!(out.contains(&h2c_line), "{h2c_line:?} not printed:\n{out}");
+    let r = H2cClient::connect(gw.http)
+        .await
+        .get(SPLIT, "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body
+            .starts_with("Hello World! from knative-routing-demo-"),
+        "{}",
+        r.body
+    );
+
+    let https_line = out
+        .lines()
+        .find(|l| l.contains("curl --http2 --cacert"))
+        .unwrap_or_else(|| panic!("no HTTPS line:\n{out}"));
+    assert!(
+        https_line.contains(&format!("--resolve {SPLIT}:{}:127.0.0.1", gw.https.port())),
+        "{https_line}"
+    );
+    let ca_file = https_line.split_whitespace().nth(3).unwrap();
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(ca_file).unwrap();
+    let r = https_get(gw.https, SPLIT, "/", &ca).await.unwrap();
+    assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(r.reply.status, 200);
+    assert!(r
+        .reply
+        .body
+        .starts_with("Hello World! from knative-routing-demo-"));
+}

@@ -16,7 +16,7 @@ use loadtests::scenarios::{self, Ctx, Options, Scenario};
 #[command(name = "loadtest", version, about)]
 struct Cli {
     /// Scenarios to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols])]
     scenarios: Vec<Scenario>,
     /// Proxies to compare (the gateway always runs).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Gateway, Kind::Haproxy, Kind::Nginx, Kind::Envoy])]
@@ -146,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Rollout => scenarios::rollout::run(&mut ctx),
             Scenario::Cold => scenarios::cold::run(&mut ctx),
             Scenario::Churn => scenarios::churn::run(&mut ctx),
+            Scenario::Protocols => scenarios::protocols::run(&mut ctx),
         };
         if let Err(e) = result {
             let why = format!("{scenario:?}: {e:#}");

@@ -75,6 +75,37 @@ impl Run {
         }
     }
 
+    /// A run measured elsewhere (h2load, the handshake client): a rate and
+    /// counts, no latency histogram.
+    pub fn rate(
+        scenario: &str,
+        proxy: &str,
+        threads: Option<usize>,
+        conns: usize,
+        rps: f64,
+        requests: u64,
+        errors: u64,
+    ) -> Run {
+        Run {
+            scenario: scenario.into(),
+            proxy: proxy.into(),
+            threads,
+            conns,
+            routes: 1,
+            rps,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            requests,
+            errors,
+            error_samples: Vec::new(),
+            split: BTreeMap::new(),
+            cpu_s_per_100k: None,
+            peak_rss_mib: None,
+        }
+    }
+
     /// With the proxy's CPU seconds over the run and its peak RSS in bytes.
     pub fn usage(mut self, cpu_s: Option<f64>, rss: Option<u64>) -> Run {
         self.cpu_s_per_100k = cpu_s.map(|c| c * 100_000.0 / self.requests.max(1) as f64);
@@ -294,6 +325,30 @@ impl Report {
                         target: format!("hosts: RSS at {} routes < 100 MB", many.routes),
                         measured: format!("{:.1} MB", rss * 1.048_576),
                         met: rss * 1.048_576 < 100.0,
+                    });
+                }
+            }
+        }
+        // The protocols issue's targets, each a ratio to a peer in this run.
+        for (scenario, peer, want, what) in [
+            ("h2c", "envoy", 1.2, "h2c rps"),
+            ("h2c", "nginx", 1.0, "h2c rps"),
+            ("https", "nginx", 1.0, "HTTPS keep-alive rps"),
+            ("handshakes", "nginx", 1.0, "new TLS connections per second"),
+        ] {
+            for gw in self
+                .runs
+                .iter()
+                .filter(|r| r.scenario == scenario && r.proxy == "gateway")
+            {
+                if let Some(p) = find(scenario, peer, gw.threads, gw.conns) {
+                    checks.push(Check {
+                        target: format!(
+                            "{what} ≥ {want}× {peer} ({} threads)",
+                            gw.threads.unwrap_or(0)
+                        ),
+                        measured: format!("{:.0} vs {:.0} = {:.2}×", gw.rps, p.rps, gw.rps / p.rps),
+                        met: gw.rps >= want * p.rps,
                     });
                 }
             }

@@ -83,6 +83,17 @@ fn every_scenario_runs_and_measures() {
     assert_served(&churn["run"]);
     assert!(churn["added_served"].as_u64().unwrap() >= 1, "{churn}");
 
+    // protocols: new TLS connections through the gateway's HTTPS listener
+    // (h2load is not installed for the smoke run).
+    let handshakes = runs(&report, "handshakes", "gateway");
+    assert_eq!(handshakes.len(), 1);
+    assert!(
+        handshakes[0]["requests"].as_u64().unwrap() > 10,
+        "{}",
+        handshakes[0]
+    );
+    assert_eq!(handshakes[0]["errors"], 0, "{}", handshakes[0]);
+
     assert!(report["failures"].as_array().unwrap().is_empty());
     assert!(report["checks"].as_array().unwrap().len() >= 5);
     let svg = std::fs::read_to_string(out.path().join("chart.svg")).unwrap();

@@ -227,6 +227,73 @@ pub async fn read_reply(resp: Response<Incoming>) -> Result<Reply, String> {
     })
 }
 
+/// What an HTTPS request saw: the reply, the server's leaf certificate, ALPN.
+pub struct HttpsReply {
+    pub reply: Reply,
+    pub cert: Vec<u8>,
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// GET `path` of `host` over TLS with SNI `host` (rustls, trusting the CA `ca`),
+/// HTTP/2 or HTTP/1.1 as ALPN decides (hyper).
+pub async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> Result<HttpsReply, String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, conn) = tls.get_ref();
+    let cert = conn.peer_certificates().unwrap()[0].to_vec();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    let io = TokioIo::new(tls);
+    let uri = format!("https://{host}{path}");
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header("host", host)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    Ok(HttpsReply {
+        reply: read_reply(resp).await?,
+        cert,
+        alpn,
+    })
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Reply {

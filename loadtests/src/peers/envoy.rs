@@ -3,10 +3,13 @@
 
 use serde_json::{json, Value};
 
+use super::TlsFiles;
 use crate::topology::{upstream_of, upstreams, Topology};
 
-/// Envoy's bootstrap (JSON is YAML) listening on `port`, admin on `admin_port`.
-pub fn config(t: &Topology, port: u16, admin_port: u16) -> String {
+/// Envoy's bootstrap (JSON is YAML) listening on `port` (HTTP/1.1 and h2c:
+/// the connection manager's codec detects either), admin on `admin_port`,
+/// and HTTPS on the port of `tls`.
+pub fn config(t: &Topology, port: u16, admin_port: u16, tls: Option<(u16, &TlsFiles)>) -> String {
     let groups = upstreams(t);
     let virtual_hosts: Vec<Value> = t
         .routes
@@ -43,30 +46,54 @@ pub fn config(t: &Topology, port: u16, admin_port: u16) -> String {
             })
         })
         .collect();
+    let manager = json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress",
+            // nginx needs $request_id for its split; Envoy's weighted clusters don't.
+            "generate_request_id": false,
+            "route_config": {"name": "routes", "virtual_hosts": virtual_hosts},
+            "http_filters": [{
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    "suppress_envoy_headers": true
+                }
+            }]
+        }
+    });
+    let mut listeners = vec![json!({
+        "name": "main",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [manager.clone()]}]
+    })];
+    if let Some((tls_port, files)) = tls {
+        listeners.push(json!({
+            "name": "tls",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": tls_port}},
+            "filter_chains": [{
+                "filters": [manager],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "common_tls_context": {
+                            "alpn_protocols": ["h2", "http/1.1"],
+                            "tls_certificates": [{
+                                "certificate_chain": {"filename": files.cert.display().to_string()},
+                                "private_key": {"filename": files.key.display().to_string()}
+                            }]
+                        }
+                    }
+                }
+            }]
+        }));
+    }
     let bootstrap = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
-            "listeners": [{
-                "name": "main",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        // nginx needs $request_id for its split; Envoy's weighted clusters don't.
-                        "generate_request_id": false,
-                        "route_config": {"name": "routes", "virtual_hosts": virtual_hosts},
-                        "http_filters": [{
-                            "name": "envoy.filters.http.router",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                "suppress_envoy_headers": true
-                            }
-                        }]
-                    }
-                }]}]
-            }],
+            "listeners": listeners,
             "clusters": clusters
         }
     });

@@ -3,12 +3,27 @@
 
 use std::fmt::Write;
 
+use super::TlsFiles;
 use crate::topology::{upstream_of, upstreams, Topology};
 
-/// `haproxy.cfg` and the host map it reads (`map_path` is where the map will be written).
-pub fn config(t: &Topology, threads: usize, port: u16, map_path: &str) -> (String, String) {
+/// `haproxy.cfg` and the host map it reads (`map_path` is where the map will
+/// be written). HTTP/1.1 and h2c share `port` (HAProxy tells them apart); an
+/// HTTPS port is added with `tls`.
+pub fn config(
+    t: &Topology,
+    threads: usize,
+    port: u16,
+    map_path: &str,
+    tls: Option<(u16, &TlsFiles)>,
+) -> (String, String) {
+    let tls_bind = tls.map_or(String::new(), |(p, files)| {
+        format!(
+            "  bind 127.0.0.1:{p} ssl crt {} alpn h2,http/1.1\n",
+            files.combined.display()
+        )
+    });
     let mut c = format!(
-        "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n  option http-keep-alive\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{port}\n  use_backend %[req.hdr(host),lower,map_str({map_path},notfound)]\n  default_backend notfound\nbackend notfound\n  http-request deny deny_status 404\n"
+        "global\n  nbthread {threads}\n  maxconn 4096\n  tune.ssl.default-dh-param 2048\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n  option http-keep-alive\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{port}\n{tls_bind}  use_backend %[req.hdr(host),lower,map_str({map_path},notfound)]\n  default_backend notfound\nbackend notfound\n  http-request deny deny_status 404\n"
     );
     let groups = upstreams(t);
     // Routes with the same split over the same endpoints share a backend.

@@ -18,6 +18,8 @@ pub struct Binaries {
     pub missing: Vec<(Kind, String)>,
     /// wrk, to check the load generator against, when present.
     pub wrk: Option<PathBuf>,
+    /// h2load (Debian's nghttp2-client), for the protocols scenario.
+    pub h2load: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -135,6 +137,7 @@ pub fn locate(gateway: PathBuf, kinds: &[Kind], install_missing: bool) -> Binari
         peers: Vec::new(),
         missing: Vec::new(),
         wrk: on_path("wrk"),
+        h2load: on_path("h2load"),
     };
     for &kind in kinds.iter().filter(|k| **k != Kind::Gateway) {
         let found = find(kind).map(Ok).unwrap_or_else(|| {
@@ -157,6 +160,9 @@ pub fn locate(gateway: PathBuf, kinds: &[Kind], install_missing: bool) -> Binari
     }
     if b.wrk.is_none() && install_missing && apt("wrk").is_ok() {
         b.wrk = on_path("wrk");
+    }
+    if b.h2load.is_none() && install_missing && apt("nghttp2-client").is_ok() {
+        b.h2load = on_path("h2load");
     }
     b
 }

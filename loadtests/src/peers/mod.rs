@@ -65,8 +65,32 @@ pub struct Proxy {
     pub kind: Kind,
     /// Where it serves traffic.
     pub addr: SocketAddr,
+    /// Where it serves h2c with prior knowledge (nginx: a port of its own).
+    pub h2c_addr: Option<SocketAddr>,
+    /// Where it serves HTTPS.
+    pub tls_addr: Option<SocketAddr>,
     child: Child,
     dir: tempfile::TempDir,
+}
+
+/// A TLS certificate for `*.default.example.com`, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Both in one file (HAProxy's `crt`).
+    pub combined: PathBuf,
+}
+
+/// Listeners beyond plain HTTP/1.1, for the protocols scenario.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listeners<'a> {
+    /// Also serve h2c with prior knowledge.
+    pub h2c: bool,
+    /// Also serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate.
+    pub tls: Option<&'a TlsFiles>,
 }
 
 /// How to start a proxy.
@@ -81,6 +105,8 @@ pub struct Launch<'a> {
     pub threads: usize,
     /// The gateway's activator (unused by the peers, which have none).
     pub activator: Option<SocketAddr>,
+    /// h2c and HTTPS listeners, if any.
+    pub listeners: Listeners<'a>,
 }
 
 impl Launch<'_> {
@@ -104,6 +130,16 @@ impl Launch<'_> {
             .tempdir()?;
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let tls = self.listeners.tls.map(|files| (free_port(), files));
+        let tls_addr = tls.map(|(port, _)| loopback(port));
+        // nginx 1.22 serves h2c only on a port without HTTP/1.1; the others
+        // tell the two apart on one port.
+        let h2c_addr = match (self.listeners.h2c, self.kind) {
+            (false, _) => None,
+            (true, Kind::Nginx) => Some(loopback(free_port())),
+            (true, _) => Some(addr),
+        };
         let t = self.topology;
         let mut cmd = Command::new(self.bin);
         match self.kind {
@@ -117,15 +153,31 @@ impl Launch<'_> {
                     .arg(&file)
                     .args(["--http", &addr.to_string()])
                     .args(["--internal-http", &format!("127.0.0.1:{}", free_port())])
-                    .args(["--https", "off", "--internal-https", "off"])
-                    .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+                    .args(["--internal-https", "off"]);
+                match tls {
+                    Some((port, files)) => cmd
+                        .args(["--https", &loopback(port).to_string()])
+                        .arg("--default-certificate-file")
+                        .arg(&files.cert)
+                        .arg("--default-key-file")
+                        .arg(&files.key),
+                    None => cmd.args(["--https", "off"]),
+                };
+                cmd.args(["--admin", &format!("127.0.0.1:{}", free_port())])
                     .args(["--threads", &self.threads.to_string()])
                     .args(["--activator", &activator.to_string()])
                     .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"]);
             }
             Kind::Nginx => {
                 let conf = dir.path().join("nginx.conf");
-                std::fs::write(&conf, nginx::config(t, self.threads, port, dir.path()))?;
+                let extra = nginx::Extra {
+                    h2c_port: h2c_addr.map(|a| a.port()),
+                    tls,
+                };
+                std::fs::write(
+                    &conf,
+                    nginx::config(t, self.threads, port, dir.path(), &extra),
+                )?;
                 cmd.arg("-p")
                     .arg(dir.path())
                     .arg("-c")
@@ -135,7 +187,7 @@ impl Launch<'_> {
             Kind::Haproxy => {
                 let map = dir.path().join("hosts.map");
                 let (conf, hosts) =
-                    haproxy::config(t, self.threads, port, &map.display().to_string());
+                    haproxy::config(t, self.threads, port, &map.display().to_string(), tls);
                 std::fs::write(&map, hosts)?;
                 let path = dir.path().join("haproxy.cfg");
                 std::fs::write(&path, conf)?;
@@ -143,7 +195,7 @@ impl Launch<'_> {
             }
             Kind::Envoy => {
                 let path = dir.path().join("envoy.json");
-                std::fs::write(&path, envoy::config(t, port, free_port()))?;
+                std::fs::write(&path, envoy::config(t, port, free_port(), tls))?;
                 cmd.arg("-c")
                     .arg(&path)
                     .args(["--concurrency", &self.threads.to_string()])
@@ -160,6 +212,8 @@ impl Launch<'_> {
         Ok(Proxy {
             kind: self.kind,
             addr,
+            h2c_addr,
+            tls_addr,
             child,
             dir,
         })

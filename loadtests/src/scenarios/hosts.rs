@@ -66,6 +66,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 topology: topo,
                 threads,
                 activator: None,
+                listeners: Default::default(),
             };
             match launch.start(&topo.routes[0].host()) {
                 Ok(proxy) => {

@@ -4,6 +4,7 @@
 pub mod churn;
 pub mod cold;
 pub mod hosts;
+pub mod protocols;
 pub mod rollout;
 pub mod split;
 
@@ -44,6 +45,8 @@ pub enum Scenario {
     Cold,
     /// Endpoints added and removed ten times a second under load (gateway).
     Churn,
+    /// The split over h2c (h2load) and HTTPS (keep-alive, and new handshakes); every proxy.
+    Protocols,
 }
 
 /// How hard and how long.
@@ -181,6 +184,7 @@ impl<'a> Ctx<'a> {
             topology,
             threads: self.max_threads(),
             activator,
+            listeners: Default::default(),
         }
         .start(host)
     }

@@ -68,6 +68,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 topology: &topo,
                 threads,
                 activator: None,
+                listeners: Default::default(),
             };
             let proxy = match launch.start(&host) {
                 Ok(p) => p,
