@@ -95,10 +95,19 @@ async fn demo_serves_split_tags_and_wakes_the_cold_revision() {
     );
 }
 
-/// The demo's h2c and HTTPS lines work as printed: h2c with prior knowledge
-/// on the plain port, and HTTPS (h2 by ALPN) trusting the CA file it names.
+/// The `demo.EchoRequest` / `demo.EchoReply` of gateway/src/demo/echo.proto.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Echo {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+/// The demo's protocol lines work as printed: h2c with prior knowledge on
+/// the plain port, HTTPS (h2 by ALPN) trusting the CA file it names, the gRPC
+/// call of echo.proto (tonic, as grpcurl would make it), and WebSocket echoes
+/// (tokio-tungstenite, as websocat would).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_h2c_and_https_as_printed() {
+async fn demo_serves_h2c_https_grpc_and_websocket_as_printed() {
     use rustls::pki_types::pem::PemObject;
     let gw = Gateway::demo(&[]).await;
     let out = gw.stdout();
@@ -137,4 +146,55 @@ async fn demo_serves_h2c_and_https_as_printed() {
         .reply
         .body
         .starts_with("Hello World! from knative-routing-demo-"));
+
+    let grpc_line = format!(
+        "grpcurl -plaintext -authority grpc-demo.default.example.com -proto gateway/src/demo/echo.proto -d '{{\"message\": \"hi\"}}' localhost:{} demo.Echo/Say",
+        gw.http.port()
+    );
+    assert!(
+        out.contains(&grpc_line),
+        "{grpc_line:?} not printed:\n{out}"
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.http))
+        .unwrap()
+        .origin("http://grpc-demo.default.example.com".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let reply: tonic::Response<Echo> = client
+        .unary(
+            tonic::Request::new(Echo {
+                message: "hi".into(),
+            }),
+            http::uri::PathAndQuery::from_static("/demo.Echo/Say"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.into_inner().message,
+        "Hello World! from grpc-demo-00001: hi"
+    );
+
+    let ws_line = format!(
+        "websocat -H 'Host: {SPLIT}' ws://localhost:{}/",
+        gw.http.port()
+    );
+    assert!(out.contains(&ws_line), "{ws_line:?} not printed:\n{out}");
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/", gw.http).into_client_request().unwrap();
+    req.headers_mut().insert("host", SPLIT.parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("ping"))
+        .await
+        .unwrap();
+    let echo = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(
+        echo.as_str().starts_with("knative-routing-demo-0000") && echo.as_str().ends_with(": ping"),
+        "{echo}"
+    );
 }

@@ -241,3 +241,53 @@ async fn a_snapshot_of_kingresses_is_served_and_reloaded() {
         .await;
     assert_eq!(get("web.example.com", "/").await.body, "svc-b");
 }
+
+/// TLS from a snapshot file: a KIngress's `spec.tls` Secret (as `kubectl get
+/// secrets -o yaml` prints it, base64 `data`) serves HTTPS by SNI, and a
+/// reload with a renewed Secret serves the new certificate to new handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_tls_secrets_serves_https_and_reloads_them() {
+    use base64::Engine;
+    let backend = Backend::start("svc-tls").await;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = || {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["secure.example.com".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    };
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let snapshot = |crt: &str, key: &str| {
+        format!(
+            "apiVersion: networking.internal.knative.dev/v1alpha1\nkind: Ingress\nmetadata:\n  name: secure\n  namespace: ns\n  annotations: {{networking.knative.dev/ingress.class: knative-gateway.ingress.networking.knative.dev}}\nspec:\n  tls:\n  - hosts: [secure.example.com]\n    secretName: cert\n    secretNamespace: ns\n  rules:\n  - hosts: [secure.example.com]\n    http:\n      paths:\n      - splits: [{{serviceName: svc-tls, serviceNamespace: ns, servicePort: 80}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-tls, namespace: ns}}\nspec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-tls-x, namespace: ns, labels: {{kubernetes.io/service-name: svc-tls}}}}\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n---\napiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata: {{name: cert, namespace: ns}}\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+            b64(crt),
+            b64(key),
+            port = backend.addr.port()
+        )
+    };
+    let (crt, key, der) = leaf();
+    let gw = Gateway::start(&snapshot(&crt, &key), closed()).await;
+    let r = https_get(gw.https, "secure.example.com", "/", ca.der())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.reply.status, r.reply.body.as_str(), &r.cert),
+        (200, "svc-tls", &der)
+    );
+    let routes = gw.debug_routes().await;
+    assert_eq!(routes["certificates"][0]["name"], "secure.example.com");
+    assert_eq!(routes["certificates"][0]["secret"], "ns/cert");
+
+    let (crt2, key2, der2) = leaf();
+    gw.reload(&snapshot(&crt2, &key2)).await;
+    let r = https_get(gw.https, "secure.example.com", "/", ca.der())
+        .await
+        .unwrap();
+    assert_eq!(r.cert, der2, "new handshakes get the renewed certificate");
+}

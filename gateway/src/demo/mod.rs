@@ -47,7 +47,7 @@ impl DemoCluster {
         s.slices.extend(
             woken
                 .iter()
-                .map(|(rev, server)| slice_for(rev, server.addr)),
+                .map(|(rev, server)| slice_for(rev, server.addr, "http")),
         );
         s
     }
@@ -111,7 +111,9 @@ impl DemoCluster {
     }
 }
 
-fn slice_for(rev: &ObjectKey, addr: SocketAddr) -> EndpointSlice {
+/// A private EndpointSlice of `rev` with one ready endpoint, `addr`, on a
+/// port named `port` (`http2` for a revision that speaks h2c).
+fn slice_for(rev: &ObjectKey, addr: SocketAddr, port: &str) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("{}-private-{}", rev.name, addr.port())),
@@ -128,7 +130,7 @@ fn slice_for(rev: &ObjectKey, addr: SocketAddr) -> EndpointSlice {
         },
         address_type: Some(if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
         ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
+            name: Some(port.into()),
             port: Some(addr.port() as i32),
         }]),
         endpoints: Some(vec![Endpoint {
@@ -152,6 +154,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             continue;
         };
         let key = ObjectKey::new(meta.namespace.as_deref().unwrap_or("default"), rev);
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find_map(|p| p.name.clone())
+            .unwrap_or_else(|| "http".into());
         let ready = slice
             .endpoints
             .iter()
@@ -161,7 +169,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         for _ in 0..ready {
             let listener =
                 StdListener::bind("127.0.0.1:0").context("cannot bind a sample revision")?;
-            slices.push(slice_for(&key, listener.local_addr()?));
+            slices.push(slice_for(&key, listener.local_addr()?, &port));
             warm.push((listener, rev.to_owned()));
         }
     }
@@ -282,6 +290,12 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView, ca_file: &
         }
     }
     println!();
+    println!(
+        "gRPC (demo.Echo in gateway/src/demo/echo.proto), over h2c end to end:\n  grpcurl -plaintext -authority grpc-demo.default.example.com -proto gateway/src/demo/echo.proto -d '{{\"message\": \"hi\"}}' {gw} demo.Echo/Say"
+    );
+    println!(
+        "WebSocket (each revision echoes text messages):\n  websocat -H 'Host: knative-routing-demo.default.example.com' ws://{gw}/"
+    );
     println!(
         "HTTP/2 with prior knowledge (h2c), on the same port:\n  curl --http2-prior-knowledge -H 'Host: knative-routing-demo.default.example.com' http://{gw}/"
     );

@@ -1,5 +1,7 @@
-//! A sample revision: an HTTP/1.1 server answering every request with its
-//! MESSAGE and revision name, like Knative's helloworld sample.
+//! A sample revision: a server answering every request with its MESSAGE and
+//! revision name, like Knative's helloworld sample. It speaks HTTP/1.1 and
+//! h2c on one port, echoes WebSocket text messages, and answers the gRPC
+//! call `demo.Echo/Say` (echo.proto).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -52,17 +54,12 @@ impl SampleServer {
                 let _ = stream.set_nodelay(true);
                 let (body, revision, last) = (body.clone(), revision.clone(), last.clone());
                 connections.spawn(async move {
-                    let service = service_fn(move |_req: Request<Incoming>| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         last.store(started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-                        let resp = Response::builder()
-                            .header("x-revision", &*revision)
-                            .header(http::header::CONTENT_TYPE, "text/plain")
-                            .body(Full::new(body.clone()))
-                            .expect("static response parts are valid");
-                        async move { Ok::<_, Infallible>(resp) }
+                        respond(req, body.clone(), revision.clone())
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
             }
@@ -85,5 +82,95 @@ impl SampleServer {
 impl Drop for SampleServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One answer: a WebSocket echo, the gRPC call, or the text.
+async fn respond(
+    req: Request<Incoming>,
+    body: Bytes,
+    revision: Arc<str>,
+) -> Result<Response<tonic::body::Body>, Infallible> {
+    let text = |status: u16, body: Bytes| {
+        Response::builder()
+            .status(status)
+            .header("x-revision", &*revision)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(tonic::body::Body::new(Full::new(body)))
+            .expect("static response parts are valid")
+    };
+    let header = |name: http::HeaderName| req.headers().get(name).map(|v| v.as_bytes().to_owned());
+    if header(http::header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")) {
+        let Some(key) = header(http::header::SEC_WEBSOCKET_KEY) else {
+            return Ok(text(400, Bytes::from_static(b"no Sec-WebSocket-Key\n")));
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        tokio::spawn(echo_websocket(req, revision.clone()));
+        return Ok(Response::builder()
+            .status(101)
+            .header(http::header::UPGRADE, "websocket")
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(tonic::body::Body::empty())
+            .expect("static response parts are valid"));
+    }
+    if header(http::header::CONTENT_TYPE).is_some_and(|v| v.starts_with(b"application/grpc")) {
+        if req.uri().path() != "/demo.Echo/Say" {
+            return Ok(tonic::Status::unimplemented("only demo.Echo/Say").into_http());
+        }
+        let greeting = String::from_utf8_lossy(&body).trim_end().to_owned();
+        let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+        return Ok(grpc.unary(Say(greeting), req).await);
+    }
+    Ok(text(200, body))
+}
+
+/// Echo text messages, prefixed with the revision's name, until closed.
+async fn echo_websocket(req: Request<Incoming>, revision: Arc<str>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+    let Ok(upgraded) = hyper::upgrade::on(req).await else {
+        return;
+    };
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        None,
+    )
+    .await;
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Text(text) => {
+                let reply = Message::text(format!("{revision}: {}", text.as_str()));
+                if ws.send(reply).await.is_err() {
+                    return;
+                }
+            }
+            Message::Close(_) => return,
+            _ => {}
+        }
+    }
+}
+
+/// `demo.EchoRequest` and `demo.EchoReply` of echo.proto.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoMessage {
+    /// The text.
+    #[prost(string, tag = "1")]
+    pub message: String,
+}
+
+/// `demo.Echo/Say`: the revision's greeting and the message sent.
+struct Say(String);
+
+impl tonic::server::UnaryService<EchoMessage> for Say {
+    type Response = EchoMessage;
+    type Future = std::future::Ready<Result<tonic::Response<EchoMessage>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<EchoMessage>) -> Self::Future {
+        let reply = EchoMessage {
+            message: format!("{}: {}", self.0, request.into_inner().message),
+        };
+        std::future::ready(Ok(tonic::Response::new(reply)))
     }
 }
