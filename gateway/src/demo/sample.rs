@@ -125,8 +125,9 @@ async fn respond(
     Ok(text(200, body))
 }
 
-/// Echo text messages, prefixed with the revision's name, until closed.
-async fn echo_websocket(req: Request<Incoming>, revision: Arc<str>) {
+/// Echo the text messages of an upgraded request, prefixed with `revision`,
+/// until closed.
+pub async fn echo_websocket(req: Request<Incoming>, revision: Arc<str>) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::{Message, Role};
     let Ok(upgraded) = hyper::upgrade::on(req).await else {

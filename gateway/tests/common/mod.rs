@@ -139,11 +139,10 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-/// Accept a WebSocket upgrade and echo text messages prefixed with `name`.
+/// Accept a WebSocket upgrade and echo text messages prefixed with `name`
+/// (the demo sample's echo).
 fn websocket_echo(req: Request<Incoming>, name: String) -> Response<Full<Bytes>> {
-    use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::{Message, Role};
     let Some(key) = req.headers().get("sec-websocket-key") else {
         return Response::builder()
             .status(400)
@@ -151,29 +150,7 @@ fn websocket_echo(req: Request<Incoming>, name: String) -> Response<Full<Bytes>>
             .unwrap();
     };
     let accept = derive_accept_key(key.as_bytes());
-    tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(req).await else {
-            return;
-        };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
-        while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(text) => {
-                    let reply = Message::text(format!("{name}: {}", text.as_str()));
-                    if ws.send(reply).await.is_err() {
-                        return;
-                    }
-                }
-                Message::Close(_) => return,
-                _ => {}
-            }
-        }
-    });
+    tokio::spawn(gateway::demo::sample::echo_websocket(req, name.into()));
     Response::builder()
         .status(101)
         .header(http::header::UPGRADE, "websocket")
