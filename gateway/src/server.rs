@@ -166,7 +166,13 @@ pub fn run(
         .into_iter()
         .flatten()
     {
-        proxy.add_tls_with_settings(addr, None, crate::tls::settings(resolver.clone())?);
+        // rustls reads records into its own buffer: an L4 read buffer under it
+        // is one more copy of every byte.
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.as_str())
+                .tls(crate::tls::settings(resolver.clone())?)
+                .l4_buffer(L4BufferSettings::default().read(0)),
+        );
     }
     proxy.threads = Some(config.threads);
     // HTTP/1.1 and h2c with prior knowledge on the same ports: the first 24
