@@ -702,16 +702,9 @@ fn validate_all(
     let lower_opts = opts.lower_options();
     for ing in kingresses {
         let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
-        let key = || (Kind::KIngress, Arc::new(ing.key()));
-        let result =
-            kingress::lower(ing, &services, &lower_opts).and_then(
-                |valid| match hold_for_endpoints(&valid, last_good.routes.get(&key()), |k| {
-                    sliced.contains(k)
-                }) {
-                    Some(error) => Err(error),
-                    None => Ok(valid),
-                },
-            );
+        let last = last_good.routes.get(&(Kind::KIngress, Arc::new(ing.key())));
+        let result = kingress::lower(ing, &services, &lower_opts)
+            .and_then(|valid| hold_for_endpoints(valid, last, |k| sliced.contains(k)));
         match result {
             Ok(valid) => {
                 let valid = Arc::new(valid);
@@ -784,21 +777,22 @@ fn sliced_services(slices: &[EndpointSlice]) -> SlicedServices {
     sliced
 }
 
-/// Why a changed KIngress should keep serving its last good version: it
-/// names a Service whose EndpointSlices have not arrived yet. Serving it now
-/// would answer 503 for a backend that is about to be there; Knative marks a
-/// KIngress Ready only after the change is served, so the wait costs nothing.
-/// A KIngress with no last good version is served at once (503 until then).
+/// `ing`, or why a changed KIngress should keep serving its last good
+/// version: it names a Service whose EndpointSlices have not arrived yet.
+/// Serving it now would answer 503 for a backend that is about to be there;
+/// Knative marks a KIngress Ready only after the change is served, so the wait
+/// costs nothing. A KIngress with no last good version is served at once (503
+/// until then).
 fn hold_for_endpoints(
-    ing: &ir::Ingress,
+    ing: ir::Ingress,
     last_good: Option<&Good>,
     has_slices: impl Fn(&str) -> bool,
-) -> Option<ObjectError> {
+) -> Result<ir::Ingress, ObjectError> {
     let Some(Good::KIngress(old)) = last_good else {
-        return None;
+        return Ok(ing);
     };
     if ing.hash.as_ref().map(|h| h.as_bytes()) == Some(old.hash.as_bytes()) {
-        return None;
+        return Ok(ing);
     }
     let mut buf = String::new();
     let backends = ing
@@ -816,13 +810,13 @@ fn hold_for_endpoints(
         ) = (backend.index_key(&mut buf), backend)
         {
             if !has_slices(key) {
-                return Some(ObjectError::NoEndpoints {
+                return Err(ObjectError::NoEndpoints {
                     service: format!("{namespace}/{name}"),
                 });
             }
         }
     }
-    None
+    Ok(ing)
 }
 
 /// The live table's counters, which the next table takes over.
@@ -1163,17 +1157,14 @@ pub fn update_kingresses(
     // Lower each; what fails keeps its last good version, as in a full build.
     let mut lowered: Vec<(ObjectKey, Result<Arc<ir::Ingress>, ObjectError>)> = Vec::new();
     for ing in &update.kingresses {
-        let key = (Kind::KIngress, Arc::new(ing.key()));
-        let result =
-            kingress::lower(ing, &services, &lower_opts).and_then(
-                |valid| match hold_for_endpoints(&valid, last_good.routes.get(&key), |k| {
-                    endpoints.contains_key(k)
-                }) {
-                    Some(error) => Err(error),
-                    None => Ok(Arc::new(valid)),
-                },
-            );
-        lowered.push((ing.key(), result));
+        let key = ing.key();
+        let last = last_good
+            .routes
+            .get(&(Kind::KIngress, Arc::new(key.clone())));
+        let result = kingress::lower(ing, &services, &lower_opts)
+            .and_then(|valid| hold_for_endpoints(valid, last, |k| endpoints.contains_key(k)))
+            .map(Arc::new);
+        lowered.push((key, result));
     }
     // Few KIngresses change at a time: a scan beats indexing 10,000 routes.
     let id_of = |key: &ObjectKey| {
@@ -1182,9 +1173,8 @@ pub fn update_kingresses(
             .position(|r| r.kind == Kind::KIngress && *r.key == *key)
     };
     let ids: Vec<Option<usize>> = lowered.iter().map(|(key, _)| id_of(key)).collect();
-    let source_of = |key: &ObjectKey| update.kingresses.iter().find(|k| k.key() == *key);
     // Check every change can be patched exactly before touching anything.
-    for ((key, result), id) in lowered.iter().zip(&ids) {
+    for (((key, result), id), source) in lowered.iter().zip(&ids).zip(&update.kingresses) {
         let Ok(ing) = result else { continue };
         match id {
             Some(id) => {
@@ -1200,7 +1190,7 @@ pub fn update_kingresses(
                     return None;
                 }
                 // Certificates come from Secrets, which a patch does not see.
-                if old.spec.tls != source_of(key)?.spec.tls {
+                if old.spec.tls != source.spec.tls {
                     return None;
                 }
                 let old_hosts = kingress::hosts(old, &opts.cluster_domain).ok()?;
@@ -1209,7 +1199,7 @@ pub fn update_kingresses(
                 }
             }
             None => {
-                if !source_of(key)?.spec.tls.is_empty() {
+                if !source.spec.tls.is_empty() {
                     return None;
                 }
                 let taken = ing

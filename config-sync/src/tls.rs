@@ -154,10 +154,16 @@ pub fn build(
         .map(|s| (model::key(&s.metadata), s))
         .collect();
     let mut parsed = Parsed::default();
+    // Secrets that failed this build: named by several KIngresses, a broken
+    // one is still parsed and rejected once.
+    let mut failed: Vec<ObjectKey> = Vec::new();
     // The certificate of a Secret, parsed at most once per build.
     let mut cert_of = |key: &ObjectKey, rejected: &mut Vec<Rejection>| {
         if let Some((_, cert)) = parsed.0.get(key) {
             return Some(cert.clone());
+        }
+        if failed.contains(key) {
+            return None;
         }
         let secret = by_key.get(key)?;
         let print = fingerprint(secret);
@@ -184,7 +190,10 @@ pub fn build(
                     error,
                     outcome,
                 });
-                let (p, cert) = last?;
+                let Some((p, cert)) = last else {
+                    failed.push(key.clone());
+                    return None;
+                };
                 parsed.0.insert(key.clone(), (*p, cert.clone()));
                 Some(cert.clone())
             }
@@ -388,7 +397,13 @@ mod tests {
         let mut rejected = Vec::new();
         let mut opaque = secret("a", &crt, &key);
         opaque.type_ = Some("Opaque".into());
-        let (certs, _) = build(&ings, &[opaque], None, &Parsed::default(), &mut rejected);
+        // Named by two KIngresses, it is still rejected once.
+        let both = [
+            ings[0].clone(),
+            kingress("k2", &[(&["b.example.com"], "a")]),
+        ];
+        let (certs, _) = build(&both, &[opaque], None, &Parsed::default(), &mut rejected);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert!(certs.lookup(Some("a.example.com")).is_none());
         assert_eq!(
             rejected[0].error.to_string(),

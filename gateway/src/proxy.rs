@@ -128,11 +128,7 @@ impl Gateway {
         let Some(hash) = self.probes.hash(host) else {
             return respond(session, 404, "no KIngress served for this host yet\n").await;
         };
-        let mut resp = ResponseHeader::build(200, Some(2))?;
-        resp.insert_header(HASH_HEADER, hash)?;
-        resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-        session.write_response_header(Box::new(resp), true).await?;
-        Ok(true)
+        respond_with_header(session, 200, HASH_HEADER, hash).await
     }
 
     /// Whether the request came in on the internal listener.
@@ -165,6 +161,8 @@ pub struct RequestCtx {
     /// Endpoints that refused a connection during this request.
     failed: Vec<usize>,
     connect_failed: bool,
+    /// The request came in over TLS.
+    tls: bool,
 }
 
 impl RequestCtx {
@@ -183,6 +181,20 @@ impl Drop for RequestCtx {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// An empty response with one header of its own.
+async fn respond_with_header(
+    session: &mut Session,
+    code: u16,
+    name: http::HeaderName,
+    value: impl TryInto<http::HeaderValue>,
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(code, Some(2))?;
+    resp.insert_header(name, value)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
 }
 
 async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result<bool> {
@@ -204,6 +216,7 @@ impl ProxyHttp for Gateway {
             upstream: Upstream::None,
             failed: Vec::new(),
             connect_failed: false,
+            tls: false,
         }
     }
 
@@ -225,7 +238,7 @@ impl ProxyHttp for Gateway {
             return respond(session, 400, "invalid Host header\n").await;
         };
         let table = self.table.load();
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let request = Request {
             host,
             path: req.uri.path(),
@@ -235,7 +248,7 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(&PROBE_HEADER)
                 .is_some_and(|v| v.as_bytes() == b"probe"),
-            tls,
+            tls: ctx.tls,
         };
         let resolved = resolve(&table, request, &mut rand::rng(), &mut ctx.to);
         match resolved {
@@ -251,11 +264,7 @@ impl ProxyHttp for Gateway {
             Err(Miss::NoPath) => respond(session, 404, "no path of this host matches\n").await,
             Err(Miss::Redirect) => {
                 let location = redirect_location(host, req.uri.path_and_query());
-                let mut resp = ResponseHeader::build(301, Some(2))?;
-                resp.insert_header(http::header::LOCATION, location)?;
-                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-                session.write_response_header(Box::new(resp), true).await?;
-                Ok(true)
+                respond_with_header(session, 301, http::header::LOCATION, location).await
             }
             Err(Miss::Loop) => {
                 respond(
@@ -366,8 +375,7 @@ impl ProxyHttp for Gateway {
             );
             upstream_request.insert_header(FORWARDED_FOR, value)?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header(FORWARDED_PROTO, if tls { HTTPS } else { HTTP })?;
+        upstream_request.insert_header(FORWARDED_PROTO, if ctx.tls { HTTPS } else { HTTP })?;
         // insert_header replaces every value the client sent.
         for (name, value) in ctx.to.headers.iter().flatten().flat_map(|h| h.iter()) {
             upstream_request.insert_header(name.clone(), value.clone())?;

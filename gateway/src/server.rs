@@ -175,8 +175,8 @@ pub fn run(
         );
     }
     proxy.threads = Some(config.threads);
-    // HTTP/1.1 and h2c with prior knowledge on the same ports: the first 24
-    // bytes (the HTTP/2 preface, or not) decide.
+    // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
+    // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
