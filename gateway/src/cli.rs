@@ -237,9 +237,9 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_MAX_CONNECT_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub max_connect_attempts: u16,
-    /// Idle upstream connections kept for reuse, across all pods. Below the
-    /// number of concurrent client connections, every request past it pays a
-    /// new TCP connect (pingora's default is 128).
+    /// Idle upstream connections each worker thread keeps for reuse, across
+    /// all pods. Below the number of concurrent client connections, every
+    /// request past it pays a new TCP connect (pingora's default is 128).
     #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub upstream_idle_connections: u32,

@@ -6,6 +6,7 @@
 
 pub mod activator;
 pub mod admin;
+pub mod alloc;
 pub mod cli;
 pub mod demo;
 pub mod external;

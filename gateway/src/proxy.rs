@@ -112,6 +112,9 @@ fn forwarded_for(
     client: std::net::IpAddr,
 ) -> http::HeaderValue {
     use std::io::Write;
+    if sent.iter().next().is_none() {
+        return client_address(client);
+    }
     let mut value = Vec::with_capacity(64);
     for prior in sent {
         value.extend_from_slice(prior.as_bytes());
@@ -119,6 +122,27 @@ fn forwarded_for(
     }
     write!(value, "{client}").expect("writing to a Vec cannot fail");
     http::HeaderValue::from_bytes(&value).expect("header values and an IP address stay valid")
+}
+
+thread_local! {
+    /// The last client address formatted on this worker thread: keep-alive
+    /// connections and load balancers send many requests from one address,
+    /// and formatting an address costs more than the rest of the header work.
+    static LAST_CLIENT: std::cell::RefCell<Option<(std::net::IpAddr, http::HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `client` as a header value.
+fn client_address(client: std::net::IpAddr) -> http::HeaderValue {
+    LAST_CLIENT.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == client => value.clone(),
+        _ => {
+            let value = http::HeaderValue::from_str(&client.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((client, value.clone()));
+            value
+        }
+    })
 }
 
 impl Gateway {
@@ -207,6 +231,10 @@ async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    /// No modules: pingora's default is a disabled compression module, which
+    /// still runs its hooks on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -347,6 +375,9 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(self.options.connect_timeout);
         peer.options.read_timeout = self.options.stream_idle_timeout;
         peer.options.write_timeout = self.options.stream_idle_timeout;
+        // Pool keys are exact endpoint addresses: no getpeername() per reuse
+        // (vendor/README.md, "reuse without getpeername").
+        peer.options.verify_reused_address = false;
         if session.is_upgrade_req() {
             // An upgrade (WebSocket) always goes out as HTTP/1.1: HTTP/2 to the
             // next hop cannot carry it (Kourier's bug #801). And on a new
@@ -368,23 +399,33 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Room for every header set below at once: one growth of the map, not several.
+        let sets = ctx
+            .to
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| h.len())
+            .sum::<usize>();
+        upstream_request.reserve_headers(sets + 4);
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let value = forwarded_for(
                 upstream_request.headers.get_all(&FORWARDED_FOR),
                 client.ip(),
             );
-            upstream_request.insert_header(FORWARDED_FOR, value)?;
+            upstream_request.insert_typed_header(FORWARDED_FOR, value);
         }
-        upstream_request.insert_header(FORWARDED_PROTO, if ctx.tls { HTTPS } else { HTTP })?;
-        // insert_header replaces every value the client sent.
+        upstream_request.insert_typed_header(FORWARDED_PROTO, if ctx.tls { HTTPS } else { HTTP });
+        // Each insert replaces every value the client sent. The names are
+        // parsed already: no round trip through bytes (vendor/README.md).
         for (name, value) in ctx.to.headers.iter().flatten().flat_map(|h| h.iter()) {
-            upstream_request.insert_header(name.clone(), value.clone())?;
+            upstream_request.insert_typed_header(name.clone(), value.clone());
         }
         if let Some(hash) = &ctx.to.hash {
-            upstream_request.insert_header(HASH_HEADER.clone(), hash.clone())?;
+            upstream_request.insert_typed_header(HASH_HEADER.clone(), hash.clone());
         }
         if let Some(host) = &ctx.to.rewrite_host {
-            upstream_request.insert_header(http::header::HOST, host.clone())?;
+            upstream_request.insert_typed_header(http::header::HOST, host.clone());
         }
         Ok(())
     }
@@ -474,5 +515,30 @@ impl ProxyHttp for Gateway {
         }
         duration.observe(ctx.start.elapsed().as_secs_f64());
         ctx.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_for;
+    use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_every_value_sent() {
+        let v4 = "10.1.2.3".parse().unwrap();
+        let v6 = "fd00::7".parse().unwrap();
+        let none = HeaderMap::new();
+        let header = |sent: &HeaderMap, ip| forwarded_for(sent.get_all("x-forwarded-for"), ip);
+        assert_eq!(header(&none, v4), "10.1.2.3");
+        // The per-thread cache of the last address must follow the address.
+        assert_eq!(header(&none, v6), "fd00::7");
+        assert_eq!(header(&none, v4), "10.1.2.3");
+        let mut sent = HeaderMap::new();
+        sent.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+        );
+        sent.append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
+        assert_eq!(header(&sent, v4), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
     }
 }

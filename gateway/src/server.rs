@@ -134,8 +134,16 @@ pub fn run(
         // (callgrind and the loadtests measured the difference; see the README).
         work_stealing: false,
         upstream_keepalive_pool_size: config.upstream_idle_connections,
+        // Each worker thread keeps its own idle connections: no task, lock
+        // or channel per request (vendor/README.md, "idle connections per
+        // thread"). Connections never leave their thread (no work stealing).
+        upstream_keepalive_per_thread: true,
         ..ServerConf::default()
     };
+    // Header names are case-insensitive, and Knative's own ingresses (Envoy)
+    // send them lower-case: one header map per message instead of two
+    // (vendor/README.md, "header case").
+    pingora::protocols::http::v1::common::set_preserve_header_case(false);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

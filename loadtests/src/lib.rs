@@ -4,6 +4,7 @@
 
 pub mod activator;
 pub mod backend;
+pub mod callgrind;
 pub mod handshakes;
 pub mod load;
 pub mod peers;

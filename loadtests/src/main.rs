@@ -16,7 +16,7 @@ use loadtests::scenarios::{self, Ctx, Options, Scenario};
 #[command(name = "loadtest", version, about)]
 struct Cli {
     /// Scenarios to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::Callgrind])]
     scenarios: Vec<Scenario>,
     /// Proxies to compare (the gateway always runs).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Gateway, Kind::Haproxy, Kind::Nginx, Kind::Envoy])]
@@ -84,6 +84,9 @@ fn main() -> anyhow::Result<()> {
         cli.churn_adds = 3;
         cli.no_install = true;
         cli.no_wrk = true;
+        // A debug build under valgrind takes minutes: the unit tests cover
+        // the arithmetic, the full run the rest.
+        cli.scenarios.retain(|s| *s != Scenario::Callgrind);
     }
     anyhow::ensure!(
         !cli.threads.is_empty() && !cli.conns.is_empty() && cli.load_threads > 0,
@@ -105,6 +108,14 @@ fn main() -> anyhow::Result<()> {
         gateway.display()
     );
     let bins = peers::locate(gateway, &cli.peers, !cli.no_install);
+    if cli.scenarios.contains(&Scenario::Callgrind)
+        && !cli.no_install
+        && !loadtests::callgrind::available()
+    {
+        if let Err(e) = peers::apt("valgrind") {
+            eprintln!("==> valgrind unavailable, the callgrind scenario will fail: {e}");
+        }
+    }
     let pods = Pods::new(cli.pod_threads)?;
     let opts = Options {
         duration: cli.duration,
@@ -118,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         churn_adds: cli.churn_adds.max(1),
         kinds: cli.peers.clone(),
         wrk: !cli.no_wrk,
+        profiles: cli.out.join("callgrind"),
     };
     let mut report = Report {
         started_unix: std::time::SystemTime::now()
@@ -147,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Cold => scenarios::cold::run(&mut ctx),
             Scenario::Churn => scenarios::churn::run(&mut ctx),
             Scenario::Protocols => scenarios::protocols::run(&mut ctx),
+            Scenario::Callgrind => scenarios::callgrind::run(&mut ctx),
         };
         if let Err(e) = result {
             let why = format!("{scenario:?}: {e:#}");

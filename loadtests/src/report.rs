@@ -195,6 +195,19 @@ pub struct Check {
     pub met: bool,
 }
 
+/// Instructions per proxied request, under callgrind.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instructions {
+    /// `gateway` or a peer.
+    pub proxy: String,
+    /// Client connections.
+    pub conns: usize,
+    /// Requests between the short and the long run.
+    pub requests: u64,
+    /// User-space instructions per request, every process and thread of the proxy.
+    pub per_request: f64,
+}
+
 /// Everything one invocation measured.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -210,6 +223,8 @@ pub struct Report {
     pub cold: Option<Cold>,
     /// Churn details.
     pub churn: Option<Churn>,
+    /// Instructions per request (the callgrind scenario).
+    pub callgrind: Vec<Instructions>,
     /// Peers that could not be run, and why.
     pub missing: Vec<(String, String)>,
     /// Scenarios that could not finish, and why.
@@ -239,6 +254,9 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
 type Measure = fn(&Run) -> Vec<f64>;
 
 const PEERS: [&str; 3] = ["haproxy", "nginx", "envoy"];
+
+/// The performance issue's target for the gateway, in instructions per request.
+const INSTRUCTIONS_TARGET: u64 = 30_000;
 
 impl Report {
     /// Work out every target from the runs.
@@ -353,6 +371,22 @@ impl Report {
                 }
             }
         }
+        if let Some(gw) = self.callgrind.iter().find(|c| c.proxy == "gateway") {
+            checks.push(Check {
+                target: format!(
+                    "instructions per request ≤ {INSTRUCTIONS_TARGET} (callgrind, 1 thread)"
+                ),
+                measured: format!("{:.0}", gw.per_request),
+                met: gw.per_request <= INSTRUCTIONS_TARGET as f64,
+            });
+            if let Some(nginx) = self.callgrind.iter().find(|c| c.proxy == "nginx") {
+                checks.push(Check {
+                    target: "instructions per request ≤ nginx's (callgrind, 1 thread)".into(),
+                    measured: format!("{:.2}×", gw.per_request / nginx.per_request),
+                    met: gw.per_request <= nginx.per_request,
+                });
+            }
+        }
         if let Some(r) = &self.rollout {
             checks.push(Check {
                 target: "rollout: zero failed requests".into(),
@@ -437,6 +471,16 @@ impl Report {
                 vs,
                 shares(&r.split)
             );
+        }
+        if !self.callgrind.is_empty() {
+            let _ = writeln!(s, "\ncallgrind, 1 thread: instructions per proxied request");
+            for c in &self.callgrind {
+                let _ = writeln!(
+                    s,
+                    "  {:<8} {:>8.0}  ({} conns, {} requests measured)",
+                    c.proxy, c.per_request, c.conns, c.requests
+                );
+            }
         }
         if let Some(r) = &self.rollout {
             let _ = writeln!(s, "\nrollout: {} ok, {} failed", r.requests, r.errors);

@@ -83,7 +83,8 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-fn apt(package: &str) -> Result<(), String> {
+/// Install a Debian package (as root, or through `sudo -n`).
+pub fn apt(package: &str) -> Result<(), String> {
     let root = Command::new("id")
         .arg("-u")
         .output()

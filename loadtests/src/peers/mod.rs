@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-pub use install::{locate, Binaries};
+pub use install::{apt, locate, Binaries};
 
 use crate::topology::{self, Topology};
 
@@ -107,6 +107,8 @@ pub struct Launch<'a> {
     pub activator: Option<SocketAddr>,
     /// h2c and HTTPS listeners, if any.
     pub listeners: Listeners<'a>,
+    /// Run under callgrind, writing its counts into this directory.
+    pub callgrind: Option<&'a Path>,
 }
 
 impl Launch<'_> {
@@ -116,7 +118,9 @@ impl Launch<'_> {
         // A port picked free can be taken before the proxy binds it: try again.
         for _ in 0..3 {
             let mut proxy = self.spawn()?;
-            match proxy.wait_ready(ready_host, Duration::from_secs(60)) {
+            // Under callgrind everything runs some fifty times slower.
+            let limit = Duration::from_secs(if self.callgrind.is_some() { 240 } else { 60 });
+            match proxy.wait_ready(ready_host, limit) {
                 Ok(()) => return Ok(proxy),
                 Err(e) => last = Some(e),
             }
@@ -141,7 +145,14 @@ impl Launch<'_> {
             (true, _) => Some(addr),
         };
         let t = self.topology;
-        let mut cmd = Command::new(self.bin);
+        let mut cmd = match self.callgrind {
+            Some(out) => {
+                let mut cmd = crate::callgrind::command(out);
+                cmd.arg(self.bin);
+                cmd
+            }
+            None => Command::new(self.bin),
+        };
         match self.kind {
             Kind::Gateway => {
                 let file = snapshot_file(dir.path());
@@ -252,6 +263,31 @@ impl Proxy {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// Stop the proxy with SIGTERM and wait up to `limit` for every one of
+    /// its processes to exit (callgrind writes its counts on the way out).
+    pub fn stop(mut self, limit: Duration) -> anyhow::Result<()> {
+        let tree = crate::procstat::tree(self.pid());
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let alive = tree
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists() && *p != self.pid());
+            if !alive && matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{} did not exit within {limit:?} of SIGTERM:\n{}",
+            self.kind.name(),
+            self.log_tail()
+        )
+    }
+
     fn wait_ready(&mut self, host: &str, limit: Duration) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -284,6 +320,9 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // stopped already: its pid may belong to someone else now
+        }
         let tree = crate::procstat::tree(self.pid());
         let signal = |sig: &str, pids: &[u32]| {
             let _ = Command::new("kill")

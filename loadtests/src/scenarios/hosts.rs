@@ -67,6 +67,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 threads,
                 activator: None,
                 listeners: Default::default(),
+                callgrind: None,
             };
             match launch.start(&topo.routes[0].host()) {
                 Ok(proxy) => {

@@ -1,6 +1,7 @@
 //! The scenarios, each a function over a [`Ctx`]: start backends and
 //! proxies, drive load, record what was measured in the report.
 
+pub mod callgrind;
 pub mod churn;
 pub mod cold;
 pub mod hosts;
@@ -47,6 +48,8 @@ pub enum Scenario {
     Churn,
     /// The split over h2c (h2load) and HTTPS (keep-alive, and new handshakes); every proxy.
     Protocols,
+    /// The split's instructions per request under callgrind (gateway, nginx, HAProxy).
+    Callgrind,
 }
 
 /// How hard and how long.
@@ -74,6 +77,8 @@ pub struct Options {
     pub kinds: Vec<Kind>,
     /// Compare the load generator with wrk, where wrk is installed.
     pub wrk: bool,
+    /// Where the callgrind scenario keeps each proxy's profile of its long run.
+    pub profiles: std::path::PathBuf,
 }
 
 /// What scenarios share.
@@ -185,6 +190,7 @@ impl<'a> Ctx<'a> {
             threads: self.max_threads(),
             activator,
             listeners: Default::default(),
+            callgrind: None,
         }
         .start(host)
     }

@@ -50,6 +50,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 h2c: true,
                 tls: Some(&tls),
             },
+            callgrind: None,
         };
         let proxy = match launch.start(&host) {
             Ok(p) => p,

@@ -69,6 +69,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 threads,
                 activator: None,
                 listeners: Default::default(),
+                callgrind: None,
             };
             let proxy = match launch.start(&host) {
                 Ok(p) => p,

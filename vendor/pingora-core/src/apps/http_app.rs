@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use http::Response;
 use log::{debug, error, trace};
 use pingora_http::ResponseHeader;
+use std::future::Future;
 use std::sync::Arc;
 
 use crate::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -47,11 +48,14 @@ impl<SV> HttpServerApp for SV
 where
     SV: ServeHttp + Send + Sync,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    fn process_new_http<'a>(
+        self: &'a Arc<Self>,
         mut http: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        // knative-gateway patch (vendor/README.md, "one future per connection"):
+        // not boxed per request; the future lives inside the connection's.
+        async move {
         match http.read_request().await {
             Ok(res) => match res {
                 false => {
@@ -105,6 +109,7 @@ where
                 None
             }
         }
+            }
     }
 }
 
@@ -138,11 +143,14 @@ impl<SV> HttpServerApp for HttpServer<SV>
 where
     SV: ServeHttp + Send + Sync,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    fn process_new_http<'a>(
+        self: &'a Arc<Self>,
         mut http: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        // knative-gateway patch (vendor/README.md, "one future per connection"):
+        // not boxed per request; the future lives inside the connection's.
+        async move {
         match http.read_request().await {
             Ok(res) => match res {
                 false => {
@@ -213,6 +221,7 @@ where
                 None
             }
         }
+            }
     }
 
     fn h2_options(&self) -> Option<H2Options> {

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,12 +223,16 @@ pub trait HttpServerApp {
     /// The caller needs to make sure that the connection is in a reusable state
     /// i.e., no error or incomplete read or write headers or bodies. Otherwise
     /// a `None` should be returned.
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
+    ///
+    /// knative-gateway patch (vendor/README.md, "one future per connection"):
+    /// a future returned in place rather than boxed by `async_trait`, so that
+    /// a keep-alive connection does not allocate and copy one per request.
+    fn process_new_http<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
         // TODO: make this ShutdownWatch so that all task can await on this event
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream>;
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a;
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.

@@ -34,6 +34,7 @@ use log::{debug, error, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +111,12 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// Keep up to this many idle connections on each thread that releases
+    /// them, instead of in the shared pool; 0 (the default) uses the shared
+    /// pool only. A connection released on a thread is reused only there.
+    ///
+    /// knative-gateway patch (vendor/README.md, "idle connections per thread").
+    pub per_thread_pool_size: usize,
 }
 
 impl ConnectorOptions {
@@ -147,6 +154,11 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            per_thread_pool_size: if server_conf.upstream_keepalive_per_thread {
+                server_conf.upstream_keepalive_pool_size
+            } else {
+                0
+            },
         }
     }
 
@@ -163,6 +175,7 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            per_thread_pool_size: 0,
         }
     }
 }
@@ -179,9 +192,42 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    per_thread_pool_size: usize,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
+
+// knative-gateway patch (vendor/README.md, "idle connections per thread"):
+// the shared pool spawns a task, and takes locks and channels, for every
+// connection released and reused. A thread's own idle connections need none
+// of that: nothing watches them while idle, so a connection the server
+// closed is found (and dropped) by the read test when it is taken, or by a
+// sweep that runs at most once a second when connections are released.
+struct IdleStream {
+    stream: Stream,
+    since: Instant,
+    timeout: Option<Duration>,
+}
+
+impl IdleStream {
+    fn expired(&self, now: Instant) -> bool {
+        self.timeout
+            .is_some_and(|t| now.saturating_duration_since(self.since) >= t)
+    }
+}
+
+#[derive(Default)]
+struct ThreadPool {
+    idle: HashMap<u64, Vec<IdleStream>>,
+    count: usize,
+    swept: Option<Instant>,
+}
+
+const THREAD_POOL_SWEEP: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static THREAD_POOL: RefCell<ThreadPool> = RefCell::new(ThreadPool::default());
+}
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -201,6 +247,7 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let per_thread_pool_size = options.as_ref().map_or(0, |o| o.per_thread_pool_size);
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -210,6 +257,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            per_thread_pool_size,
         }
     }
 
@@ -249,6 +297,9 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        if self.per_thread_pool_size > 0 {
+            return self.reused_thread_stream(peer);
+        }
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
@@ -315,6 +366,9 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
+        if self.per_thread_pool_size > 0 {
+            return self.release_thread_stream(stream, key, idle_timeout);
+        }
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
@@ -344,6 +398,71 @@ impl TransportConnector {
                 }
             }
         });
+    }
+
+    /// The most recently released usable connection to `peer` on this thread.
+    fn reused_thread_stream<P: Peer>(&self, peer: &P) -> Option<Stream> {
+        let key = peer.reuse_hash();
+        let now = Instant::now();
+        loop {
+            let mut idle = THREAD_POOL.with_borrow_mut(|pool| {
+                let list = pool.idle.get_mut(&key)?;
+                let idle = list.pop()?;
+                if list.is_empty() {
+                    pool.idle.remove(&key);
+                }
+                pool.count -= 1;
+                Some(idle)
+            })?;
+            if idle.expired(now) {
+                continue;
+            }
+            #[cfg(unix)]
+            let same_peer = peer.matches_fd(idle.stream.id());
+            #[cfg(windows)]
+            let same_peer = true;
+            if same_peer
+                && test_reusable_stream(&mut idle.stream, &self.unexpected_data_conn_count)
+            {
+                return Some(idle.stream);
+            }
+        }
+    }
+
+    /// Keep `stream` on this thread for reuse: the read test happens when it
+    /// is taken again; past the size limit, it is closed.
+    fn release_thread_stream(&self, stream: Stream, key: u64, timeout: Option<Duration>) {
+        let now = Instant::now();
+        let dropped = THREAD_POOL.with_borrow_mut(|pool| {
+            let mut dropped = Vec::new();
+            if pool.swept.map_or(true, |t| now.duration_since(t) >= THREAD_POOL_SWEEP) {
+                pool.swept = Some(now);
+                let unexpected = &self.unexpected_data_conn_count;
+                pool.idle.retain(|_, list| {
+                    list.retain_mut(|idle| {
+                        let keep =
+                            !idle.expired(now) && test_reusable_stream(&mut idle.stream, unexpected);
+                        keep
+                    });
+                    !list.is_empty()
+                });
+                pool.count = pool.idle.values().map(Vec::len).sum();
+            }
+            let idle = IdleStream {
+                stream,
+                since: now,
+                timeout,
+            };
+            if pool.count >= self.per_thread_pool_size {
+                dropped.push(idle);
+            } else {
+                pool.idle.entry(key).or_default().push(idle);
+                pool.count += 1;
+            }
+            dropped
+        });
+        // Closed outside the pool's borrow.
+        drop(dropped);
     }
 
     /// Get a stream to the given server [Peer]

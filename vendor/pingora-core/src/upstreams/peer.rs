@@ -551,6 +551,11 @@ pub struct PeerOptions {
     pub second_keyshare: bool,
     /// whether to enable TCP fast open
     pub tcp_fast_open: bool,
+    /// Check with `getpeername()` that a pooled connection still points at
+    /// this peer before reusing it (on by default). knative-gateway patch
+    /// (vendor/README.md, "reuse without getpeername"): a proxy whose pool
+    /// keys are exact addresses can skip the system call on every reuse.
+    pub verify_reused_address: bool,
     /// use Arc because Clone is required but not allowed in trait object
     pub tracer: Option<Tracer>,
     /// A custom L4 connector to use to establish new L4 connections
@@ -605,6 +610,7 @@ impl PeerOptions {
             curves: None,
             second_keyshare: true, // default true and noop when not using PQ curves
             tcp_fast_open: false,
+            verify_reused_address: true,
             tracer: None,
             custom_l4: None,
             upstream_tcp_sock_tweak_hook: None,
@@ -848,6 +854,9 @@ impl Peer for HttpPeer {
 
     #[cfg(unix)]
     fn matches_fd<V: AsRawFd>(&self, fd: V) -> bool {
+        if !self.options.verify_reused_address {
+            return true;
+        }
         if let Some(proxy) = self.get_proxy() {
             proxy.next_hop.check_fd_match(fd)
         } else {

@@ -108,6 +108,12 @@ pub struct ServerConf {
     /// [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
     pub upstream_keepalive_pool_size: usize,
+    /// Keep each worker thread's idle upstream HTTP/1.x connections on that
+    /// thread (up to `upstream_keepalive_pool_size` of them), with no task,
+    /// lock or channel per release and reuse. Best with `work_stealing: false`.
+    /// See [`ConnectorOptions`](crate::connectors::ConnectorOptions).
+    /// knative-gateway patch (vendor/README.md, "idle connections per thread").
+    pub upstream_keepalive_per_thread: bool,
     /// Number of dedicated thread pools to use for upstream connection establishment.
     /// See [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
@@ -238,6 +244,7 @@ impl Default for ServerConf {
             work_stealing: true,
             runtime_enable_alt_timer: false,
             upstream_keepalive_pool_size: 128,
+            upstream_keepalive_per_thread: false,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
             downstream_tls_offload_threadpools: None,
@@ -485,6 +492,7 @@ mod tests {
             work_stealing: true,
             runtime_enable_alt_timer: false,
             upstream_keepalive_pool_size: 4,
+            upstream_keepalive_per_thread: false,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
             downstream_tls_offload_threadpools: None,

@@ -122,6 +122,24 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
+// knative-gateway patch (vendor/README.md, "header case"): a process-wide
+// switch, so that a proxy that does not need the original case of header
+// names skips the second, case-preserving map on every HTTP/1.x message.
+static PRESERVE_HEADER_CASE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// Whether HTTP/1.x request and response headers read from the wire keep the
+/// case of their names (on by default). Off, headers are written out in
+/// title case for the standard names and lower case for the others, as for
+/// HTTP/2, and each message keeps one header map instead of two.
+pub fn set_preserve_header_case(preserve: bool) {
+    PRESERVE_HEADER_CASE.store(preserve, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn preserve_header_case() -> bool {
+    PRESERVE_HEADER_CASE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length

@@ -1,0 +1,114 @@
+//! Instructions per proxied request: the split scenario's route (90/10 over
+//! two revisions, two endpoints each) through the gateway, nginx and HAProxy,
+//! each with one worker thread under callgrind (see [`crate::callgrind`]).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{hello, Ctx, A, B};
+use crate::callgrind::{self, Sample};
+use crate::load::{self, Spec};
+use crate::peers::{Kind, Launch};
+use crate::report::Instructions;
+use crate::topology::Topology;
+
+/// Client connections, as in the figures the performance issue started from.
+const CONNS: usize = 64;
+
+/// Run the scenario.
+pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        callgrind::available(),
+        "valgrind is not installed (Debian: apt-get install valgrind)"
+    );
+    let a = ctx.backends(A, 2)?;
+    let b = ctx.backends(B, 2)?;
+    let topo = Topology {
+        routes: vec![hello(&[&a[0], &a[1]], &[&b[0], &b[1]], 90, 10)],
+    };
+    let host = topo.routes[0].host();
+    // The long run lasts three times the short one; both well past warm-up.
+    let short = ctx.opts.duration.max(Duration::from_secs(2));
+    for (kind, bin) in ctx.proxies() {
+        if kind == Kind::Envoy {
+            continue; // minutes to start under valgrind, and not in the comparison asked for
+        }
+        ctx.progress(format!("callgrind: {} with 1 thread", kind.name()));
+        let mut samples = Vec::new();
+        for (run, duration) in [short, short * 3].into_iter().enumerate() {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("callgrind-{}-", kind.name()))
+                .tempdir()?;
+            // nginx started as root runs its worker as nobody, which writes its counts here too.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+            let launch = Launch {
+                kind,
+                bin,
+                topology: &topo,
+                threads: 1,
+                activator: None,
+                listeners: Default::default(),
+                callgrind: Some(dir.path()),
+            };
+            let proxy = launch.start(&host)?;
+            let out = load::run(&Spec {
+                duration,
+                ..ctx.spec(proxy.addr, &host, CONNS)
+            });
+            anyhow::ensure!(
+                out.errors == 0,
+                "{} failed {} requests under callgrind: {:?}",
+                kind.name(),
+                out.errors,
+                out.error_samples
+            );
+            proxy.stop(Duration::from_secs(120))?;
+            samples.push(Sample {
+                instructions: callgrind::total(dir.path())?,
+                requests: out.ok + out.errors,
+            });
+            if run == 1 {
+                keep_profile(dir.path(), &ctx.opts.profiles.join(kind.name()))?;
+            }
+        }
+        let per_request = callgrind::per_request(samples[0], samples[1])?;
+        ctx.progress(format!(
+            "  {per_request:.0} instructions per request ({} and {} requests)",
+            samples[0].requests, samples[1].requests
+        ));
+        ctx.progress(format!(
+            "  profile: callgrind_annotate {}/callgrind.out.*",
+            ctx.opts.profiles.join(kind.name()).display()
+        ));
+        ctx.report.callgrind.push(Instructions {
+            proxy: kind.name().into(),
+            conns: CONNS,
+            requests: samples[1].requests - samples[0].requests,
+            per_request,
+        });
+    }
+    Ok(())
+}
+
+/// Copy the callgrind outputs of `from` into `to` (emptied first), for
+/// `callgrind_annotate`.
+fn keep_profile(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("cannot empty {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        if let Some(name) = path
+            .file_name()
+            .filter(|n| n.to_string_lossy().starts_with("callgrind.out."))
+        {
+            std::fs::copy(&path, to.join(name))
+                .with_context(|| format!("cannot copy {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
