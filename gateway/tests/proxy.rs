@@ -473,8 +473,15 @@ impl OneConnection {
 
     /// GET / for `host`: the status and the body (framed by Content-Length).
     async fn get(&mut self, host: &str) -> (u16, String) {
+        let (status, _, body) = self.get_with(host, "").await;
+        (status, body)
+    }
+
+    /// GET / for `host` with `extra` header lines: the status, the response
+    /// head (lower-cased) and the body.
+    async fn get_with(&mut self, host: &str, extra: &str) -> (u16, String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
         self.0.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -498,7 +505,44 @@ impl OneConnection {
             buf.extend_from_slice(&chunk[..n]);
         }
         let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-        (status, body)
+        (status, head, body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_at_the_gateway() {
+    let a = Backend::start("rev-a").await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[a.addr]);
+    let gw = Gateway::start(&snap, closed()).await;
+    let mut c = OneConnection::open(gw.http).await;
+    // Without any of them, the request goes through as it is.
+    let (status, head, body) = c.get_with("web.ns.example.com", "X-Kept: 1\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "rev-a"));
+    assert!(head.contains("x-echo-x-kept: 1"), "{head}");
+    // Each of them alone, and all of them together, stop here.
+    let hop_by_hop = [
+        "Keep-Alive: timeout=5",
+        "Proxy-Connection: keep-alive",
+        "TE: trailers",
+        "Trailer: X-Checksum",
+        "Proxy-Authorization: Basic Zm9vOmJhcg==",
+        "Proxy-Authenticate: Basic",
+        "HTTP2-Settings: AAMAAABkAAQAAP__",
+    ];
+    let all: String = hop_by_hop.iter().map(|h| format!("{h}\r\n")).collect();
+    for extra in hop_by_hop.iter().map(|h| format!("{h}\r\n")).chain([all]) {
+        let (status, head, _) = c
+            .get_with("web.ns.example.com", &format!("{extra}X-Kept: 1\r\n"))
+            .await;
+        assert_eq!(status, 200, "{extra}");
+        assert!(head.contains("x-echo-x-kept: 1"), "{extra}: {head}");
+        for h in hop_by_hop {
+            let name = h.split(':').next().unwrap().to_ascii_lowercase();
+            assert!(
+                !head.contains(&format!("x-echo-{name}:")),
+                "{name} reached the backend ({extra}): {head}"
+            );
+        }
     }
 }
 

@@ -609,6 +609,19 @@ impl ResponseHeader {
         )
     }
 
+    /// Insert a header under a name already parsed, replacing every value
+    /// under it, like [Self::insert_header()] but without turning the name
+    /// into bytes and parsing it back.
+    ///
+    /// knative-gateway patch (vendor/README.md, "typed header insert").
+    pub fn insert_typed_header(&mut self, name: HeaderName, value: HeaderValue) {
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            let case = (&name).into_case_header_name();
+            name_map.insert(name.clone(), case);
+        }
+        self.base.headers.insert(name, value);
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where

@@ -176,6 +176,12 @@ impl ConnectionNominations {
 }
 
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    // knative-gateway patch (vendor/README.md, "hop-by-hop check"): one pass
+    // over the few header names a request has, instead of ten lookups by
+    // name, when (as usual) none of them is hop-by-hop.
+    if !req.headers.keys().any(is_standard_hop_by_hop) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -186,6 +192,20 @@ fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(&header::CONNECTION);
     req.remove_header(&header::UPGRADE);
     req.remove_header(HTTP2_SETTINGS);
+}
+
+/// Whether `name` is one of those [strip_standard_hop_by_hop_headers] removes.
+fn is_standard_hop_by_hop(name: &header::HeaderName) -> bool {
+    *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || name.as_str() == KEEP_ALIVE
+        || name.as_str() == PROXY_CONNECTION
+        || name.as_str() == HTTP2_SETTINGS
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -358,20 +378,28 @@ pub(crate) fn sanitize_h1_upstream_request(
         strip_standard_hop_by_hop_headers(req);
     }
 
+    // knative-gateway patch (vendor/README.md, "hop-by-hop check"): after
+    // the strip above these three are gone already; removing them again costs
+    // three lookups by name per request.
+    let stripped = policy.strip_hop_by_hop;
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if !stripped {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if !stripped {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }

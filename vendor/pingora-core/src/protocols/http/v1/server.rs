@@ -852,15 +852,16 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            // knative-gateway patch (vendor/README.md, "typed header insert"):
+            // names and values already valid, inserted as they are.
+            header.insert_typed_header(header::DATE, date::get_cached_date());
 
-            // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            header.insert_typed_header(header::CONNECTION, connection_value);
         }
 
         if header.status == 101 {
