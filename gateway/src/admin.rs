@@ -11,6 +11,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::activator::Activator;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 
 /// The admin HTTP app.
@@ -18,19 +19,23 @@ pub struct Admin {
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
     activator: Arc<Activator>,
+    drain: Arc<Drain>,
 }
 
 impl Admin {
-    /// An admin app over the gateway's publisher and metrics.
+    /// An admin app over the gateway's publisher and metrics; `/readyz`
+    /// answers 503 once `drain` is set.
     pub fn new(
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
         activator: Arc<Activator>,
+        drain: Arc<Drain>,
     ) -> Self {
         Self {
             publisher,
             metrics,
             activator,
+            drain,
         }
     }
 
@@ -85,6 +90,11 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             "/healthz" => reply(StatusCode::OK, text, b"ok\n".to_vec()),
+            "/readyz" if self.drain.is_draining() => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                b"draining: shutting down\n".to_vec(),
+            ),
             "/readyz" if self.publisher.is_ready() => {
                 reply(StatusCode::OK, text, b"ready\n".to_vec())
             }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod alloc;
 pub mod cli;
 pub mod demo;
+pub mod drain;
 pub mod external;
 pub mod metrics;
 pub mod proxy;

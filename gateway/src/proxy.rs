@@ -19,7 +19,8 @@
 //!    retried: a backend's 503 reaches the client.
 //! 5. `fail_to_proxy`: 503 when the activator is unreachable, 502 when every
 //!    endpoint refused.
-//! 6. `logging`: metrics. The in-flight count is released when the context drops.
+//! 6. `response_filter`: while draining, `Connection: close`.
+//! 7. `logging`: metrics. The in-flight count is released when the context drops.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -426,6 +427,21 @@ impl ProxyHttp for Gateway {
         }
         if let Some(host) = &ctx.to.rewrite_host {
             upstream_request.insert_typed_header(http::header::HOST, host.clone());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Draining (drain.rs): a response in flight when the listeners closed
+        // tells its keep-alive client to go (`Connection: close`), rather than
+        // the connection closing under the client's next request.
+        if session.is_process_shutting_down() {
+            session.set_keepalive(None);
         }
         Ok(())
     }

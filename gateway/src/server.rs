@@ -13,12 +13,13 @@ use config_sync::Publisher;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::activator::{Activator, ActivatorResolver};
 use crate::admin::Admin;
+use crate::drain::{Drain, DrainSignal};
 use crate::external::ExternalNames;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
@@ -125,8 +126,12 @@ pub fn run(
 
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown_timeout.as_secs()),
+        // SIGTERM is held back for --shutdown-grace (drain.rs); once pingora
+        // gets it, its grace period is the time requests in flight have to
+        // finish, while its runtimes keep running (rounded up to seconds).
+        grace_period_seconds: Some(whole_seconds(config.shutdown_timeout)),
+        // Then the runtimes' own teardown.
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_TEARDOWN_SECONDS),
         // Our own fail_to_connect decides retries; this only caps them.
         max_retries: config.proxy.max_connect_attempts.max(1),
         // One single-threaded runtime per worker thread: a connection stays on
@@ -191,9 +196,10 @@ pub fn run(
         app.server_options = Some(options);
     }
 
+    let drain = Arc::new(Drain::default());
     let mut admin = Service::new(
         "admin".into(),
-        Admin::new(publisher, metrics, activator.clone()),
+        Admin::new(publisher, metrics, activator.clone(), drain.clone()),
     );
     admin.add_tcp(&config.admin);
     admin.threads = Some(1);
@@ -215,5 +221,20 @@ pub fn run(
         https = config.https.as_deref().unwrap_or("off"),
         internal_https = config.internal_https.as_deref().unwrap_or("off"),
         admin = %config.admin, threads = config.threads, "gateway listening");
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainSignal {
+            drain,
+            grace: config.shutdown_grace,
+        }),
+    });
+    tracing::info!("gateway stopped");
+    std::process::exit(0)
+}
+
+/// Seconds pingora gives its runtimes to stop once requests had their time.
+pub const RUNTIME_TEARDOWN_SECONDS: u64 = 1;
+
+/// `d` in whole seconds, rounded up: a timeout never shorter than asked.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }

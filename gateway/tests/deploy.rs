@@ -123,7 +123,8 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
     );
     let drain = pre_stop
         + arg_duration(&args, "--shutdown-grace")
-        + arg_duration(&args, "--shutdown-timeout");
+        + arg_duration(&args, "--shutdown-timeout")
+        + Duration::from_secs(gateway::server::RUNTIME_TEARDOWN_SECONDS);
     assert!(
         drain < grace,
         "drain {drain:?} must end before SIGKILL at {grace:?}"

@@ -362,6 +362,45 @@ impl Gateway {
         Self::launch(args, dir, file).await
     }
 
+    /// Start `gateway serve` on `snapshot` with `extra` arguments (which may
+    /// set `--shutdown-grace` and `--shutdown-timeout`; the default is 0s and 1s).
+    pub async fn serve_with(snapshot: &str, activator: SocketAddr, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshot.yaml");
+        std::fs::write(&file, snapshot).unwrap();
+        let mut args = vec![
+            "serve".to_owned(),
+            "--file".to_owned(),
+            file.display().to_string(),
+            "--activator".to_owned(),
+            activator.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(args, dir, file).await
+    }
+
+    /// Send `signal` (`TERM`, `INT`, ...) to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Wait up to `limit` for the process to exit; its exit status, if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Start `gateway demo` with `extra` arguments; its stdout goes to `out.txt` in the temp dir.
     pub async fn demo(extra: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
@@ -408,7 +447,11 @@ impl Gateway {
                 .args(["--https", &format!("127.0.0.1:{https}")])
                 .args(["--internal-https", &format!("127.0.0.1:{internal_https}")])
                 .args(["--threads", "2", "--log", "warn"])
-                .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"])
+                .args(if args.iter().any(|a| a == "--shutdown-grace") {
+                    &[][..]
+                } else {
+                    &["--shutdown-grace", "0s", "--shutdown-timeout", "1s"][..]
+                })
                 .stdout(stdout)
                 .stderr(stderr)
                 .spawn()
