@@ -995,45 +995,26 @@ async fn websocket_split() {
     let spec = json!({"rules": [{"hosts": [host("ws-split")], "visibility": "ExternalIP",
         "http": {"paths": [{"splits": [split("ws-a", 50), split("ws-b", 50)]}]}}]});
     e.ingress_ready("ws-split", spec).await;
+    let h = host("ws-split");
+    let seen = two_sides_seen(|| websocket_echoes(e.gw.http, &h, 10)).await;
+    assert_eq!(seen, ["ws-a", "ws-b"]);
+}
+
+/// The sides `call` answers from, sorted, after calling it until two were
+/// seen (40 calls at most): a 50/50 split shows both within a few.
+async fn two_sides_seen<F, Fut>(mut call: F) -> Vec<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        seen.insert(websocket_echoes(e.gw.http, &host("ws-split"), 10).await);
+        seen.insert(call().await);
         if seen.len() == 2 {
             break;
         }
     }
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["ws-a", "ws-b"]);
-}
-
-/// A test certificate authority (rcgen) and the leaf certificates it signs.
-struct TestCa {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    der: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl TestCa {
-    fn new() -> TestCa {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        TestCa {
-            issuer: rcgen::Issuer::new(params, key),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// A leaf for `names`: (certificate PEM, key PEM, certificate DER).
-    fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
+    seen.into_iter().collect()
 }
 
 /// A `kubernetes.io/tls` Secret in the test namespace.
@@ -1492,12 +1473,7 @@ async fn grpc_split() {
     let spec = json!({"rules": [{"hosts": [host("grpc-split")], "visibility": "ExternalIP",
         "http": {"paths": [{"splits": [split("grpc-a", 50), split("grpc-b", 50)]}]}}]});
     e.ingress_ready("grpc-split", spec).await;
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..40 {
-        seen.insert(grpc_chat(e.gw.http, &host("grpc-split"), 10).await);
-        if seen.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["grpc-a", "grpc-b"]);
+    let h = host("grpc-split");
+    let seen = two_sides_seen(|| grpc_chat(e.gw.http, &h, 10)).await;
+    assert_eq!(seen, ["grpc-a", "grpc-b"]);
 }

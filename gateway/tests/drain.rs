@@ -8,110 +8,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// How long `GET /slow` takes at the backend.
 const SLOW: Duration = Duration::from_secs(5);
 
-/// A keep-alive HTTP/1.1 backend answering `ok`, after [`SLOW`] for `/slow`.
-async fn backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    if buf.starts_with(b"GET /slow") {
-                        tokio::time::sleep(SLOW).await;
-                    }
-                    buf.drain(..end);
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if s.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
-}
-
-/// One request on `conn` (opened if `None`): its status, or what went wrong.
-/// The connection is kept for the next request unless the answer closes it.
+/// GET `path` of the test route on `conn` (see [`raw_get`]): the status.
 async fn get(conn: &mut Option<TcpStream>, addr: SocketAddr, path: &str) -> Result<u16, String> {
-    get_head(conn, addr, path).await.map(|(status, _)| status)
-}
-
-/// [`get`], with the response head (lower-cased).
-async fn get_head(
-    conn: &mut Option<TcpStream>,
-    addr: SocketAddr,
-    path: &str,
-) -> Result<(u16, String), String> {
-    if conn.is_none() {
-        *conn = Some(
-            TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?,
-        );
-    }
-    let s = conn.as_mut().unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: web.ns.example.com\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) => return Err("closed before the response".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let status = head[9..12]
-        .parse()
-        .map_err(|_| format!("bad status line: {head}"))?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-    while buf.len() < end + length {
-        match s.read(&mut chunk).await {
-            Ok(0) => return Err("closed mid-body".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    if head.contains("connection: close") {
-        *conn = None;
-    }
-    Ok((status, head))
+    let reply = raw_get(conn, addr, "web.ns.example.com", path, "").await?;
+    Ok(reply.status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight() {
-    let (b, _backend) = backend().await;
-    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[b]);
+    let b = RawBackend::start("ok", SLOW).await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[b.addr]);
     let grace = Duration::from_secs(3);
     let mut gw = Gateway::serve_with(
         &snap,
@@ -163,7 +75,8 @@ async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight()
     assert_eq!(get(&mut idle, http, "/").await, Ok(200));
     let slow = tokio::spawn(async move {
         let started = Instant::now();
-        (get_head(&mut None, http, "/slow").await, started.elapsed())
+        let reply = raw_get(&mut None, http, "web.ns.example.com", "/slow", "").await;
+        (reply, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -212,7 +125,7 @@ async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight()
     );
     // ...but a request that was in flight all along still completes.
     let (reply, took) = slow.await.unwrap();
-    let (status, head) = reply.expect("the request in flight at SIGTERM");
+    let RawReply { status, head, .. } = reply.expect("the request in flight at SIGTERM");
     assert_eq!(status, 200, "the request in flight at SIGTERM");
     assert!(took >= SLOW, "{took:?}");
     assert!(

@@ -380,74 +380,6 @@ async fn admin_endpoints() {
     assert_eq!(d["ready"], true);
 }
 
-/// A bare HTTP/1.1 backend that counts its connections. With `close_idle`
-/// set, it closes each connection 50 ms after answering, without a word, as
-/// a server's keep-alive timeout does.
-struct CountingBackend {
-    addr: std::net::SocketAddr,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    close_idle: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CountingBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl CountingBackend {
-    async fn start() -> CountingBackend {
-        use std::sync::atomic::Ordering::Relaxed;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let close_idle = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (n, close) = (accepted.clone(), close_idle.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    continue;
-                };
-                n.fetch_add(1, Relaxed);
-                let close = close.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                        buf.clear();
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ncounted";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                        if close.load(Relaxed) {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        CountingBackend {
-            addr,
-            accepted,
-            close_idle,
-            task,
-        }
-    }
-
-    fn accepted(&self) -> u64 {
-        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// Sockets on this machine connected to `port` and closed by that end
 /// (CLOSE_WAIT), from /proc/net/tcp.
 fn half_closed_to(port: u16) -> usize {
@@ -462,63 +394,20 @@ fn half_closed_to(port: u16) -> usize {
         .count()
 }
 
-/// One keep-alive client connection, so that every request lands on the
-/// gateway worker thread that accepted it.
-struct OneConnection(tokio::net::TcpStream);
-
-impl OneConnection {
-    async fn open(addr: std::net::SocketAddr) -> OneConnection {
-        OneConnection(tokio::net::TcpStream::connect(addr).await.unwrap())
-    }
-
-    /// GET / for `host`: the status and the body (framed by Content-Length).
-    async fn get(&mut self, host: &str) -> (u16, String) {
-        let (status, _, body) = self.get_with(host, "").await;
-        (status, body)
-    }
-
-    /// GET / for `host` with `extra` header lines: the status, the response
-    /// head (lower-cased) and the body.
-    async fn get_with(&mut self, host: &str, extra: &str) -> (u16, String, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
-        self.0.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = self.0.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the gateway closed the connection");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let status = head[9..12].parse().unwrap();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        while buf.len() < head_end + length {
-            let n = self.0.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the gateway closed the connection mid-body");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-        (status, head, body)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stop_at_the_gateway() {
     let a = Backend::start("rev-a").await;
     let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[a.addr]);
     let gw = Gateway::start(&snap, closed()).await;
-    let mut c = OneConnection::open(gw.http).await;
+    // One keep-alive connection throughout.
+    let mut c = None;
+    let host = "web.ns.example.com";
     // Without any of them, the request goes through as it is.
-    let (status, head, body) = c.get_with("web.ns.example.com", "X-Kept: 1\r\n").await;
-    assert_eq!((status, body.as_str()), (200, "rev-a"));
-    assert!(head.contains("x-echo-x-kept: 1"), "{head}");
+    let r = raw_get(&mut c, gw.http, host, "/", "X-Kept: 1\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "rev-a"));
+    assert!(r.head.contains("x-echo-x-kept: 1"), "{}", r.head);
     // Each of them alone, and all of them together, stop here.
     let hop_by_hop = [
         "Keep-Alive: timeout=5",
@@ -531,9 +420,10 @@ async fn hop_by_hop_headers_stop_at_the_gateway() {
     ];
     let all: String = hop_by_hop.iter().map(|h| format!("{h}\r\n")).collect();
     for extra in hop_by_hop.iter().map(|h| format!("{h}\r\n")).chain([all]) {
-        let (status, head, _) = c
-            .get_with("web.ns.example.com", &format!("{extra}X-Kept: 1\r\n"))
-            .await;
+        let RawReply { status, head, .. } =
+            raw_get(&mut c, gw.http, host, "/", &format!("{extra}X-Kept: 1\r\n"))
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{extra}");
         assert!(head.contains("x-echo-x-kept: 1"), "{extra}: {head}");
         for h in hop_by_hop {
@@ -548,16 +438,20 @@ async fn hop_by_hop_headers_stop_at_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_reused_and_closed_ones_replaced() {
-    let b = CountingBackend::start().await;
+    let b = RawBackend::start("counted", Duration::ZERO).await;
     let other = Backend::start("other").await;
     let snap = route("ns", "web", &[("rev-a", 100, None)])
         + &slice("ns", "rev-a", &[b.addr])
         + &route("ns", "other", &[("rev-o", 100, None)])
         + &slice("ns", "rev-o", &[other.addr]);
     let gw = Gateway::start(&snap, closed()).await;
-    let mut c = OneConnection::open(gw.http).await;
+    // One keep-alive client connection: every request lands on the gateway
+    // worker thread that accepted it.
+    let mut c = None;
+    let mut get = async |host: &str| raw_get(&mut c, gw.http, host, "/", "").await.unwrap();
     for _ in 0..50 {
-        assert_eq!(c.get("web.ns.example.com").await, (200, "counted".into()));
+        let r = get("web.ns.example.com").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "counted"));
     }
     assert_eq!(
         b.accepted(),
@@ -568,10 +462,10 @@ async fn idle_upstream_connections_are_reused_and_closed_ones_replaced() {
     // The backend now drops every connection 50 ms after answering.
     b.close_idle
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(c.get("web.ns.example.com").await.0, 200);
+    assert_eq!(get("web.ns.example.com").await.status, 200);
     for i in 0..5 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let (status, _) = c.get("web.ns.example.com").await;
+        let status = get("web.ns.example.com").await.status;
         assert_eq!(
             status, 200,
             "request {i} after the idle connection was closed"
@@ -587,7 +481,7 @@ async fn idle_upstream_connections_are_reused_and_closed_ones_replaced() {
     // sweep on a later release (here, of another route's connection).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(half_closed_to(b.addr.port()), 1, "the last one, idle since");
-    assert_eq!(c.get("other.ns.example.com").await.0, 200);
+    assert_eq!(get("other.ns.example.com").await.status, 200);
     eventually(5, "the half-closed connection to be dropped", || async {
         half_closed_to(b.addr.port()) == 0
     })

@@ -249,19 +249,8 @@ async fn a_snapshot_of_kingresses_is_served_and_reloaded() {
 async fn a_snapshot_with_tls_secrets_serves_https_and_reloads_them() {
     use base64::Engine;
     let backend = Backend::start("svc-tls").await;
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = || {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["secure.example.com".to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    };
+    let ca = TestCa::new();
+    let leaf = || ca.leaf(&["secure.example.com"]);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let snapshot = |crt: &str, key: &str| {
         format!(
@@ -273,7 +262,7 @@ async fn a_snapshot_with_tls_secrets_serves_https_and_reloads_them() {
     };
     let (crt, key, der) = leaf();
     let gw = Gateway::start(&snapshot(&crt, &key), closed()).await;
-    let r = https_get(gw.https, "secure.example.com", "/", ca.der())
+    let r = https_get(gw.https, "secure.example.com", "/", &ca.der)
         .await
         .unwrap();
     assert_eq!(
@@ -286,7 +275,7 @@ async fn a_snapshot_with_tls_secrets_serves_https_and_reloads_them() {
 
     let (crt2, key2, der2) = leaf();
     gw.reload(&snapshot(&crt2, &key2)).await;
-    let r = https_get(gw.https, "secure.example.com", "/", ca.der())
+    let r = https_get(gw.https, "secure.example.com", "/", &ca.der)
         .await
         .unwrap();
     assert_eq!(r.cert, der2, "new handshakes get the renewed certificate");

@@ -59,50 +59,39 @@ pub fn run(
     let threads = threads.clamp(1, conns.max(1));
     let started = Instant::now();
     let deadline = started + duration;
-    let totals: Vec<Handshakes> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (connector, name, request) = (connector.clone(), name.clone(), request.clone());
-                let mine = conns / threads + usize::from(t < conns % threads);
-                s.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a tokio runtime");
-                    rt.block_on(async move {
-                        let tasks: Vec<_> = (0..mine)
-                            .map(|_| {
-                                let (connector, name, request) =
-                                    (connector.clone(), name.clone(), request.clone());
-                                tokio::spawn(async move {
-                                    let mut tally = Handshakes::default();
-                                    while Instant::now() < deadline {
-                                        let once = one(&connector, addr, name.clone(), &request);
-                                        match tokio::time::timeout(TIMEOUT, once).await {
-                                            Ok(Ok(())) => tally.ok += 1,
-                                            _ => tally.failed += 1,
-                                        }
-                                    }
-                                    tally
-                                })
-                            })
-                            .collect();
-                        let mut sum = Handshakes::default();
-                        for task in tasks {
-                            let t = task.await.unwrap_or_default();
-                            sum.ok += t.ok;
-                            sum.failed += t.failed;
+    let totals: Vec<Handshakes> = crate::load::on_threads(threads, |t| {
+        let (connector, name, request) = (connector.clone(), name.clone(), request.clone());
+        let mine = conns / threads + usize::from(t < conns % threads);
+        async move {
+            let tasks: Vec<_> = (0..mine)
+                .map(|_| {
+                    let (connector, name, request) =
+                        (connector.clone(), name.clone(), request.clone());
+                    tokio::spawn(async move {
+                        let mut tally = Handshakes::default();
+                        while Instant::now() < deadline {
+                            let once = one(&connector, addr, name.clone(), &request);
+                            match tokio::time::timeout(TIMEOUT, once).await {
+                                Ok(Ok(())) => tally.ok += 1,
+                                _ => tally.failed += 1,
+                            }
                         }
-                        sum
+                        tally
                     })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+                .collect();
+            let mut sum = Handshakes::default();
+            for task in tasks {
+                let t = task.await.unwrap_or_default();
+                sum.ok += t.ok;
+                sum.failed += t.failed;
+            }
+            sum
+        }
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or_default())
+    .collect();
     Handshakes {
         ok: totals.iter().map(|t| t.ok).sum(),
         failed: totals.iter().map(|t| t.failed).sum(),

@@ -191,40 +191,57 @@ pub fn run(spec: &Spec) -> Outcome {
     let threads = spec.threads.min(spec.conns);
     let started = Instant::now();
     let deadline = started + spec.duration;
-    let tallies: Vec<(Tally, Instant)> = std::thread::scope(|s| {
+    let tallies: Vec<(Tally, Instant)> = on_threads(threads, |t| {
+        let spec = spec.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for c in (t..spec.conns).step_by(threads) {
+                let target = spec.targets[c % spec.targets.len()];
+                let hosts = spec.hosts.clone();
+                let timeline = spec.timeline;
+                set.spawn(connection(
+                    target, hosts, started, deadline, timeline, c as u64,
+                ));
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                out.push((r.expect("connection task"), Instant::now()));
+            }
+            out
+        }
+    })
+    .into_iter()
+    .flat_map(|r| r.expect("load thread"))
+    .collect();
+    merge(started, tallies)
+}
+
+/// Run `work(t)` for `t` in `0..threads`, each on an OS thread of its own
+/// with a single-threaded runtime (as wrk runs its threads); what each
+/// returned, or its panic, in order.
+pub fn on_threads<R, Fut>(
+    threads: usize,
+    work: impl Fn(usize) -> Fut + Sync,
+) -> Vec<std::thread::Result<R>>
+where
+    Fut: std::future::Future<Output = R>,
+    R: Send,
+{
+    std::thread::scope(|s| {
+        let work = &work;
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let spec = spec.clone();
                 s.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
+                    tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .expect("tokio runtime");
-                    rt.block_on(async move {
-                        let mut set = tokio::task::JoinSet::new();
-                        for c in (t..spec.conns).step_by(threads) {
-                            let target = spec.targets[c % spec.targets.len()];
-                            let hosts = spec.hosts.clone();
-                            let timeline = spec.timeline;
-                            set.spawn(connection(
-                                target, hosts, started, deadline, timeline, c as u64,
-                            ));
-                        }
-                        let mut out = Vec::new();
-                        while let Some(r) = set.join_next().await {
-                            out.push((r.expect("connection task"), Instant::now()));
-                        }
-                        out
-                    })
+                        .expect("a tokio runtime")
+                        .block_on(work(t))
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("load thread"))
-            .collect()
-    });
-    merge(started, tallies)
+        handles.into_iter().map(|h| h.join()).collect()
+    })
 }
 
 fn merge(started: Instant, tallies: Vec<(Tally, Instant)>) -> Outcome {

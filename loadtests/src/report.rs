@@ -56,22 +56,22 @@ impl Run {
         out: &Outcome,
     ) -> Run {
         Run {
-            scenario: scenario.into(),
-            proxy: proxy.into(),
-            threads,
-            conns,
             routes,
-            rps: out.rps(),
             p50_ms: out.ms(0.5),
             p90_ms: out.ms(0.9),
             p99_ms: out.ms(0.99),
             p999_ms: out.ms(0.999),
-            requests: out.ok,
-            errors: out.errors,
             error_samples: out.error_samples.clone(),
             split: out.split(),
-            cpu_s_per_100k: None,
-            peak_rss_mib: None,
+            ..Run::rate(
+                scenario,
+                proxy,
+                threads,
+                conns,
+                out.rps(),
+                out.ok,
+                out.errors,
+            )
         }
     }
 

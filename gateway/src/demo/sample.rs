@@ -99,22 +99,15 @@ async fn respond(
             .body(tonic::body::Body::new(Full::new(body)))
             .expect("static response parts are valid")
     };
-    let header = |name: http::HeaderName| req.headers().get(name).map(|v| v.as_bytes().to_owned());
-    if header(http::header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")) {
-        let Some(key) = header(http::header::SEC_WEBSOCKET_KEY) else {
-            return Ok(text(400, Bytes::from_static(b"no Sec-WebSocket-Key\n")));
-        };
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-        tokio::spawn(echo_websocket(req, revision.clone()));
-        return Ok(Response::builder()
-            .status(101)
-            .header(http::header::UPGRADE, "websocket")
-            .header(http::header::CONNECTION, "upgrade")
-            .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
-            .body(tonic::body::Body::empty())
-            .expect("static response parts are valid"));
+    if is_websocket(&req) {
+        return Ok(accept_websocket(req, revision.clone())
+            .unwrap_or_else(|| text(400, Bytes::from_static(b"no Sec-WebSocket-Key\n"))));
     }
-    if header(http::header::CONTENT_TYPE).is_some_and(|v| v.starts_with(b"application/grpc")) {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
         if req.uri().path() != "/demo.Echo/Say" {
             return Ok(tonic::Status::unimplemented("only demo.Echo/Say").into_http());
         }
@@ -123,6 +116,33 @@ async fn respond(
         return Ok(grpc.unary(Say(greeting), req).await);
     }
     Ok(text(200, body))
+}
+
+/// Whether `req` asks to upgrade to WebSocket.
+pub fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Accept the WebSocket upgrade `req` asks for: 101, with [`echo_websocket`]
+/// serving the connection once upgraded; `None` without a
+/// `Sec-WebSocket-Key`, for the caller to refuse.
+pub fn accept_websocket<B: Default>(
+    req: Request<Incoming>,
+    revision: Arc<str>,
+) -> Option<Response<B>> {
+    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY)?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tokio::spawn(echo_websocket(req, revision));
+    let resp = Response::builder()
+        .status(101)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(B::default())
+        .expect("static response parts are valid");
+    Some(resp)
 }
 
 /// Echo the text messages of an upgraded request, prefixed with `revision`,

@@ -82,7 +82,7 @@ impl Backend {
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         h.fetch_add(1, Ordering::Relaxed);
-                        if is_websocket(&req) {
+                        if gateway::demo::sample::is_websocket(&req) {
                             let resp = websocket_echo(req, n.clone());
                             return std::future::ready(Ok::<_, Infallible>(resp));
                         }
@@ -133,31 +133,15 @@ impl Backend {
     }
 }
 
-fn is_websocket<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-}
-
 /// Accept a WebSocket upgrade and echo text messages prefixed with `name`
 /// (the demo sample's echo).
 fn websocket_echo(req: Request<Incoming>, name: String) -> Response<Full<Bytes>> {
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    let Some(key) = req.headers().get("sec-websocket-key") else {
-        return Response::builder()
+    gateway::demo::sample::accept_websocket(req, name.into()).unwrap_or_else(|| {
+        Response::builder()
             .status(400)
             .body(Full::default())
-            .unwrap();
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    tokio::spawn(gateway::demo::sample::echo_websocket(req, name.into()));
-    Response::builder()
-        .status(101)
-        .header(http::header::UPGRADE, "websocket")
-        .header(http::header::CONNECTION, "upgrade")
-        .header("sec-websocket-accept", accept)
-        .body(Full::default())
-        .unwrap()
+            .unwrap()
+    })
 }
 
 /// HTTP/2 with prior knowledge (h2c) on one connection: hyper's client.
@@ -635,4 +619,182 @@ pub async fn count_bodies(
         }
     }
     total
+}
+
+/// A bare keep-alive HTTP/1.1 backend, without hyper, so that its
+/// connections can be counted and dropped at will. It answers every request
+/// with `body`; `GET /slow` first waits `slow`. With `close_idle` set, it
+/// closes each connection 50 ms after answering, without a word, as a
+/// server's keep-alive timeout does.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicU64>,
+    pub close_idle: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    pub async fn start(body: &'static str, slow: Duration) -> RawBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let close_idle = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (n, close) = (accepted.clone(), close_idle.clone());
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                let (close, reply) = (close.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        if buf.starts_with(b"GET /slow") {
+                            tokio::time::sleep(slow).await;
+                        }
+                        buf.drain(..end);
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if close.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            accepted,
+            close_idle,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+/// A reply read by [`raw_get`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawReply {
+    pub status: u16,
+    /// The response head, lower-cased.
+    pub head: String,
+    /// The body, framed by Content-Length.
+    pub body: String,
+}
+
+/// One `GET path` for `host` over HTTP/1.1 on `conn`, connecting to `addr`
+/// first if it is `None`, with `extra` header lines (each ending in CRLF).
+/// The connection is kept for the next request unless the answer says
+/// `Connection: close`. Errors say what went wrong, for the caller to count.
+pub async fn raw_get(
+    conn: &mut Option<tokio::net::TcpStream>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> Result<RawReply, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if conn.is_none() {
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        *conn = Some(s);
+    }
+    let s = conn.as_mut().expect("connected above");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) => return Err("closed before the response".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status = head
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    while buf.len() < end + length {
+        match s.read(&mut chunk).await {
+            Ok(0) => return Err("closed mid-body".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[end..end + length]).into_owned();
+    if head.contains("connection: close") {
+        *conn = None;
+    }
+    Ok(RawReply { status, head, body })
+}
+
+/// A test certificate authority (rcgen) and the leaf certificates it signs.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A leaf for `names`: (certificate PEM, key PEM, certificate DER).
+    pub fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
 }

@@ -267,10 +267,7 @@ impl Proxy {
     /// its processes to exit (callgrind writes its counts on the way out).
     pub fn stop(mut self, limit: Duration) -> anyhow::Result<()> {
         let tree = crate::procstat::tree(self.pid());
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        signal("-TERM", &[self.pid()]);
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let alive = tree
@@ -318,19 +315,21 @@ impl Proxy {
     }
 }
 
+/// Send `sig` (`-TERM`, `-KILL`) to `pids`; a process already gone is no error.
+fn signal(sig: &str, pids: &[u32]) {
+    let _ = Command::new("kill")
+        .arg(sig)
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return; // stopped already: its pid may belong to someone else now
         }
         let tree = crate::procstat::tree(self.pid());
-        let signal = |sig: &str, pids: &[u32]| {
-            let _ = Command::new("kill")
-                .arg(sig)
-                .args(pids.iter().map(u32::to_string))
-                .stderr(Stdio::null())
-                .status();
-        };
         signal("-TERM", &[self.pid()]);
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {

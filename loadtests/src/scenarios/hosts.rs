@@ -69,33 +69,24 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 listeners: Default::default(),
                 callgrind: None,
             };
-            match launch.start(&topo.routes[0].host()) {
-                Ok(proxy) => {
-                    let spec = Spec {
-                        hosts: if n == 1 {
-                            Hosts::one(&topo.routes[0].host())
-                        } else {
-                            Hosts::Random(hosts.clone())
-                        },
-                        ..ctx.spec(proxy.addr, "", conns)
-                    };
-                    ctx.warm_up(&spec);
-                    sides.push(Side {
-                        n,
-                        proxy,
-                        spec,
-                        out: Outcome::empty(),
-                        cpu: Some(0.0),
-                    });
-                }
-                Err(e) => {
-                    let why = format!(
-                        "hosts: {} with {n} routes failed to start: {e:#}",
-                        kind.name()
-                    );
-                    ctx.progress(&why);
-                    ctx.report.failures.push(why);
-                }
+            let what = format!("hosts: {} with {n} routes", kind.name());
+            if let Some(proxy) = ctx.start(&launch, &topo.routes[0].host(), &what) {
+                let spec = Spec {
+                    hosts: if n == 1 {
+                        Hosts::one(&topo.routes[0].host())
+                    } else {
+                        Hosts::Random(hosts.clone())
+                    },
+                    ..ctx.spec(proxy.addr, "", conns)
+                };
+                ctx.warm_up(&spec);
+                sides.push(Side {
+                    n,
+                    proxy,
+                    spec,
+                    out: Outcome::empty(),
+                    cpu: Some(0.0),
+                });
             }
         }
         for round in 0..ROUNDS {

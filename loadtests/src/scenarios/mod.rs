@@ -105,6 +105,25 @@ impl<'a> Ctx<'a> {
         );
     }
 
+    /// Record `why` as a failure of the run (which goes on), with a progress line.
+    pub fn fail(&mut self, why: String) {
+        self.progress(&why);
+        self.report.failures.push(why);
+    }
+
+    /// Start `launch`, ready once `host` answers. A proxy that cannot start
+    /// is recorded as a failure (`what` names the run) and `None` returned:
+    /// the scenario goes on with the others.
+    pub fn start(&mut self, launch: &Launch, host: &str, what: &str) -> Option<Proxy> {
+        match launch.start(host) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.fail(format!("{what} failed to start: {e:#}"));
+                None
+            }
+        }
+    }
+
     /// The proxies to compare: the gateway, then each available peer.
     pub fn proxies(&self) -> Vec<(Kind, &'a Path)> {
         let bins: &'a Binaries = self.bins;

@@ -52,14 +52,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             },
             callgrind: None,
         };
-        let proxy = match launch.start(&host) {
-            Ok(p) => p,
-            Err(e) => {
-                let why = format!("protocols: {} failed to start: {e:#}", kind.name());
-                ctx.progress(&why);
-                ctx.report.failures.push(why);
-                continue;
-            }
+        let what = format!("protocols: {}", kind.name());
+        let Some(proxy) = ctx.start(&launch, &host, &what) else {
+            continue;
         };
         let (h2c, tls_addr) = (
             proxy.h2c_addr.expect("h2c asked for"),
@@ -109,9 +104,10 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             let (rps, ok, failed) = match parse_h2load(&text) {
                 Ok(found) => found,
                 Err(e) => {
-                    let why = format!("protocols: {scenario} through {}: {e:#}", kind.name());
-                    ctx.progress(&why);
-                    ctx.report.failures.push(why);
+                    ctx.fail(format!(
+                        "protocols: {scenario} through {}: {e:#}",
+                        kind.name()
+                    ));
                     continue;
                 }
             };

@@ -71,14 +71,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 listeners: Default::default(),
                 callgrind: None,
             };
-            let proxy = match launch.start(&host) {
-                Ok(p) => p,
-                Err(e) => {
-                    let why = format!("split: {} failed to start: {e:#}", kind.name());
-                    ctx.progress(&why);
-                    ctx.report.failures.push(why);
-                    continue;
-                }
+            let Some(proxy) = ctx.start(&launch, &host, &format!("split: {}", kind.name())) else {
+                continue;
             };
             for &conns in &ctx.opts.conns {
                 let (out, cpu, rss) =
