@@ -354,8 +354,7 @@ async fn admin_endpoints() {
     );
     assert_eq!(gw.admin("/healthz").await.status, 200);
     assert_eq!(gw.admin("/readyz").await.status, 200);
-    let m = gw.admin("/metrics").await.body;
-    for line in [
+    let lines = [
         "# TYPE gateway_requests_total counter",
         r#"gateway_requests_total{code="200",namespace="ns",revision="rev-a",route="web"} 1"#,
         r#"gateway_requests_total{code="404",namespace="",revision="",route=""} 1"#,
@@ -363,7 +362,16 @@ async fn admin_endpoints() {
         "gateway_routes 1",
         "gateway_hosts 8",
         "gateway_request_duration_seconds_count{upstream=\"revision\"} 1",
-    ] {
+    ];
+    // A request is counted when its logging hook runs, just after the client
+    // has its response: the scrape may come first.
+    eventually(5, "every request counted", || async {
+        let m = gw.admin("/metrics").await.body;
+        lines.iter().all(|line| m.contains(line))
+    })
+    .await;
+    let m = gw.admin("/metrics").await.body;
+    for line in lines {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
     }
     assert!(
