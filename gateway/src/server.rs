@@ -136,7 +136,7 @@ pub fn run(
         max_retries: config.proxy.max_connect_attempts.max(1),
         // One single-threaded runtime per worker thread: a connection stays on
         // its thread, and tokio's stealing bookkeeping is off the request path
-        // (callgrind and the loadtests measured the difference; see the README).
+        // (callgrind and the loadtests measured the difference: docs/performance.md).
         work_stealing: false,
         upstream_keepalive_pool_size: config.upstream_idle_connections,
         // Each worker thread keeps its own idle connections: no task, lock
