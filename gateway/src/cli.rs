@@ -272,6 +272,26 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_UPSTREAM_H2_STREAMS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub upstream_h2_streams: u32,
+    /// Client connections served at once on the proxy listeners; past it a
+    /// new connection is closed on accept. 0: half the open-file limit
+    /// (raised to its hard maximum at start), less a reserve.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Largest HTTP/1.x request head (request line and headers) in bytes;
+    /// larger gets 431. HTTP/2 header lists have the same limit.
+    #[arg(long, env = "GATEWAY_MAX_REQUEST_HEADER_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
+    pub max_request_header_bytes: u32,
+    /// Most header lines in an HTTP/1.x request; more gets 431.
+    #[arg(long, env = "GATEWAY_MAX_REQUEST_HEADERS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(8..=4096))]
+    pub max_request_headers: u32,
+    /// Time a client has to send a whole HTTP/1.x request head, from its
+    /// first byte (on a new connection, from the accept); a slower one gets
+    /// 408 and is closed, so trickled headers cannot hold connections.
+    #[arg(long, env = "GATEWAY_REQUEST_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub request_header_timeout: Duration,
 }
 
 /// `off`, or an address.
@@ -331,6 +351,12 @@ impl Tuning {
             },
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,
+            max_connections: self.max_connections,
+            request_head: crate::limits::request_head(
+                self.max_request_header_bytes as usize,
+                self.max_request_headers as usize,
+                self.request_header_timeout,
+            ),
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod drain;
 pub mod external;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod serve;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub activator_requests: IntCounterVec,
     /// Failed upstream connections, by upstream kind.
     pub connect_errors: IntCounterVec,
+    /// Client connections open, and refused past `--max-connections`.
+    pub connections: crate::limits::ConnectionCounts,
     table_generation: IntGauge,
     routes: IntGauge,
     hosts: IntGauge,
@@ -86,6 +88,16 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
+        let connections = crate::limits::ConnectionCounts {
+            open: IntGauge::new(
+                "gateway_connections_open",
+                "Client connections open on the proxy listeners.",
+            )?,
+            refused: IntCounter::new(
+                "gateway_connections_refused_total",
+                "Client connections closed on accept because --max-connections were open.",
+            )?,
+        };
         let table_generation = IntGauge::new(
             "gateway_table_generation",
             "Generation of the live routing table.",
@@ -124,6 +136,8 @@ impl Metrics {
             Box::new(duration) as Box<dyn prometheus::core::Collector>,
             Box::new(activator_requests.clone()),
             Box::new(connect_errors.clone()),
+            Box::new(connections.open.clone()),
+            Box::new(connections.refused.clone()),
             Box::new(table_generation.clone()),
             Box::new(routes.clone()),
             Box::new(hosts.clone()),
@@ -141,6 +155,7 @@ impl Metrics {
             duration: durations,
             activator_requests,
             connect_errors,
+            connections,
             table_generation,
             routes,
             hosts,

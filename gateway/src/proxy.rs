@@ -253,6 +253,10 @@ impl ProxyHttp for Gateway {
         // pingora reads an HTTP/1.1 body with a 60 s timeout by default: a
         // WebSocket or a streaming upload may be silent far longer.
         session.set_read_timeout(self.options.stream_idle_timeout);
+        // A client may send its next requests before reading the answers
+        // (RFC 9112 §9.3.2): answer each in order, as nginx and HAProxy do,
+        // rather than close the connection and drop them.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         let req = session.req_header();
         // HTTP/2 and absolute-form requests carry the authority in the URI.
         let raw = match req.uri.authority() {

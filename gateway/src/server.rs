@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use config_sync::Publisher;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::http::v1::server::RequestHeadLimits;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -21,6 +22,7 @@ use crate::activator::{Activator, ActivatorResolver};
 use crate::admin::Admin;
 use crate::drain::{Drain, DrainSignal};
 use crate::external::ExternalNames;
+use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
 use crate::tls::SniResolver;
@@ -50,6 +52,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Then give in-flight requests this long to finish.
     pub shutdown_timeout: Duration,
+    /// Client connections served at once (0: from the open-file limit).
+    pub max_connections: usize,
+    /// Size, header count and time allowed for each HTTP/1.x request head.
+    pub request_head: RequestHeadLimits,
 }
 
 type TaskFn = Box<dyn FnOnce(ShutdownWatch) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -161,8 +167,24 @@ pub fn run(
         metrics.clone(),
         config.proxy.clone(),
     );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
+    let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
+    // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
+    // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    options.h1_request_head_limits = config.request_head;
+    app.server_options = Some(options);
+    // The same header list limit for HTTP/2 as for HTTP/1.x heads.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(config.request_head.max_bytes.try_into().unwrap_or(u32::MAX));
+    app.h2_options = Some(h2);
+    let open_files = crate::limits::raise_open_files();
+    let max_connections = match config.max_connections {
+        0 => crate::limits::auto_max_connections(open_files),
+        n => n,
+    };
+    let app = ConnectionLimit::new(app, max_connections, metrics.connections.clone());
+    let mut proxy = Service::new("proxy".into(), app);
     for addr in [&config.http, &config.internal_http] {
         // Reads go straight into pingora's request buffer: its default 64 KiB
         // read buffer per client connection only adds a copy for plaintext
@@ -188,13 +210,6 @@ pub fn run(
         );
     }
     proxy.threads = Some(config.threads);
-    // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
-    // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
 
     let drain = Arc::new(Drain::default());
     let mut admin = Service::new(
@@ -220,7 +235,8 @@ pub fn run(
     tracing::info!(http = %config.http, internal_http = %config.internal_http,
         https = config.https.as_deref().unwrap_or("off"),
         internal_https = config.internal_https.as_deref().unwrap_or("off"),
-        admin = %config.admin, threads = config.threads, "gateway listening");
+        admin = %config.admin, threads = config.threads, max_connections,
+        open_files, "gateway listening");
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainSignal {
             drain,

@@ -1,11 +1,12 @@
 //! The load-test harness: hyper backends, a closed-loop load generator, the
 //! gateway and its peers (nginx, HAProxy, Envoy) as processes on loopback,
-//! the scenarios, and the report.
+//! the scenarios, the malformed-request cases, and the report.
 
 pub mod activator;
 pub mod backend;
 pub mod callgrind;
 pub mod handshakes;
+pub mod hostile;
 pub mod load;
 pub mod peers;
 pub mod procstat;

@@ -195,6 +195,18 @@ pub struct Check {
     pub met: bool,
 }
 
+/// One malformed-request case and what each proxy did with it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostileCase {
+    /// The case's short name.
+    pub case: String,
+    /// What it tries.
+    pub what: String,
+    /// By proxy: the answer (`400`, `200 (0 forwarded)`, `closed`) and, if
+    /// unsafe, why.
+    pub answers: BTreeMap<String, (String, Option<String>)>,
+}
+
 /// Instructions per proxied request, under callgrind.
 #[derive(Debug, Clone, Serialize)]
 pub struct Instructions {
@@ -225,6 +237,8 @@ pub struct Report {
     pub churn: Option<Churn>,
     /// Instructions per request (the callgrind scenario).
     pub callgrind: Vec<Instructions>,
+    /// Each malformed-request case and every proxy's answer (the hostile scenario).
+    pub hostile: Vec<HostileCase>,
     /// Peers that could not be run, and why.
     pub missing: Vec<(String, String)>,
     /// Scenarios that could not finish, and why.
@@ -480,6 +494,28 @@ impl Report {
                     "  {:<8} {:>8.0}  ({} conns, {} requests measured)",
                     c.proxy, c.per_request, c.conns, c.requests
                 );
+            }
+        }
+        if let Some(first) = self.hostile.first() {
+            let proxies: Vec<&String> = first.answers.keys().collect();
+            let _ = write!(
+                s,
+                "\nhostile requests ('!' marks an answer outside what the case allows)\n  {:<24}",
+                "case"
+            );
+            for p in &proxies {
+                let _ = write!(s, " {p:<22}");
+            }
+            let _ = writeln!(s);
+            for row in &self.hostile {
+                let _ = write!(s, "  {:<24}", row.case);
+                for p in &proxies {
+                    let cell = row.answers.get(*p).map_or("-".to_owned(), |(a, why)| {
+                        format!("{}{a}", if why.is_some() { "! " } else { "" })
+                    });
+                    let _ = write!(s, " {cell:<22}");
+                }
+                let _ = writeln!(s);
             }
         }
         if let Some(r) = &self.rollout {

@@ -111,6 +111,22 @@ pub struct Launch<'a> {
     pub callgrind: Option<&'a Path>,
 }
 
+impl<'a> Launch<'a> {
+    /// `kind` serving `topology` with `threads` workers: plain HTTP/1.1, no
+    /// activator, not under callgrind.
+    pub fn plain(kind: Kind, bin: &'a Path, topology: &'a Topology, threads: usize) -> Self {
+        Launch {
+            kind,
+            bin,
+            topology,
+            threads,
+            activator: None,
+            listeners: Listeners::default(),
+            callgrind: None,
+        }
+    }
+}
+
 impl Launch<'_> {
     /// Start the proxy and wait until `ready_host` answers 200 through it.
     pub fn start(&self, ready_host: &str) -> anyhow::Result<Proxy> {

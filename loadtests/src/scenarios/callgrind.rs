@@ -45,13 +45,8 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             // nginx started as root runs its worker as nobody, which writes its counts here too.
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
             let launch = Launch {
-                kind,
-                bin,
-                topology: &topo,
-                threads: 1,
-                activator: None,
-                listeners: Default::default(),
                 callgrind: Some(dir.path()),
+                ..Launch::plain(kind, bin, &topo, 1)
             };
             let proxy = launch.start(&host)?;
             let out = load::run(&Spec {

@@ -4,6 +4,7 @@
 pub mod callgrind;
 pub mod churn;
 pub mod cold;
+pub mod hostile;
 pub mod hosts;
 pub mod protocols;
 pub mod rollout;
@@ -50,6 +51,8 @@ pub enum Scenario {
     Protocols,
     /// The split's instructions per request under callgrind (gateway, nginx, HAProxy).
     Callgrind,
+    /// Malformed and request-smuggling cases, each proxy's answers side by side.
+    Hostile,
 }
 
 /// How hard and how long.

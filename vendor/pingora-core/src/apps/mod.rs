@@ -90,6 +90,11 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// knative-gateway patch (vendor/README.md, "request head limits"): size,
+    /// header count and time allowed for each HTTP/1.x request head.
+    /// Default: pingora's as released.
+    pub h1_request_head_limits: crate::protocols::http::v1::server::RequestHeadLimits,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -277,6 +282,15 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
+        // knative-gateway patch (vendor/README.md, "request head limits"): a
+        // new connection's first request head is clocked from the accept.
+        let head_limits = self
+            .server_options()
+            .map(|o| o.h1_request_head_limits)
+            .unwrap_or_default();
+        let head_deadline = head_limits
+            .timeout
+            .map(|t| std::time::Instant::now() + t);
         let custom = self
             .server_options()
             .as_ref()
@@ -292,7 +306,8 @@ where
             // knative-gateway patch (vendor/README.md, "h2c preface"): stop
             // reading at the first byte that is not the preface's, and give
             // up on a client silent as long as an HTTP/1.1 request may be.
-            let peeked = pingora_timeout::timeout(H2C_PREFACE_TIMEOUT, stream.starts_with(H2_PREFACE))
+            let preface_timeout = head_limits.timeout.unwrap_or(H2C_PREFACE_TIMEOUT);
+            let peeked = pingora_timeout::timeout(preface_timeout, stream.starts_with(H2_PREFACE))
                 .await
                 .map_err(|_| debug!("Timed out peeking h2c preface"))
                 .ok()?
@@ -368,6 +383,7 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            session.set_request_head_limits(head_limits, head_deadline);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -375,6 +391,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_request_head_limits(head_limits, None);
 
                 result = self.process_new_http(session, shutdown).await;
             }

@@ -341,6 +341,20 @@ impl Session {
         }
     }
 
+    /// knative-gateway patch (vendor/README.md, "request head limits"): the
+    /// limits of each HTTP/1.x request head, and when the next must be whole
+    /// by. Not applicable for h2 (its own settings bound the header list).
+    pub fn set_request_head_limits(
+        &mut self,
+        limits: super::v1::server::RequestHeadLimits,
+        deadline: Option<std::time::Instant>,
+    ) {
+        if let Self::H1(s) = self {
+            s.set_request_head_limits(limits);
+            s.set_request_head_deadline(deadline);
+        }
+    }
+
     /// Get the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Not applicable for h2 or
     /// subrequest

@@ -29,7 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
@@ -73,6 +73,44 @@ impl ProxyTaskState {
     }
 }
 
+/// knative-gateway patch (vendor/README.md, "request head limits"): what a
+/// request head may take. The default is pingora's as released: 1 MiB, 256
+/// headers, no time limit beyond the per-read timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeadLimits {
+    /// Largest request head in bytes (request line and headers).
+    pub max_bytes: usize,
+    /// Most header lines.
+    pub max_headers: usize,
+    /// Longest time from a head's first partial read (or the connection's
+    /// accept, for its first request) to its end: a client trickling bytes
+    /// gets 408. `None`: only the per-read timeouts apply.
+    pub timeout: Option<Duration>,
+    /// Answer an oversized head with 431 rather than 400.
+    pub status_431: bool,
+}
+
+impl Default for RequestHeadLimits {
+    fn default() -> Self {
+        RequestHeadLimits {
+            max_bytes: MAX_HEADER_SIZE,
+            max_headers: MAX_HEADERS,
+            timeout: None,
+            status_431: false,
+        }
+    }
+}
+
+impl RequestHeadLimits {
+    fn too_large(&self) -> pingora_error::ErrorType {
+        if self.status_431 {
+            HTTPStatus(431)
+        } else {
+            InvalidHTTPHeader
+        }
+    }
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -103,6 +141,12 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// knative-gateway patch (vendor/README.md, "request head limits"): size,
+    /// header count and time allowed for the request head.
+    head_limits: RequestHeadLimits,
+    /// When the head being read must be complete by; `None`: from the first
+    /// byte of a head that does not arrive whole.
+    head_deadline: Option<Instant>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -188,6 +232,8 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            head_limits: RequestHeadLimits::default(),
+            head_deadline: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -304,14 +350,17 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // knative-gateway patch (vendor/README.md, "request head limits")
+        let limits = self.head_limits;
+        let mut deadline = self.head_deadline.take();
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            if already_read > limits.max_bytes {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
                 return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
+                    limits.too_large(),
+                    format!("Request header larger than {}", limits.max_bytes),
                 );
             }
 
@@ -321,20 +370,52 @@ impl HttpSession {
             // subsequent read_buf() would block for data that may never come
             // (the client already pipelined everything it had to send for
             // this request and is waiting for our response).
-            if skip_next_read {
+            let read = if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
+                Some(0)
+            } else if let Some(at) = deadline {
+                // The head must be whole by `at`, however its bytes trickle in.
+                let left = at.saturating_duration_since(Instant::now());
+                match timeout(left, self.read_request_buf(&mut buf, already_read)).await {
+                    Ok(read) => read?,
+                    Err(_) if already_read > 0 => {
+                        return Error::e_explain(
+                            HTTPStatus(408),
+                            format!(
+                                "request header not complete within {:?}",
+                                limits.timeout.unwrap_or_default()
+                            ),
+                        );
+                    }
+                    Err(_) => None,
+                }
             } else {
-                return Ok(None);
+                self.read_request_buf(&mut buf, already_read).await?
+            };
+            match read {
+                Some(n) => already_read += n,
+                None => return Ok(None),
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
+                let mut stack_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut heap_headers;
+                let headers = if limits.max_headers <= MAX_HEADERS {
+                    &mut stack_headers[..limits.max_headers]
+                } else {
+                    heap_headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+                    &mut heap_headers[..]
+                };
+                let mut req = httparse::Request::new(headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
+                    HeaderParseState::Complete(s) if s > limits.max_bytes => {
+                        return Error::e_explain(
+                            limits.too_large(),
+                            format!("Request header larger than {}", limits.max_bytes),
+                        );
+                    }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
 
@@ -437,7 +518,18 @@ impl HttpSession {
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {
+                        // Clock the head from its first partial read (one
+                        // that arrives whole never reads the clock).
+                        if deadline.is_none() {
+                            deadline = limits.timeout.map(|t| Instant::now() + t);
+                        }
                         break; /* continue the read loop */
+                    }
+                    HeaderParseState::Invalid(httparse::Error::TooManyHeaders) => {
+                        return Error::e_explain(
+                            limits.too_large(),
+                            format!("Request has more than {} headers", limits.max_headers),
+                        );
                     }
                     HeaderParseState::Invalid(e) => match e {
                         httparse::Error::Token | httparse::Error::Version => {
@@ -1339,6 +1431,18 @@ impl HttpSession {
     /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
+    }
+
+    /// knative-gateway patch (vendor/README.md, "request head limits"): the
+    /// size, header count and time allowed for each request head read.
+    pub fn set_request_head_limits(&mut self, limits: RequestHeadLimits) {
+        self.head_limits = limits;
+    }
+
+    /// The next request head must be whole by `deadline` (a new connection's
+    /// first, clocked from the accept); otherwise from its first partial read.
+    pub fn set_request_head_deadline(&mut self, deadline: Option<Instant>) {
+        self.head_deadline = deadline;
     }
 
     /// Gets the downstream read timeout.
