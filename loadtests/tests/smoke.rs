@@ -94,6 +94,17 @@ fn every_scenario_runs_and_measures() {
     );
     assert_eq!(handshakes[0]["errors"], 0, "{}", handshakes[0]);
 
+    // hostile: every malformed-request case answered within what it allows.
+    let hostile = report["hostile"].as_array().unwrap();
+    assert!(hostile.len() >= 40, "{} cases", hostile.len());
+    for case in hostile {
+        let (answer, why) = (
+            &case["answers"]["gateway"][0],
+            &case["answers"]["gateway"][1],
+        );
+        assert!(answer.is_string() && why.is_null(), "{case}");
+    }
+
     assert!(report["failures"].as_array().unwrap().is_empty());
     assert!(report["checks"].as_array().unwrap().len() >= 5);
     let svg = std::fs::read_to_string(out.path().join("chart.svg")).unwrap();
