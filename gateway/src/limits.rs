@@ -12,7 +12,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::http::v1::server::RequestHeadLimits;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounter;
 
 /// Request head limits as the gateway's flags give them.
 pub fn request_head(max_bytes: usize, max_headers: usize, timeout: Duration) -> RequestHeadLimits {
@@ -29,8 +29,9 @@ pub fn request_head(max_bytes: usize, max_headers: usize, timeout: Duration) -> 
 /// Counts of the connection cap, exported as metrics.
 #[derive(Clone)]
 pub struct ConnectionCounts {
-    /// Client connections open on the proxy listeners.
-    pub open: IntGauge,
+    /// Client connections open on the proxy listeners: the cap's own count,
+    /// which `/metrics` reads when scraped.
+    pub open: Arc<AtomicUsize>,
     /// Connections closed at once because the cap was reached.
     pub refused: IntCounter,
 }
@@ -41,7 +42,6 @@ pub struct ConnectionCounts {
 pub struct ConnectionLimit<A> {
     inner: Arc<A>,
     max: usize,
-    open: AtomicUsize,
     counts: ConnectionCounts,
 }
 
@@ -51,7 +51,6 @@ impl<A> ConnectionLimit<A> {
         Self {
             inner: Arc::new(inner),
             max,
-            open: AtomicUsize::new(0),
             counts,
         }
     }
@@ -62,8 +61,7 @@ struct Slot<'a, A>(&'a ConnectionLimit<A>);
 
 impl<A> Drop for Slot<'_, A> {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.counts.open.dec();
+        self.0.counts.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -74,8 +72,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.counts.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.counts.open.fetch_sub(1, Ordering::Relaxed);
             self.counts.refused.inc();
             tracing::debug!(
                 max = self.max,
@@ -83,7 +81,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
             );
             return None; // dropping the stream closes it
         }
-        self.counts.open.inc();
         let _slot = Slot(self);
         self.inner.process_new(stream, shutdown).await
     }

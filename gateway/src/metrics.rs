@@ -47,6 +47,7 @@ pub struct Metrics {
     pub connect_errors: IntCounterVec,
     /// Client connections open, and refused past `--max-connections`.
     pub connections: crate::limits::ConnectionCounts,
+    connections_open: IntGauge,
     table_generation: IntGauge,
     routes: IntGauge,
     hosts: IntGauge,
@@ -89,15 +90,16 @@ impl Metrics {
             &["upstream"],
         )?;
         let connections = crate::limits::ConnectionCounts {
-            open: IntGauge::new(
-                "gateway_connections_open",
-                "Client connections open on the proxy listeners.",
-            )?,
+            open: Default::default(),
             refused: IntCounter::new(
                 "gateway_connections_refused_total",
                 "Client connections closed on accept because --max-connections were open.",
             )?,
         };
+        let connections_open = IntGauge::new(
+            "gateway_connections_open",
+            "Client connections open on the proxy listeners.",
+        )?;
         let table_generation = IntGauge::new(
             "gateway_table_generation",
             "Generation of the live routing table.",
@@ -136,7 +138,7 @@ impl Metrics {
             Box::new(duration) as Box<dyn prometheus::core::Collector>,
             Box::new(activator_requests.clone()),
             Box::new(connect_errors.clone()),
-            Box::new(connections.open.clone()),
+            Box::new(connections_open.clone()),
             Box::new(connections.refused.clone()),
             Box::new(table_generation.clone()),
             Box::new(routes.clone()),
@@ -156,6 +158,7 @@ impl Metrics {
             activator_requests,
             connect_errors,
             connections,
+            connections_open,
             table_generation,
             routes,
             hosts,
@@ -171,6 +174,8 @@ impl Metrics {
     /// Refresh the table and source gauges, then encode everything as Prometheus text.
     pub fn render(&self, table: &Table, publisher: &Publisher) -> Vec<u8> {
         self.table_generation.set(table.generation as i64);
+        self.connections_open
+            .set(self.connections.open.load(Ordering::Relaxed) as i64);
         self.routes.set(table.route_count() as i64);
         self.hosts.set(table.host_count() as i64);
         if let Some(t) = table

@@ -91,6 +91,16 @@ async fn malformed_and_smuggling_requests_are_refused_or_forwarded_whole() {
         .map(|(c, o)| (c.name, o.statuses.first().copied().unwrap_or(0)))
         .collect();
     assert_eq!(got, expected);
+    // A case's prefix, its outcome, and the paths the backend received for it.
+    let case = |name: &str| {
+        let i = cases.iter().position(|c| c.name == name).unwrap();
+        let paths: Vec<String> = outcomes[i]
+            .forwarded
+            .iter()
+            .map(|s| s.path.clone())
+            .collect();
+        (cases[i].prefix.as_str(), &outcomes[i], paths)
+    };
     // A request whose head was forwarded before its chunked body broke
     // reached the backend cut off, never whole.
     for name in [
@@ -98,37 +108,21 @@ async fn malformed_and_smuggling_requests_are_refused_or_forwarded_whole() {
         "chunk-size-overflow",
         "chunk-missing-crlf",
     ] {
-        let i = cases.iter().position(|c| c.name == name).unwrap();
+        let (_, outcome, _) = case(name);
         assert!(
-            outcomes[i].forwarded.iter().all(|s| !s.complete),
+            outcome.forwarded.iter().all(|s| !s.complete),
             "{name}: {:?}",
-            outcomes[i].forwarded
+            outcome.forwarded
         );
     }
     // pingora percent-encodes bytes no request target may hold, rather
     // than refusing them; the backend sees a well-formed target.
-    let i = cases.iter().position(|c| c.name == "nul-in-path").unwrap();
-    let paths: Vec<_> = outcomes[i]
-        .forwarded
-        .iter()
-        .map(|s| s.path.clone())
-        .collect();
-    assert_eq!(paths, [format!("{}/a%00b", cases[i].prefix)]);
+    let (prefix, _, paths) = case("nul-in-path");
+    assert_eq!(paths, [format!("{prefix}/a%00b")]);
     // Both pipelined requests were answered, in order.
-    let i = cases.iter().position(|c| c.name == "pipelined").unwrap();
-    let paths: Vec<_> = outcomes[i]
-        .forwarded
-        .iter()
-        .map(|s| s.path.clone())
-        .collect();
-    assert_eq!(outcomes[i].statuses, [200, 200], "{paths:?}");
-    assert_eq!(
-        paths,
-        [
-            format!("{}/1", cases[i].prefix),
-            format!("{}/2", cases[i].prefix)
-        ]
-    );
+    let (prefix, outcome, paths) = case("pipelined");
+    assert_eq!(outcome.statuses, [200, 200], "{paths:?}");
+    assert_eq!(paths, [format!("{prefix}/1"), format!("{prefix}/2")]);
 }
 
 /// One request on `conn` with an extra header of `bytes` bytes; its status.

@@ -92,11 +92,17 @@ impl Recorder {
         Ok(Recorder { addr, seen, task })
     }
 
-    /// The requests seen whose path starts with `prefix`.
+    /// The requests seen of the case whose paths start with `prefix`: the
+    /// prefix itself, or followed by `/` or `-` (so `/case-1` never takes
+    /// `/case-10`'s).
     pub fn seen(&self, prefix: &str) -> Vec<Seen> {
         lock(&self.seen)
             .iter()
-            .filter(|s| s.path.starts_with(prefix))
+            .filter(|s| {
+                s.path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '-']))
+            })
             .cloned()
             .collect()
     }
@@ -745,17 +751,7 @@ pub async fn run_all(proxy: SocketAddr, recorder: &Recorder, cases: &[Case]) -> 
     // A body the backend is still reading is recorded when it ends (or in 3 s).
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (case, outcome) in cases.iter().zip(&mut outcomes) {
-        outcome.forwarded = recorder
-            .seen(&case.prefix)
-            .into_iter()
-            .filter(|s| {
-                // /case-1 must not collect /case-10's requests.
-                s.path[case.prefix.len()..]
-                    .chars()
-                    .next()
-                    .is_none_or(|c| !c.is_ascii_digit())
-            })
-            .collect();
+        outcome.forwarded = recorder.seen(&case.prefix);
     }
     outcomes
 }
