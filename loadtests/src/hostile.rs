@@ -529,7 +529,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// As a table cell: `400`, `200 200`, `closed`, `200, closed`.
+    /// As a table cell: `400`, `200 200`, `closed`, `400 (1 forwarded)`.
     pub fn cell(&self) -> String {
         let mut parts: Vec<String> = self.statuses.iter().map(|s| s.to_string()).collect();
         if self.garbage {
@@ -562,7 +562,7 @@ pub async fn send(proxy: SocketAddr, case: &Case) -> std::io::Result<Outcome> {
                 }
             }
             Step::Pause(d) => {
-                // Keep reading while paused: an early answer ends the case.
+                // Keep reading while paused: a proxy that closes ends the case.
                 let until = Instant::now() + *d;
                 if read_until(&mut s, &mut buf, until, &mut out).await {
                     break;
