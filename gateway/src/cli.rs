@@ -292,6 +292,12 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_REQUEST_HEADER_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub request_header_timeout: Duration,
+    /// Access log, one JSON line per request: off, stdout, stderr or a file
+    /// path (appended to). Lines are queued, never waited for; dropped ones
+    /// are counted in gateway_access_log_dropped_total.
+    #[arg(long, env = "GATEWAY_ACCESS_LOG", default_value = "off",
+          value_parser = crate::access_log::parse_target)]
+    pub access_log: crate::access_log::Target,
 }
 
 /// `off`, or an address.
@@ -352,6 +358,7 @@ impl Tuning {
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
+            access_log: self.access_log.clone(),
             request_head: crate::limits::request_head(
                 self.max_request_header_bytes as usize,
                 self.max_request_headers as usize,

@@ -4,6 +4,7 @@
 //! `config_sync`. [`server`] assembles the services, [`demo`] runs a
 //! self-contained cluster stand-in on loopback.
 
+pub mod access_log;
 pub mod activator;
 pub mod admin;
 pub mod alloc;

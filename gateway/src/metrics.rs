@@ -47,6 +47,8 @@ pub struct Metrics {
     pub connect_errors: IntCounterVec,
     /// Client connections open, and refused past `--max-connections`.
     pub connections: crate::limits::ConnectionCounts,
+    /// Access log lines dropped because the writer fell behind (or failed).
+    pub access_log_dropped: IntCounter,
     connections_open: IntGauge,
     table_generation: IntGauge,
     routes: IntGauge,
@@ -96,6 +98,10 @@ impl Metrics {
                 "Client connections closed on accept because --max-connections were open.",
             )?,
         };
+        let access_log_dropped = IntCounter::new(
+            "gateway_access_log_dropped_total",
+            "Access log lines dropped because the log's writer fell behind or failed.",
+        )?;
         let connections_open = IntGauge::new(
             "gateway_connections_open",
             "Client connections open on the proxy listeners.",
@@ -140,6 +146,7 @@ impl Metrics {
             Box::new(connect_errors.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections.refused.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(table_generation.clone()),
             Box::new(routes.clone()),
             Box::new(hosts.clone()),
@@ -158,6 +165,7 @@ impl Metrics {
             activator_requests,
             connect_errors,
             connections,
+            access_log_dropped,
             connections_open,
             table_generation,
             routes,

@@ -20,7 +20,8 @@
 //! 5. `fail_to_proxy`: 503 when the activator is unreachable, 502 when every
 //!    endpoint refused.
 //! 6. `response_filter`: while draining, `Connection: close`.
-//! 7. `logging`: metrics. The in-flight count is released when the context drops.
+//! 7. `logging`: metrics, and with `--access-log` a line queued for the
+//!    log's writer thread. The in-flight count is released when the context drops.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use crate::access_log::{self, AccessLog, Entry};
 use crate::activator::Activator;
 use crate::external::ExternalNames;
 use crate::metrics::Metrics;
@@ -68,6 +70,7 @@ pub struct Gateway {
     external: Arc<ExternalNames>,
     metrics: Arc<Metrics>,
     options: ProxyOptions,
+    access_log: Option<AccessLog>,
 }
 
 impl Gateway {
@@ -88,7 +91,14 @@ impl Gateway {
             external,
             metrics,
             options,
+            access_log: None,
         }
+    }
+
+    /// Write a line per request to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
     }
 }
 
@@ -96,6 +106,7 @@ impl Gateway {
 const PROBE_HEADER: http::HeaderName = http::HeaderName::from_static("k-network-probe");
 /// Upstream connection group of upgrade requests (see `upstream_peer`).
 const UPGRADE_GROUP: u64 = 1;
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
@@ -183,6 +194,8 @@ pub struct RequestCtx {
     /// Where it goes and what is set on it.
     to: Resolved,
     upstream: Upstream,
+    /// The address of the last upstream tried, for the access log.
+    peer: Option<std::net::SocketAddr>,
     /// Endpoints that refused a connection during this request.
     failed: Vec<usize>,
     connect_failed: bool,
@@ -243,6 +256,7 @@ impl ProxyHttp for Gateway {
             table: None,
             to: Resolved::default(),
             upstream: Upstream::None,
+            peer: None,
             failed: Vec::new(),
             connect_failed: false,
             tls: false,
@@ -376,6 +390,7 @@ impl ProxyHttp for Gateway {
                 ))
             }
         };
+        ctx.peer = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.options.connect_timeout);
         peer.options.read_timeout = self.options.stream_idle_timeout;
@@ -533,9 +548,55 @@ impl ProxyHttp for Gateway {
             }
             None => self.metrics.unrouted.record(code),
         }
-        duration.observe(ctx.start.elapsed().as_secs_f64());
+        let elapsed = ctx.start.elapsed();
+        duration.observe(elapsed.as_secs_f64());
+        if let Some(log) = &self.access_log {
+            log_access(log, session, ctx, elapsed);
+        }
         ctx.release();
     }
+}
+
+/// Queue the access log line of a finished request.
+fn log_access(log: &AccessLog, session: &Session, ctx: &RequestCtx, elapsed: Duration) {
+    let req = session.req_header();
+    let host = match req.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .map_or(&b""[..], |h| h.as_bytes()),
+    };
+    let (route, revision) = match &ctx.table {
+        Some(table) => {
+            let key = &table.route(ctx.to.route).key;
+            let backend = table.backend(ctx.to.backend);
+            (
+                Some((key.namespace.as_str(), key.name.as_str())),
+                Some((&*backend.namespace, &*backend.name)),
+            )
+        }
+        None => (None, None),
+    };
+    let downstream = session.as_downstream();
+    log.record(&Entry {
+        time: std::time::SystemTime::now() - elapsed,
+        client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        method: req.method.as_str(),
+        host,
+        path: req.uri.path(),
+        status: session.response_written().map(|r| r.status.as_u16()),
+        route,
+        revision,
+        upstream: ctx.peer,
+        bytes_in: downstream.body_bytes_read(),
+        bytes_out: downstream.body_bytes_sent(),
+        duration: elapsed,
+        trace_id: req
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|v| access_log::trace_id(v.as_bytes())),
+    });
 }
 
 #[cfg(test)]

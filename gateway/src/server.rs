@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Size, header count and time allowed for each HTTP/1.x request head.
     pub request_head: RequestHeadLimits,
+    /// Where the access log goes, if anywhere.
+    pub access_log: crate::access_log::Target,
 }
 
 type TaskFn = Box<dyn FnOnce(ShutdownWatch) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -167,6 +169,13 @@ pub fn run(
         metrics.clone(),
         config.proxy.clone(),
     );
+    let access_log =
+        crate::access_log::AccessLog::open(&config.access_log, metrics.access_log_dropped.clone())
+            .with_context(|| format!("cannot open the access log {}", config.access_log))?;
+    let gateway = match access_log {
+        Some(log) => gateway.with_access_log(log),
+        None => gateway,
+    };
     let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
     // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
     // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).

@@ -1,0 +1,472 @@
+//! The access log (`--access-log`): one JSON line per request.
+//!
+//! The request path only formats the line and hands it to a bounded queue;
+//! a thread of its own writes the lines out. When the writer falls behind
+//! (a slow disk, a blocked pipe) lines are dropped and counted, and no
+//! request ever waits for the log.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use prometheus::IntCounter;
+
+/// Lines queued for the writer; past this many, lines are dropped.
+pub const QUEUE_LINES: usize = 65_536;
+
+/// Where `--access-log` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// No access log.
+    Off,
+    /// The process's standard output.
+    Stdout,
+    /// The process's standard error.
+    Stderr,
+    /// A file, appended to (created if missing).
+    File(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Off => f.write_str("off"),
+            Target::Stdout => f.write_str("stdout"),
+            Target::Stderr => f.write_str("stderr"),
+            Target::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// `--access-log`: `off`, `stdout`, `stderr` or a file path.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    match s {
+        "" => Err("empty: use off, stdout, stderr or a file path".into()),
+        "off" => Ok(Target::Off),
+        "stdout" | "-" => Ok(Target::Stdout),
+        "stderr" => Ok(Target::Stderr),
+        path => Ok(Target::File(PathBuf::from(path))),
+    }
+}
+
+/// What one line says about a request. Values the request never had (no
+/// route, no upstream, no answer) are `None` and written as `null`.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// When the request started.
+    pub time: SystemTime,
+    /// The client's address (the TCP peer).
+    pub client: Option<SocketAddr>,
+    /// Request method.
+    pub method: &'a str,
+    /// Host as the client sent it (authority or `Host`).
+    pub host: &'a [u8],
+    /// Path, without the query (which may carry tokens).
+    pub path: &'a str,
+    /// Status sent to the client; `None` if no response was started.
+    pub status: Option<u16>,
+    /// Namespace and name of the route that matched, written as `namespace/name`.
+    pub route: Option<(&'a str, &'a str)>,
+    /// Namespace and name of the revision (or Service) picked.
+    pub revision: Option<(&'a str, &'a str)>,
+    /// The address the request was sent to (a pod, the activator, an ExternalName).
+    pub upstream: Option<SocketAddr>,
+    /// Request body bytes read from the client.
+    pub bytes_in: usize,
+    /// Response body bytes sent to the client.
+    pub bytes_out: usize,
+    /// Time from the request's start to its end.
+    pub duration: Duration,
+    /// The trace id of the client's W3C `traceparent`, if valid.
+    pub trace_id: Option<&'a str>,
+}
+
+/// Append `entry` to `out` as one JSON line. Strings are escaped as JSON
+/// (bytes that are not UTF-8 become U+FFFD), so a hostile Host or path
+/// cannot forge a field or a line.
+pub fn format(entry: &Entry<'_>, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail; results are ignored for that reason.
+    let _ = write!(
+        out,
+        "{{\"time\":\"{}\",\"client\":",
+        humantime::format_rfc3339_millis(entry.time)
+    );
+    match entry.client {
+        Some(a) => {
+            let _ = write!(out, "\"{a}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"method\":");
+    json_str(out, entry.method);
+    out.extend_from_slice(b",\"host\":");
+    json_str(out, &String::from_utf8_lossy(entry.host));
+    out.extend_from_slice(b",\"path\":");
+    json_str(out, entry.path);
+    out.extend_from_slice(b",\"status\":");
+    match entry.status {
+        Some(s) => {
+            let _ = write!(out, "{s}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"route\":");
+    match entry.route {
+        Some((namespace, name)) => {
+            out.push(b'"');
+            escape(out, namespace);
+            out.push(b'/');
+            escape(out, name);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"namespace\":");
+    opt_str(out, entry.revision.map(|r| r.0));
+    out.extend_from_slice(b",\"revision\":");
+    opt_str(out, entry.revision.map(|r| r.1));
+    out.extend_from_slice(b",\"upstream\":");
+    match entry.upstream {
+        Some(a) => {
+            let _ = write!(out, "\"{a}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(
+        out,
+        ",\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"trace_id\":",
+        entry.bytes_in,
+        entry.bytes_out,
+        entry.duration.as_secs_f64() * 1e3
+    );
+    opt_str(out, entry.trace_id);
+    out.extend_from_slice(b"}\n");
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape(out, s);
+    out.push(b'"');
+}
+
+/// `s` as the inside of a JSON string: quotes, backslashes and control
+/// characters escaped, the rest as is.
+fn escape(out: &mut Vec<u8>, s: &str) {
+    let mut rest = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&s.as_bytes()[rest..i]);
+        rest = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+    }
+    out.extend_from_slice(&s.as_bytes()[rest..]);
+}
+
+fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The trace id of a W3C `traceparent` value (`version-traceid-parentid-flags`):
+/// 32 lower-case hex digits, not all zero. Anything malformed gives `None`.
+pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(traceparent).ok()?.trim();
+    let mut parts = s.split('-');
+    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, n: usize| {
+        p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    // Version ff is invalid; version 00 has exactly four fields, later
+    // versions may append more.
+    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    if !hex(id, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if id.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(id)
+}
+
+/// The access log: a bounded queue in front of a writer thread.
+pub struct AccessLog {
+    queue: SyncSender<Vec<u8>>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// Open `target` (a file is created or appended to) and start its
+    /// writer; `None` for [`Target::Off`].
+    pub fn open(target: &Target, dropped: IntCounter) -> io::Result<Option<Self>> {
+        let out: Box<dyn Write + Send> = match target {
+            Target::Off => return Ok(None),
+            Target::Stdout => Box::new(io::stdout()),
+            Target::Stderr => Box::new(io::stderr()),
+            Target::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        Self::with_writer(out, QUEUE_LINES, dropped).map(Some)
+    }
+
+    /// Write to `out` from a thread of its own, queueing up to `capacity` lines.
+    pub fn with_writer(
+        out: Box<dyn Write + Send>,
+        capacity: usize,
+        dropped: IntCounter,
+    ) -> io::Result<Self> {
+        let (queue, lines) = sync_channel(capacity);
+        let failed = dropped.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(lines, out, failed))?;
+        Ok(Self { queue, dropped })
+    }
+
+    /// Queue one line for `entry`; if the queue is full, drop it and count it.
+    pub fn record(&self, entry: &Entry<'_>) {
+        let mut line = Vec::with_capacity(320);
+        format(entry, &mut line);
+        match self.queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+/// The writer thread: buffer lines while more are queued, flush when the
+/// queue is empty, so a quiet gateway's lines are out at once.
+fn write_lines(lines: Receiver<Vec<u8>>, out: Box<dyn Write + Send>, failed: IntCounter) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let mut warned = false;
+    let mut report = |e: io::Error, lost: u64, failed: &IntCounter| {
+        failed.inc_by(lost);
+        if !warned {
+            warned = true;
+            tracing::warn!("cannot write the access log: {e}; lines are dropped and counted in gateway_access_log_dropped_total");
+        }
+    };
+    loop {
+        let line = match lines.try_recv() {
+            Ok(line) => line,
+            Err(TryRecvError::Empty) => {
+                if let Err(e) = out.flush() {
+                    report(e, 0, &failed);
+                }
+                match lines.recv() {
+                    Ok(line) => line,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        if let Err(e) = out.write_all(&line) {
+            report(e, 1, &failed);
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_000_000_123),
+            client: Some("127.0.0.1:40000".parse().unwrap()),
+            method: "GET",
+            host: b"hello.default.example.com",
+            path: "/",
+            status: Some(200),
+            route: Some(("default", "hello")),
+            revision: Some(("default", "hello-00001")),
+            upstream: Some("10.0.0.7:8080".parse().unwrap()),
+            bytes_in: 0,
+            bytes_out: 12,
+            duration: Duration::from_micros(1_250),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        }
+    }
+
+    fn line(e: &Entry<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        format(e, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field() {
+        let v = line(&entry());
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2026-11-30T00:53:20.123Z",
+                "client": "127.0.0.1:40000",
+                "method": "GET",
+                "host": "hello.default.example.com",
+                "path": "/",
+                "status": 200,
+                "route": "default/hello",
+                "namespace": "default",
+                "revision": "hello-00001",
+                "upstream": "10.0.0.7:8080",
+                "bytes_in": 0,
+                "bytes_out": 12,
+                "duration_ms": 1.25,
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            })
+        );
+    }
+
+    #[test]
+    fn missing_values_are_null_and_hostile_strings_stay_inside_their_field() {
+        let e = Entry {
+            host: b"evil\"\n{\"status\":1}\xff",
+            path: "/a\"b\\c\u{1}\t\u{7f}é",
+            status: None,
+            route: None,
+            revision: None,
+            upstream: None,
+            client: None,
+            trace_id: None,
+            ..entry()
+        };
+        let v = line(&e);
+        assert_eq!(v["host"], "evil\"\n{\"status\":1}\u{fffd}");
+        assert_eq!(v["path"], "/a\"b\\c\u{1}\t\u{7f}é");
+        for field in [
+            "status",
+            "route",
+            "namespace",
+            "revision",
+            "upstream",
+            "client",
+            "trace_id",
+        ] {
+            assert!(v[field].is_null(), "{field}: {v}");
+        }
+    }
+
+    #[test]
+    fn trace_ids_come_only_from_valid_traceparents() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let ok = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(trace_id(ok.as_bytes()), Some(id));
+        // A later version may append fields.
+        let v1 = format!("01-{id}-00f067aa0ba902b7-01-extra");
+        assert_eq!(trace_id(v1.as_bytes()), Some(id));
+        for bad in [
+            String::new(),
+            "garbage".into(),
+            format!("00-{id}-00f067aa0ba902b7-01-extra"),
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", &id[1..]),
+            format!("00-{id}-00f067aa0ba902b7"),
+            format!("00-{id}-00f067aa0ba902b7-1"),
+        ] {
+            assert_eq!(trace_id(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_target_names_each_destination() {
+        assert_eq!(parse_target("off"), Ok(Target::Off));
+        assert_eq!(parse_target("stdout"), Ok(Target::Stdout));
+        assert_eq!(parse_target("stderr"), Ok(Target::Stderr));
+        assert_eq!(
+            parse_target("/var/log/a.log"),
+            Ok(Target::File("/var/log/a.log".into()))
+        );
+        assert!(parse_target("").is_err());
+    }
+
+    /// A writer that blocks until released, like a full pipe; it says when
+    /// it first blocks.
+    struct Stuck {
+        written: Arc<Mutex<Vec<u8>>>,
+        blocked: std::sync::mpsc::Sender<()>,
+        gate: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.blocked.send(());
+            // Returns once the test drops its sender.
+            let _ = self.gate.recv();
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_drops_and_counts_lines_instead_of_blocking() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let (blocked_tx, blocked) = std::sync::mpsc::channel();
+        let (release, gate) = std::sync::mpsc::channel();
+        let dropped = IntCounter::new("dropped", "test").unwrap();
+        let stuck = Stuck {
+            written: written.clone(),
+            blocked: blocked_tx,
+            gate,
+        };
+        let log = AccessLog::with_writer(Box::new(stuck), 2, dropped.clone()).unwrap();
+        // The first line reaches the writer, which blocks flushing it...
+        log.record(&entry());
+        blocked.recv_timeout(Duration::from_secs(5)).unwrap();
+        // ...so of the next ten, two fit the queue and eight are dropped at once.
+        for _ in 0..10 {
+            log.record(&entry());
+        }
+        assert_eq!(dropped.get(), 8);
+        drop(release);
+        drop(log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = written
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            if lines == 3 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{lines} lines written, not 3"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
