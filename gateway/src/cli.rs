@@ -132,9 +132,22 @@ pub struct ServeArgs {
     /// Kubernetes cluster domain, for the `x.ns.svc.<domain>` host names.
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Take over the listening sockets of a running gateway instead of
+    /// binding them: start this process, then send SIGQUIT to the old one
+    /// (within 5 s either way). No connection is refused on the way.
+    #[arg(long, env = "GATEWAY_UPGRADE")]
+    pub upgrade: bool,
+    /// Unix socket the listening sockets are handed over through: where a
+    /// process started with --upgrade waits, and where one sent SIGQUIT
+    /// delivers. Both must name the same path.
+    #[arg(long, env = "GATEWAY_UPGRADE_SOCKET", default_value = DEFAULT_UPGRADE_SOCKET)]
+    pub upgrade_socket: PathBuf,
     #[command(flatten)]
     pub tuning: Tuning,
 }
+
+/// Where listening sockets are handed over on SIGQUIT, unless `--upgrade-socket` says.
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/knative-gateway-upgrade.sock";
 
 /// What `--kube` builds the table from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -359,6 +372,8 @@ impl Tuning {
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
             access_log: self.access_log.clone(),
+            upgrade: false,
+            upgrade_socket: DEFAULT_UPGRADE_SOCKET.into(),
             request_head: crate::limits::request_head(
                 self.max_request_header_bytes as usize,
                 self.max_request_headers as usize,

@@ -34,7 +34,8 @@ impl Drain {
 
 /// pingora's shutdown signal, with SIGTERM held back for the grace period.
 /// SIGINT stops at once (also during the grace period); SIGQUIT hands the
-/// listening sockets to a new process, as pingora does.
+/// listening sockets to a new process started with `--upgrade` (pingora's
+/// upgrade), then drains as after the grace period.
 pub struct DrainSignal {
     /// Set when SIGTERM arrives.
     pub drain: Arc<Drain>,

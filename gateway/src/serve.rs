@@ -38,13 +38,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => kube_tasks(&args, &publisher)?,
     };
     let activator = Arc::new(Activator::new(&args.activator));
-    let config = args.tuning.serve_config(crate::cli::Listeners {
+    let mut config = args.tuning.serve_config(crate::cli::Listeners {
         http: &args.http,
         internal_http: &args.internal_http,
         https: &args.https,
         internal_https: &args.internal_https,
         admin: &args.admin,
     })?;
+    config.upgrade = args.upgrade;
+    config.upgrade_socket = args.upgrade_socket.clone();
     server::run(config, publisher, activator, tasks)
 }
 

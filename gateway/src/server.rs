@@ -58,6 +58,10 @@ pub struct ServeConfig {
     pub request_head: RequestHeadLimits,
     /// Where the access log goes, if anywhere.
     pub access_log: crate::access_log::Target,
+    /// Take over the listening sockets of a running gateway (`--upgrade`).
+    pub upgrade: bool,
+    /// The Unix socket listening sockets are handed over through, both ways.
+    pub upgrade_socket: std::path::PathBuf,
 }
 
 type TaskFn = Box<dyn FnOnce(ShutdownWatch) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -105,6 +109,7 @@ pub fn run(
     tasks: Vec<(&'static str, Task)>,
 ) -> anyhow::Result<()> {
     // Fail here with a clear message rather than inside pingora's start-up.
+    // An upgrade takes over sockets the old process holds: nothing to bind.
     let mut ports: Vec<(&str, u16)> = Vec::new();
     for (what, addr) in [
         ("--http", Some(&config.http)),
@@ -114,9 +119,18 @@ pub fn run(
         ("--admin", Some(&config.admin)),
     ] {
         let Some(addr) = addr else { continue };
-        let listener = std::net::TcpListener::bind(addr.as_str())
-            .with_context(|| format!("cannot listen on {addr} ({what})"))?;
-        ports.push((what, listener.local_addr()?.port()));
+        let port = if config.upgrade {
+            std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("{addr} ({what}) is not an address"))?
+                .port()
+        } else {
+            let listener = std::net::TcpListener::bind(addr.as_str())
+                .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+            listener.local_addr()?.port()
+        };
+        ports.push((what, port));
     }
     // The listener a request came in on is told by its local port.
     for (i, (a, port)) in ports.iter().enumerate() {
@@ -151,13 +165,28 @@ pub fn run(
         // or channel per request (vendor/README.md, "idle connections per
         // thread"). Connections never leave their thread (no work stealing).
         upstream_keepalive_per_thread: true,
+        upgrade_sock: config
+            .upgrade_socket
+            .to_str()
+            .context("--upgrade-socket must be valid UTF-8")?
+            .to_owned(),
         ..ServerConf::default()
     };
     // Header names are case-insensitive, and Knative's own ingresses (Envoy)
     // send them lower-case: one header map per message instead of two
     // (vendor/README.md, "header case").
     pingora::protocols::http::v1::common::set_preserve_header_case(false);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: config.upgrade,
+        ..Default::default()
+    };
+    if config.upgrade {
+        tracing::info!(socket = %config.upgrade_socket.display(),
+            "waiting for the running gateway's listening sockets: send it SIGQUIT");
+    }
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With --upgrade, this waits for the old process's sockets (pingora
+    // exits if none arrive).
     server.bootstrap();
 
     let external = Arc::new(ExternalNames::new(publisher.reader()));

@@ -35,41 +35,7 @@ async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight()
 
     // Load as a load balancer sends it until it sees /readyz fail: keep-alive
     // connections, and one client opening a new connection per request.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for keep_alive in [true, true, true, false] {
-        let (stop, ok) = (stop.clone(), ok.clone());
-        clients.push(tokio::spawn(async move {
-            // (failed requests, the first few of them)
-            let mut failed = (0u64, Vec::new());
-            let mut conn = None;
-            while !stop.load(Ordering::Relaxed) {
-                let why = match get(&mut conn, http, "/").await {
-                    Ok(200) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                    Ok(status) => Some(format!("status {status}")),
-                    Err(e) => {
-                        conn = None;
-                        Some(e)
-                    }
-                };
-                if let Some(why) = why {
-                    failed.0 += 1;
-                    if failed.1.len() < 5 {
-                        failed.1.push(why);
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if !keep_alive {
-                    conn = None;
-                }
-            }
-            failed
-        }));
-    }
+    let load = Load::start(http);
     // A keep-alive connection that goes idle before SIGTERM.
     let mut idle = None;
     assert_eq!(get(&mut idle, http, "/").await, Ok(200));
@@ -80,7 +46,7 @@ async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     gw.signal("TERM");
     let signalled = Instant::now();
     eventually(2, "/readyz to answer 503 after SIGTERM", || async {
@@ -89,18 +55,15 @@ async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight()
     .await;
     // Every listener still serves during the grace period, new connections too.
     tokio::time::sleep(grace - Duration::from_secs(1) - signalled.elapsed()).await;
-    let during = ok.load(Ordering::Relaxed) - before;
-    stop.store(true, Ordering::Relaxed);
-    let (mut failed, mut samples) = (0, Vec::new());
-    for c in clients {
-        let (n, some) = c.await.unwrap();
-        failed += n;
-        samples.extend(some);
-    }
+    let during = load.ok() - before;
+    let tally = load.finish().await;
     assert_eq!(
-        failed, 0,
-        "failed requests while draining, among them: {samples:?}"
+        tally.failed, 0,
+        "failed requests while draining, among them: {:?}",
+        tally.reasons
     );
+    // The listeners still serve and no connection was closed under a client.
+    assert_eq!(tally.retried, 0, "requests retried while draining");
     assert!(
         during > 50,
         "only {during} requests served during the grace period"
@@ -137,4 +100,171 @@ async fn sigterm_drains_with_zero_failed_requests_and_finishes_those_in_flight()
         .await
         .expect("the gateway exits after its shutdown timeout");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// One client's tally under load: requests answered 200, requests retried
+/// once on a new connection because a reused one closed before any answer,
+/// and failures (with the first few reasons).
+#[derive(Default)]
+struct Tally {
+    retried: u64,
+    failed: u64,
+    reasons: Vec<String>,
+}
+
+/// GET `/` until `stop`, on one keep-alive connection (or a new connection
+/// per request), as an HTTP client does: a request whose reused connection
+/// was closed before any answer is sent again once on a new connection (RFC
+/// 9112 §9.3.1; browsers and client libraries do so for idempotent
+/// requests). Anything else that is not a 200 is a failure.
+async fn load(
+    addr: SocketAddr,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = None;
+    while !stop.load(Ordering::Relaxed) {
+        let reused = conn.is_some();
+        let mut result = get(&mut conn, addr, "/").await;
+        if result.is_err() && reused {
+            tally.retried += 1;
+            conn = None;
+            result = get(&mut conn, addr, "/").await;
+        }
+        let why = match result {
+            Ok(200) => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Ok(status) => Some(format!("status {status}")),
+            Err(e) => {
+                conn = None;
+                Some(e)
+            }
+        };
+        if let Some(why) = why {
+            tally.failed += 1;
+            if tally.reasons.len() < 5 {
+                tally.reasons.push(why);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !keep_alive {
+            conn = None;
+        }
+    }
+    tally
+}
+
+/// Load as a load balancer sends it: three keep-alive clients, and one
+/// opening a new connection per request.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let clients = [true, true, true, false]
+            .into_iter()
+            .map(|keep_alive| tokio::spawn(load(addr, keep_alive, stop.clone(), ok.clone())))
+            .collect();
+        Load { stop, ok, clients }
+    }
+
+    /// Requests answered 200 so far.
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stop every client; their tallies added up.
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Tally::default();
+        for c in self.clients {
+            let t = c.await.unwrap();
+            all.retried += t.retried;
+            all.failed += t.failed;
+            all.reasons.extend(t.reasons);
+        }
+        all
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigquit_hands_the_listeners_to_an_upgrade_with_zero_failed_requests() {
+    let b = RawBackend::start("ok", SLOW).await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[b.addr]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let mut old = Gateway::serve_with(
+        &snap,
+        closed(),
+        &[
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+            "--shutdown-grace",
+            "0s",
+            "--shutdown-timeout",
+            "2s",
+        ],
+    )
+    .await;
+    let http = old.http;
+
+    let load = Load::start(http);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A request in flight across the hand-over, served by the old process.
+    let slow = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply = raw_get(&mut None, http, "web.ns.example.com", "/slow", "").await;
+        (reply, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut new = old.successor();
+    // It waits on the socket for the old process's listeners.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+    // pingora's hand-over: both accept for 5 s, then the old one drains.
+    let exit = old
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the old gateway exits after handing over");
+    assert!(exit.success(), "{exit:?}: {}", old.stderr());
+    let at_exit = load.ok();
+    // Only the new process serves now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = load.ok() - at_exit;
+    let tally = load.finish().await;
+    assert_eq!(
+        tally.failed, 0,
+        "failed requests across the upgrade: {:?}",
+        tally.reasons
+    );
+    // A keep-alive connection to the old process may be closed once, when
+    // it drains, as a client sends on it: three keep-alive clients.
+    assert!(tally.retried <= 3, "{} requests retried", tally.retried);
+    assert!(
+        after > 50,
+        "only {after} requests served after the old process exited: {}",
+        new.stderr()
+    );
+    assert_eq!(
+        new.wait_exit(Duration::ZERO).await,
+        None,
+        "{}",
+        new.stderr()
+    );
+    assert_eq!(new.admin("/readyz").await.status, 200);
+
+    let (reply, took) = slow.await.unwrap();
+    let RawReply { status, .. } = reply.expect("the request in flight at SIGQUIT");
+    assert_eq!(status, 200);
+    assert!(took >= SLOW, "{took:?}");
 }

@@ -311,6 +311,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub file: PathBuf,
     child: Child,
+    /// Every argument the process was started with.
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -419,23 +421,24 @@ impl Gateway {
             let (https, internal_https) = (free_port(), free_port());
             let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
             let stderr = std::fs::File::create(dir.path().join("err.txt")).unwrap();
+            let mut all = args.clone();
+            for (flag, port) in [
+                ("--http", http),
+                ("--admin", admin),
+                ("--internal-http", internal),
+                ("--https", https),
+                ("--internal-https", internal_https),
+            ] {
+                all.extend([flag.to_owned(), format!("127.0.0.1:{port}")]);
+            }
+            all.extend(["--threads", "2", "--log", "warn"].map(String::from));
+            if !args.iter().any(|a| a == "--shutdown-grace") {
+                all.extend(
+                    ["--shutdown-grace", "0s", "--shutdown-timeout", "1s"].map(String::from),
+                );
+            }
             let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-                .args(&args)
-                .args([
-                    "--http",
-                    &format!("127.0.0.1:{http}"),
-                    "--admin",
-                    &format!("127.0.0.1:{admin}"),
-                ])
-                .args(["--internal-http", &format!("127.0.0.1:{internal}")])
-                .args(["--https", &format!("127.0.0.1:{https}")])
-                .args(["--internal-https", &format!("127.0.0.1:{internal_https}")])
-                .args(["--threads", "2", "--log", "warn"])
-                .args(if args.iter().any(|a| a == "--shutdown-grace") {
-                    &[][..]
-                } else {
-                    &["--shutdown-grace", "0s", "--shutdown-timeout", "1s"][..]
-                })
+                .args(&all)
                 .stdout(stdout)
                 .stderr(stderr)
                 .spawn()
@@ -451,6 +454,7 @@ impl Gateway {
                         admin: admin_addr,
                         file,
                         child,
+                        args: all,
                         _dir: dir,
                     }
                 }
@@ -464,6 +468,43 @@ impl Gateway {
             }
         }
         panic!("gateway did not start:\n{}", failures.join("\n---\n"));
+    }
+
+    /// A second gateway with this one's arguments and `--upgrade`: it waits
+    /// for this one's listening sockets, which SIGQUIT hands over. Not ready
+    /// until then; its logs are in a directory of its own.
+    pub fn successor(&self) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("err.txt")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(&self.args)
+            .arg("--upgrade")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Gateway {
+            http: self.http,
+            internal: self.internal,
+            https: self.https,
+            internal_https: self.internal_https,
+            admin: self.admin,
+            file: self.file.clone(),
+            child,
+            args: self.args.clone(),
+            _dir: dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("err.txt")).unwrap_or_default()
     }
 
     /// What the process printed on stdout so far.
