@@ -311,6 +311,11 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_ACCESS_LOG", default_value = "off",
           value_parser = crate::access_log::parse_target)]
     pub access_log: crate::access_log::Target,
+    /// Expect a PROXY protocol header (v1 or v2) at the start of every
+    /// connection to the external listeners (--http, --https), and take the
+    /// client's address from it. The internal listeners never expect one.
+    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
 }
 
 /// `off`, or an address.
@@ -372,6 +377,7 @@ impl Tuning {
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
             access_log: self.access_log.clone(),
+            proxy_protocol: self.proxy_protocol,
             upgrade: false,
             upgrade_socket: DEFAULT_UPGRADE_SOCKET.into(),
             request_head: crate::limits::request_head(

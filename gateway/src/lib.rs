@@ -15,6 +15,7 @@ pub mod external;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod serve;
 pub mod server;
 pub mod tls;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use config_sync::Publisher;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::protocols::http::v1::server::RequestHeadLimits;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
@@ -25,6 +25,7 @@ use crate::external::ExternalNames;
 use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
+use crate::proxy_protocol::ProxyProtocol;
 use crate::tls::SniResolver;
 
 /// Listener and runtime settings.
@@ -58,6 +59,8 @@ pub struct ServeConfig {
     pub request_head: RequestHeadLimits,
     /// Where the access log goes, if anywhere.
     pub access_log: crate::access_log::Target,
+    /// Read a PROXY protocol header on the external listeners.
+    pub proxy_protocol: bool,
     /// Take over the listening sockets of a running gateway (`--upgrade`).
     pub upgrade: bool,
     /// The Unix socket listening sockets are handed over through, both ways.
@@ -222,12 +225,26 @@ pub fn run(
         n => n,
     };
     let app = ConnectionLimit::new(app, max_connections, metrics.connections.clone());
-    let mut proxy = Service::new("proxy".into(), app);
+    let mut listeners = Listeners::new();
+    if config.proxy_protocol {
+        let external = ports
+            .iter()
+            .filter(|(what, _)| matches!(*what, "--http" | "--https"))
+            .map(|(_, port)| *port)
+            .collect();
+        listeners.set_pre_tls_callback(Arc::new(ProxyProtocol::new(
+            external,
+            config
+                .request_head
+                .timeout
+                .unwrap_or(Duration::from_secs(10)),
+        )));
+    }
     for addr in [&config.http, &config.internal_http] {
         // Reads go straight into pingora's request buffer: its default 64 KiB
         // read buffer per client connection only adds a copy for plaintext
         // HTTP/1.1, and at 256 connections 16 MiB of cache-cold memory.
-        proxy.add_listener(
+        listeners.add_listener(
             ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::default().read(0)),
         );
     }
@@ -241,12 +258,13 @@ pub fn run(
     {
         // rustls reads records into its own buffer: an L4 read buffer under it
         // is one more copy of every byte.
-        proxy.add_listener(
+        listeners.add_listener(
             ListenerConfig::tcp(addr.as_str())
                 .tls(crate::tls::settings(resolver.clone())?)
                 .l4_buffer(L4BufferSettings::default().read(0)),
         );
     }
+    let mut proxy = Service::with_listeners("proxy".into(), listeners, app);
     proxy.threads = Some(config.threads);
 
     let drain = Arc::new(Drain::default());
@@ -274,6 +292,7 @@ pub fn run(
         https = config.https.as_deref().unwrap_or("off"),
         internal_https = config.internal_https.as_deref().unwrap_or("off"),
         admin = %config.admin, threads = config.threads, max_connections,
+        proxy_protocol = config.proxy_protocol,
         open_files, "gateway listening");
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainSignal {

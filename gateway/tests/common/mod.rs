@@ -203,7 +203,20 @@ pub async fn https_get(
     path: &str,
     ca: &rustls::pki_types::CertificateDer<'static>,
 ) -> Result<HttpsReply, String> {
+    https_get_after(addr, b"", host, path, ca).await
+}
+
+/// [`https_get`], with `preamble` (a PROXY protocol header) sent on the TCP
+/// connection before the TLS handshake.
+pub async fn https_get_after(
+    addr: SocketAddr,
+    preamble: &[u8],
+    host: &str,
+    path: &str,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> Result<HttpsReply, String> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -215,9 +228,10 @@ pub async fn https_get(
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
+    tcp.write_all(preamble).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
     let tls = connector
         .connect(name, tcp)
