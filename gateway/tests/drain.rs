@@ -268,3 +268,77 @@ async fn sigquit_hands_the_listeners_to_an_upgrade_with_zero_failed_requests() {
     assert_eq!(status, 200);
     assert!(took >= SLOW, "{took:?}");
 }
+
+/// GET `path` of the test route as a new stream on `send`: the status and
+/// body, or the error (a GOAWAY shows as one).
+async fn h2_get(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> Result<(u16, String), h2::Error> {
+    let req = http::Request::get(format!("http://web.ns.example.com{path}"))
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await?;
+    let (resp, _) = ready.send_request(req, true)?;
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_sends_http2_clients_goaway_and_finishes_their_streams() {
+    let b = RawBackend::start("ok", SLOW).await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[b.addr]);
+    let grace = Duration::from_secs(1);
+    let mut gw = Gateway::serve_with(
+        &snap,
+        closed(),
+        &["--shutdown-grace", "1s", "--shutdown-timeout", "8s"],
+    )
+    .await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    assert_eq!(h2_get(&mut send, "/").await.unwrap().0, 200);
+    // A stream in flight across the whole shutdown.
+    let mut slow_send = send.clone();
+    let slow = tokio::spawn(async move {
+        let started = Instant::now();
+        (h2_get(&mut slow_send, "/slow").await, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    gw.signal("TERM");
+    let signalled = Instant::now();
+    // During the grace period the connection takes new streams.
+    tokio::time::sleep(grace / 2).await;
+    assert_eq!(h2_get(&mut send, "/").await.unwrap().0, 200);
+    // After it, the client is told to go: GOAWAY, not a dropped connection.
+    tokio::time::sleep(grace + Duration::from_millis(500) - signalled.elapsed()).await;
+    let refused = h2_get(&mut send, "/").await;
+    match &refused {
+        Err(e) if e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) => {}
+        other => panic!("a new stream after the grace period: {other:?}"),
+    }
+    // The stream in flight still completes, and the connection then closes cleanly.
+    let (reply, took) = slow.await.unwrap();
+    assert_eq!(reply.unwrap(), (200, "ok".to_owned()));
+    assert!(took >= SLOW, "{took:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection closes once its last stream is done")
+        .unwrap();
+    assert!(closed.is_ok(), "{closed:?}");
+    let exit = gw
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the gateway exits after its shutdown timeout");
+    assert!(exit.success(), "{exit:?}");
+}

@@ -134,6 +134,27 @@ async fn with_header_of(gw: &Gateway, bytes: usize) -> u16 {
         .map_or(0, |r| r.status)
 }
 
+/// An HTTP/2 (h2c) request with one header of `bytes`: the status, or the
+/// error that reset its stream.
+async fn h2_with_header_of(gw: &Gateway, bytes: usize) -> Result<u16, String> {
+    let h2 = H2cClient::connect(gw.http).await;
+    let pad = "p".repeat(bytes);
+    h2.get_with(HOST, "/h2-pad", &[("x-pad", &pad)])
+        .await
+        .map(|r| r.status)
+}
+
+/// The HTTP/2 header list limit: within it 200, past it 431 (h2 answers it
+/// and refuses the stream, so the client may see either).
+async fn assert_h2_limit(gw: &Gateway, within: usize, past: usize) {
+    assert_eq!(h2_with_header_of(gw, within).await, Ok(200));
+    match h2_with_header_of(gw, past).await {
+        Ok(431) => {}
+        Err(e) if e.contains("REFUSED_STREAM") => {}
+        other => panic!("a {past}-byte HTTP/2 header list: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_head_limits_follow_the_flags() {
     let recorder = Recorder::start().await.unwrap();
@@ -147,6 +168,8 @@ async fn request_head_limits_follow_the_flags() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    // HTTP/2 header lists have the same size limit.
+    assert_h2_limit(&gw, 60 * 1024, 70 * 1024).await;
     drop(gw);
 
     let gw = gateway_to(
@@ -167,9 +190,20 @@ async fn request_head_limits_follow_the_flags() {
         .unwrap();
     assert_eq!(r.status, 431);
     assert!(r.head.contains("connection: close"), "{}", r.head);
+    assert_h2_limit(&gw, 3000, 5000).await;
     // A refused head never reached the backend.
     assert_eq!(
         recorder.all().iter().filter(|s| s.path == "/pad").count(),
+        2,
+        "{:?}",
+        recorder.all()
+    );
+    assert_eq!(
+        recorder
+            .all()
+            .iter()
+            .filter(|s| s.path == "/h2-pad")
+            .count(),
         2,
         "{:?}",
         recorder.all()

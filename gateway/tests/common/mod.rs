@@ -160,10 +160,21 @@ impl H2cClient {
 
     /// GET `path` of `host` (the `:authority`).
     pub async fn get(&self, host: &str, path: &str) -> Result<Reply, String> {
-        let req = Request::get(format!("http://{host}{path}"))
-            .version(http::Version::HTTP_2)
-            .body(Full::default())
-            .unwrap();
+        self.get_with(host, path, &[]).await
+    }
+
+    /// GET `path` of `host` with `headers`.
+    pub async fn get_with(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        let mut req = Request::get(format!("http://{host}{path}")).version(http::Version::HTTP_2);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::default()).unwrap();
         let mut send = self.0.clone();
         send.ready().await.map_err(|e| e.to_string())?;
         let resp = send.send_request(req).await.map_err(|e| format!("{e:?}"))?;
