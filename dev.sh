@@ -37,6 +37,31 @@ case "${1:-}" in
     cargo clippy --all-targets -- -D warnings
     echo "==> cargo test"
     cargo test --workspace
+    # A bounded coverage-guided run of every fuzz target from its corpus
+    # (fuzz/README.md); FUZZ_SECONDS=0 skips it. New inputs go to a scratch
+    # directory, not the committed corpus; a crash fails the run.
+    seconds=${FUZZ_SECONDS:-20}
+    if [ "$seconds" -gt 0 ]; then
+      command -v cargo-fuzz >/dev/null 2>&1 || {
+        echo "==> installing cargo-fuzz (crates.io)" >&2
+        cargo install -q cargo-fuzz --locked
+      }
+      # The instrumented build needs no whole-program optimisation.
+      export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+      scratch=$(mktemp -d)
+      trap 'rm -rf "$scratch"' EXIT
+      for target in $(cargo fuzz list); do
+        echo "==> cargo fuzz run $target (${seconds}s)"
+        mkdir -p "$scratch/$target"
+        if ! cargo fuzz run -s none "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+          -max_total_time="$seconds" -rss_limit_mb=4096 >"$scratch/$target.log" 2>&1; then
+          tail -n 60 "$scratch/$target.log"
+          echo "fuzz target $target failed: the input is under fuzz/artifacts/$target/" >&2
+          exit 1
+        fi
+        grep -E "^Done" "$scratch/$target.log" || true
+      done
+    fi
     ;;
   loadtest)
     shift

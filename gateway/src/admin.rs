@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/debug/routes`.
 //! It runs as its own pingora service, apart from proxy traffic.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,22 +21,26 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     activator: Arc<Activator>,
     drain: Arc<Drain>,
+    listening: Arc<AtomicBool>,
 }
 
 impl Admin {
     /// An admin app over the gateway's publisher and metrics; `/readyz`
-    /// answers 503 once `drain` is set.
+    /// answers 200 only once `listening` is set (the proxy listeners are
+    /// bound) and 503 again once `drain` is.
     pub fn new(
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
         activator: Arc<Activator>,
         drain: Arc<Drain>,
+        listening: Arc<AtomicBool>,
     ) -> Self {
         Self {
             publisher,
             metrics,
             activator,
             drain,
+            listening,
         }
     }
 
@@ -94,6 +99,11 @@ impl ServeHttp for Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 text,
                 b"draining: shutting down\n".to_vec(),
+            ),
+            "/readyz" if !self.listening.load(Ordering::Acquire) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                b"proxy listeners not bound yet\n".to_vec(),
             ),
             "/readyz" if self.publisher.is_ready() => {
                 reply(StatusCode::OK, text, b"ready\n".to_vec())

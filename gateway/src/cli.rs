@@ -316,6 +316,28 @@ pub struct Tuning {
     /// client's address from it. The internal listeners never expect one.
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
+    /// Send a span per sampled request to this OpenTelemetry collector, over
+    /// OTLP/HTTP (http://host:port; the path defaults to /v1/traces). Off by
+    /// default.
+    #[arg(long, env = "GATEWAY_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<http::Uri>,
+    /// Share of requests traced when the client sends no sampled or
+    /// unsampled `traceparent` (whose decision is followed), 0 to 1.
+    #[arg(long, env = "GATEWAY_TRACE_SAMPLING", default_value_t = 1.0,
+          value_parser = parse_ratio)]
+    pub trace_sampling: f64,
+}
+
+fn parse_otlp_endpoint(s: &str) -> Result<http::Uri, String> {
+    crate::otlp::parse_endpoint(s).map_err(|e| e.to_string())
+}
+
+/// A number from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
 }
 
 /// `off`, or an address.
@@ -378,6 +400,8 @@ impl Tuning {
             max_connections: self.max_connections,
             access_log: self.access_log.clone(),
             proxy_protocol: self.proxy_protocol,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sampling: self.trace_sampling,
             upgrade: false,
             upgrade_socket: DEFAULT_UPGRADE_SOCKET.into(),
             request_head: crate::limits::request_head(

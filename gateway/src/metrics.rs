@@ -49,6 +49,8 @@ pub struct Metrics {
     pub connections: crate::limits::ConnectionCounts,
     /// Access log lines dropped because the writer fell behind (or failed).
     pub access_log_dropped: IntCounter,
+    /// Spans dropped, and failed exports, of the OTLP exporter.
+    pub trace: crate::otlp::TraceCounts,
     connections_open: IntGauge,
     table_generation: IntGauge,
     routes: IntGauge,
@@ -102,6 +104,16 @@ impl Metrics {
             "gateway_access_log_dropped_total",
             "Access log lines dropped because the log's writer fell behind or failed.",
         )?;
+        let trace = crate::otlp::TraceCounts {
+            dropped: IntCounter::new(
+                "gateway_trace_spans_dropped_total",
+                "Spans dropped because the OTLP exporter's queue was full.",
+            )?,
+            export_errors: IntCounter::new(
+                "gateway_trace_export_errors_total",
+                "OTLP export requests that failed; their spans are lost.",
+            )?,
+        };
         let connections_open = IntGauge::new(
             "gateway_connections_open",
             "Client connections open on the proxy listeners.",
@@ -147,6 +159,8 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connections.refused.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(trace.dropped.clone()),
+            Box::new(trace.export_errors.clone()),
             Box::new(table_generation.clone()),
             Box::new(routes.clone()),
             Box::new(hosts.clone()),
@@ -166,6 +180,7 @@ impl Metrics {
             connect_errors,
             connections,
             access_log_dropped,
+            trace,
             connections_open,
             table_generation,
             routes,

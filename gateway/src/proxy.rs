@@ -13,15 +13,17 @@
 //!    appended, `X-Forwarded-Proto` is set; path and split `appendHeaders` (for a
 //!    revision, `Knative-Serving-Revision` and `-Namespace`) replace whatever
 //!    the client sent; `K-Network-Hash: override` gets the KIngress hash;
-//!    `rewriteHost` replaces the Host.
+//!    `rewriteHost` replaces the Host; a traced request's `traceparent` names
+//!    its span as the parent.
 //! 4. `fail_to_connect`: a refused connection is retried on another endpoint
 //!    of the same revision, a bounded number of times. A response is never
 //!    retried: a backend's 503 reaches the client.
 //! 5. `fail_to_proxy`: 503 when the activator is unreachable, 502 when every
 //!    endpoint refused.
 //! 6. `response_filter`: while draining, `Connection: close`.
-//! 7. `logging`: metrics, and with `--access-log` a line queued for the
-//!    log's writer thread. The in-flight count is released when the context drops.
+//! 7. `logging`: metrics; with `--access-log` a line, and for a traced
+//!    request (`--otlp-endpoint`) its span, queued for a thread of their own.
+//!    The in-flight count is released when the context drops.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,10 +42,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::access_log::{self, AccessLog, Entry};
+use crate::access_log::{AccessLog, Entry};
 use crate::activator::Activator;
 use crate::external::ExternalNames;
 use crate::metrics::Metrics;
+use crate::otlp::{Finished, SpanContext, Tracer};
+use crate::trace_context;
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -71,6 +75,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     options: ProxyOptions,
     access_log: Option<AccessLog>,
+    tracer: Option<Tracer>,
 }
 
 impl Gateway {
@@ -92,12 +97,19 @@ impl Gateway {
             metrics,
             options,
             access_log: None,
+            tracer: None,
         }
     }
 
     /// Write a line per request to `log`.
     pub fn with_access_log(mut self, log: AccessLog) -> Self {
         self.access_log = Some(log);
+        self
+    }
+
+    /// Trace requests with `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = Some(tracer);
         self
     }
 }
@@ -196,6 +208,8 @@ pub struct RequestCtx {
     upstream: Upstream,
     /// The address of the last upstream tried, for the access log.
     peer: Option<std::net::SocketAddr>,
+    /// This request's span, when traced.
+    span: Option<SpanContext>,
     /// Endpoints that refused a connection during this request.
     failed: Vec<usize>,
     connect_failed: bool,
@@ -257,6 +271,7 @@ impl ProxyHttp for Gateway {
             to: Resolved::default(),
             upstream: Upstream::None,
             peer: None,
+            span: None,
             failed: Vec::new(),
             connect_failed: false,
             tls: false,
@@ -272,6 +287,9 @@ impl ProxyHttp for Gateway {
         // rather than close the connection and drop them.
         session.as_downstream_mut().set_pipelining_enabled(true);
         let req = session.req_header();
+        if let Some(tracer) = &self.tracer {
+            ctx.span = tracer.sample(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
+        }
         // HTTP/2 and absolute-form requests carry the authority in the URI.
         let raw = match req.uri.authority() {
             Some(a) => a.as_str().as_bytes(),
@@ -427,7 +445,7 @@ impl ProxyHttp for Gateway {
             .flatten()
             .map(|h| h.len())
             .sum::<usize>();
-        upstream_request.reserve_headers(sets + 4);
+        upstream_request.reserve_headers(sets + 5);
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let value = forwarded_for(
                 upstream_request.headers.get_all(&FORWARDED_FOR),
@@ -446,6 +464,13 @@ impl ProxyHttp for Gateway {
         }
         if let Some(host) = &ctx.to.rewrite_host {
             upstream_request.insert_typed_header(http::header::HOST, host.clone());
+        }
+        // A traced request names its span as the revision's parent; an
+        // untraced one passes the client's traceparent on unchanged.
+        if let Some(span) = &ctx.span {
+            if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
+                upstream_request.insert_typed_header(TRACEPARENT, value);
+            }
         }
         Ok(())
     }
@@ -553,41 +578,70 @@ impl ProxyHttp for Gateway {
         if let Some(log) = &self.access_log {
             log_access(log, session, ctx, elapsed);
         }
+        if let (Some(tracer), Some(span)) = (&self.tracer, ctx.span) {
+            tracer.finish(finished_span(span, session, ctx, elapsed));
+        }
         ctx.release();
+    }
+}
+
+/// What the access log and a span say about a finished request, borrowed.
+struct Facts<'a> {
+    host: &'a [u8],
+    route: Option<(&'a str, &'a str)>,
+    revision: Option<(&'a Arc<str>, &'a Arc<str>)>,
+    start: std::time::SystemTime,
+    status: Option<u16>,
+    client: Option<std::net::SocketAddr>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(session: &'a Session, ctx: &'a RequestCtx, elapsed: Duration) -> Self {
+        let req = session.req_header();
+        let host = match req.uri.authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => req
+                .headers
+                .get(http::header::HOST)
+                .map_or(&b""[..], |h| h.as_bytes()),
+        };
+        let (route, revision) = match &ctx.table {
+            Some(table) => {
+                let key = &table.route(ctx.to.route).key;
+                let backend = table.backend(ctx.to.backend);
+                (
+                    Some((key.namespace.as_str(), key.name.as_str())),
+                    Some((&backend.namespace, &backend.name)),
+                )
+            }
+            None => (None, None),
+        };
+        let now = std::time::SystemTime::now();
+        Facts {
+            host,
+            route,
+            revision,
+            start: now.checked_sub(elapsed).unwrap_or(now),
+            status: session.response_written().map(|r| r.status.as_u16()),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        }
     }
 }
 
 /// Queue the access log line of a finished request.
 fn log_access(log: &AccessLog, session: &Session, ctx: &RequestCtx, elapsed: Duration) {
     let req = session.req_header();
-    let host = match req.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => req
-            .headers
-            .get(http::header::HOST)
-            .map_or(&b""[..], |h| h.as_bytes()),
-    };
-    let (route, revision) = match &ctx.table {
-        Some(table) => {
-            let key = &table.route(ctx.to.route).key;
-            let backend = table.backend(ctx.to.backend);
-            (
-                Some((key.namespace.as_str(), key.name.as_str())),
-                Some((&*backend.namespace, &*backend.name)),
-            )
-        }
-        None => (None, None),
-    };
+    let facts = Facts::of(session, ctx, elapsed);
     let downstream = session.as_downstream();
     log.record(&Entry {
-        time: std::time::SystemTime::now() - elapsed,
-        client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        time: facts.start,
+        client: facts.client,
         method: req.method.as_str(),
-        host,
+        host: facts.host,
         path: req.uri.path(),
-        status: session.response_written().map(|r| r.status.as_u16()),
-        route,
-        revision,
+        status: facts.status,
+        route: facts.route,
+        revision: facts.revision.map(|(ns, name)| (&**ns, &**name)),
         upstream: ctx.peer,
         bytes_in: downstream.body_bytes_read(),
         bytes_out: downstream.body_bytes_sent(),
@@ -595,8 +649,33 @@ fn log_access(log: &AccessLog, session: &Session, ctx: &RequestCtx, elapsed: Dur
         trace_id: req
             .headers
             .get(TRACEPARENT)
-            .and_then(|v| access_log::trace_id(v.as_bytes())),
+            .and_then(|v| trace_context::parse(v.as_bytes()))
+            .map(|t| t.trace_id),
     });
+}
+
+/// The span of a finished, traced request.
+fn finished_span(
+    context: SpanContext,
+    session: &Session,
+    ctx: &RequestCtx,
+    elapsed: Duration,
+) -> Finished {
+    let req = session.req_header();
+    let facts = Facts::of(session, ctx, elapsed);
+    Finished {
+        context,
+        start: facts.start,
+        duration: elapsed,
+        method: req.method.clone(),
+        host: String::from_utf8_lossy(facts.host).into_owned(),
+        path: req.uri.path().to_owned(),
+        status: facts.status.unwrap_or(0),
+        client: facts.client,
+        route: facts.route.map(|(ns, name)| format!("{ns}/{name}")),
+        revision: facts.revision.map(|(ns, name)| (ns.clone(), name.clone())),
+        upstream: ctx.peer,
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +62,10 @@ pub struct ServeConfig {
     pub access_log: crate::access_log::Target,
     /// Read a PROXY protocol header on the external listeners.
     pub proxy_protocol: bool,
+    /// The OpenTelemetry collector spans go to, if any.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// Share of requests traced without a caller's decision.
+    pub trace_sampling: f64,
     /// Take over the listening sockets of a running gateway (`--upgrade`).
     pub upgrade: bool,
     /// The Unix socket listening sockets are handed over through, both ways.
@@ -208,6 +213,21 @@ pub fn run(
         Some(log) => gateway.with_access_log(log),
         None => gateway,
     };
+    let gateway = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let service =
+                std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "knative-gateway".into());
+            let tracer = crate::otlp::Tracer::start(
+                endpoint.clone(),
+                config.trace_sampling,
+                service,
+                metrics.trace.clone(),
+            )
+            .context("cannot start the OTLP exporter")?;
+            gateway.with_tracer(tracer)
+        }
+        None => gateway,
+    };
     let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
     // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
     // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).
@@ -266,11 +286,22 @@ pub fn run(
     }
     let mut proxy = Service::with_listeners("proxy".into(), listeners, app);
     proxy.threads = Some(config.threads);
+    // /readyz waits for the proxy listeners: the admin service may answer
+    // before they are bound (vendor/README.md, "listening notification").
+    let listening = Arc::new(AtomicBool::new(false));
+    let bound = listening.clone();
+    proxy.on_listening(Box::new(move || bound.store(true, Ordering::Release)));
 
     let drain = Arc::new(Drain::default());
     let mut admin = Service::new(
         "admin".into(),
-        Admin::new(publisher, metrics, activator.clone(), drain.clone()),
+        Admin::new(
+            publisher,
+            metrics,
+            activator.clone(),
+            drain.clone(),
+            listening,
+        ),
     );
     admin.add_tcp(&config.admin);
     admin.threads = Some(1);
@@ -293,6 +324,7 @@ pub fn run(
         internal_https = config.internal_https.as_deref().unwrap_or("off"),
         admin = %config.admin, threads = config.threads, max_connections,
         proxy_protocol = config.proxy_protocol,
+        otlp = config.otlp_endpoint.as_ref().map_or("off".into(), |e| e.to_string()),
         open_files, "gateway listening");
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainSignal {

@@ -50,7 +50,17 @@ async fn the_access_log_has_one_json_line_per_request() {
     })
     .await;
     assert_eq!(lines.len(), 3, "{lines:?}");
-    let (get, post, miss) = (&lines[0], &lines[1], &lines[2]);
+    // A line is written when its request ends, on the thread that served it:
+    // lines of requests on different connections may come in any order.
+    let find = |method: &str, host: &str| {
+        lines
+            .iter()
+            .find(|l| l["method"] == method && l["host"] == host)
+            .unwrap_or_else(|| panic!("no {method} for {host}: {lines:?}"))
+    };
+    let get = find("GET", "web.ns.example.com");
+    let post = find("POST", "web.ns.example.com");
+    let miss = find("GET", "nobody.example.com");
 
     assert_eq!(get["method"], "GET");
     assert_eq!(get["host"], "web.ns.example.com");
@@ -246,7 +256,209 @@ async fn proxy_protocol_gives_the_real_client_on_external_listeners_only() {
         std::future::ready(clients.len() >= 5)
     })
     .await;
-    assert_eq!(clients[0], "203.0.113.7:40000");
-    assert_eq!(clients[2], "[2001:db8::7]:51000");
-    assert_eq!(clients[3], "192.0.2.44:1234");
+    // In any order (see the access log test).
+    let count = |c: &str| clients.iter().filter(|v| v.as_str() == Some(c)).count();
+    assert_eq!(count("203.0.113.7:40000"), 2, "{clients:?}");
+    assert_eq!(count("[2001:db8::7]:51000"), 1, "{clients:?}");
+    assert_eq!(count("192.0.2.44:1234"), 1, "{clients:?}");
+    let internal = clients
+        .iter()
+        .filter(|v| v.as_str().is_some_and(|c| c.starts_with("127.0.0.1:")))
+        .count();
+    assert_eq!(internal, 1, "{clients:?}");
+}
+
+/// A local OpenTelemetry collector: OTLP/HTTP with protobuf bodies on
+/// `/v1/traces`; keeps every span it receives.
+struct Collector {
+    addr: std::net::SocketAddr,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use http_body_util::BodyExt;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let kept = kept.clone();
+                            async move {
+                                let ok = req.uri().path() == "/v1/traces"
+                                    && req.headers()["content-type"] == "application/x-protobuf";
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let export = ExportTraceServiceRequest::decode(body).unwrap();
+                                for rs in export.resource_spans {
+                                    for ss in rs.scope_spans {
+                                        kept.lock().unwrap().extend(ss.spans);
+                                    }
+                                }
+                                let status = if ok { 200 } else { 400 };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::new()))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Collector { addr, spans, task }
+    }
+
+    fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traced_requests_continue_the_callers_trace_and_reach_the_collector() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let b = Backend::start("rev-a").await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[b.addr]);
+    let collector = Collector::start().await;
+    let endpoint = format!("http://{}", collector.addr);
+    let gw = Gateway::serve_with(&snap, closed(), &["--otlp-endpoint", &endpoint]).await;
+    let client = HttpClient::new();
+    let host = "web.ns.example.com";
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+
+    // A sampled caller: the span continues its trace, and the revision sees
+    // this span as its parent.
+    let sampled = format!("00-{trace}-{caller}-01");
+    let r = client
+        .get_with(gw.http, host, &[("traceparent", &sampled)])
+        .await
+        .unwrap();
+    let upstream = r.header("x-echo-traceparent").to_owned();
+    let parts: Vec<&str> = upstream.split('-').collect();
+    assert_eq!(parts.len(), 4, "{upstream}");
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"));
+    let span_id = parts[2].to_owned();
+    assert_ne!(span_id, caller);
+
+    // A caller that does not sample: nothing recorded, its header passed on as sent.
+    let unsampled = format!("00-{trace}-{caller}-00");
+    let r = client
+        .get_with(gw.http, host, &[("traceparent", &unsampled)])
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-echo-traceparent"), unsampled);
+
+    // No caller: a new trace (sampling defaults to every request).
+    let r = client.get(gw.http, host).await.unwrap();
+    let fresh = r.header("x-echo-traceparent").to_owned();
+    assert!(
+        fresh.starts_with("00-") && fresh.ends_with("-01"),
+        "{fresh}"
+    );
+    assert!(!fresh.contains(trace), "{fresh}");
+
+    let mut spans = Vec::new();
+    eventually(10, "two spans at the collector", || {
+        spans = collector.spans();
+        std::future::ready(spans.len() >= 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let spans = collector.spans();
+    assert_eq!(
+        spans.len(),
+        2,
+        "the unsampled request was recorded: {spans:?}"
+    );
+    let first = spans
+        .iter()
+        .find(|s| hex(&s.span_id) == span_id)
+        .expect("the span the revision was told about");
+    assert_eq!(hex(&first.trace_id), trace);
+    assert_eq!(hex(&first.parent_span_id), caller);
+    assert_eq!(first.name, "GET");
+    assert!(first.end_time_unix_nano > first.start_time_unix_nano);
+    let attr = |k: &str| gateway::otlp::attribute(first, k);
+    assert_eq!(
+        attr("http.response.status_code"),
+        Some(Value::IntValue(200))
+    );
+    assert_eq!(
+        attr("server.address"),
+        Some(Value::StringValue(host.into()))
+    );
+    assert_eq!(
+        attr("knative.route"),
+        Some(Value::StringValue("ns/web".into()))
+    );
+    assert_eq!(
+        attr("knative.revision"),
+        Some(Value::StringValue("rev-a".into()))
+    );
+    assert_eq!(
+        attr("network.peer.port"),
+        Some(Value::IntValue(b.addr.port().into()))
+    );
+    let second = spans.iter().find(|s| hex(&s.span_id) != span_id).unwrap();
+    assert!(second.parent_span_id.is_empty());
+    assert_eq!(
+        fresh,
+        format!("00-{}-{}-01", hex(&second.trace_id), hex(&second.span_id))
+    );
+    let metrics = gw.admin("/metrics").await.body;
+    assert!(
+        metrics.contains("gateway_trace_export_errors_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_trace_spans_dropped_total 0"),
+        "{metrics}"
+    );
+    drop(gw);
+
+    // With sampling at 0, only a sampled caller's requests are traced.
+    let gw = Gateway::serve_with(
+        &snap,
+        closed(),
+        &["--otlp-endpoint", &endpoint, "--trace-sampling", "0"],
+    )
+    .await;
+    let r = client.get(gw.http, host).await.unwrap();
+    assert_eq!(r.header("x-echo-traceparent"), "");
+    let r = client
+        .get_with(gw.http, host, &[("traceparent", &sampled)])
+        .await
+        .unwrap();
+    assert_ne!(r.header("x-echo-traceparent"), sampled);
+    eventually(10, "the sampled caller's span", || {
+        std::future::ready(collector.spans().len() >= 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(collector.spans().len(), 3);
 }

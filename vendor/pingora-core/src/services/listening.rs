@@ -43,6 +43,10 @@ use std::time::Duration;
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
+/// Called once every endpoint of a listening service is bound (or taken
+/// over from an upgraded process), before the first accept.
+pub type OnListening = Box<dyn FnOnce() + Send + Sync>;
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -53,6 +57,8 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    // knative-gateway patch (vendor/README.md, "listening notification").
+    on_listening: Option<OnListening>,
 }
 
 impl<A> Service<A> {
@@ -66,6 +72,7 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            on_listening: None,
         }
     }
 
@@ -80,7 +87,14 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            on_listening: None,
         }
+    }
+
+    /// Call `f` once every endpoint is bound, before the first accept: a
+    /// readiness check can then wait for the listeners, not only the process.
+    pub fn on_listening(&mut self, f: OnListening) {
+        self.on_listening = Some(f);
     }
 
     /// Set a runtime options override for this service.
@@ -291,6 +305,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
             )
             .await
             .expect("Failed to build listeners");
+        if let Some(f) = self.on_listening.take() {
+            f();
+        }
 
         let app_logic = self
             .app_logic
