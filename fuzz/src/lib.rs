@@ -13,6 +13,14 @@ use config_sync::kingress::{self, IngressSpec};
 use config_sync::sources::file;
 use config_sync::{build, BuildOptions, LastGood, Snapshot};
 
+// The gateway's PROXY protocol parser, included as source: it has no
+// dependency of the gateway's, and building pingora for every fuzz run
+// would cost minutes.
+#[path = "../../gateway/src/proxy_protocol/header.rs"]
+mod proxy_header;
+
+use proxy_header::{Header, ParseError};
+
 /// The Host normaliser (every request's Host header, every Route URL): a
 /// host it accepts is short enough, lower case, and routes the same whatever
 /// the client's case, port or choice of the copying or allocating variant.
@@ -139,4 +147,34 @@ fn build_twice(snapshot: Snapshot) {
     let (again, _) = build(snapshot, &opts, &last_good, Some(&table), 2);
     assert_eq!(again.route_count(), table.route_count());
     assert_eq!(again.host_count(), table.host_count());
+}
+
+/// The PROXY protocol header (the first bytes of every connection to an
+/// external listener with `--proxy-protocol`): a header it accepts ends
+/// within the input, parses the same alone, and is incomplete in every
+/// shorter prefix (so a header split across reads is never misread);
+/// source and destination share a family.
+pub fn proxy_header(data: &[u8]) {
+    match proxy_header::parse(data) {
+        Ok((header, len)) => {
+            assert!(len > 0 && len <= data.len(), "{len} of {}", data.len());
+            assert_eq!(proxy_header::parse(&data[..len]), Ok((header, len)));
+            for n in 0..len {
+                assert_eq!(
+                    proxy_header::parse(&data[..n]),
+                    Err(ParseError::Incomplete),
+                    "prefix of {n}"
+                );
+            }
+            if let Header::Proxied {
+                source,
+                destination,
+            } = header
+            {
+                assert_eq!(source.is_ipv4(), destination.is_ipv4());
+            }
+        }
+        Err(ParseError::Incomplete) => assert!(data.len() < proxy_header::V2_MAX),
+        Err(ParseError::Invalid(why)) => assert!(!why.is_empty()),
+    }
 }

@@ -40,6 +40,11 @@ fn probe_hash_corpus() {
     replay("probe_hash", fuzz::probe_hash);
 }
 
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", fuzz::proxy_header);
+}
+
 /// The seeds exercise what they are meant to: the full KIngress decodes and
 /// builds a routed table, and the snapshot seeds parse (a seed that only
 /// ever fails to parse would teach the fuzzer nothing).

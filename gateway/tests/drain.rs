@@ -342,3 +342,63 @@ async fn sigterm_sends_http2_clients_goaway_and_finishes_their_streams() {
         .expect("the gateway exits after its shutdown timeout");
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_30_second_request_and_a_websocket_in_flight_at_sigterm_finish() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    const LONG: Duration = Duration::from_secs(30);
+    let slow = RawBackend::start("ok", LONG).await;
+    let ws_backend = Backend::start("ws").await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)])
+        + &slice("ns", "rev-a", &[slow.addr])
+        + &route("ns", "chat", &[("rev-ws", 100, None)])
+        + &slice("ns", "rev-ws", &[ws_backend.addr]);
+    let gw = Gateway::serve_with(
+        &snap,
+        closed(),
+        &["--shutdown-grace", "1s", "--shutdown-timeout", "32s"],
+    )
+    .await;
+    let http = gw.http;
+    let long = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply = raw_get(&mut None, http, "web.ns.example.com", "/slow", "").await;
+        (reply, started.elapsed())
+    });
+    let mut req = format!("ws://{http}/chat").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("host", "chat.ns.example.com".parse().unwrap());
+    let stream = TcpStream::connect(http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut echo = async |i: usize| {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo within 5 s")
+            .expect("the WebSocket is open")
+            .unwrap();
+        reply.into_text().unwrap().to_string()
+    };
+    assert_eq!(echo(0).await, "ws: ping 0");
+
+    gw.signal("TERM");
+    // Past the grace period the listeners are closed...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        TcpStream::connect(http).await.is_err(),
+        "the proxy listener still accepts after the grace period"
+    );
+    // ...while the WebSocket keeps working,
+    for i in 1..=5 {
+        assert_eq!(echo(i).await, format!("ws: ping {i}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // and the 30 s request in flight at SIGTERM completes.
+    let (reply, took) = long.await.unwrap();
+    let RawReply { status, body, .. } = reply.expect("the 30 s request in flight at SIGTERM");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert!(took >= LONG, "{took:?}");
+}
