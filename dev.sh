@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's two entry points, for a fresh Debian machine with only the Rust toolchain:
 #   ./dev.sh demo    run the gateway on the embedded default (no cluster needed)
-#   ./dev.sh test    formatting, lints and the whole test suite (what CI runs)
+#   ./dev.sh test    formatting, lints, the whole test suite and a short fuzz run (what CI runs)
 #   ./dev.sh loadtest [flags]   the side-by-side load tests (see loadtests/ in the README)
 # Each installs what it needs first.
 set -euo pipefail
