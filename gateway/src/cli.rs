@@ -295,13 +295,14 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_MAX_REQUEST_HEADER_BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
     pub max_request_header_bytes: u32,
-    /// Most header lines in an HTTP/1.x request; more gets 431.
+    /// Most header lines in a request (HTTP/1.x lines, HTTP/2 fields); more gets 431.
     #[arg(long, env = "GATEWAY_MAX_REQUEST_HEADERS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(8..=4096))]
     pub max_request_headers: u32,
     /// Time a client has to send a whole HTTP/1.x request head, from its
     /// first byte (on a new connection, from the accept); a slower one gets
-    /// 408 and is closed, so trickled headers cannot hold connections.
+    /// 408 and is closed, so trickled headers cannot hold connections. A TLS
+    /// handshake (and a PROXY header) has as long.
     #[arg(long, env = "GATEWAY_REQUEST_HEADER_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub request_header_timeout: Duration,
@@ -394,6 +395,7 @@ impl Tuning {
                 internal_ports: Vec::new(),
                 stream_idle_timeout: self.stream_idle_timeout,
                 upstream_h2_streams: self.upstream_h2_streams as usize,
+                max_request_headers: self.max_request_headers as usize,
             },
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,

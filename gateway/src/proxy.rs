@@ -64,6 +64,9 @@ pub struct ProxyOptions {
     pub stream_idle_timeout: Option<Duration>,
     /// Concurrent streams per HTTP/2 connection to a backend.
     pub upstream_h2_streams: usize,
+    /// Most headers in a request; HTTP/1.x heads are held to it while read
+    /// (vendor patch 0008), HTTP/2 header lists here.
+    pub max_request_headers: usize,
 }
 
 /// The gateway's `ProxyHttp` implementation.
@@ -287,6 +290,11 @@ impl ProxyHttp for Gateway {
         // rather than close the connection and drop them.
         session.as_downstream_mut().set_pipelining_enabled(true);
         let req = session.req_header();
+        // An HTTP/2 header list is held to the size limit by h2; its count
+        // is held here, as an HTTP/1.x head's is while it is read.
+        if req.headers.len() > self.options.max_request_headers {
+            return respond(session, 431, "too many request headers\n").await;
+        }
         if let Some(tracer) = &self.tracer {
             ctx.span = tracer.sample(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
         }

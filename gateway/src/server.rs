@@ -286,6 +286,15 @@ pub fn run(
     }
     let mut proxy = Service::with_listeners("proxy".into(), listeners, app);
     proxy.threads = Some(config.threads);
+    // A TLS handshake (or a PROXY header) gets as long as a request head,
+    // not pingora's 60 s: a client that stalls it holds a connection that the
+    // cap does not count yet (vendor/README.md, "handshake timeout").
+    proxy.set_handshake_timeout(
+        config
+            .request_head
+            .timeout
+            .unwrap_or(Duration::from_secs(10)),
+    );
     // /readyz waits for the proxy listeners: the admin service may answer
     // before they are bound (vendor/README.md, "listening notification").
     let listening = Arc::new(AtomicBool::new(false));

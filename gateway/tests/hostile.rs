@@ -191,6 +191,14 @@ async fn request_head_limits_follow_the_flags() {
     assert_eq!(r.status, 431);
     assert!(r.head.contains("connection: close"), "{}", r.head);
     assert_h2_limit(&gw, 3000, 5000).await;
+    // And HTTP/2 header lists the same count.
+    let h2 = H2cClient::connect(gw.http).await;
+    let names: Vec<String> = (0..30).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let r = h2.get_with(HOST, "/h2-many", &many).await.unwrap();
+    assert_eq!(r.status, 431);
+    let r = h2.get_with(HOST, "/h2-many", &many[..15]).await.unwrap();
+    assert_eq!(r.status, 200);
     // A refused head never reached the backend.
     assert_eq!(
         recorder.all().iter().filter(|s| s.path == "/pad").count(),
@@ -259,6 +267,24 @@ async fn the_header_timeout_closes_silent_clients_but_not_idle_keep_alive() {
         .unwrap();
     assert_eq!(second.status, 200);
     assert!(recorder.all().iter().all(|s| s.path != "/half"));
+
+    // A TLS handshake gets as long, not pingora's 60 s: silent, or stalled
+    // after the start of a ClientHello.
+    for sent in [&b""[..], b"\x16\x03\x01\x02\x00"] {
+        let start = Instant::now();
+        let mut stalled = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+        stalled.write_all(sent).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+            .await
+            .expect("a stalled TLS handshake was kept past the header timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "answered a stalled handshake");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900),
+            "closed after {waited:?}, before the timeout"
+        );
+    }
 }
 
 /// The value of an unlabelled metric on the gateway's `/metrics`.

@@ -59,7 +59,13 @@ pub struct Service<A> {
     connection_filter: Arc<dyn ConnectionFilter>,
     // knative-gateway patch (vendor/README.md, "listening notification").
     on_listening: Option<OnListening>,
+    // knative-gateway patch (vendor/README.md, "handshake timeout").
+    handshake_timeout: Duration,
 }
+
+/// How long an accepted connection has for its handshake (the pre-TLS
+/// callback and TLS) unless [`Service::set_handshake_timeout`] says.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<A> Service<A> {
     /// Create a new [`Service`] with the given application (see [`crate::apps`]).
@@ -73,6 +79,7 @@ impl<A> Service<A> {
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
             on_listening: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -88,6 +95,7 @@ impl<A> Service<A> {
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
             on_listening: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -95,6 +103,12 @@ impl<A> Service<A> {
     /// readiness check can then wait for the listeners, not only the process.
     pub fn on_listening(&mut self, f: OnListening) {
         self.on_listening = Some(f);
+    }
+
+    /// Give each accepted connection `timeout` for its handshake (the
+    /// pre-TLS callback, then TLS); past it the connection is closed.
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
     }
 
     /// Set a runtime options override for this service.
@@ -217,6 +231,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        handshake_timeout: Duration,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -245,7 +260,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -323,8 +338,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
 
+                let handshake_timeout = self.handshake_timeout;
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, handshake_timeout).await;
                 });
 
                 handlers.push(jh);
