@@ -8,8 +8,10 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
@@ -249,24 +251,85 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 pub struct AccessLog {
     queue: SyncSender<Vec<u8>>,
     dropped: IntCounter,
+    reopen: Option<Reopen>,
+}
+
+/// Asks the writer of a file log to open its path again (after logrotate
+/// moved the file away), before it writes its next line.
+#[derive(Clone, Debug)]
+pub struct Reopen(Arc<AtomicBool>);
+
+impl Reopen {
+    /// Reopen before the next line.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where the writer thread writes.
+enum Sink {
+    /// A stream that stays as it is.
+    Stream(io::BufWriter<Box<dyn Write + Send>>),
+    /// A file, reopened by path on request.
+    File {
+        path: PathBuf,
+        out: io::BufWriter<std::fs::File>,
+        reopen: Arc<AtomicBool>,
+    },
+}
+
+fn append_to(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+const WRITE_BUFFER: usize = 64 * 1024;
+
+impl Sink {
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stream(out) => out,
+            Sink::File { path, out, reopen } => {
+                if reopen.swap(false, Ordering::Relaxed) {
+                    // Lines already written went to the old file.
+                    let _ = out.flush();
+                    match append_to(path) {
+                        Ok(file) => *out = io::BufWriter::with_capacity(WRITE_BUFFER, file),
+                        Err(e) => tracing::warn!(
+                            "cannot reopen the access log {}: {e}; writing on to the file already open",
+                            path.display()
+                        ),
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 impl AccessLog {
     /// Open `target` (a file is created or appended to) and start its
     /// writer; `None` for [`Target::Off`].
     pub fn open(target: &Target, dropped: IntCounter) -> io::Result<Option<Self>> {
-        let out: Box<dyn Write + Send> = match target {
+        let sink = match target {
             Target::Off => return Ok(None),
-            Target::Stdout => Box::new(io::stdout()),
-            Target::Stderr => Box::new(io::stderr()),
-            Target::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            Target::Stdout => Sink::Stream(io::BufWriter::with_capacity(
+                WRITE_BUFFER,
+                Box::new(io::stdout()),
+            )),
+            Target::Stderr => Sink::Stream(io::BufWriter::with_capacity(
+                WRITE_BUFFER,
+                Box::new(io::stderr()),
+            )),
+            Target::File(path) => Sink::File {
+                path: path.clone(),
+                out: io::BufWriter::with_capacity(WRITE_BUFFER, append_to(path)?),
+                reopen: Arc::default(),
+            },
         };
-        Self::with_writer(out, QUEUE_LINES, dropped).map(Some)
+        Self::start(sink, QUEUE_LINES, dropped).map(Some)
     }
 
     /// Write to `out` from a thread of its own, queueing up to `capacity` lines.
@@ -275,12 +338,30 @@ impl AccessLog {
         capacity: usize,
         dropped: IntCounter,
     ) -> io::Result<Self> {
+        let sink = Sink::Stream(io::BufWriter::with_capacity(WRITE_BUFFER, out));
+        Self::start(sink, capacity, dropped)
+    }
+
+    fn start(sink: Sink, capacity: usize, dropped: IntCounter) -> io::Result<Self> {
+        let reopen = match &sink {
+            Sink::File { reopen, .. } => Some(Reopen(reopen.clone())),
+            Sink::Stream(_) => None,
+        };
         let (queue, lines) = sync_channel(capacity);
         let failed = dropped.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(lines, out, failed))?;
-        Ok(Self { queue, dropped })
+            .spawn(move || write_lines(lines, sink, failed))?;
+        Ok(Self {
+            queue,
+            dropped,
+            reopen,
+        })
+    }
+
+    /// For a log written to a file: the handle that has it reopened.
+    pub fn reopener(&self) -> Option<Reopen> {
+        self.reopen.clone()
     }
 
     /// Queue one line for `entry`; if the queue is full, drop it and count it.
@@ -296,8 +377,7 @@ impl AccessLog {
 
 /// The writer thread: buffer lines while more are queued, flush when the
 /// queue is empty, so a quiet gateway's lines are out at once.
-fn write_lines(lines: Receiver<Vec<u8>>, out: Box<dyn Write + Send>, failed: IntCounter) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, failed: IntCounter) {
     let mut warned = false;
     let mut report = |e: io::Error, lost: u64, failed: &IntCounter| {
         failed.inc_by(lost);
@@ -310,7 +390,7 @@ fn write_lines(lines: Receiver<Vec<u8>>, out: Box<dyn Write + Send>, failed: Int
         let line = match lines.try_recv() {
             Ok(line) => line,
             Err(TryRecvError::Empty) => {
-                if let Err(e) = out.flush() {
+                if let Err(e) = sink.out().flush() {
                     report(e, 0, &failed);
                 }
                 match lines.recv() {
@@ -320,11 +400,11 @@ fn write_lines(lines: Receiver<Vec<u8>>, out: Box<dyn Write + Send>, failed: Int
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        if let Err(e) = out.write_all(&line) {
+        if let Err(e) = sink.out().write_all(&line) {
             report(e, 1, &failed);
         }
     }
-    let _ = out.flush();
+    let _ = sink.out().flush();
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Shutdown without dropping requests.
+//! Signals: shutdown without dropping requests (SIGTERM), the binary
+//! upgrade (SIGQUIT), and SIGHUP for the access log.
 //!
 //! pingora closes every listener the moment SIGTERM arrives, admin included,
 //! so a load balancer still sending to the pod gets refused connections. Here
@@ -68,5 +69,33 @@ impl ShutdownSignalWatch for DrainSignal {
         }
         tracing::info!("grace period over: closing the listeners, finishing requests in flight");
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// SIGHUP, until shutdown: the access log file is reopened by its path (for
+/// logrotate's move-and-signal), where there is one. Without this, SIGHUP
+/// would end the process. The snapshot file needs no signal: it is watched.
+pub async fn on_hangup(
+    reopen: Option<crate::access_log::Reopen>,
+    mut shutdown: pingora::server::ShutdownWatch,
+) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match &reopen {
+                Some(r) => {
+                    r.request();
+                    tracing::info!("SIGHUP: the access log is reopened before its next line");
+                }
+                None => tracing::info!("SIGHUP: no access log file to reopen"),
+            },
+            _ = shutdown.changed() => return,
+        }
     }
 }

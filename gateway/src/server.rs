@@ -209,6 +209,7 @@ pub fn run(
     let access_log =
         crate::access_log::AccessLog::open(&config.access_log, metrics.access_log_dropped.clone())
             .with_context(|| format!("cannot open the access log {}", config.access_log))?;
+    let reopen = access_log.as_ref().and_then(|log| log.reopener());
     let gateway = match access_log {
         Some(log) => gateway.with_access_log(log),
         None => gateway,
@@ -324,6 +325,10 @@ pub fn run(
     server.add_service(background_service(
         "external-names",
         ExternalNamesTask(external),
+    ));
+    server.add_service(background_service(
+        "sighup",
+        Task::new(move |shutdown| crate::drain::on_hangup(reopen, shutdown)),
     ));
     for (name, task) in tasks {
         server.add_service(background_service(name, task));
