@@ -61,11 +61,7 @@ pub fn parse_endpoint(s: &str) -> Result<http::Uri, EndpointError> {
         return Err(EndpointError::Scheme(s.to_owned()));
     }
     if matches!(uri.path(), "" | "/") {
-        let with_path = format!(
-            "{}://{}/v1/traces",
-            "http",
-            uri.authority().expect("checked")
-        );
+        let with_path = format!("http://{}/v1/traces", uri.authority().expect("checked"));
         return with_path
             .parse()
             .map_err(|e| EndpointError::Invalid(s.to_owned(), e));

@@ -246,6 +246,11 @@ pub fn run(
         n => n,
     };
     let app = ConnectionLimit::new(app, max_connections, metrics.connections.clone());
+    // A TLS handshake, or a PROXY header, gets as long as a request head.
+    let handshake_timeout = config
+        .request_head
+        .timeout
+        .unwrap_or(Duration::from_secs(10));
     let mut listeners = Listeners::new();
     if config.proxy_protocol {
         let external = ports
@@ -253,13 +258,7 @@ pub fn run(
             .filter(|(what, _)| matches!(*what, "--http" | "--https"))
             .map(|(_, port)| *port)
             .collect();
-        listeners.set_pre_tls_callback(Arc::new(ProxyProtocol::new(
-            external,
-            config
-                .request_head
-                .timeout
-                .unwrap_or(Duration::from_secs(10)),
-        )));
+        listeners.set_pre_tls_callback(Arc::new(ProxyProtocol::new(external, handshake_timeout)));
     }
     for addr in [&config.http, &config.internal_http] {
         // Reads go straight into pingora's request buffer: its default 64 KiB
@@ -287,15 +286,10 @@ pub fn run(
     }
     let mut proxy = Service::with_listeners("proxy".into(), listeners, app);
     proxy.threads = Some(config.threads);
-    // A TLS handshake (or a PROXY header) gets as long as a request head,
-    // not pingora's 60 s: a client that stalls it holds a connection that the
-    // cap does not count yet (vendor/README.md, "handshake timeout").
-    proxy.set_handshake_timeout(
-        config
-            .request_head
-            .timeout
-            .unwrap_or(Duration::from_secs(10)),
-    );
+    // Not pingora's 60 s: a client that stalls its handshake holds a
+    // connection the cap does not count yet (vendor/README.md, "handshake
+    // timeout").
+    proxy.set_handshake_timeout(handshake_timeout);
     // /readyz waits for the proxy listeners: the admin service may answer
     // before they are bound (vendor/README.md, "listening notification").
     let listening = Arc::new(AtomicBool::new(false));
