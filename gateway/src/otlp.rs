@@ -95,17 +95,17 @@ pub fn sample(
     ratio: f64,
     rng: &mut impl Rng,
 ) -> Option<SpanContext> {
-    let span_id = nonzero(rng);
+    // Ids are drawn only for a request that is traced.
     match parent {
         Some(p) if !p.sampled => None,
         Some(p) => Some(SpanContext {
             trace_id: trace_context::from_hex(p.trace_id)?,
-            span_id,
+            span_id: nonzero(rng),
             parent_id: Some(trace_context::from_hex(p.parent_id)?),
         }),
         None if ratio >= 1.0 || (ratio > 0.0 && rng.random_bool(ratio)) => Some(SpanContext {
             trace_id: nonzero(rng),
-            span_id,
+            span_id: nonzero(rng),
             parent_id: None,
         }),
         None => None,

@@ -298,13 +298,8 @@ impl ProxyHttp for Gateway {
         if let Some(tracer) = &self.tracer {
             ctx.span = tracer.sample(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
         }
-        // HTTP/2 and absolute-form requests carry the authority in the URI.
-        let raw = match req.uri.authority() {
-            Some(a) => a.as_str().as_bytes(),
-            None => match req.headers.get(http::header::HOST) {
-                Some(h) => h.as_bytes(),
-                None => return respond(session, 400, "request has no Host header\n").await,
-            },
+        let Some(raw) = request_host(req) else {
+            return respond(session, 400, "request has no Host header\n").await;
         };
         let mut buf = [0u8; MAX_HOST_LEN];
         let Some(host) = host::normalize(raw, &mut buf) else {
@@ -564,7 +559,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let code = status.unwrap_or(0);
         let durations = &self.metrics.duration;
         let duration = match ctx.upstream {
             Upstream::Activator => &durations.activator,
@@ -583,36 +579,48 @@ impl ProxyHttp for Gateway {
         }
         let elapsed = ctx.start.elapsed();
         duration.observe(elapsed.as_secs_f64());
-        if let Some(log) = &self.access_log {
-            log_access(log, session, ctx, elapsed);
-        }
-        if let (Some(tracer), Some(span)) = (&self.tracer, ctx.span) {
-            tracer.finish(finished_span(span, session, ctx, elapsed));
+        let traced = self.tracer.as_ref().zip(ctx.span);
+        if self.access_log.is_some() || traced.is_some() {
+            let facts = Facts::of(session, ctx, elapsed, status);
+            if let Some(log) = &self.access_log {
+                log_access(log, &facts, session, ctx);
+            }
+            if let Some((tracer, span)) = traced {
+                tracer.finish(finished_span(span, &facts, session, ctx));
+            }
         }
         ctx.release();
     }
 }
 
-/// What the access log and a span say about a finished request, borrowed.
+/// The host a request names: the URI's authority (HTTP/2 and absolute-form
+/// requests carry it there), else the `Host` header.
+fn request_host(req: &RequestHeader) -> Option<&[u8]> {
+    match req.uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
+    }
+}
+
+/// What the access log and a span say about a finished request, borrowed;
+/// gathered once for both.
 struct Facts<'a> {
     host: &'a [u8],
     route: Option<(&'a str, &'a str)>,
     revision: Option<(&'a Arc<str>, &'a Arc<str>)>,
     start: std::time::SystemTime,
+    duration: Duration,
     status: Option<u16>,
     client: Option<std::net::SocketAddr>,
 }
 
 impl<'a> Facts<'a> {
-    fn of(session: &'a Session, ctx: &'a RequestCtx, elapsed: Duration) -> Self {
-        let req = session.req_header();
-        let host = match req.uri.authority() {
-            Some(a) => a.as_str().as_bytes(),
-            None => req
-                .headers
-                .get(http::header::HOST)
-                .map_or(&b""[..], |h| h.as_bytes()),
-        };
+    fn of(
+        session: &'a Session,
+        ctx: &'a RequestCtx,
+        duration: Duration,
+        status: Option<u16>,
+    ) -> Self {
         let (route, revision) = match &ctx.table {
             Some(table) => {
                 let key = &table.route(ctx.to.route).key;
@@ -626,20 +634,20 @@ impl<'a> Facts<'a> {
         };
         let now = std::time::SystemTime::now();
         Facts {
-            host,
+            host: request_host(session.req_header()).unwrap_or_default(),
             route,
             revision,
-            start: now.checked_sub(elapsed).unwrap_or(now),
-            status: session.response_written().map(|r| r.status.as_u16()),
+            start: now.checked_sub(duration).unwrap_or(now),
+            duration,
+            status,
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
         }
     }
 }
 
 /// Queue the access log line of a finished request.
-fn log_access(log: &AccessLog, session: &Session, ctx: &RequestCtx, elapsed: Duration) {
+fn log_access(log: &AccessLog, facts: &Facts<'_>, session: &Session, ctx: &RequestCtx) {
     let req = session.req_header();
-    let facts = Facts::of(session, ctx, elapsed);
     let downstream = session.as_downstream();
     log.record(&Entry {
         time: facts.start,
@@ -653,7 +661,7 @@ fn log_access(log: &AccessLog, session: &Session, ctx: &RequestCtx, elapsed: Dur
         upstream: ctx.peer,
         bytes_in: downstream.body_bytes_read(),
         bytes_out: downstream.body_bytes_sent(),
-        duration: elapsed,
+        duration: facts.duration,
         trace_id: req
             .headers
             .get(TRACEPARENT)
@@ -665,16 +673,15 @@ fn log_access(log: &AccessLog, session: &Session, ctx: &RequestCtx, elapsed: Dur
 /// The span of a finished, traced request.
 fn finished_span(
     context: SpanContext,
+    facts: &Facts<'_>,
     session: &Session,
     ctx: &RequestCtx,
-    elapsed: Duration,
 ) -> Finished {
     let req = session.req_header();
-    let facts = Facts::of(session, ctx, elapsed);
     Finished {
         context,
         start: facts.start,
-        duration: elapsed,
+        duration: facts.duration,
         method: req.method.clone(),
         host: String::from_utf8_lossy(facts.host).into_owned(),
         path: req.uri.path().to_owned(),

@@ -258,7 +258,7 @@ pub fn run(
             .filter(|(what, _)| matches!(*what, "--http" | "--https"))
             .map(|(_, port)| *port)
             .collect();
-        listeners.set_pre_tls_callback(Arc::new(ProxyProtocol::new(external, handshake_timeout)));
+        listeners.set_pre_tls_callback(Arc::new(ProxyProtocol::new(external)));
     }
     for addr in [&config.http, &config.internal_http] {
         // Reads go straight into pingora's request buffer: its default 64 KiB

@@ -64,16 +64,19 @@ pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 
 /// `00-<trace id>-<span id>-01`: a sampled context whose parent is `span_id`.
 pub fn format(trace_id: &[u8; 16], span_id: &[u8; 8]) -> String {
-    use std::fmt::Write;
+    // Per traced request: nibbles through a table, not `core::fmt`.
+    fn hex(out: &mut String, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &b in bytes {
+            out.push(HEX[usize::from(b >> 4)].into());
+            out.push(HEX[usize::from(b & 0x0f)].into());
+        }
+    }
     let mut out = String::with_capacity(55);
     out.push_str("00-");
-    for b in trace_id {
-        let _ = write!(out, "{b:02x}");
-    }
+    hex(&mut out, trace_id);
     out.push('-');
-    for b in span_id {
-        let _ = write!(out, "{b:02x}");
-    }
+    hex(&mut out, span_id);
     out.push_str("-01");
     out
 }

@@ -9,7 +9,6 @@
 //! in-cluster clients connect as they are.
 
 use std::os::unix::io::AsRawFd;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::PreTlsProcess;
@@ -23,16 +22,16 @@ mod header;
 pub use header::{parse, Header, ParseError, V2_MAX};
 
 /// Reads the PROXY header of every connection to one of `ports` (the
-/// external listeners) before anything else, within `timeout`.
+/// external listeners) before anything else. The listeners' handshake
+/// timeout bounds the wait (vendor/README.md, "handshake timeout").
 pub struct ProxyProtocol {
     ports: Vec<u16>,
-    timeout: Duration,
 }
 
 impl ProxyProtocol {
-    /// Expect a header on connections to `ports`, whole within `timeout`.
-    pub fn new(ports: Vec<u16>, timeout: Duration) -> Self {
-        Self { ports, timeout }
+    /// Expect a header on connections to `ports`.
+    pub fn new(ports: Vec<u16>) -> Self {
+        Self { ports }
     }
 }
 
@@ -78,15 +77,11 @@ impl PreTlsProcess for ProxyProtocol {
         if !port.is_some_and(|p| self.ports.contains(&p)) {
             return Ok(()); // an internal listener: no header
         }
-        let header = match tokio::time::timeout(self.timeout, read_header(stream)).await {
-            Ok(Ok(header)) => header,
-            Ok(Err(e)) => {
+        let header = match read_header(stream).await {
+            Ok(header) => header,
+            Err(e) => {
                 tracing::debug!(peer = ?digest.peer_addr(), "connection closed: {e}");
                 return Err(e);
-            }
-            Err(_) => {
-                tracing::debug!(peer = ?digest.peer_addr(), "connection closed: no whole PROXY header in time");
-                return Err(refuse("no whole PROXY header in time"));
             }
         };
         if let Header::Proxied { source, .. } = header {
