@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod drain;
 pub mod external;
+pub mod fast;
 pub mod limits;
 pub mod metrics;
 pub mod otlp;

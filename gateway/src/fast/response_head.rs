@@ -1,0 +1,386 @@
+//! An upstream response head, read and passed on without a header map:
+//! parsed with `httparse`, its framing decided (RFC 9112 §6.3), and written
+//! for the client as received, less the hop-by-hop fields.
+
+/// Most header fields in a response head.
+pub const MAX_HEADERS: usize = 128;
+/// Largest response head, in bytes.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How the body after a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a HEAD request, 1xx, 204 or 304.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked transfer coding, relayed as is.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// A 1xx other than 101: the final response follows it.
+    pub informational: bool,
+    /// How its body is delimited.
+    pub framing: Framing,
+    /// The upstream connection can take another request after this response.
+    pub reusable: bool,
+    /// Length of the head in the input.
+    pub len: usize,
+}
+
+/// Why a response head is refused (the client gets 502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not HTTP/1.x syntax.
+    #[error("malformed response head: {0}")]
+    Syntax(httparse::Error),
+    /// Longer than [`MAX_HEAD`] without ending.
+    #[error("response head longer than {MAX_HEAD} bytes")]
+    TooLarge,
+    /// A status outside 100–599, or 101 (no upgrade was asked for).
+    #[error("unexpected response status {0}")]
+    Status(u16),
+    /// `Content-Length` values that are not one decimal number.
+    #[error("invalid Content-Length")]
+    ContentLength,
+    /// `Transfer-Encoding` in an HTTP/1.0 response.
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncoding,
+}
+
+/// Fields that concern one connection only, never passed on.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+];
+
+/// Parse the response head at the start of `buf`, sent in answer to a
+/// request that was (`head_request`) a HEAD, and append the head the client
+/// gets to `out`: the status line as HTTP/1.1, every field but the hop-by-hop
+/// ones (and those `Connection` names), the framing field that applies, and
+/// `Connection: close` when `close` or when the body runs to the close.
+/// `Ok(None)`: the head is not complete yet.
+pub fn parse(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<Head>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HeadError::Syntax(e)),
+    };
+    if len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) || status == 101 {
+        return Err(HeadError::Status(status));
+    }
+    let http10 = resp.version == Some(0);
+    let informational = status < 200;
+
+    // Framing fields and connection tokens, in one pass.
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close_token = false;
+    let mut keep_alive_token = false;
+    // Other fields `Connection` names: hop-by-hop too (RFC 9110 §7.6.1).
+    let mut named: Vec<&[u8]> = Vec::new();
+    for f in resp.headers.iter() {
+        if f.name.eq_ignore_ascii_case("content-length") {
+            for part in f.value.split(|&b| b == b',') {
+                let n = digits(trim(part)).ok_or(HeadError::ContentLength)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::ContentLength);
+                }
+                length = Some(n);
+            }
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            // Only the final coding decides: chunked or not.
+            if let Some(last) = f.value.split(|&b| b == b',').map(trim).next_back() {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if f.name.eq_ignore_ascii_case("connection") {
+            for token in f.value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close_token = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else if !token.is_empty() {
+                    named.push(token);
+                }
+            }
+        }
+    }
+    if transfer_encoding && http10 {
+        return Err(HeadError::TransferEncoding);
+    }
+    let framing = if head_request || informational || status == 204 || status == 304 {
+        Framing::Empty
+    } else if transfer_encoding {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3, 3).
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let reusable = framing != Framing::UntilClose && !close_token && (!http10 || keep_alive_token);
+
+    // The head the client gets.
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for f in resp.headers.iter() {
+        let name = f.name;
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        let is_te = name.eq_ignore_ascii_case("transfer-encoding");
+        let is_cl = name.eq_ignore_ascii_case("content-length");
+        // Only the field that frames the body as relayed is passed on.
+        if (is_te && framing != Framing::Chunked) || (is_cl && framing == Framing::Chunked) {
+            continue;
+        }
+        if named
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !informational && (close || framing == Framing::UntilClose) {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(Head {
+        status,
+        informational,
+        framing,
+        reusable,
+        len,
+    }))
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+/// A decimal number of 1 to 19 digits, nothing else.
+fn digits(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        raw: &str,
+        head_request: bool,
+        close: bool,
+    ) -> (Result<Option<Head>, HeadError>, String) {
+        let mut out = Vec::new();
+        let r = parse(raw.as_bytes(), head_request, close, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    fn ok(raw: &str) -> (Head, String) {
+        let (r, out) = head(raw, false, false);
+        (r.unwrap().unwrap(), out)
+    }
+
+    #[test]
+    fn a_plain_response_passes_on_less_its_hop_by_hop_fields() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nServer: app\r\n\r\nhello";
+        let (h, out) = ok(raw);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(h.len, raw.len() - 5);
+        assert!(h.reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: app\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Framing::UntilClose,
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+        ];
+        for (raw, framing, reusable) in cases {
+            let (h, out) = ok(raw);
+            assert_eq!((h.framing, h.reusable), (framing, reusable), "{raw}");
+            // The client hears one framing, and that the connection closes
+            // when the body runs to the close.
+            let framed_twice = out.contains("Content-Length") && out.contains("Transfer-Encoding");
+            assert!(!framed_twice, "{out}");
+            assert_eq!(
+                out.contains("Connection: close"),
+                framing == Framing::UntilClose,
+                "{out}"
+            );
+        }
+        let (r, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false);
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Empty);
+        let (r, out) = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, true);
+        assert_eq!(r.unwrap().unwrap().framing, Framing::Length(5));
+        assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn informational_responses_come_before_the_final_one() {
+        let (h, out) = ok("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+        assert!(h.informational);
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(!out.contains("Connection: close"), "{out}");
+    }
+
+    #[test]
+    fn heads_a_client_could_misread_are_refused() {
+        for (raw, why) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                HeadError::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+                HeadError::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+                HeadError::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\n",
+                HeadError::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                HeadError::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+                HeadError::ContentLength,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                HeadError::Status(101),
+            ),
+            ("HTTP/1.1 600 Odd\r\n\r\n", HeadError::Status(600)),
+        ] {
+            assert_eq!(head(raw, false, false).0, Err(why), "{raw}");
+        }
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", false, false).0,
+            Err(HeadError::Syntax(_))
+        ));
+        assert!(matches!(
+            head("HTTP/2 200\r\n\r\n", false, false).0,
+            Err(HeadError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_an_endless_one_is_refused() {
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", false, false).0,
+            Ok(None)
+        );
+        let endless = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(head(&endless, false, false).0, Err(HeadError::TooLarge));
+    }
+}
