@@ -21,6 +21,13 @@ mod proxy_header;
 
 use proxy_header::{Header, ParseError};
 
+// The fast path's response head reader and chunk tracker, included as source
+// for the same reason.
+#[path = "../../gateway/src/fast/chunked.rs"]
+mod chunked;
+#[path = "../../gateway/src/fast/response_head.rs"]
+mod response_head;
+
 /// The Host normaliser (every request's Host header, every Route URL): a
 /// host it accepts is short enough, lower case, and routes the same whatever
 /// the client's case, port or choice of the copying or allocating variant.
@@ -177,4 +184,75 @@ pub fn proxy_header(data: &[u8]) {
         Err(ParseError::Incomplete) => assert!(data.len() < proxy_header::V2_MAX),
         Err(ParseError::Invalid(why)) => assert!(!why.is_empty()),
     }
+}
+
+/// The fast path's reading of an upstream response head: an accepted head
+/// ends within the input, and the head written for the client is itself a
+/// valid head with the same status and framing, one framing field at most,
+/// and no hop-by-hop field.
+pub fn response_head(data: &[u8]) {
+    let Some((&flags, buf)) = data.split_first() else {
+        return;
+    };
+    let (head_request, close) = (flags & 1 == 1, flags & 2 == 2);
+    let mut out = Vec::new();
+    let Ok(Some(head)) = response_head::parse(buf, head_request, close, &mut out) else {
+        return;
+    };
+    assert!(head.len <= buf.len());
+    // Valid, and within the limit of fields.
+    let mut fields = [httparse::EMPTY_HEADER; response_head::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let parsed = resp.parse(&out);
+    assert!(
+        matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+        "{parsed:?}: {}",
+        String::from_utf8_lossy(&out)
+    );
+    let has = |name: &str| {
+        resp.headers
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case(name))
+    };
+    assert!(!(has("content-length") && has("transfer-encoding")));
+    for hop in ["keep-alive", "proxy-connection", "te", "upgrade"] {
+        assert!(!has(hop), "{hop} passed on");
+    }
+    // Read again (when it leaves room for a field added), the same head.
+    if resp.headers.len() < response_head::MAX_HEADERS - 1 {
+        let mut again = Vec::new();
+        let reread = response_head::parse(&out, head_request, close, &mut again)
+            .expect("the head written for the client parses")
+            .expect("and is complete");
+        assert_eq!(reread.status, head.status);
+        assert_eq!(
+            reread.framing,
+            head.framing,
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(again, out, "passing a head on twice changes nothing");
+    }
+}
+
+/// The chunk tracker: the same answer whether the bytes come at once or in
+/// two reads split anywhere, and a finished body never counts more bytes
+/// than it was given.
+pub fn chunked(data: &[u8]) {
+    let Some((&at, body)) = data.split_first() else {
+        return;
+    };
+    let mut whole = chunked::ChunkTracker::new();
+    let expected = whole.feed(body).map(|n| (n, whole.is_done()));
+    if let Ok((n, _)) = expected {
+        assert!(n <= body.len());
+    }
+    let split = usize::from(at) * body.len() / 255;
+    let mut parts = chunked::ChunkTracker::new();
+    let got = match parts.feed(&body[..split]) {
+        Ok(n) if parts.is_done() => Ok((n, true)),
+        Ok(n) => parts.feed(&body[split..]).map(|m| (n + m, parts.is_done())),
+        Err(e) => Err(e),
+    };
+    assert_eq!(got, expected);
 }

@@ -41,6 +41,16 @@ fn probe_hash_corpus() {
 }
 
 #[test]
+fn response_head_corpus() {
+    replay("response_head", fuzz::response_head);
+}
+
+#[test]
+fn chunked_corpus() {
+    replay("chunked", fuzz::chunked);
+}
+
+#[test]
 fn proxy_header_corpus() {
     replay("proxy_header", fuzz::proxy_header);
 }

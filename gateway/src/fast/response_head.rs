@@ -2,7 +2,8 @@
 //! parsed with `httparse`, its framing decided (RFC 9112 §6.3), and written
 //! for the client as received, less the hop-by-hop fields.
 
-/// Most header fields in a response head.
+/// Most header fields in a response head passed on (one fewer is accepted
+/// from upstream).
 pub const MAX_HEADERS: usize = 128;
 /// Largest response head, in bytes.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -76,7 +77,9 @@ pub fn parse(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<Head>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // One field fewer than the limit: room for the `Connection: close` that
+    // may be added, so the head passed on is within the limit too.
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS - 1];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -165,8 +168,11 @@ pub fn parse(
         }
         let is_te = name.eq_ignore_ascii_case("transfer-encoding");
         let is_cl = name.eq_ignore_ascii_case("content-length");
-        // Only the field that frames the body as relayed is passed on.
-        if (is_te && framing != Framing::Chunked) || (is_cl && framing == Framing::Chunked) {
+        // Only the field that frames the body as relayed is passed on: a body
+        // read to the close keeps neither (a Content-Length beside another
+        // coding would have the client stop early).
+        let keep_cl = matches!(framing, Framing::Length(_) | Framing::Empty);
+        if (is_te && framing != Framing::Chunked) || (is_cl && !keep_cl) {
             continue;
         }
         if named
@@ -265,6 +271,12 @@ mod tests {
                 Framing::UntilClose,
                 false,
             ),
+            // Found by the fuzzer: no length may survive beside another coding.
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chun\r\nContent-Length: 9\r\n\r\n",
+                Framing::UntilClose,
+                false,
+            ),
             ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
             (
                 "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
@@ -304,6 +316,9 @@ mod tests {
             // when the body runs to the close.
             let framed_twice = out.contains("Content-Length") && out.contains("Transfer-Encoding");
             assert!(!framed_twice, "{out}");
+            if framing == Framing::UntilClose {
+                assert!(!out.contains("Content-Length"), "{out}");
+            }
             assert_eq!(
                 out.contains("Connection: close"),
                 framing == Framing::UntilClose,
