@@ -193,6 +193,10 @@ pub struct HttpSession {
     /// call to [`Self::read_request`]. Set via [`Self::set_pipelined_prefix`] after
     /// the previous session's [`BodyReader::take_body_overread`] yielded bytes.
     pipelined_prefix: Option<BytesMut>,
+    /// knative-gateway patch (vendor/README.md, "hand over a read head"):
+    /// the next [`Self::read_request`] returns the head already read instead
+    /// of reading another.
+    head_kept: bool,
     /// Set once the idle-branch of [`Self::read_body_or_idle`] has read the
     /// first bytes of a pipelined next request and pushed them onto the body
     /// reader's overread surface. Further idle polls on the same request
@@ -251,6 +255,7 @@ impl HttpSession {
             proxy_tasks_enabled: false,
             pipelining_enabled: false,
             pipelined_prefix: None,
+            head_kept: false,
             pipelined_idle_bytes_stashed: false,
         }
     }
@@ -323,6 +328,10 @@ impl HttpSession {
     /// is common on a reused connection.
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
         const MAX_ERR_BUF_LEN: usize = 2048;
+
+        if std::mem::take(&mut self.head_kept) && self.request_header.is_some() {
+            return Ok(Some(self.buf.len()));
+        }
 
         self.buf.clear();
         // Account parsing a fully buffered request against Tokio's cooperative task budget. Do
@@ -1092,6 +1101,13 @@ impl HttpSession {
     /// Whether HTTP/1.1 request pipelining is enabled for this session.
     pub fn pipelining_enabled(&self) -> bool {
         self.pipelining_enabled
+    }
+
+    /// Keep the request head just read for the next [`Self::read_request`],
+    /// which then returns it without reading: a session whose head was read
+    /// by one app can be handed to another (such as the proxy) as if unread.
+    pub fn keep_read_head(&mut self) {
+        self.head_kept = true;
     }
 
     /// Enable or disable HTTP/1.1 request pipelining on this session.
