@@ -248,6 +248,7 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// The access log: a bounded queue in front of a writer thread.
+#[derive(Clone)]
 pub struct AccessLog {
     queue: SyncSender<Vec<u8>>,
     dropped: IntCounter,

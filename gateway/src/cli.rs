@@ -317,6 +317,12 @@ pub struct Tuning {
     /// client's address from it. The internal listeners never expect one.
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
+    /// Serve plain HTTP/1.1 requests (no body, no upgrade) on the fast path,
+    /// handing the rest to the general proxy (docs/fast-path.md); `false`
+    /// sends every request through the general proxy.
+    #[arg(long, env = "GATEWAY_FAST_PATH", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub fast_path: bool,
     /// Send a span per sampled request to this OpenTelemetry collector, over
     /// OTLP/HTTP (http://host:port; the path defaults to /v1/traces). Off by
     /// default.
@@ -402,6 +408,7 @@ impl Tuning {
             max_connections: self.max_connections,
             access_log: self.access_log.clone(),
             proxy_protocol: self.proxy_protocol,
+            fast_path: self.fast_path,
             otlp_endpoint: self.otlp_endpoint.clone(),
             trace_sampling: self.trace_sampling,
             upgrade: false,

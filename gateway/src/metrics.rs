@@ -22,6 +22,15 @@ use prometheus::{
 const REQUESTS: &str = "gateway_requests_total";
 const REQUESTS_HELP: &str = "Requests by namespace, route, revision and status code.";
 
+/// Requests by path: counted once each, one atomic add.
+#[derive(Clone)]
+pub struct FastPathCounts {
+    /// Served by the fast path.
+    pub served: IntCounter,
+    /// Read by the fast path and handed to the regular proxy.
+    pub handed_over: IntCounter,
+}
+
 /// `gateway_request_duration_seconds` per upstream kind, resolved once:
 /// `with_label_values` would hash the label and take a lock on every request.
 pub struct Durations {
@@ -47,6 +56,9 @@ pub struct Metrics {
     pub connect_errors: IntCounterVec,
     /// Client connections open, and refused past `--max-connections`.
     pub connections: crate::limits::ConnectionCounts,
+    /// HTTP/1.x requests the fast path served, and those it handed to the
+    /// regular proxy (docs/fast-path.md).
+    pub fast_path: FastPathCounts,
     /// Access log lines dropped because the writer fell behind (or failed).
     pub access_log_dropped: IntCounter,
     /// Spans dropped, and failed exports, of the OTLP exporter.
@@ -99,6 +111,17 @@ impl Metrics {
                 "gateway_connections_refused_total",
                 "Client connections closed on accept because --max-connections were open.",
             )?,
+        };
+        let fast_path_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_fast_path_requests_total",
+                "HTTP/1.x requests the fast path served, or handed to the regular proxy.",
+            ),
+            &["outcome"],
+        )?;
+        let fast_path = FastPathCounts {
+            served: fast_path_requests.with_label_values(&["served"]),
+            handed_over: fast_path_requests.with_label_values(&["handed_over"]),
         };
         let access_log_dropped = IntCounter::new(
             "gateway_access_log_dropped_total",
@@ -158,6 +181,7 @@ impl Metrics {
             Box::new(connect_errors.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections.refused.clone()),
+            Box::new(fast_path_requests),
             Box::new(access_log_dropped.clone()),
             Box::new(trace.dropped.clone()),
             Box::new(trace.export_errors.clone()),
@@ -179,6 +203,7 @@ impl Metrics {
             activator_requests,
             connect_errors,
             connections,
+            fast_path,
             access_log_dropped,
             trace,
             connections_open,

@@ -150,6 +150,7 @@ pub struct Finished {
 }
 
 /// The tracer: sampling settings and the export queue.
+#[derive(Clone)]
 pub struct Tracer {
     ratio: f64,
     queue: SyncSender<Finished>,

@@ -69,7 +69,9 @@ pub struct ProxyOptions {
     pub max_request_headers: usize,
 }
 
-/// The gateway's `ProxyHttp` implementation.
+/// The gateway's `ProxyHttp` implementation. Cloning shares the table, the
+/// metrics and the log queues: the fast path (`fast/`) holds a clone.
+#[derive(Clone)]
 pub struct Gateway {
     table: TableReader,
     probes: ProbeReader,
@@ -182,20 +184,109 @@ impl Gateway {
         respond_with_header(session, 200, HASH_HEADER, hash).await
     }
 
+    /// The span of `req` when it is traced (`--otlp-endpoint`, sampled or
+    /// asked for by its caller).
+    pub(crate) fn sample(&self, req: &RequestHeader) -> Option<SpanContext> {
+        let tracer = self.tracer.as_ref()?;
+        tracer.sample(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()))
+    }
+
+    /// The gateway's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Its proxy settings.
+    pub(crate) fn options(&self) -> &ProxyOptions {
+        &self.options
+    }
+
+    /// Resolve `req` (which came in on an internal listener or not, over TLS
+    /// as `ctx.tls` says) against the current table into `ctx`: on both paths,
+    /// one `ArcSwap` load and [`config_sync::resolve`].
+    pub(crate) fn route(
+        &self,
+        req: &RequestHeader,
+        internal: bool,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Refusal> {
+        let raw = request_host(req).ok_or(Refusal::NoHost)?;
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = host::normalize(raw, &mut buf).ok_or(Refusal::BadHost)?;
+        let table = self.table.load();
+        let request = Request {
+            host,
+            path: req.uri.path(),
+            headers: &req.headers,
+            internal,
+            probe: req
+                .headers
+                .get(&PROBE_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"probe"),
+            tls: ctx.tls,
+        };
+        resolve(&table, request, &mut rand::rng(), &mut ctx.to).map_err(Refusal::Miss)?;
+        ctx.table = Some(table);
+        Ok(())
+    }
+
+    /// Count a refused connection to the current upstream; whether another
+    /// endpoint may be tried (nothing was sent yet, so it is safe).
+    pub(crate) fn connect_refused(&self, ctx: &mut RequestCtx) -> bool {
+        ctx.connect_failed = true;
+        match ctx.upstream {
+            Upstream::Endpoint(i) => {
+                self.metrics
+                    .connect_errors
+                    .with_label_values(&["revision"])
+                    .inc();
+                ctx.failed.push(i);
+                let endpoints = ctx
+                    .table
+                    .as_ref()
+                    .map_or(0, |t| t.backend(ctx.to.backend).endpoints.len());
+                ctx.failed.len() < endpoints && ctx.failed.len() < self.options.max_connect_attempts
+            }
+            Upstream::Activator => {
+                self.metrics
+                    .connect_errors
+                    .with_label_values(&["activator"])
+                    .inc();
+                false
+            }
+            Upstream::None => false,
+        }
+    }
+
     /// Whether the request came in on the internal listener.
     fn is_internal(&self, session: &Session) -> bool {
-        let port = session
-            .as_downstream()
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port());
+        self.is_internal_addr(session.as_downstream().server_addr())
+    }
+
+    /// Whether `local` (the address a client connected to) is an internal listener's.
+    pub(crate) fn is_internal_addr(
+        &self,
+        local: Option<&pingora::protocols::l4::socket::SocketAddr>,
+    ) -> bool {
+        let port = local.and_then(|a| a.as_inet()).map(|a| a.port());
         port.is_some_and(|p| self.options.internal_ports.contains(&p))
     }
 }
 
+/// Why a request is not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No Host header (nor authority): 400.
+    NoHost,
+    /// A Host that cannot name a route: 400.
+    BadHost,
+    /// What [`config_sync::resolve`] said.
+    Miss(Miss),
+}
+
 /// Where the current attempt went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Upstream {
+pub(crate) enum Upstream {
     None,
     Endpoint(usize),
     Activator,
@@ -203,26 +294,26 @@ enum Upstream {
 
 /// Per-request state.
 pub struct RequestCtx {
-    start: Instant,
+    pub(crate) start: Instant,
     /// The table this request resolved against; kept so ids stay valid after a swap.
-    table: Option<Arc<Table>>,
+    pub(crate) table: Option<Arc<Table>>,
     /// Where it goes and what is set on it.
-    to: Resolved,
-    upstream: Upstream,
+    pub(crate) to: Resolved,
+    pub(crate) upstream: Upstream,
     /// The address of the last upstream tried, for the access log.
-    peer: Option<std::net::SocketAddr>,
+    pub(crate) peer: Option<std::net::SocketAddr>,
     /// This request's span, when traced.
-    span: Option<SpanContext>,
+    pub(crate) span: Option<SpanContext>,
     /// Endpoints that refused a connection during this request.
-    failed: Vec<usize>,
+    pub(crate) failed: Vec<usize>,
     connect_failed: bool,
     /// The request came in over TLS.
-    tls: bool,
+    pub(crate) tls: bool,
 }
 
 impl RequestCtx {
     /// Release the in-flight slot of the current endpoint, if any.
-    fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if let (Upstream::Endpoint(i), Some(table)) = (self.upstream, &self.table) {
             table.backend(self.to.backend).endpoints[i]
                 .inflight
@@ -236,6 +327,23 @@ impl Drop for RequestCtx {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// A ready endpoint of the resolved revision, by power of two choices among
+/// those that have not refused this request, counted in flight until
+/// [`RequestCtx::release`]: its address and whether it speaks h2c.
+pub(crate) fn take_endpoint(
+    table: &Table,
+    upstream: &mut Upstream,
+    to: &Resolved,
+    failed: &[usize],
+) -> Option<(std::net::SocketAddr, bool)> {
+    let endpoints = &table.backend(to.backend).endpoints;
+    let i = pick_endpoint(endpoints, failed, &mut rand::rng())?;
+    let endpoint = &endpoints[i];
+    endpoint.inflight.fetch_add(1, Ordering::Relaxed);
+    *upstream = Upstream::Endpoint(i);
+    Some((endpoint.addr, endpoint.h2c))
 }
 
 /// An empty response with one header of its own.
@@ -295,46 +403,34 @@ impl ProxyHttp for Gateway {
         if req.headers.len() > self.options.max_request_headers {
             return respond(session, 431, "too many request headers\n").await;
         }
-        if let Some(tracer) = &self.tracer {
-            ctx.span = tracer.sample(req.headers.get(&TRACEPARENT).map(|v| v.as_bytes()));
-        }
-        let Some(raw) = request_host(req) else {
-            return respond(session, 400, "request has no Host header\n").await;
-        };
-        let mut buf = [0u8; MAX_HOST_LEN];
-        let Some(host) = host::normalize(raw, &mut buf) else {
-            return respond(session, 400, "invalid Host header\n").await;
-        };
-        let table = self.table.load();
+        ctx.span = self.sample(req);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let request = Request {
-            host,
-            path: req.uri.path(),
-            headers: &req.headers,
-            internal: self.is_internal(session),
-            probe: req
-                .headers
-                .get(&PROBE_HEADER)
-                .is_some_and(|v| v.as_bytes() == b"probe"),
-            tls: ctx.tls,
+        let internal = self.is_internal(session);
+        let miss = match self.route(req, internal, ctx) {
+            Ok(()) => return Ok(false),
+            Err(miss) => miss,
         };
-        let resolved = resolve(&table, request, &mut rand::rng(), &mut ctx.to);
-        match resolved {
-            Ok(()) => {
-                ctx.table = Some(table);
-                Ok(false)
-            }
-            Err(Miss::Probe) => {
+        // Only a miss needs the host again (the probe's and the redirect's).
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = request_host(req)
+            .and_then(|raw| host::normalize(raw, &mut buf))
+            .unwrap_or_default();
+        match miss {
+            Refusal::NoHost => respond(session, 400, "request has no Host header\n").await,
+            Refusal::BadHost => respond(session, 400, "invalid Host header\n").await,
+            Refusal::Miss(Miss::Probe) => {
                 let host = host.to_owned();
                 self.answer_probe(session, &host).await
             }
-            Err(Miss::NoRoute) => respond(session, 404, "no route for this host\n").await,
-            Err(Miss::NoPath) => respond(session, 404, "no path of this host matches\n").await,
-            Err(Miss::Redirect) => {
+            Refusal::Miss(Miss::NoRoute) => respond(session, 404, "no route for this host\n").await,
+            Refusal::Miss(Miss::NoPath) => {
+                respond(session, 404, "no path of this host matches\n").await
+            }
+            Refusal::Miss(Miss::Redirect) => {
                 let location = redirect_location(host, req.uri.path_and_query());
                 respond_with_header(session, 301, http::header::LOCATION, location).await
             }
-            Err(Miss::Loop) => {
+            Refusal::Miss(Miss::Loop) => {
                 respond(
                     session,
                     508,
@@ -385,15 +481,12 @@ impl ProxyHttp for Gateway {
             BackendKind::Pods => {
                 // Unreachable through fail_to_connect (it stops retrying first), but if
                 // every endpoint has refused, the answer is the specified 502.
-                let i = pick_endpoint(&backend.endpoints, &ctx.failed, &mut rand::rng())
-                    .ok_or_else(|| {
-                        Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused")
-                    })?;
-                let endpoint = &backend.endpoints[i];
-                endpoint.inflight.fetch_add(1, Ordering::Relaxed);
-                ctx.upstream = Upstream::Endpoint(i);
-                h2c = endpoint.h2c;
-                endpoint.addr
+                let (addr, wants_h2c) =
+                    take_endpoint(table, &mut ctx.upstream, &ctx.to, &ctx.failed).ok_or_else(
+                        || Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused"),
+                    )?;
+                h2c = wants_h2c;
+                addr
             }
             BackendKind::External(host, port) => {
                 self.external.addr(host, *port).ok_or_else(|| {
@@ -440,41 +533,11 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Room for every header set below at once: one growth of the map, not several.
-        let sets = ctx
-            .to
-            .headers
-            .iter()
-            .flatten()
-            .map(|h| h.len())
-            .sum::<usize>();
-        upstream_request.reserve_headers(sets + 5);
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let value = forwarded_for(
-                upstream_request.headers.get_all(&FORWARDED_FOR),
-                client.ip(),
-            );
-            upstream_request.insert_typed_header(FORWARDED_FOR, value);
-        }
-        upstream_request.insert_typed_header(FORWARDED_PROTO, if ctx.tls { HTTPS } else { HTTP });
-        // Each insert replaces every value the client sent. The names are
-        // parsed already: no round trip through bytes (vendor/README.md).
-        for (name, value) in ctx.to.headers.iter().flatten().flat_map(|h| h.iter()) {
-            upstream_request.insert_typed_header(name.clone(), value.clone());
-        }
-        if let Some(hash) = &ctx.to.hash {
-            upstream_request.insert_typed_header(HASH_HEADER.clone(), hash.clone());
-        }
-        if let Some(host) = &ctx.to.rewrite_host {
-            upstream_request.insert_typed_header(http::header::HOST, host.clone());
-        }
-        // A traced request names its span as the revision's parent; an
-        // untraced one passes the client's traceparent on unchanged.
-        if let Some(span) = &ctx.span {
-            if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
-                upstream_request.insert_typed_header(TRACEPARENT, value);
-            }
-        }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        set_upstream_headers(upstream_request, client, ctx);
         Ok(())
     }
 
@@ -500,32 +563,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.connect_failed = true;
-        match ctx.upstream {
-            Upstream::Endpoint(i) => {
-                self.metrics
-                    .connect_errors
-                    .with_label_values(&["revision"])
-                    .inc();
-                ctx.failed.push(i);
-                let endpoints = ctx
-                    .table
-                    .as_ref()
-                    .map_or(0, |t| t.backend(ctx.to.backend).endpoints.len());
-                // Nothing was sent yet, so another endpoint is safe to try.
-                let more = ctx.failed.len() < endpoints
-                    && ctx.failed.len() < self.options.max_connect_attempts;
-                e.set_retry(more);
-            }
-            Upstream::Activator => {
-                self.metrics
-                    .connect_errors
-                    .with_label_values(&["activator"])
-                    .inc();
-                e.set_retry(false);
-            }
-            Upstream::None => {}
+        if ctx.upstream == Upstream::None {
+            return e;
         }
+        let retry = self.connect_refused(ctx);
+        e.set_retry(retry);
         e
     }
 
@@ -560,6 +602,25 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
+        let downstream = session.as_downstream();
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let bytes = (downstream.body_bytes_read(), downstream.body_bytes_sent());
+        self.record(ctx, session.req_header(), client, status, bytes);
+    }
+}
+
+impl Gateway {
+    /// The end of a request on either path: metrics; with `--access-log` a
+    /// line, and for a traced request its span, queued for a thread of their
+    /// own. `bytes`: body bytes read from the client and sent to it.
+    pub(crate) fn record(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+        client: Option<std::net::SocketAddr>,
+        status: Option<u16>,
+        bytes: (usize, usize),
+    ) {
         let code = status.unwrap_or(0);
         let durations = &self.metrics.duration;
         let duration = match ctx.upstream {
@@ -581,15 +642,58 @@ impl ProxyHttp for Gateway {
         duration.observe(elapsed.as_secs_f64());
         let traced = self.tracer.as_ref().zip(ctx.span);
         if self.access_log.is_some() || traced.is_some() {
-            let facts = Facts::of(session, ctx, elapsed, status);
+            let facts = Facts::of(req, client, ctx, elapsed, status);
             if let Some(log) = &self.access_log {
-                log_access(log, &facts, session, ctx);
+                log_access(log, &facts, req, bytes, ctx);
             }
             if let Some((tracer, span)) = traced {
-                tracer.finish(finished_span(span, &facts, session, ctx));
+                tracer.finish(finished_span(span, &facts, req, ctx));
             }
         }
         ctx.release();
+    }
+}
+
+/// The headers the gateway sets on a request going upstream, on both paths:
+/// `X-Forwarded-For` gets `client` appended, `X-Forwarded-Proto` is set; the
+/// path's and split's headers, the KIngress hash, `rewriteHost` and a traced
+/// request's `traceparent` replace whatever the client sent.
+pub(crate) fn set_upstream_headers(
+    upstream_request: &mut RequestHeader,
+    client: Option<std::net::IpAddr>,
+    ctx: &RequestCtx,
+) {
+    // Room for every header set below at once: one growth of the map, not several.
+    let sets = ctx
+        .to
+        .headers
+        .iter()
+        .flatten()
+        .map(|h| h.len())
+        .sum::<usize>();
+    upstream_request.reserve_headers(sets + 5);
+    if let Some(client) = client {
+        let value = forwarded_for(upstream_request.headers.get_all(&FORWARDED_FOR), client);
+        upstream_request.insert_typed_header(FORWARDED_FOR, value);
+    }
+    upstream_request.insert_typed_header(FORWARDED_PROTO, if ctx.tls { HTTPS } else { HTTP });
+    // Each insert replaces every value the client sent. The names are
+    // parsed already: no round trip through bytes (vendor/README.md).
+    for (name, value) in ctx.to.headers.iter().flatten().flat_map(|h| h.iter()) {
+        upstream_request.insert_typed_header(name.clone(), value.clone());
+    }
+    if let Some(hash) = &ctx.to.hash {
+        upstream_request.insert_typed_header(HASH_HEADER.clone(), hash.clone());
+    }
+    if let Some(host) = &ctx.to.rewrite_host {
+        upstream_request.insert_typed_header(http::header::HOST, host.clone());
+    }
+    // A traced request names its span as the revision's parent; an
+    // untraced one passes the client's traceparent on unchanged.
+    if let Some(span) = &ctx.span {
+        if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
+            upstream_request.insert_typed_header(TRACEPARENT, value);
+        }
     }
 }
 
@@ -616,7 +720,8 @@ struct Facts<'a> {
 
 impl<'a> Facts<'a> {
     fn of(
-        session: &'a Session,
+        req: &'a RequestHeader,
+        client: Option<std::net::SocketAddr>,
         ctx: &'a RequestCtx,
         duration: Duration,
         status: Option<u16>,
@@ -634,21 +739,25 @@ impl<'a> Facts<'a> {
         };
         let now = std::time::SystemTime::now();
         Facts {
-            host: request_host(session.req_header()).unwrap_or_default(),
+            host: request_host(req).unwrap_or_default(),
             route,
             revision,
             start: now.checked_sub(duration).unwrap_or(now),
             duration,
             status,
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            client,
         }
     }
 }
 
 /// Queue the access log line of a finished request.
-fn log_access(log: &AccessLog, facts: &Facts<'_>, session: &Session, ctx: &RequestCtx) {
-    let req = session.req_header();
-    let downstream = session.as_downstream();
+fn log_access(
+    log: &AccessLog,
+    facts: &Facts<'_>,
+    req: &RequestHeader,
+    (bytes_in, bytes_out): (usize, usize),
+    ctx: &RequestCtx,
+) {
     log.record(&Entry {
         time: facts.start,
         client: facts.client,
@@ -659,8 +768,8 @@ fn log_access(log: &AccessLog, facts: &Facts<'_>, session: &Session, ctx: &Reque
         route: facts.route,
         revision: facts.revision.map(|(ns, name)| (&**ns, &**name)),
         upstream: ctx.peer,
-        bytes_in: downstream.body_bytes_read(),
-        bytes_out: downstream.body_bytes_sent(),
+        bytes_in,
+        bytes_out,
         duration: facts.duration,
         trace_id: req
             .headers
@@ -674,10 +783,9 @@ fn log_access(log: &AccessLog, facts: &Facts<'_>, session: &Session, ctx: &Reque
 fn finished_span(
     context: SpanContext,
     facts: &Facts<'_>,
-    session: &Session,
+    req: &RequestHeader,
     ctx: &RequestCtx,
 ) -> Finished {
-    let req = session.req_header();
     Finished {
         context,
         start: facts.start,

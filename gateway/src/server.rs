@@ -23,6 +23,7 @@ use crate::activator::{Activator, ActivatorResolver};
 use crate::admin::Admin;
 use crate::drain::{Drain, DrainSignal};
 use crate::external::ExternalNames;
+use crate::fast::app::FastPath;
 use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub access_log: crate::access_log::Target,
     /// Read a PROXY protocol header on the external listeners.
     pub proxy_protocol: bool,
+    /// Serve plain HTTP/1.1 requests on the fast path (`fast/`).
+    pub fast_path: bool,
     /// The OpenTelemetry collector spans go to, if any.
     pub otlp_endpoint: Option<http::Uri>,
     /// Share of requests traced without a caller's decision.
@@ -229,7 +232,7 @@ pub fn run(
         }
         None => gateway,
     };
-    let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut app = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
     // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
     // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).
     let mut options = HttpServerOptions::default();
@@ -245,6 +248,9 @@ pub fn run(
         0 => crate::limits::auto_max_connections(open_files),
         n => n,
     };
+    // The fast path's idle upstream connections are kept per worker thread.
+    let idle_per_thread = config.upstream_idle_connections / config.threads.max(1);
+    let app = FastPath::new(gateway, app, idle_per_thread, config.fast_path);
     let app = ConnectionLimit::new(app, max_connections, metrics.connections.clone());
     // A TLS handshake, or a PROXY header, gets as long as a request head.
     let handshake_timeout = config

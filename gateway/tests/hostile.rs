@@ -21,8 +21,22 @@ async fn gateway_to(recorder: &Recorder, extra: &[&str]) -> Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_smuggling_requests_are_refused_or_forwarded_whole() {
+    malformed_and_smuggling_cases("true").await;
+}
+
+/// The same cases, the same answers, with every request on the general proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_smuggling_requests_without_the_fast_path() {
+    malformed_and_smuggling_cases("false").await;
+}
+
+async fn malformed_and_smuggling_cases(fast_path: &str) {
     let recorder = Recorder::start().await.unwrap();
-    let gw = gateway_to(&recorder, &["--request-header-timeout", "1s"]).await;
+    let gw = gateway_to(
+        &recorder,
+        &["--request-header-timeout", "1s", "--fast-path", fast_path],
+    )
+    .await;
     let cases = hostile::cases(HOST, Some(Duration::from_secs(5)));
     let outcomes = hostile::run_all(gw.http, &recorder, &cases).await;
     let mut failures = Vec::new();
@@ -123,6 +137,15 @@ async fn malformed_and_smuggling_requests_are_refused_or_forwarded_whole() {
     let (prefix, outcome, paths) = case("pipelined");
     assert_eq!(outcome.statuses, [200, 200], "{paths:?}");
     assert_eq!(paths, [format!("{prefix}/1"), format!("{prefix}/2")]);
+    // Which path served them: the plain ones (no body, HTTP/1.1) the fast
+    // path, the rest the general proxy, after the fast path read their head.
+    let served = gw.fast_path_requests("served").await;
+    let handed_over = gw.fast_path_requests("handed_over").await;
+    if fast_path == "true" {
+        assert!(served > 0 && handed_over > 0, "{served} {handed_over}");
+    } else {
+        assert_eq!((served, handed_over), (0, 0));
+    }
 }
 
 /// One request on `conn` with an extra header of `bytes` bytes; its status.

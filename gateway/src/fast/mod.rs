@@ -1,6 +1,8 @@
-//! Parts of the fast path for plain HTTP/1.1 (docs/fast-path.md): pure
-//! functions over bytes, each tested on its own before the loop that uses
-//! them exists.
+//! The fast path for plain HTTP/1.1 (docs/fast-path.md): the request loop in
+//! [`app`], and its parts, pure functions over bytes where they can be.
 
+pub mod app;
 pub mod chunked;
+pub mod pool;
+pub mod request;
 pub mod response_head;

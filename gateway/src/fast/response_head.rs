@@ -68,18 +68,21 @@ const HOP_BY_HOP: [&str; 5] = [
 /// Parse the response head at the start of `buf`, sent in answer to a
 /// request that was (`head_request`) a HEAD, and append the head the client
 /// gets to `out`: the status line as HTTP/1.1, every field but the hop-by-hop
-/// ones (and those `Connection` names), the framing field that applies, and
-/// `Connection: close` when `close` or when the body runs to the close.
-/// `Ok(None)`: the head is not complete yet.
+/// ones (and those `Connection` names), the framing field that applies,
+/// `Date: date` when the response has no `Date` (RFC 9110 §6.6.1), and
+/// `Connection: close` when `close` or when the body runs to the close,
+/// else `Connection: keep-alive` (an HTTP/1.0 client needs it to keep the
+/// connection). `Ok(None)`: the head is not complete yet.
 pub fn parse(
     buf: &[u8],
     head_request: bool,
     close: bool,
+    date: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Option<Head>, HeadError> {
-    // One field fewer than the limit: room for the `Connection: close` that
-    // may be added, so the head passed on is within the limit too.
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS - 1];
+    // Two fields fewer than the limit: room for the `Date` and `Connection`
+    // that may be added, so the head passed on is within the limit too.
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS - 2];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -105,8 +108,11 @@ pub fn parse(
     let mut keep_alive_token = false;
     // Other fields `Connection` names: hop-by-hop too (RFC 9110 §7.6.1).
     let mut named: Vec<&[u8]> = Vec::new();
+    let mut has_date = false;
     for f in resp.headers.iter() {
-        if f.name.eq_ignore_ascii_case("content-length") {
+        if f.name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        } else if f.name.eq_ignore_ascii_case("content-length") {
             for part in f.value.split(|&b| b == b',') {
                 let n = digits(trim(part)).ok_or(HeadError::ContentLength)?;
                 if length.is_some_and(|l| l != n) {
@@ -170,9 +176,12 @@ pub fn parse(
         let is_cl = name.eq_ignore_ascii_case("content-length");
         // Only the field that frames the body as relayed is passed on: a body
         // read to the close keeps neither (a Content-Length beside another
-        // coding would have the client stop early).
-        let keep_cl = matches!(framing, Framing::Length(_) | Framing::Empty);
-        if (is_te && framing != Framing::Chunked) || (is_cl && !keep_cl) {
+        // coding would have the client stop early). A response without a
+        // body (to HEAD, say) keeps the one a body would have had.
+        let keep_te = framing == Framing::Chunked || (framing == Framing::Empty && chunked);
+        let keep_cl = matches!(framing, Framing::Length(_))
+            || (framing == Framing::Empty && !transfer_encoding);
+        if (is_te && !keep_te) || (is_cl && !keep_cl) {
             continue;
         }
         if named
@@ -186,8 +195,17 @@ pub fn parse(
         out.extend_from_slice(f.value);
         out.extend_from_slice(b"\r\n");
     }
-    if !informational && (close || framing == Framing::UntilClose) {
-        out.extend_from_slice(b"Connection: close\r\n");
+    if !informational {
+        if !has_date {
+            out.extend_from_slice(b"Date: ");
+            out.extend_from_slice(date);
+            out.extend_from_slice(b"\r\n");
+        }
+        if close || framing == Framing::UntilClose {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(Head {
@@ -231,9 +249,17 @@ mod tests {
         close: bool,
     ) -> (Result<Option<Head>, HeadError>, String) {
         let mut out = Vec::new();
-        let r = parse(raw.as_bytes(), head_request, close, &mut out);
+        let r = parse(
+            raw.as_bytes(),
+            head_request,
+            close,
+            DATE.as_bytes(),
+            &mut out,
+        );
         (r, String::from_utf8(out).unwrap())
     }
+
+    const DATE: &str = "Sun, 29 Nov 2026 18:00:00 GMT";
 
     fn ok(raw: &str) -> (Head, String) {
         let (r, out) = head(raw, false, false);
@@ -249,7 +275,13 @@ mod tests {
         assert!(h.reusable);
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: app\r\n\r\n"
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: app\r\nDate: {DATE}\r\nConnection: keep-alive\r\n\r\n")
+        );
+        // The backend's own Date is passed on, not replaced.
+        let (_, out) = ok("HTTP/1.1 204 No Content\r\ndate: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\n");
+        assert_eq!(
+            out,
+            "HTTP/1.1 204 No Content\r\ndate: Mon, 30 Nov 2026 00:00:00 GMT\r\nConnection: keep-alive\r\n\r\n"
         );
     }
 
@@ -337,7 +369,10 @@ mod tests {
         let (h, out) = ok("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
         assert!(h.informational);
         assert_eq!(h.framing, Framing::Empty);
-        assert!(!out.contains("Connection: close"), "{out}");
+        assert!(
+            !out.contains("Connection") && !out.contains("Date"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -543,6 +543,16 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Requests the fast path counted as `outcome` (`served`, `handed_over`).
+    pub async fn fast_path_requests(&self, outcome: &str) -> u64 {
+        let metrics = self.admin("/metrics").await.body;
+        let line = format!("gateway_fast_path_requests_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
     pub async fn debug_routes(&self) -> serde_json::Value {
         serde_json::from_str(&self.admin("/debug/routes").await.body).unwrap()
     }

@@ -1873,6 +1873,13 @@ impl HttpSession {
         &self.underlying_stream
     }
 
+    /// knative-gateway patch (vendor/README.md, "hand over a read head"):
+    /// the stream itself, for an app that writes a response it has already
+    /// framed (bytes passed through as received) instead of a header map.
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.underlying_stream
+    }
+
     /// Consume `self`, the underlying stream will be returned and can be used
     /// directly, for example, in the case of HTTP upgrade. The stream is not
     /// flushed prior to being returned.

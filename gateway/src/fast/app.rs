@@ -1,0 +1,452 @@
+//! The fast path's request loop (docs/fast-path.md): plain HTTP/1.1
+//! requests, forwarded over pooled TCP connections with the response passed
+//! through as framed bytes, no header maps or proxy tasks. It reads every
+//! head with pingora's HTTP/1 reader (its parser and limits), routes, sets
+//! headers and logs through the same functions as the regular proxy
+//! (`proxy.rs`), and hands whatever it does not serve to that proxy with the
+//! head already read: HTTP/2, upgrades, request bodies, misses (404, the
+//! probe, redirects), the activator, ExternalNames and h2c backends.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use config_sync::table::BackendKind;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::v1::server::HttpSession as Session1;
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::{HttpProxy, ProxyHttp};
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::ChunkTracker;
+use super::response_head::{self, Framing};
+use super::{pool, request};
+use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx};
+
+/// The proxy app: the fast path in front of pingora's `HttpProxy`.
+pub struct FastPath {
+    gateway: Gateway,
+    proxy: Arc<HttpProxy<Gateway>>,
+    /// Idle upstream connections kept per worker thread.
+    idle_per_thread: usize,
+    /// Off: every request goes to `proxy` (`--fast-path false`).
+    enabled: bool,
+}
+
+impl FastPath {
+    /// Serve through `gateway` what is plain, hand the rest to `proxy` (built
+    /// on a clone of the same gateway); keep `idle_per_thread` idle upstream
+    /// connections on each worker thread. Not `enabled`: `proxy` serves all.
+    pub fn new(
+        gateway: Gateway,
+        proxy: HttpProxy<Gateway>,
+        idle_per_thread: usize,
+        enabled: bool,
+    ) -> Self {
+        Self {
+            gateway,
+            proxy: Arc::new(proxy),
+            idle_per_thread: idle_per_thread.max(1),
+            enabled,
+        }
+    }
+}
+
+/// How a request read by the fast path ended.
+enum Outcome {
+    /// Not one the fast path serves: the regular proxy takes it, unanswered.
+    HandOver,
+    /// Answered; the client connection may stay (or must close).
+    Served { keep: bool },
+    /// Nothing was sent to the client yet: it gets this error status.
+    Failed(u16),
+    /// The client or the upstream broke off after the response began.
+    Broken,
+}
+
+/// What was sent to the client, for the metrics and the access log.
+#[derive(Default)]
+struct Sent {
+    status: Option<u16>,
+    body_bytes: usize,
+}
+
+#[async_trait]
+impl HttpServerApp for FastPath {
+    fn process_new_http<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.serve(session, shutdown)
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.proxy.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.proxy.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.proxy.http_cleanup().await
+    }
+}
+
+impl FastPath {
+    async fn serve(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let h1 = match &mut session {
+            ServerSession::H1(h1) if self.enabled => h1,
+            _ => return self.proxy.process_new_http(session, shutdown).await,
+        };
+        // As the regular proxy: an idle keep-alive connection closes when the
+        // server shuts down; a head already buffered is still read first.
+        let read = {
+            let mut stop = shutdown.clone();
+            tokio::select! {
+                biased;
+                read = h1.read_request() => read,
+                _ = stop.changed() => return None,
+            }
+        };
+        match read {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(mut e) => {
+                // The same answers as the regular proxy: a head refused with
+                // a status (400, 408, 431) gets it, then the connection closes.
+                e.as_down();
+                let status = match e.etype() {
+                    ErrorType::InvalidHTTPHeader => Some(400),
+                    ErrorType::HTTPStatus(code) => Some(*code),
+                    _ => None,
+                };
+                tracing::debug!("cannot read a request head: {e}");
+                if let Some(status) = status {
+                    if let Err(e) = session.respond_error(status).await {
+                        tracing::debug!("cannot send the error response: {e}");
+                    }
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        let mut ctx = self.gateway.new_ctx();
+        let mut sent = Sent::default();
+        let outcome = self.forward(h1, &mut ctx, &mut sent, shutdown).await;
+        let counts = &self.gateway.metrics().fast_path;
+        let keep = match outcome {
+            Outcome::HandOver => {
+                counts.handed_over.inc();
+                drop(ctx);
+                h1.keep_read_head();
+                return self.proxy.process_new_http(session, shutdown).await;
+            }
+            Outcome::Served { keep } => keep,
+            Outcome::Failed(code) => {
+                session.set_keepalive(None);
+                if let Err(e) = session.respond_error(code).await {
+                    tracing::debug!("cannot send the error response: {e}");
+                }
+                sent.status = Some(code);
+                false
+            }
+            Outcome::Broken => false,
+        };
+        counts.served.inc();
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let bytes = (0, sent.body_bytes);
+        self.gateway
+            .record(&mut ctx, session.req_header(), client, sent.status, bytes);
+        if !keep {
+            session.set_keepalive(None);
+        }
+        if matches!(outcome, Outcome::Broken) {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!("cannot reuse the client connection: {e}");
+                None
+            }
+        }
+    }
+
+    /// Route, forward and answer a request whose head `h1` has read.
+    async fn forward(
+        &self,
+        h1: &mut Session1,
+        ctx: &mut RequestCtx,
+        sent: &mut Sent,
+        shutdown: &ShutdownWatch,
+    ) -> Outcome {
+        if !request::is_plain(h1.req_header()) {
+            return Outcome::HandOver;
+        }
+        ctx.tls = h1.digest().ssl_digest.is_some();
+        let internal = self.gateway.is_internal_addr(h1.server_addr());
+        if self.gateway.route(h1.req_header(), internal, ctx).is_err() {
+            return Outcome::HandOver;
+        }
+        {
+            let Some(table) = &ctx.table else {
+                return Outcome::HandOver;
+            };
+            let backend = table.backend(ctx.to.backend);
+            // The activator (no endpoints), ExternalNames and a rewritten Host
+            // (which the access log must not see) stay with the regular proxy.
+            if !matches!(backend.kind, BackendKind::Pods)
+                || backend.endpoints.is_empty()
+                || ctx.to.rewrite_host.is_some()
+            {
+                return Outcome::HandOver;
+            }
+        }
+        let options = self.gateway.options();
+        // A client may send its next requests before reading the answers
+        // (RFC 9112 §9.3.2); as in the regular proxy, they are answered in order.
+        h1.set_pipelining_enabled(true);
+        let head_request = h1.req_header().method == http::Method::HEAD;
+        let idle = options.stream_idle_timeout;
+        let mut retries_left = RETRIES_ON_REUSED;
+        let mut request_head = Vec::with_capacity(BUF_SIZE);
+        let mut rbuf = Vec::with_capacity(BUF_SIZE);
+        let mut up = loop {
+            let picked = {
+                let RequestCtx {
+                    table,
+                    upstream,
+                    to,
+                    failed,
+                    ..
+                } = &mut *ctx;
+                let table = table.as_ref().expect("routed above");
+                take_endpoint(table, upstream, to, failed)
+            };
+            let Some((addr, h2c)) = picked else {
+                return Outcome::Failed(502);
+            };
+            if h2c {
+                // The fast path speaks HTTP/1.1 upstream only. A revision's
+                // endpoints share one port, so this is known before anything
+                // was changed, and the regular proxy takes the request as read.
+                ctx.release();
+                if request_head.is_empty() {
+                    return Outcome::HandOver;
+                }
+                return Outcome::Failed(502);
+            }
+            if request_head.is_empty() {
+                // The headers set upstream, then the head, once.
+                ctx.span = self.gateway.sample(h1.req_header());
+                let client = h1.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+                let req = h1.req_header_mut();
+                request::strip_hop_by_hop(req);
+                set_upstream_headers(req, client, ctx);
+                request::write_head(req, &mut request_head);
+            }
+            ctx.peer = Some(addr);
+            let (mut stream, reused) = match pool::take(addr) {
+                Some(stream) => (stream, true),
+                None => match connect(addr, options.connect_timeout).await {
+                    Ok(stream) => (stream, false),
+                    Err(e) => {
+                        tracing::debug!("cannot connect to {addr}: {e}");
+                        if self.gateway.connect_refused(ctx) {
+                            continue;
+                        }
+                        return Outcome::Failed(502);
+                    }
+                },
+            };
+            let answered = match within(idle, stream.write_all(&request_head)).await {
+                Ok(()) => within(idle, stream.read_buf(&mut rbuf)).await,
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(n) if n > 0 => break stream,
+                // A pooled connection the backend had closed: it read nothing,
+                // so the request goes again, on a new connection.
+                _ if reused && retries_left > 0 => {
+                    retries_left -= 1;
+                    ctx.release();
+                }
+                _ => return Outcome::Failed(502),
+            }
+        };
+        let close = !h1.will_keepalive() || *shutdown.borrow();
+        let date = pingora::protocols::http::date::get_cached_date();
+        let mut out = Vec::with_capacity(BUF_SIZE);
+        // The response head, and any 1xx before it, passed on as they come.
+        let head = loop {
+            match response_head::parse(&rbuf, head_request, close, date.as_bytes(), &mut out) {
+                Ok(Some(head)) if head.informational => {
+                    if write(h1, &out).await.is_err() {
+                        return Outcome::Broken;
+                    }
+                    out.clear();
+                    rbuf.drain(..head.len);
+                    if !rbuf.is_empty() {
+                        continue;
+                    }
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    let peer = ctx.peer.map_or(String::new(), |p| p.to_string());
+                    tracing::debug!("response from {peer}: {e}");
+                    return Outcome::Failed(502);
+                }
+            }
+            match within(idle, up.read_buf(&mut rbuf)).await {
+                Ok(0) | Err(_) => return Outcome::Failed(502),
+                Ok(_) => {}
+            }
+        };
+        sent.status = Some(head.status);
+        let body = &rbuf[head.len..];
+        let mut keep = !close;
+        let mut reusable = head.reusable;
+        match head.framing {
+            Framing::Empty => {
+                reusable &= body.is_empty();
+                if write(h1, &out).await.is_err() {
+                    return Outcome::Broken;
+                }
+            }
+            Framing::Length(total) => {
+                let now = body.len().min(usize::try_from(total).unwrap_or(usize::MAX));
+                out.extend_from_slice(&body[..now]);
+                reusable &= body.len() as u64 <= total;
+                if write(h1, &out).await.is_err() {
+                    return Outcome::Broken;
+                }
+                sent.body_bytes = now;
+                let mut left = total - now as u64;
+                while left > 0 {
+                    rbuf.clear();
+                    match within(idle, up.read_buf(&mut rbuf)).await {
+                        Ok(0) | Err(_) => return Outcome::Broken,
+                        Ok(n) => {
+                            let now = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                            reusable &= n as u64 <= left;
+                            if write(h1, &rbuf[..now]).await.is_err() {
+                                return Outcome::Broken;
+                            }
+                            sent.body_bytes += now;
+                            left -= now as u64;
+                        }
+                    }
+                }
+            }
+            Framing::Chunked => {
+                let mut chunks = ChunkTracker::new();
+                let Ok(now) = chunks.feed(body) else {
+                    return Outcome::Failed(502);
+                };
+                out.extend_from_slice(&body[..now]);
+                reusable &= now == body.len();
+                if write(h1, &out).await.is_err() {
+                    return Outcome::Broken;
+                }
+                sent.body_bytes = now;
+                while !chunks.is_done() {
+                    rbuf.clear();
+                    match within(idle, up.read_buf(&mut rbuf)).await {
+                        Ok(0) | Err(_) => return Outcome::Broken,
+                        Ok(n) => {
+                            let Ok(now) = chunks.feed(&rbuf) else {
+                                return Outcome::Broken;
+                            };
+                            reusable &= now == n;
+                            if write(h1, &rbuf[..now]).await.is_err() {
+                                return Outcome::Broken;
+                            }
+                            sent.body_bytes += now;
+                        }
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                // The client learns the end by the close (the head says so).
+                keep = false;
+                reusable = false;
+                out.extend_from_slice(body);
+                sent.body_bytes = body.len();
+                if write(h1, &out).await.is_err() {
+                    return Outcome::Broken;
+                }
+                loop {
+                    rbuf.clear();
+                    match within(idle, up.read_buf(&mut rbuf)).await {
+                        Ok(0) => break,
+                        Err(_) => return Outcome::Broken,
+                        Ok(n) => {
+                            if write(h1, &rbuf).await.is_err() {
+                                return Outcome::Broken;
+                            }
+                            sent.body_bytes += n;
+                        }
+                    }
+                }
+            }
+        }
+        if reusable {
+            if let Some(addr) = ctx.peer {
+                pool::put(addr, up, self.idle_per_thread, ctx.start);
+            }
+        }
+        Outcome::Served { keep }
+    }
+}
+
+/// A request goes again on a new connection at most this often when pooled
+/// connections turn out closed.
+const RETRIES_ON_REUSED: usize = 2;
+/// Starting size of the request and response buffers.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// A new upstream connection, within `timeout`.
+async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    // Heads and small bodies go out at once, as pingora's connector sets it.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// `f`, failed with `TimedOut` after `limit` (if any).
+async fn within<T>(
+    limit: Option<Duration>,
+    f: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, f)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        None => f.await,
+    }
+}
+
+/// Write `bytes` to the client, flushed.
+async fn write(h1: &mut Session1, bytes: &[u8]) -> io::Result<()> {
+    let stream = h1.stream_mut();
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
