@@ -340,3 +340,40 @@ async fn a_refused_endpoint_is_retried_on_another_and_all_refused_is_502() {
     );
     assert_eq!(gw.fast_path_requests("served").await, 11);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_answer_frees_the_upstream_connection() {
+    // A backend that reads a request, never answers, and reports when the
+    // gateway closes the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request arrives");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let _ = closed_tx.send(n);
+    });
+    let snap = route("ns", "web", &[("web-1", 100, None)]) + &slice("ns", "web-1", &[addr]);
+    let gw = Gateway::serve_with(&snap, closed(), &["--fast-path", "true"]).await;
+    let mut client = TcpStream::connect(gw.http).await.unwrap();
+    client
+        .write_all(format!("GET /slow HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    let read = tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the gateway let the upstream connection go")
+        .unwrap();
+    assert_eq!(read, 0, "closed, with nothing more sent");
+    backend.await.unwrap();
+    assert_eq!(gw.fast_path_requests("served").await, 1);
+}

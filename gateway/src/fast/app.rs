@@ -25,6 +25,7 @@ use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::buffers::Buf;
 use super::chunked::ChunkTracker;
 use super::response_head::{self, Framing};
 use super::{pool, request};
@@ -109,7 +110,7 @@ impl FastPath {
     ) -> Option<ReusedHttpStream> {
         let h1 = match &mut session {
             ServerSession::H1(h1) if self.enabled => h1,
-            _ => return self.proxy.process_new_http(session, shutdown).await,
+            _ => return Box::pin(self.proxy.process_new_http(session, shutdown)).await,
         };
         // As the regular proxy: an idle keep-alive connection closes when the
         // server shuts down; a head already buffered is still read first.
@@ -152,7 +153,9 @@ impl FastPath {
                 counts.handed_over.inc();
                 drop(ctx);
                 h1.keep_read_head();
-                return self.proxy.process_new_http(session, shutdown).await;
+                // Boxed: the general proxy's future is large, and held inline
+                // it would grow every idle keep-alive connection's.
+                return Box::pin(self.proxy.process_new_http(session, shutdown)).await;
             }
             Outcome::Served { keep } => keep,
             Outcome::Failed(code) => {
@@ -224,8 +227,8 @@ impl FastPath {
         let head_request = h1.req_header().method == http::Method::HEAD;
         let idle = options.stream_idle_timeout;
         let mut retries_left = RETRIES_ON_REUSED;
-        let mut request_head = Vec::with_capacity(BUF_SIZE);
-        let mut rbuf = Vec::with_capacity(BUF_SIZE);
+        let mut request_head = Buf::take();
+        let mut rbuf = Buf::take();
         let mut up = loop {
             let picked = {
                 let RequestCtx {
@@ -275,7 +278,10 @@ impl FastPath {
                 },
             };
             let answered = match within(idle, stream.write_all(&request_head)).await {
-                Ok(()) => within(idle, stream.read_buf(&mut rbuf)).await,
+                Ok(()) => match read_answer(h1, &mut stream, &mut rbuf, idle).await {
+                    Some(read) => read,
+                    None => return Outcome::Broken,
+                },
                 Err(e) => Err(e),
             };
             match answered {
@@ -291,7 +297,9 @@ impl FastPath {
         };
         let close = !h1.will_keepalive() || *shutdown.borrow();
         let date = pingora::protocols::http::date::get_cached_date();
-        let mut out = Vec::with_capacity(BUF_SIZE);
+        // The request head is sent: its buffer takes what goes to the client.
+        let mut out = request_head;
+        out.clear();
         // The response head, and any 1xx before it, passed on as they come.
         let head = loop {
             match response_head::parse(&rbuf, head_request, close, date.as_bytes(), &mut out) {
@@ -313,9 +321,10 @@ impl FastPath {
                     return Outcome::Failed(502);
                 }
             }
-            match within(idle, up.read_buf(&mut rbuf)).await {
-                Ok(0) | Err(_) => return Outcome::Failed(502),
-                Ok(_) => {}
+            match read_answer(h1, &mut up, &mut rbuf, idle).await {
+                None => return Outcome::Broken,
+                Some(Ok(0) | Err(_)) => return Outcome::Failed(502),
+                Some(Ok(_)) => {}
             }
         };
         sent.status = Some(head.status);
@@ -340,7 +349,7 @@ impl FastPath {
                 let mut left = total - now as u64;
                 while left > 0 {
                     rbuf.clear();
-                    match within(idle, up.read_buf(&mut rbuf)).await {
+                    match within(idle, up.read_buf(&mut *rbuf)).await {
                         Ok(0) | Err(_) => return Outcome::Broken,
                         Ok(n) => {
                             let now = n.min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -367,7 +376,7 @@ impl FastPath {
                 sent.body_bytes = now;
                 while !chunks.is_done() {
                     rbuf.clear();
-                    match within(idle, up.read_buf(&mut rbuf)).await {
+                    match within(idle, up.read_buf(&mut *rbuf)).await {
                         Ok(0) | Err(_) => return Outcome::Broken,
                         Ok(n) => {
                             let Ok(now) = chunks.feed(&rbuf) else {
@@ -393,7 +402,7 @@ impl FastPath {
                 }
                 loop {
                     rbuf.clear();
-                    match within(idle, up.read_buf(&mut rbuf)).await {
+                    match within(idle, up.read_buf(&mut *rbuf)).await {
                         Ok(0) => break,
                         Err(_) => return Outcome::Broken,
                         Ok(n) => {
@@ -418,8 +427,6 @@ impl FastPath {
 /// A request goes again on a new connection at most this often when pooled
 /// connections turn out closed.
 const RETRIES_ON_REUSED: usize = 2;
-/// Starting size of the request and response buffers.
-const BUF_SIZE: usize = 16 * 1024;
 
 /// A new upstream connection, within `timeout`.
 async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
@@ -441,6 +448,23 @@ async fn within<T>(
             .await
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
         None => f.await,
+    }
+}
+
+/// Read the upstream's answer into `buf`, watching the client meanwhile as
+/// the general proxy does: a client that closes its connection gives the
+/// request up (`None`; the upstream connection is then dropped, not
+/// pooled), and the first bytes of a pipelined next request are kept for it.
+async fn read_answer(
+    h1: &mut Session1,
+    up: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    idle: Option<Duration>,
+) -> Option<io::Result<usize>> {
+    tokio::select! {
+        biased;
+        read = within(idle, up.read_buf(buf)) => Some(read),
+        _ = h1.read_body_or_idle(true) => None,
     }
 }
 
