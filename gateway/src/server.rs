@@ -23,7 +23,7 @@ use crate::activator::{Activator, ActivatorResolver};
 use crate::admin::Admin;
 use crate::drain::{Drain, DrainSignal};
 use crate::external::ExternalNames;
-use crate::fast::app::FastPath;
+use crate::fast::app::{FastPath, ProxyApp};
 use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxyOptions};
@@ -250,7 +250,12 @@ pub fn run(
     };
     // The fast path's idle upstream connections are kept per worker thread.
     let idle_per_thread = config.upstream_idle_connections / config.threads.max(1);
-    let app = FastPath::new(gateway, app, idle_per_thread, config.fast_path);
+    let app = Arc::new(app);
+    let app = if config.fast_path {
+        ProxyApp::Fast(Arc::new(FastPath::new(gateway, app, idle_per_thread)))
+    } else {
+        ProxyApp::General(app)
+    };
     let app = ConnectionLimit::new(app, max_connections, metrics.connections.clone());
     // A TLS handshake, or a PROXY header, gets as long as a request head.
     let handshake_timeout = config

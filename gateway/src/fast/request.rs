@@ -3,29 +3,46 @@
 use http::{header, Method, Version};
 use pingora::http::RequestHeader;
 
-/// Whether the fast path serves `req`: HTTP/1.1, not `CONNECT`, without a
-/// body (no `Content-Length` or `Transfer-Encoding`), without `Expect` or
-/// `Upgrade`, and with no hop-by-hop field but a `Connection` of
-/// `keep-alive` or `close`; a request target pingora would refuse to send
-/// upstream is left to it too. Everything else goes to the regular proxy.
-pub fn is_plain(req: &RequestHeader) -> bool {
+/// Largest request body the fast path takes: it reads a body whole before
+/// forwarding it (so a request can go again on another connection), as
+/// nginx buffers bodies; longer ones stream through the general proxy.
+pub const MAX_BODY: u64 = 64 * 1024;
+
+/// Whether the fast path serves `req`, and the length of its body if so:
+/// HTTP/1.1, not `CONNECT`, no body or one of at most [`MAX_BODY`] bytes by
+/// `Content-Length` (no `Transfer-Encoding`), no `Expect` or `Upgrade`, and
+/// no hop-by-hop field but a `Connection` of `keep-alive` or `close`; a
+/// request target pingora would refuse to send upstream is left to it too.
+/// Everything else (`None`) goes to the general proxy.
+pub fn plain_body(req: &RequestHeader) -> Option<u64> {
     if req.version != Version::HTTP_11 || req.method == Method::CONNECT {
-        return false;
+        return None;
     }
     if req
         .raw_path()
         .iter()
         .any(|&b| matches!(b, 0x00 | 0x0a | 0x0d | 0x20))
     {
-        return false;
+        return None;
     }
-    req.headers.iter().all(|(name, value)| {
+    let mut length = 0;
+    let plain = req.headers.iter().all(|(name, value)| {
         if name == header::CONNECTION {
             let v = value.as_bytes();
             return v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
         }
-        !(name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
+        if name == header::CONTENT_LENGTH {
+            // pingora's reader has refused differing or malformed lengths;
+            // anything but one plain number is left to its general path.
+            return match std::str::from_utf8(value.as_bytes()).map(str::parse::<u64>) {
+                Ok(Ok(n)) if n <= MAX_BODY && length == 0 => {
+                    length = n;
+                    true
+                }
+                _ => false,
+            };
+        }
+        !(name == header::TRANSFER_ENCODING
             || name == header::EXPECT
             || name == header::UPGRADE
             || name == header::TE
@@ -36,7 +53,8 @@ pub fn is_plain(req: &RequestHeader) -> bool {
                 name.as_str(),
                 "keep-alive" | "proxy-connection" | "http2-settings"
             ))
-    })
+    });
+    plain.then_some(length)
 }
 
 /// Drop what concerns the client's connection only (`Connection`), before
@@ -71,18 +89,28 @@ mod tests {
     }
 
     #[test]
-    fn plain_requests_are_bodiless_http11_without_hop_by_hop_fields() {
-        assert!(is_plain(&req("GET", "/", &[("host", "a")])));
+    fn plain_requests_are_http11_with_short_bodies_and_no_hop_by_hop_fields() {
+        let is_plain = |r: &RequestHeader| plain_body(r).is_some();
+        assert_eq!(plain_body(&req("GET", "/", &[("host", "a")])), Some(0));
         assert!(is_plain(&req(
             "DELETE",
             "/x?y",
             &[("host", "a"), ("connection", "Keep-Alive")]
         )));
         assert!(is_plain(&req("GET", "/", &[("connection", "close")])));
+        assert_eq!(
+            plain_body(&req("POST", "/", &[("content-length", "0")])),
+            Some(0)
+        );
+        assert_eq!(
+            plain_body(&req("POST", "/", &[("content-length", "65536")])),
+            Some(65536)
+        );
         for refused in [
             ("connection", "upgrade"),
             ("connection", "keep-alive, x-secret"),
-            ("content-length", "0"),
+            ("content-length", "65537"),
+            ("content-length", "5, 5"),
             ("transfer-encoding", "chunked"),
             ("expect", "100-continue"),
             ("upgrade", "websocket"),
