@@ -1,4 +1,8 @@
-//! The request path, start to end, as pingora `ProxyHttp` hooks:
+//! The general request path, start to end, as pingora `ProxyHttp` hooks.
+//! Plain HTTP/1.1 requests take the fast path instead (`fast/app.rs`), which
+//! calls the same functions of this file to route, pick, set headers, retry
+//! and log (`Gateway::route`, `take_endpoint`, `set_upstream_headers`,
+//! `Gateway::connect_refused`, `Gateway::record`); it hands the rest here.
 //!
 //! 1. `request_filter`: one `ArcSwap` load of the table, then
 //!    [`config_sync::resolve`]: Host → route, the first matching path (prefix

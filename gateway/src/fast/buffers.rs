@@ -21,7 +21,7 @@ thread_local! {
 pub struct Buf(Vec<u8>);
 
 impl Buf {
-    /// An empty buffer of at least [`START`] bytes' capacity.
+    /// An empty buffer of at least 16 KiB capacity.
     pub fn take() -> Buf {
         let reused = FREE.with_borrow_mut(|free| free.pop());
         Buf(reused.unwrap_or_else(|| Vec::with_capacity(START)))
