@@ -6,8 +6,9 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Capacity a new buffer starts with: a request head, or a response head and
-/// a small body, in one read.
-const START: usize = 16 * 1024;
+/// a small body, in one read (nginx's proxy buffers are 4 or 8 KiB too); a
+/// larger head grows it. Every request in flight holds two.
+const START: usize = 8 * 1024;
 /// A buffer grown past this is let go rather than kept.
 const KEEP_AT_MOST: usize = 64 * 1024;
 /// Idle buffers kept per thread.
@@ -21,7 +22,7 @@ thread_local! {
 pub struct Buf(Vec<u8>);
 
 impl Buf {
-    /// An empty buffer of at least 16 KiB capacity.
+    /// An empty buffer of at least 8 KiB capacity.
     pub fn take() -> Buf {
         let reused = FREE.with_borrow_mut(|free| free.pop());
         Buf(reused.unwrap_or_else(|| Vec::with_capacity(START)))
