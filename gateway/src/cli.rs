@@ -317,9 +317,10 @@ pub struct Tuning {
     /// client's address from it. The internal listeners never expect one.
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
-    /// Serve plain HTTP/1.1 requests (no body, no upgrade) on the fast path,
-    /// handing the rest to the general proxy (docs/fast-path.md); `false`
-    /// sends every request through the general proxy.
+    /// Serve plain HTTP/1.1 requests (no body or one of at most 64 KiB by
+    /// Content-Length, no upgrade) on the fast path, handing the rest to the
+    /// general proxy (docs/fast-path.md); `false` sends every request through
+    /// the general proxy.
     #[arg(long, env = "GATEWAY_FAST_PATH", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub fast_path: bool,

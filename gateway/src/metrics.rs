@@ -27,7 +27,7 @@ const REQUESTS_HELP: &str = "Requests by namespace, route, revision and status c
 pub struct FastPathCounts {
     /// Served by the fast path.
     pub served: IntCounter,
-    /// Read by the fast path and handed to the regular proxy.
+    /// Read by the fast path and handed to the general proxy.
     pub handed_over: IntCounter,
 }
 
@@ -57,7 +57,7 @@ pub struct Metrics {
     /// Client connections open, and refused past `--max-connections`.
     pub connections: crate::limits::ConnectionCounts,
     /// HTTP/1.x requests the fast path served, and those it handed to the
-    /// regular proxy (docs/fast-path.md).
+    /// general proxy (docs/fast-path.md).
     pub fast_path: FastPathCounts,
     /// Access log lines dropped because the writer fell behind (or failed).
     pub access_log_dropped: IntCounter,
@@ -115,7 +115,7 @@ impl Metrics {
         let fast_path_requests = IntCounterVec::new(
             Opts::new(
                 "gateway_fast_path_requests_total",
-                "HTTP/1.x requests the fast path served, or handed to the regular proxy.",
+                "HTTP/1.x requests the fast path served, or handed to the general proxy.",
             ),
             &["outcome"],
         )?;

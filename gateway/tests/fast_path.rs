@@ -73,15 +73,9 @@ impl RawRecorder {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
+                        let head_end = |b: &[u8]| find(b, b"\r\n\r\n");
+                        let Some(end) = read_until(&mut s, &mut buf, head_end).await else {
+                            return;
                         };
                         let mut head: Vec<u8> = buf.drain(..end).collect();
                         let text = String::from_utf8_lossy(&head).into_owned();
@@ -94,29 +88,20 @@ impl RawRecorder {
                                     .then(|| v.trim().parse().ok())?
                             })
                             .unwrap_or(0usize);
-                        while buf.len() < length {
-                            let mut chunk = [0u8; 4096];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        head.extend(buf.drain(..length));
+                        let whole = |b: &[u8]| (b.len() >= length).then_some(length);
+                        let Some(end) = read_until(&mut s, &mut buf, whole).await else {
+                            return;
+                        };
+                        head.extend(buf.drain(..end));
                         // A chunked body (handed over to the general proxy):
                         // up to its last chunk, simply.
                         if text
                             .to_ascii_lowercase()
                             .contains("transfer-encoding: chunked")
                         {
-                            let end = loop {
-                                if let Some(i) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
-                                    break i + 5;
-                                }
-                                let mut chunk = [0u8; 4096];
-                                match s.read(&mut chunk).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                                }
+                            let last = |b: &[u8]| find(b, b"0\r\n\r\n");
+                            let Some(end) = read_until(&mut s, &mut buf, last).await else {
+                                return;
                             };
                             head.extend(buf.drain(..end));
                         }
@@ -136,6 +121,32 @@ impl RawRecorder {
 
     fn take(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut *self.heads.lock().unwrap())
+    }
+}
+
+/// Where `pattern` ends in `b`, if it is there.
+fn find(b: &[u8], pattern: &[u8]) -> Option<usize> {
+    b.windows(pattern.len())
+        .position(|w| w == pattern)
+        .map(|i| i + pattern.len())
+}
+
+/// Read from `s` into `buf` until `end` finds where what is wanted ends;
+/// `None` if the connection closes first.
+async fn read_until(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    end: impl Fn(&[u8]) -> Option<usize>,
+) -> Option<usize> {
+    loop {
+        if let Some(i) = end(buf) {
+            return Some(i);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
     }
 }
 
@@ -377,13 +388,11 @@ async fn a_client_that_leaves_before_the_answer_frees_the_upstream_connection() 
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     let backend = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
         let mut seen = Vec::new();
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the request arrives");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        let head_end = |b: &[u8]| find(b, b"\r\n\r\n");
+        let arrived = read_until(&mut s, &mut seen, head_end).await;
+        assert!(arrived.is_some(), "the request arrives");
+        let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).await.unwrap_or(0);
         let _ = closed_tx.send(n);
     });

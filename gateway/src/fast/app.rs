@@ -2,10 +2,11 @@
 //! requests, forwarded over pooled TCP connections with the response passed
 //! through as framed bytes, no header maps or proxy tasks. It reads every
 //! head with pingora's HTTP/1 reader (its parser and limits), routes, sets
-//! headers and logs through the same functions as the regular proxy
+//! headers and logs through the same functions as the general proxy
 //! (`proxy.rs`), and hands whatever it does not serve to that proxy with the
-//! head already read: HTTP/2, upgrades, request bodies, misses (404, the
-//! probe, redirects), the activator, ExternalNames and h2c backends.
+//! head already read: upgrades, chunked or long request bodies, misses (404,
+//! the probe, redirects), the activator, ExternalNames and h2c backends.
+//! HTTP/2 connections go to that proxy before any head is read.
 
 use std::future::Future;
 use std::io;
@@ -28,8 +29,8 @@ use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::body::BodyEnd;
 use super::buffers::Buf;
-use super::chunked::ChunkTracker;
 use super::response_head::{self, Framing};
 use super::{pool, request};
 use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx};
@@ -96,7 +97,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How a request read by the fast path ended.
 enum Outcome {
-    /// Not one the fast path serves: the regular proxy takes it, unanswered.
+    /// Not one the fast path serves: the general proxy takes it, unanswered.
     HandOver,
     /// Answered; the client connection may stay (or must close).
     Served { keep: bool },
@@ -173,7 +174,7 @@ impl FastPath {
             // HTTP/2 is routed around the fast path (`is_http2`).
             return Box::pin(self.proxy.process_new_http(session, shutdown)).await;
         };
-        // As the regular proxy: an idle keep-alive connection closes when the
+        // As the general proxy: an idle keep-alive connection closes when the
         // server shuts down; a head already buffered is still read first.
         let read = {
             let mut stop = shutdown.clone();
@@ -187,7 +188,7 @@ impl FastPath {
             Ok(Some(_)) => {}
             Ok(None) => return None,
             Err(mut e) => {
-                // The same answers as the regular proxy: a head refused with
+                // The same answers as the general proxy: a head refused with
                 // a status (400, 408, 431) gets it, then the connection closes.
                 e.as_down();
                 let status = match e.etype() {
@@ -274,7 +275,7 @@ impl FastPath {
             };
             let backend = table.backend(ctx.to.backend);
             // The activator (no endpoints), ExternalNames and a rewritten Host
-            // (which the access log must not see) stay with the regular proxy.
+            // (which the access log must not see) stay with the general proxy.
             // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
             // revision's endpoints share one port, so the first tells).
             if !matches!(backend.kind, BackendKind::Pods)
@@ -305,7 +306,7 @@ impl FastPath {
             sent.body_read = body.len();
         }
         // A client may send its next requests before reading the answers
-        // (RFC 9112 §9.3.2); as in the regular proxy, they are answered in order.
+        // (RFC 9112 §9.3.2); as in the general proxy, they are answered in order.
         h1.set_pipelining_enabled(true);
         let head_request = h1.req_header().method == http::Method::HEAD;
         let idle = options.stream_idle_timeout;
@@ -408,93 +409,40 @@ impl FastPath {
             }
         };
         sent.status = Some(head.status);
+        // The body, by its framing: what came with the head, then each read
+        // passed on up to the body's end. Bytes past it (a misbehaving
+        // backend's) are not passed on, and the connection is not reused.
+        let mut end = BodyEnd::of(head.framing);
         let body = &rbuf[head.len..];
-        let mut keep = !close;
-        let mut reusable = head.reusable;
-        match head.framing {
-            Framing::Empty => {
-                reusable &= body.is_empty();
-                if write(h1, &out).await.is_err() {
-                    return Outcome::Broken;
-                }
-            }
-            Framing::Length(total) => {
-                let now = body.len().min(usize::try_from(total).unwrap_or(usize::MAX));
-                out.extend_from_slice(&body[..now]);
-                reusable &= body.len() as u64 <= total;
-                if write(h1, &out).await.is_err() {
-                    return Outcome::Broken;
-                }
-                sent.body_bytes = now;
-                let mut left = total - now as u64;
-                while left > 0 {
-                    rbuf.clear();
-                    match within(idle, up.read_buf(&mut *rbuf)).await {
-                        Ok(0) | Err(_) => return Outcome::Broken,
-                        Ok(n) => {
-                            let now = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-                            reusable &= n as u64 <= left;
-                            if write(h1, &rbuf[..now]).await.is_err() {
-                                return Outcome::Broken;
-                            }
-                            sent.body_bytes += now;
-                            left -= now as u64;
-                        }
-                    }
-                }
-            }
-            Framing::Chunked => {
-                let mut chunks = ChunkTracker::new();
-                let Ok(now) = chunks.feed(body) else {
-                    return Outcome::Failed(502);
-                };
-                out.extend_from_slice(&body[..now]);
-                reusable &= now == body.len();
-                if write(h1, &out).await.is_err() {
-                    return Outcome::Broken;
-                }
-                sent.body_bytes = now;
-                while !chunks.is_done() {
-                    rbuf.clear();
-                    match within(idle, up.read_buf(&mut *rbuf)).await {
-                        Ok(0) | Err(_) => return Outcome::Broken,
-                        Ok(n) => {
-                            let Ok(now) = chunks.feed(&rbuf) else {
-                                return Outcome::Broken;
-                            };
-                            reusable &= now == n;
-                            if write(h1, &rbuf[..now]).await.is_err() {
-                                return Outcome::Broken;
-                            }
-                            sent.body_bytes += now;
-                        }
-                    }
-                }
-            }
-            Framing::UntilClose => {
-                // The client learns the end by the close (the head says so).
-                keep = false;
-                reusable = false;
-                out.extend_from_slice(body);
-                sent.body_bytes = body.len();
-                if write(h1, &out).await.is_err() {
-                    return Outcome::Broken;
-                }
-                loop {
-                    rbuf.clear();
-                    match within(idle, up.read_buf(&mut *rbuf)).await {
-                        Ok(0) => break,
-                        Err(_) => return Outcome::Broken,
-                        Ok(n) => {
-                            if write(h1, &rbuf).await.is_err() {
-                                return Outcome::Broken;
-                            }
-                            sent.body_bytes += n;
-                        }
-                    }
-                }
-            }
+        let Ok(now) = end.take(body) else {
+            return Outcome::Failed(502);
+        };
+        let mut reusable = head.reusable && now == body.len();
+        out.extend_from_slice(&body[..now]);
+        if write(h1, &out).await.is_err() {
+            return Outcome::Broken;
         }
+        sent.body_bytes = now;
+        while !end.is_done() {
+            rbuf.clear();
+            let n = match within(idle, up.read_buf(&mut *rbuf)).await {
+                // A body that runs to the close has ended.
+                Ok(0) if matches!(end, BodyEnd::Close) => break,
+                Ok(0) | Err(_) => return Outcome::Broken,
+                Ok(n) => n,
+            };
+            let Ok(now) = end.take(&rbuf) else {
+                return Outcome::Broken;
+            };
+            reusable &= now == n;
+            if write(h1, &rbuf[..now]).await.is_err() {
+                return Outcome::Broken;
+            }
+            sent.body_bytes += now;
+        }
+        // The client learns where a body that ran to the close ended by the
+        // close too (the head said so).
+        let keep = !close && head.framing != Framing::UntilClose;
         if reusable {
             if let Some(addr) = ctx.peer {
                 pool::put(addr, up, self.idle_per_thread, ctx.start);

@@ -2,6 +2,7 @@
 //! [`app`], and its parts, pure functions over bytes where they can be.
 
 pub mod app;
+pub mod body;
 pub mod buffers;
 pub mod chunked;
 pub mod pool;
