@@ -79,6 +79,8 @@ fn per_request(c: &mut Criterion) {
             .collect();
         let mut rng = SmallRng::seed_from_u64(1);
         let headers = http::HeaderMap::new();
+        let policy = config_sync::health::Policy::default();
+        let now = config_sync::health::now_millis();
         let mut i = 0;
         let id = format!("{routes} routes, {distinct} hosts");
         group.bench_function(id, |b| {
@@ -88,9 +90,9 @@ fn per_request(c: &mut Criterion) {
                 let mut buf = [0u8; MAX_HOST_LEN];
                 let h = normalize(hosts[i].as_bytes(), &mut buf).unwrap();
                 let mut to = Resolved::default();
-                resolve(&table, get(h, &headers), &mut rng, &mut to).unwrap();
+                resolve(&table, get(h, &headers), &mut to).unwrap();
                 let backend = table.backend(to.backend);
-                black_box(pick_endpoint(&backend.endpoints, &[], &mut rng))
+                black_box(pick_endpoint(backend, &[], now, &policy, &mut rng))
             })
         });
     }
@@ -350,7 +352,6 @@ fn kingresses(c: &mut Criterion) {
         b.iter_with_large_drop(|| table.with_endpoints(&endpoint, &[], Vec::new(), 2))
     });
     let headers = http::HeaderMap::new();
-    let mut rng = SmallRng::seed_from_u64(1);
     // 10 hosts show the cost of the work; 1,024 add the cache misses.
     for distinct in [10, 1024] {
         let hosts: Vec<String> = (0..1024)
@@ -362,7 +363,7 @@ fn kingresses(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) & 1023;
                 let mut to = Resolved::default();
-                resolve(&table, get(&hosts[i], &headers), &mut rng, &mut to).unwrap();
+                resolve(&table, get(&hosts[i], &headers), &mut to).unwrap();
                 black_box(to.backend)
             })
         });

@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue};
 
 use crate::error::{ObjectError, Outcome, Rejection};
+use crate::health::EndpointState;
 use crate::host;
 use crate::ir::{self, PortSelector};
 use crate::kingress::{self, KIngress, LowerOptions, Services};
@@ -822,18 +822,27 @@ fn hold_for_endpoints(
 /// The live table's counters, which the next table takes over.
 #[derive(Default)]
 struct Carried<'p> {
-    /// In-flight counts by endpoint index key and endpoint address.
-    inflight: FastMap<(&'p str, SocketAddr), &'p Arc<AtomicU32>>,
+    /// Endpoint states by endpoint index key and endpoint address.
+    endpoints: FastMap<(&'p str, SocketAddr), &'p Arc<EndpointState>>,
+    /// Endpoint index keys that had a ready endpoint: a new endpoint of one
+    /// warms up (slow start). Without a live table, none does.
+    serving: std::collections::HashSet<&'p str, foldhash::fast::RandomState>,
     /// Response counts by route namespace, route name and backend name.
     responses: FastMap<(&'p str, &'p str, &'p str), &'p Arc<Responses>>,
 }
 
 impl<'p> From<&'p Table> for Carried<'p> {
     fn from(table: &'p Table) -> Self {
-        let inflight = table
+        let endpoints = table
             .backends
             .iter()
-            .flat_map(|b| b.endpoints.iter().map(|e| ((&*b.key, e.addr), &e.inflight)))
+            .flat_map(|b| b.endpoints.iter().map(|e| ((&*b.key, e.addr), &e.state)))
+            .collect();
+        let serving = table
+            .backends
+            .iter()
+            .filter(|b| !b.endpoints.is_empty())
+            .map(|b| &*b.key)
             .collect();
         let responses = table
             .routes
@@ -850,7 +859,8 @@ impl<'p> From<&'p Table> for Carried<'p> {
             })
             .collect();
         Self {
-            inflight,
+            endpoints,
+            serving,
             responses,
         }
     }
@@ -1078,25 +1088,27 @@ impl<'a> Compiler<'a, '_> {
                 .map(|(addr, h2c)| Endpoint {
                     addr,
                     h2c,
-                    inflight: self
-                        .counters
-                        .inflight
-                        .get(&(key, addr))
-                        .map(|c| Arc::clone(c))
-                        .unwrap_or_default(),
+                    state: match self.counters.endpoints.get(&(key, addr)) {
+                        Some(state) => Arc::clone(state),
+                        // New beside others that served: it warms up.
+                        None if self.counters.serving.contains(key) => {
+                            Arc::new(EndpointState::new(crate::health::now_millis()))
+                        }
+                        None => Arc::default(),
+                    },
                 })
                 .collect(),
             _ => Vec::new(),
         };
         let id = self.backends.len() as BackendId;
-        self.backends.push(Arc::new(Backend {
+        self.backends.push(Arc::new(Backend::new(
             namespace,
             name,
-            key: key.into(),
+            key.into(),
             port,
             kind,
             endpoints,
-        }));
+        )));
         self.key = buf;
         self.backend_ids.insert(backend.clone(), id);
         id

@@ -9,6 +9,7 @@
 
 pub mod build;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod ir;
 pub mod kingress;

@@ -5,7 +5,6 @@
 //! rewritten Host, without a network hop.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use rand::Rng;
 
 use crate::select::pick;
 use crate::table::{BackendId, BackendKind, Headers, RouteId, Table};
@@ -73,12 +72,7 @@ pub enum Miss {
 
 /// Resolve `req` against `table`, into `out`.
 #[inline]
-pub fn resolve<R: Rng + ?Sized>(
-    table: &Table,
-    req: Request<'_>,
-    rng: &mut R,
-    out: &mut Resolved,
-) -> Result<(), Miss> {
+pub fn resolve(table: &Table, req: Request<'_>, out: &mut Resolved) -> Result<(), Miss> {
     let mut host_buf;
     let mut host = req.host;
     let mut sets = 0;
@@ -105,7 +99,7 @@ pub fn resolve<R: Rng + ?Sized>(
             .dispatch
             .resolve(req.path, req.headers)
             .ok_or(Miss::NoPath)?;
-        let chosen = pick(target, rng);
+        let chosen = pick(target);
         // Only the first hop sees the client's `override`: it replaces it.
         if hop == 0
             && entry.hashed
@@ -150,8 +144,6 @@ mod tests {
     use crate::build::{build, BuildOptions, LastGood};
     use crate::model::ObjectKey;
     use crate::sources::file::parse;
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
 
     const SNAPSHOT: &str = r#"
 apiVersion: networking.internal.knative.dev/v1alpha1
@@ -266,7 +258,7 @@ endpoints: [{addresses: [10.0.0.2]}]
             tls: false,
         };
         let mut out = Resolved::default();
-        resolve(t, req, &mut SmallRng::seed_from_u64(1), &mut out).map(|()| out)
+        resolve(t, req, &mut out).map(|()| out)
     }
 
     fn backend(t: &Table, r: &Resolved) -> String {

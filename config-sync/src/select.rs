@@ -1,50 +1,210 @@
 //! Per-request choices, as plain functions: which way out of a split, and
 //! which endpoint of a backend.
+//!
+//! A split is exact, not random: its 100 slots are laid out in smooth
+//! weighted round-robin order ([`smooth_order`]) and each worker thread walks
+//! them with a cursor of its own, so every 100 requests a thread sends
+//! through a split take each way exactly its percent, evenly spread (a 1%
+//! canary gets 1 in 100, never 0 or 4). The cursors sit on cache lines of
+//! their own: a request writes only its thread's, never a line another
+//! thread writes.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use rand::Rng;
 
-use crate::table::{Endpoint, Pick, Target};
+use crate::health::Policy;
+use crate::table::{Backend, Endpoint, Pick, Target};
 
-/// The pick a request for `target` takes: O(1), one random number for a split.
+/// The pick a request for `target` takes: O(1), the next slot of this
+/// thread's walk through a split.
 #[inline]
-pub fn pick<'t, R: Rng + ?Sized>(target: &'t Target, rng: &mut R) -> &'t Pick {
+pub fn pick(target: &Target) -> &Pick {
     match target {
         Target::One(pick) => pick,
-        Target::Split(split) => split.slot(rng.random_range(0..100usize)),
+        Target::Split(split) => split.slot(split.cursors[lane() % split.cursors.len()].advance()),
     }
 }
 
-/// Power of two choices on requests in flight: sample two distinct endpoints
-/// and take the less loaded. Endpoints whose index is in `excluded` (connection
-/// refused earlier in this request) are skipped. `None` when nothing is left.
+/// Where one thread is in a split's 100 slots, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Cursor(AtomicU8);
+
+impl Cursor {
+    /// The slot to take, moving on. A load and a store, not a locked
+    /// read-modify-write: a lane has one thread unless there are more
+    /// threads than lanes, and then two requests may share a slot.
+    #[inline]
+    fn advance(&self) -> usize {
+        let at = self.0.load(Ordering::Relaxed);
+        self.0
+            .store(if at >= 99 { 0 } else { at + 1 }, Ordering::Relaxed);
+        at as usize
+    }
+}
+
+/// Cursors of a new split: one lane per worker thread (see [`set_lanes`]),
+/// each starting at a different slot so that threads do not walk in step.
+pub fn cursors() -> Box<[Cursor]> {
+    let lanes = LANES.load(Ordering::Relaxed).max(1);
+    (0..lanes)
+        .map(|i| Cursor(AtomicU8::new((i * 100 / lanes) as u8)))
+        .collect()
+}
+
+/// Lanes (cursors per split); the gateway sets it to its worker threads.
+static LANES: AtomicUsize = AtomicUsize::new(4);
+/// Lanes handed out to threads so far.
+static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+
+/// Give each split `n` cursors: one per thread that picks (the gateway's
+/// worker threads). Splits built before keep theirs.
+pub fn set_lanes(n: usize) {
+    LANES.store(n.clamp(1, 256), Ordering::Relaxed);
+}
+
+/// This thread's lane, handed out on its first pick.
+#[inline]
+fn lane() -> usize {
+    thread_local! {
+        static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    LANE.with(|lane| match lane.get() {
+        usize::MAX => {
+            let new = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
+            lane.set(new);
+            new
+        }
+        known => known,
+    })
+}
+
+/// The 100 slots of a split with these percents (summing to 100, none 0),
+/// in smooth weighted round-robin order (as nginx spreads weighted
+/// servers): each step every way gains its percent, the one furthest ahead
+/// (the first on a tie) is taken and pays 100. Each way gets exactly its
+/// percent of the slots, and any run of consecutive slots stays close to it.
+pub fn smooth_order(percents: &[u32]) -> [u8; 100] {
+    debug_assert_eq!(percents.iter().sum::<u32>(), 100);
+    let mut current = vec![0i64; percents.len()];
+    let mut slots = [0u8; 100];
+    for slot in &mut slots {
+        for (c, &p) in current.iter_mut().zip(percents) {
+            *c += i64::from(p);
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .rev()
+            .max_by_key(|(_, &c)| c)
+            .expect("a split has a way out");
+        current[best] -= 100;
+        *slot = best as u8;
+    }
+    slots
+}
+
+/// A ready endpoint of `backend` by power of two choices on requests in
+/// flight, at `now` ([`crate::health::millis`]). Skipped: endpoints whose
+/// index is in `excluded` (connection refused earlier in this request) and
+/// ejected ones, unless nothing else is left. Within `policy.slow_start` of
+/// an endpoint becoming ready beside others, a warming endpoint the choice
+/// falls on is kept only in proportion to its warmth. `None` when nothing is
+/// left.
 #[inline]
 pub fn pick_endpoint<R: Rng + ?Sized>(
-    endpoints: &[Endpoint],
+    backend: &Backend,
     excluded: &[usize],
+    now: u64,
+    policy: &Policy,
     rng: &mut R,
 ) -> Option<usize> {
-    if excluded.is_empty() {
-        return p2c(endpoints.len(), |i| endpoints[i].load(), rng);
+    let endpoints = &backend.endpoints[..];
+    if !excluded.is_empty() {
+        return pick_among(endpoints, excluded, now, rng);
     }
-    // Retry path only: rare, so a small allocation is fine.
-    let left: Vec<usize> = (0..endpoints.len())
-        .filter(|i| !excluded.contains(i))
-        .collect();
-    p2c(left.len(), |i| endpoints[left[i]].load(), rng).map(|i| left[i])
+    let (a, b) = p2c(endpoints.len(), |i| endpoints[i].load(), rng)?;
+    // An ejected endpoint has nothing in flight, so p2c favours it: take
+    // the other candidate instead, and look further only if both are out.
+    let chosen = if !endpoints[a].state.ejected(now) {
+        (a, b)
+    } else if a != b && !endpoints[b].state.ejected(now) {
+        (b, a)
+    } else {
+        return pick_among(endpoints, excluded, now, rng);
+    };
+    let span = policy.slow_start.as_millis() as u64;
+    if span == 0 || backend.newest_ready_at == 0 || now >= backend.newest_ready_at + span {
+        return Some(chosen.0);
+    }
+    Some(warm_choice(endpoints, chosen, now, policy, rng))
 }
 
+/// The slow path: p2c among the endpoints neither excluded nor ejected (or
+/// only not excluded, when every one left is ejected). Rare: a small
+/// allocation is fine.
+#[cold]
+fn pick_among<R: Rng + ?Sized>(
+    endpoints: &[Endpoint],
+    excluded: &[usize],
+    now: u64,
+    rng: &mut R,
+) -> Option<usize> {
+    let open: Vec<usize> = (0..endpoints.len())
+        .filter(|i| !excluded.contains(i))
+        .collect();
+    let healthy: Vec<usize> = open
+        .iter()
+        .copied()
+        .filter(|&i| !endpoints[i].state.ejected(now))
+        .collect();
+    let left = if healthy.is_empty() { open } else { healthy };
+    p2c(left.len(), |i| endpoints[left[i]].load(), rng).map(|(i, _)| left[i])
+}
+
+/// Between p2c's choice and the other candidate, while endpoints warm up:
+/// a warming choice is kept with probability its warmth, else the other
+/// (when it is neither colder nor ejected).
+#[cold]
+fn warm_choice<R: Rng + ?Sized>(
+    endpoints: &[Endpoint],
+    (chosen, other): (usize, usize),
+    now: u64,
+    policy: &Policy,
+    rng: &mut R,
+) -> usize {
+    let warmth = |i: usize| endpoints[i].state.warmth(now, policy.slow_start);
+    let w = warmth(chosen);
+    if w >= 1.0 || chosen == other || endpoints[other].state.ejected(now) || warmth(other) <= w {
+        return chosen;
+    }
+    if rng.random::<f64>() < w {
+        chosen
+    } else {
+        other
+    }
+}
+
+/// Power of two choices among `n`: sample two distinct indices and take the
+/// less loaded; returns it and the other (the same index when `n` is 1).
 #[inline]
-fn p2c<R: Rng + ?Sized>(n: usize, load: impl Fn(usize) -> u32, rng: &mut R) -> Option<usize> {
+fn p2c<R: Rng + ?Sized>(
+    n: usize,
+    load: impl Fn(usize) -> u32,
+    rng: &mut R,
+) -> Option<(usize, usize)> {
     match n {
         0 => None,
-        1 => Some(0),
+        1 => Some((0, 0)),
         _ => {
             let a = rng.random_range(0..n);
             let mut b = rng.random_range(0..n - 1);
             if b >= a {
                 b += 1;
             }
-            Some(if load(b) < load(a) { b } else { a })
+            Some(if load(b) < load(a) { (b, a) } else { (a, b) })
         }
     }
 }
@@ -52,11 +212,29 @@ fn p2c<R: Rng + ?Sized>(n: usize, load: impl Fn(usize) -> u32, rng: &mut R) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::Split;
+    use crate::health::EndpointState;
+    use crate::ir::PortSelector;
+    use crate::table::{BackendKind, Split};
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    fn backend(endpoints: Vec<Endpoint>) -> Backend {
+        Backend::new(
+            "ns".into(),
+            "rev".into(),
+            "ns/rev".into(),
+            PortSelector {
+                name: "http".into(),
+                number: None,
+                h2c: false,
+                or_http2: false,
+            },
+            BackendKind::Pods,
+            endpoints,
+        )
+    }
 
     fn endpoints(n: usize) -> Vec<Endpoint> {
         (0..n)
@@ -72,46 +250,120 @@ mod tests {
         }
     }
 
+    /// The largest difference, over every run of `window` consecutive picks
+    /// in `seq` and every way out, between its count and its percent's share.
+    fn worst_window_error(seq: &[u32], percents: &[u32], window: usize) -> f64 {
+        let mut worst: f64 = 0.0;
+        for (way, &pct) in percents.iter().enumerate() {
+            let hits: Vec<u32> = seq.iter().map(|&b| u32::from(b == way as u32)).collect();
+            let mut in_window: u32 = hits[..window].iter().sum();
+            for start in 0..=seq.len() - window {
+                if start > 0 {
+                    in_window = in_window - hits[start - 1] + hits[start + window - 1];
+                }
+                let expected = window as f64 * f64::from(pct) / 100.0;
+                worst = worst.max((f64::from(in_window) - expected).abs());
+            }
+        }
+        worst
+    }
+
+    fn split(percents: &[u32]) -> Target {
+        let picks = percents
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (to(i as u32), p))
+            .collect();
+        Target::Split(Arc::new(Split::new(picks)))
+    }
+
     #[test]
-    fn split_follows_weights_and_never_picks_zero() {
-        let split = Target::Split(Arc::new(Split::new(vec![
+    fn every_window_of_100_picks_matches_the_percents_exactly() {
+        for percents in [
+            &[1, 99][..],
+            &[10, 90],
+            &[33, 33, 34],
+            &[50, 50],
+            &[7, 13, 80],
+        ] {
+            let target = split(percents);
+            let seq: Vec<u32> = (0..10_000).map(|_| pick(&target).backend).collect();
+            assert_eq!(
+                worst_window_error(&seq, percents, 100),
+                0.0,
+                "{percents:?}: one thread's windows of 100 are exact"
+            );
+            // Shorter runs stay within a request of their share too.
+            for window in [10, 25, 50] {
+                let err = worst_window_error(&seq, percents, window);
+                assert!(err <= 1.0, "{percents:?} window {window}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn smooth_order_spreads_a_small_share_and_never_takes_zero() {
+        let order = smooth_order(&[10, 90]);
+        let tens: Vec<usize> = (0..100).filter(|&i| order[i] == 0).collect();
+        assert_eq!(tens.len(), 10);
+        assert!(tens.windows(2).all(|w| w[1] - w[0] == 10), "{tens:?}");
+        let target = Target::Split(Arc::new(Split::new(vec![
             (to(0), 90),
             (to(2), 0),
             (to(1), 10),
         ])));
-        let mut rng = SmallRng::seed_from_u64(7);
         let mut counts = [0u32; 3];
-        for _ in 0..100_000 {
-            counts[pick(&split, &mut rng).backend as usize] += 1;
+        for _ in 0..1000 {
+            counts[pick(&target).backend as usize] += 1;
         }
-        assert!((89_000..91_000).contains(&counts[0]), "{counts:?}");
-        assert!((9_000..11_000).contains(&counts[1]), "{counts:?}");
-        assert_eq!(counts[2], 0);
+        assert_eq!(counts, [900, 100, 0]);
+    }
+
+    #[test]
+    fn threads_walk_their_own_cursor() {
+        // Lanes are handed out per process: room for every test thread.
+        let target = Target::Split(Arc::new(Split {
+            picks: vec![to(0), to(1)].into(),
+            slots: smooth_order(&[1, 99]),
+            cursors: (0..256).map(|_| Cursor::default()).collect(),
+        }));
+        let counts: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| (0..1000).filter(|_| pick(&target).backend == 0).count() as u32)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Each thread has a lane of its own: exactly 10 each.
+        assert_eq!(counts, [10, 10, 10]);
     }
 
     #[test]
     fn single_revision_target() {
-        let mut rng = SmallRng::seed_from_u64(1);
-        assert_eq!(pick(&Target::One(to(4)), &mut rng).backend, 4);
+        assert_eq!(pick(&Target::One(to(4))).backend, 4);
     }
 
     #[test]
     fn p2c_prefers_the_less_loaded() {
-        let eps = endpoints(2);
-        eps[0].inflight.store(5, Ordering::Relaxed);
+        let b = backend(endpoints(2));
+        b.endpoints[0].state.inflight.store(5, Ordering::Relaxed);
         let mut rng = SmallRng::seed_from_u64(3);
         for _ in 0..100 {
-            assert_eq!(pick_endpoint(&eps, &[], &mut rng), Some(1));
+            assert_eq!(
+                pick_endpoint(&b, &[], 0, &Policy::default(), &mut rng),
+                Some(1)
+            );
         }
     }
 
     #[test]
     fn p2c_spreads_equal_load() {
-        let eps = endpoints(4);
+        let b = backend(endpoints(4));
         let mut rng = SmallRng::seed_from_u64(9);
         let mut counts = [0u32; 4];
         for _ in 0..40_000 {
-            counts[pick_endpoint(&eps, &[], &mut rng).unwrap()] += 1;
+            counts[pick_endpoint(&b, &[], 0, &Policy::default(), &mut rng).unwrap()] += 1;
         }
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");
@@ -120,12 +372,72 @@ mod tests {
 
     #[test]
     fn exclusions_are_skipped_and_exhaustion_is_none() {
-        let eps = endpoints(3);
+        let b = backend(endpoints(3));
+        let p = Policy::default();
         let mut rng = SmallRng::seed_from_u64(5);
         for _ in 0..100 {
-            assert_eq!(pick_endpoint(&eps, &[0, 2], &mut rng), Some(1));
+            assert_eq!(pick_endpoint(&b, &[0, 2], 0, &p, &mut rng), Some(1));
         }
-        assert_eq!(pick_endpoint(&eps, &[0, 1, 2], &mut rng), None);
-        assert_eq!(pick_endpoint(&[], &[], &mut rng), None);
+        assert_eq!(pick_endpoint(&b, &[0, 1, 2], 0, &p, &mut rng), None);
+        assert_eq!(pick_endpoint(&backend(vec![]), &[], 0, &p, &mut rng), None);
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_until_they_return_or_nothing_else_is_left() {
+        let b = backend(endpoints(3));
+        let p = Policy {
+            eject_after: 1,
+            ..Policy::default()
+        };
+        let mut rng = SmallRng::seed_from_u64(11);
+        b.endpoints[1].state.failed(1000, 2, &p);
+        assert!(b.endpoints[1].state.ejected(1000));
+        for _ in 0..1000 {
+            assert_ne!(pick_endpoint(&b, &[], 1000, &p, &mut rng), Some(1));
+        }
+        // Past its ejection it is picked again.
+        let back = (0..1000)
+            .filter(|_| pick_endpoint(&b, &[], 60_000, &p, &mut rng) == Some(1))
+            .count();
+        assert!(back > 200, "{back}");
+        // Every other one excluded: an ejected endpoint beats none.
+        assert_eq!(pick_endpoint(&b, &[0, 2], 1000, &p, &mut rng), Some(1));
+    }
+
+    #[test]
+    fn a_warming_endpoint_takes_a_share_that_grows_to_its_full_one() {
+        let now = 100_000;
+        let p = Policy {
+            slow_start: Duration::from_secs(10),
+            ..Policy::default()
+        };
+        let old = Endpoint::new("10.0.0.1:80".parse().unwrap());
+        let new = Endpoint {
+            state: Arc::new(EndpointState::new(now)),
+            ..Endpoint::new("10.0.0.2:80".parse().unwrap())
+        };
+        let b = backend(vec![old, new]);
+        let mut rng = SmallRng::seed_from_u64(2);
+        let share = |at: u64, rng: &mut SmallRng| {
+            (0..10_000)
+                .filter(|_| pick_endpoint(&b, &[], at, &p, rng) == Some(1))
+                .count() as f64
+                / 10_000.0
+        };
+        let start = share(now, &mut rng);
+        let half = share(now + 5_000, &mut rng);
+        let warm = share(now + 10_000, &mut rng);
+        // Equal loads: a warm pair splits 50/50; warming takes warmth × 50%.
+        assert!((0.03..0.08).contains(&start), "{start}");
+        assert!((0.22..0.28).contains(&half), "{half}");
+        assert!((0.47..0.53).contains(&warm), "{warm}");
+        let p_off = Policy {
+            slow_start: Duration::ZERO,
+            ..p
+        };
+        let off = (0..10_000)
+            .filter(|_| pick_endpoint(&b, &[], now, &p_off, &mut rng) == Some(1))
+            .count();
+        assert!((4_700..5_300).contains(&off), "{off}");
     }
 }

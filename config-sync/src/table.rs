@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::error::Rejection;
+use crate::health::EndpointState;
 use crate::ir::PortSelector;
 use crate::model::{Kind, ObjectKey};
 use crate::responses::Responses;
@@ -210,11 +210,14 @@ impl Target {
 }
 
 /// A weighted split precomputed as 100 slots (Knative percents are whole
-/// numbers summing to 100), so a pick is one random index.
+/// numbers summing to 100) in smooth weighted round-robin order, walked by a
+/// cursor per worker thread: every 100 requests a thread sends through it
+/// take each way exactly its percent, spread evenly (see [`crate::select`]).
 #[derive(Debug)]
 pub struct Split {
     pub(crate) picks: Box<[Pick]>,
     pub(crate) slots: [u8; 100],
+    pub(crate) cursors: Box<[crate::select::Cursor]>,
 }
 
 impl Split {
@@ -222,19 +225,12 @@ impl Split {
     /// 100 of them have a share.
     pub fn new(weights: Vec<(Pick, u32)>) -> Self {
         debug_assert_eq!(weights.iter().map(|w| w.1).sum::<u32>(), 100);
-        let mut slots = [0; 100];
-        let mut at = 0;
-        let mut picks = Vec::with_capacity(weights.len());
-        for (pick, pct) in weights.into_iter().filter(|w| w.1 > 0) {
-            for slot in &mut slots[at..at + pct as usize] {
-                *slot = picks.len() as u8;
-            }
-            at += pct as usize;
-            picks.push(pick);
-        }
+        let (picks, percents): (Vec<Pick>, Vec<u32>) =
+            weights.into_iter().filter(|w| w.1 > 0).unzip();
         Self {
             picks: picks.into_boxed_slice(),
-            slots,
+            slots: crate::select::smooth_order(&percents),
+            cursors: crate::select::cursors(),
         }
     }
 
@@ -242,6 +238,11 @@ impl Split {
     #[inline]
     pub fn slot(&self, i: usize) -> &Pick {
         &self.picks[self.slots[i] as usize]
+    }
+
+    /// The ways out, in the order of [`Split::slot`]'s indices.
+    pub fn picks(&self) -> &[Pick] {
+        &self.picks
     }
 }
 
@@ -303,6 +304,36 @@ pub struct Backend {
     pub kind: BackendKind,
     /// Ready endpoints; empty means scaled to zero (or not ready).
     pub endpoints: Vec<Endpoint>,
+    /// The latest [`EndpointState::ready_at`] of its endpoints: a pick
+    /// weighs warmth only within `--slow-start` of it.
+    pub newest_ready_at: u64,
+}
+
+impl Backend {
+    /// Pods, the gateway itself or an external name, with `endpoints`.
+    pub fn new(
+        namespace: Arc<str>,
+        name: Arc<str>,
+        key: Box<str>,
+        port: PortSelector,
+        kind: BackendKind,
+        endpoints: Vec<Endpoint>,
+    ) -> Self {
+        let newest_ready_at = endpoints
+            .iter()
+            .map(|e| e.state.ready_at)
+            .max()
+            .unwrap_or(0);
+        Self {
+            namespace,
+            name,
+            key,
+            port,
+            kind,
+            endpoints,
+            newest_ready_at,
+        }
+    }
 }
 
 /// One ready pod of a backend.
@@ -310,18 +341,19 @@ pub struct Backend {
 pub struct Endpoint {
     /// Pod IP and port.
     pub addr: SocketAddr,
-    /// Requests in flight to it; shared across tables so a swap keeps the counts.
-    pub inflight: Arc<AtomicU32>,
+    /// In-flight count, failures, ejection and readiness time; shared
+    /// across tables so a swap keeps them.
+    pub state: Arc<EndpointState>,
     /// It speaks HTTP/2 cleartext (see [`PortSelector`]).
     pub h2c: bool,
 }
 
 impl Endpoint {
-    /// A new HTTP/1.1 endpoint with no requests in flight.
+    /// A new HTTP/1.1 endpoint with no requests in flight, not warming up.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            inflight: Arc::new(AtomicU32::new(0)),
+            state: Arc::default(),
             h2c: false,
         }
     }
@@ -329,7 +361,7 @@ impl Endpoint {
     /// Requests in flight now.
     #[inline]
     pub fn load(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
+        self.state.load()
     }
 }
 
@@ -397,34 +429,36 @@ impl Table {
         generation: u64,
     ) -> Table {
         let mut backends = self.backends.clone();
+        let now = crate::health::now_millis();
         for update in updates {
             for &id in self.backends_of(&update.key) {
                 let old = &self.backends[id as usize];
                 let endpoints = endpoint_addrs(&update.slices, &old.port)
                     .into_iter()
                     .map(|(addr, h2c)| {
-                        // Keep the in-flight count of an endpoint that stays.
-                        let inflight = old
+                        // An endpoint that stays keeps its state; a new one
+                        // beside others warms up (slow start), a revision's
+                        // first after zero takes everything at once.
+                        let state = old
                             .endpoints
                             .iter()
                             .find(|e| e.addr == addr)
-                            .map(|e| e.inflight.clone())
-                            .unwrap_or_default();
-                        Endpoint {
-                            addr,
-                            inflight,
-                            h2c,
-                        }
+                            .map(|e| e.state.clone())
+                            .unwrap_or_else(|| {
+                                let ready_at = if old.endpoints.is_empty() { 0 } else { now };
+                                Arc::new(EndpointState::new(ready_at))
+                            });
+                        Endpoint { addr, state, h2c }
                     })
                     .collect();
-                backends[id as usize] = Arc::new(Backend {
-                    namespace: old.namespace.clone(),
-                    name: old.name.clone(),
-                    key: old.key.clone(),
-                    port: old.port.clone(),
-                    kind: old.kind.clone(),
+                backends[id as usize] = Arc::new(Backend::new(
+                    old.namespace.clone(),
+                    old.name.clone(),
+                    old.key.clone(),
+                    old.port.clone(),
+                    old.kind.clone(),
                     endpoints,
-                });
+                ));
             }
         }
         let rejected = if slices.is_empty() && rejected.is_empty() {
@@ -457,6 +491,7 @@ impl Table {
 
     /// The table as JSON-friendly data, for `/debug/routes`.
     pub fn view(&self) -> TableView {
+        let now = crate::health::now_millis();
         let mut hosts_of: Vec<Vec<HostView>> = vec![Vec::new(); self.routes.len()];
         for (host, entry) in self.hosts.iter() {
             let revision = match &entry.dispatch {
@@ -540,6 +575,11 @@ impl Table {
                         address: e.addr.to_string(),
                         inflight: e.load(),
                         protocol: if e.h2c { "h2c" } else { "http/1.1" },
+                        failures_in_a_row: e.state.failures(),
+                        ejections: e.state.ejections(),
+                        ejected_for_ms: e.state.ejected_for(now),
+                        ready_ms_ago: (e.state.ready_at > 0)
+                            .then(|| now.saturating_sub(e.state.ready_at)),
                     })
                     .collect(),
             })
@@ -706,6 +746,17 @@ pub struct EndpointView {
     /// What the gateway speaks to it: `http/1.1` or `h2c` (upgrades always
     /// go out as HTTP/1.1).
     pub protocol: &'static str,
+    /// Connections refused or reset in a row.
+    pub failures_in_a_row: u32,
+    /// Times it was ejected.
+    pub ejections: u64,
+    /// Ejection left, in milliseconds; absent when not ejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_ms: Option<u64>,
+    /// How long ago it became ready beside others (slow start counts from
+    /// then); absent for an endpoint that did not warm up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_ms_ago: Option<u64>,
 }
 
 /// A rejection in [`TableView`].

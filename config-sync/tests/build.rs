@@ -349,6 +349,7 @@ fn inflight_counters_survive_a_rebuild() {
     let (first, lg) = table(SNAPSHOT);
     let r = one(&first, "v1-hello.default.example.com");
     first.backend(r).endpoints[0]
+        .state
         .inflight
         .store(7, std::sync::atomic::Ordering::Relaxed);
     let (second, _) = table_after(SNAPSHOT, &lg, Some(&first));
@@ -390,6 +391,7 @@ fn endpoint_updates_swap_only_their_revisions() {
     let v1 = one(&t, "v1-hello.default.example.com");
     let v2 = one(&t, "v2-hello.default.example.com");
     t.backend(v1).endpoints[0]
+        .state
         .inflight
         .store(3, std::sync::atomic::Ordering::Relaxed);
     let updates = [
@@ -426,6 +428,15 @@ fn endpoint_updates_swap_only_their_revisions() {
         next.backend(v1).endpoints[0].load(),
         3,
         "a staying endpoint keeps its count"
+    );
+    // The endpoint that joined a serving revision warms up (slow start);
+    // the one that stayed, and those of the first table, do not.
+    assert_eq!(t.backend(v1).endpoints[0].state.ready_at, 0);
+    assert_eq!(next.backend(v1).endpoints[0].state.ready_at, 0);
+    assert!(next.backend(v1).endpoints[1].state.ready_at > 0);
+    assert_eq!(
+        next.backend(v1).newest_ready_at,
+        next.backend(v1).endpoints[1].state.ready_at
     );
     assert!(
         std::ptr::eq(next.backend(v2), t.backend(v2)),
@@ -772,4 +783,54 @@ fn a_kingress_change_that_moves_hosts_takes_a_full_build() {
         (r.error.reason(), r.outcome),
         ("split_sum", Outcome::LastGood)
     );
+}
+
+#[test]
+fn only_an_endpoint_joining_others_warms_up() {
+    use config_sync::ir::revision_key;
+    use config_sync::table::{EndpointUpdate, SliceEndpoints};
+    let (t, lg) = table(SNAPSHOT);
+    let v1 = one(&t, "v1-hello.default.example.com");
+    let with = |addrs: &[&str]| EndpointUpdate {
+        key: revision_key("default", "hello-00001"),
+        slices: vec![SliceEndpoints {
+            ports: vec![("http".into(), 8012)],
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }],
+    };
+    let zero = t.with_endpoints(&[with(&[])], &[], vec![], 2);
+    assert!(zero.backend(v1).endpoints.is_empty());
+    // Waking from zero: the first pod takes everything at once.
+    let woken = zero.with_endpoints(&[with(&["10.0.0.5"])], &[], vec![], 3);
+    assert_eq!(woken.backend(v1).endpoints[0].state.ready_at, 0);
+    assert_eq!(woken.backend(v1).newest_ready_at, 0);
+    let two = woken.with_endpoints(&[with(&["10.0.0.5", "10.0.0.6"])], &[], vec![], 4);
+    let eps = &two.backend(v1).endpoints;
+    assert_eq!(eps[0].state.ready_at, 0);
+    assert!(eps[1].state.ready_at > 0, "the second pod warms up");
+    // A full rebuild over a live table marks a new endpoint the same way,
+    // and keeps the state of the ones it knew.
+    let text = SNAPSHOT.replacen(
+        "- addresses: [\"10.0.0.1\"]",
+        "- addresses: [\"10.0.0.42\"]\n- addresses: [\"10.0.0.1\"]",
+        1,
+    );
+    assert!(text.contains("10.0.0.42"), "the fixture lists 10.0.0.1");
+    let (rebuilt, _) = table_after(&text, &lg, Some(&t));
+    let eps = &rebuilt
+        .backend(one(&rebuilt, "v1-hello.default.example.com"))
+        .endpoints;
+    let new = eps
+        .iter()
+        .find(|e| e.addr.ip().to_string() == "10.0.0.42")
+        .unwrap();
+    assert!(new.state.ready_at > 0);
+    let old = eps
+        .iter()
+        .find(|e| e.addr.ip().to_string() == "10.0.0.1")
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &old.state,
+        &t.backend(v1).endpoints[0].state
+    ));
 }

@@ -250,6 +250,19 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_MAX_CONNECT_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub max_connect_attempts: u16,
+    /// Connections to an endpoint refused or reset in a row that eject it
+    /// (never the last endpoint of a revision left); 0: never eject.
+    #[arg(long, env = "GATEWAY_EJECT_AFTER", default_value_t = 5)]
+    pub eject_after: u32,
+    /// How long an ejected endpoint is left out; doubled for each ejection
+    /// with no success between, up to 32 times (e.g. 10s, 500ms).
+    #[arg(long, env = "GATEWAY_EJECT_FOR", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub eject_for: Duration,
+    /// A pod that becomes ready beside others of its revision gets a share
+    /// that ramps up from 10% over this long (e.g. 30s); off by default. A
+    /// revision waking from zero is never held back.
+    #[arg(long, env = "GATEWAY_SLOW_START", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub slow_start: Duration,
     /// Idle upstream connections each worker thread keeps for reuse, across
     /// all pods. Below the number of concurrent client connections, every
     /// request past it pays a new TCP connect (pingora's default is 128).
@@ -369,6 +382,14 @@ pub struct Listeners<'a> {
 }
 
 impl Tuning {
+    /// Proxy worker threads: `--threads`, or one per core.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Server settings for the given listeners; reads the default certificate
     /// files, if any.
     pub fn serve_config(&self, listeners: Listeners<'_>) -> anyhow::Result<ServeConfig> {
@@ -383,10 +404,7 @@ impl Tuning {
             (Some(cert), Some(key)) => Some(crate::tls::load_files(cert, key)?),
             _ => None,
         };
-        let threads = match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let threads = self.worker_threads();
         Ok(ServeConfig {
             http: http.to_owned(),
             internal_http: internal_http.to_owned(),
@@ -403,6 +421,11 @@ impl Tuning {
                 stream_idle_timeout: self.stream_idle_timeout,
                 upstream_h2_streams: self.upstream_h2_streams as usize,
                 max_request_headers: self.max_request_headers as usize,
+                endpoints: config_sync::health::Policy {
+                    eject_after: self.eject_after,
+                    eject_for: self.eject_for,
+                    slow_start: self.slow_start,
+                },
             },
             shutdown_grace: self.shutdown_grace,
             shutdown_timeout: self.shutdown_timeout,

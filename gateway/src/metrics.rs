@@ -54,6 +54,10 @@ pub struct Metrics {
     pub activator_requests: IntCounterVec,
     /// Failed upstream connections, by upstream kind.
     pub connect_errors: IntCounterVec,
+    /// Endpoints ejected after connections failed in a row, by revision.
+    pub ejections: IntCounterVec,
+    /// Endpoints ejected now, by revision (refreshed on render).
+    ejected: IntGaugeVec,
     /// Client connections open, and refused past `--max-connections`.
     pub connections: crate::limits::ConnectionCounts,
     /// HTTP/1.x requests the fast path served, and those it handed to the
@@ -104,6 +108,20 @@ impl Metrics {
                 "Failed upstream connections.",
             ),
             &["upstream"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "gateway_endpoint_ejections_total",
+                "Endpoints ejected because connections to them were refused or reset in a row.",
+            ),
+            &["namespace", "revision"],
+        )?;
+        let ejected = IntGaugeVec::new(
+            Opts::new(
+                "gateway_endpoints_ejected",
+                "Endpoints ejected now, by revision.",
+            ),
+            &["namespace", "revision"],
         )?;
         let connections = crate::limits::ConnectionCounts {
             open: Default::default(),
@@ -179,6 +197,8 @@ impl Metrics {
             Box::new(duration) as Box<dyn prometheus::core::Collector>,
             Box::new(activator_requests.clone()),
             Box::new(connect_errors.clone()),
+            Box::new(ejections.clone()),
+            Box::new(ejected.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections.refused.clone()),
             Box::new(fast_path_requests),
@@ -202,6 +222,8 @@ impl Metrics {
             duration: durations,
             activator_requests,
             connect_errors,
+            ejections,
+            ejected,
             connections,
             fast_path,
             access_log_dropped,
@@ -244,6 +266,16 @@ impl Metrics {
             0
         };
         self.seconds_since_sync.set(stale as f64);
+        self.ejected.reset();
+        let now = config_sync::health::now_millis();
+        for b in table.backends() {
+            let n = b.endpoints.iter().filter(|e| e.state.ejected(now)).count();
+            if n > 0 {
+                self.ejected
+                    .with_label_values(&[&*b.namespace, &*b.name])
+                    .set(n as i64);
+            }
+        }
         let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
         for r in table.rejected() {
             *counts

@@ -71,6 +71,8 @@ pub struct ProxyOptions {
     /// Most headers in a request; HTTP/1.x heads are held to it while read
     /// (vendor patch 0008), HTTP/2 header lists here.
     pub max_request_headers: usize,
+    /// Ejection of failing endpoints and slow start of new ones.
+    pub endpoints: config_sync::health::Policy,
 }
 
 /// The gateway's `ProxyHttp` implementation. Cloning shares the table, the
@@ -229,7 +231,7 @@ impl Gateway {
                 .is_some_and(|v| v.as_bytes() == b"probe"),
             tls: ctx.tls,
         };
-        resolve(&table, request, &mut rand::rng(), &mut ctx.to).map_err(Refusal::Miss)?;
+        resolve(&table, request, &mut ctx.to).map_err(Refusal::Miss)?;
         ctx.table = Some(table);
         Ok(())
     }
@@ -244,6 +246,7 @@ impl Gateway {
                     .connect_errors
                     .with_label_values(&["revision"])
                     .inc();
+                self.endpoint_failed(ctx, i);
                 ctx.failed.push(i);
                 let endpoints = ctx
                     .table
@@ -259,6 +262,54 @@ impl Gateway {
                 false
             }
             Upstream::None => false,
+        }
+    }
+
+    /// A connection to endpoint `i` of the request's backend was refused or
+    /// reset: counted against it, and it is ejected after
+    /// `--eject-after` in a row (never the last one of its revision left).
+    pub(crate) fn endpoint_failed(&self, ctx: &RequestCtx, i: usize) {
+        use config_sync::health::Verdict;
+        let Some(table) = &ctx.table else { return };
+        let backend = table.backend(ctx.to.backend);
+        let now = config_sync::health::now_millis();
+        let others_left = backend
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| *j != i && !e.state.ejected(now))
+            .count();
+        let endpoint = &backend.endpoints[i];
+        match endpoint
+            .state
+            .failed(now, others_left, &self.options.endpoints)
+        {
+            Verdict::Counted => {}
+            Verdict::Ejected(length) => {
+                self.metrics
+                    .ejections
+                    .with_label_values(&[&*backend.namespace, &*backend.name])
+                    .inc();
+                tracing::warn!(
+                    endpoint = %endpoint.addr,
+                    revision = %format_args!("{}/{}", backend.namespace, backend.name),
+                    "endpoint ejected for {length:?}: connections failed {} times in a row",
+                    self.options.endpoints.eject_after
+                );
+            }
+            Verdict::Kept => tracing::warn!(
+                endpoint = %endpoint.addr,
+                revision = %format_args!("{}/{}", backend.namespace, backend.name),
+                "connections keep failing, but it is the last endpoint of its revision: not ejected"
+            ),
+        }
+    }
+
+    /// The current endpoint answered with a response head: its failures in
+    /// a row start over.
+    pub(crate) fn endpoint_answered(&self, ctx: &RequestCtx) {
+        if let (Upstream::Endpoint(i), Some(table)) = (ctx.upstream, &ctx.table) {
+            table.backend(ctx.to.backend).endpoints[i].state.succeeded();
         }
     }
 
@@ -311,6 +362,8 @@ pub struct RequestCtx {
     /// Endpoints that refused a connection during this request.
     pub(crate) failed: Vec<usize>,
     connect_failed: bool,
+    /// A response head came from the upstream.
+    pub(crate) answered: bool,
     /// The request came in over TLS.
     pub(crate) tls: bool,
 }
@@ -320,6 +373,7 @@ impl RequestCtx {
     pub(crate) fn release(&mut self) {
         if let (Upstream::Endpoint(i), Some(table)) = (self.upstream, &self.table) {
             table.backend(self.to.backend).endpoints[i]
+                .state
                 .inflight
                 .fetch_sub(1, Ordering::Relaxed);
         }
@@ -334,18 +388,22 @@ impl Drop for RequestCtx {
 }
 
 /// A ready endpoint of the resolved revision, by power of two choices among
-/// those that have not refused this request, counted in flight until
+/// those that have not refused this request and are not ejected, weighing
+/// warmth during slow start ([`pick_endpoint`]), at `now`
+/// ([`config_sync::health::millis`]); counted in flight until
 /// [`RequestCtx::release`]: its address and whether it speaks h2c.
 pub(crate) fn take_endpoint(
     table: &Table,
     upstream: &mut Upstream,
     to: &Resolved,
     failed: &[usize],
+    now: u64,
+    policy: &config_sync::health::Policy,
 ) -> Option<(std::net::SocketAddr, bool)> {
-    let endpoints = &table.backend(to.backend).endpoints;
-    let i = pick_endpoint(endpoints, failed, &mut rand::rng())?;
-    let endpoint = &endpoints[i];
-    endpoint.inflight.fetch_add(1, Ordering::Relaxed);
+    let backend = table.backend(to.backend);
+    let i = pick_endpoint(backend, failed, now, policy, &mut rand::rng())?;
+    let endpoint = &backend.endpoints[i];
+    endpoint.state.inflight.fetch_add(1, Ordering::Relaxed);
     *upstream = Upstream::Endpoint(i);
     Some((endpoint.addr, endpoint.h2c))
 }
@@ -389,6 +447,7 @@ impl ProxyHttp for Gateway {
             span: None,
             failed: Vec::new(),
             connect_failed: false,
+            answered: false,
             tls: false,
         }
     }
@@ -485,10 +544,17 @@ impl ProxyHttp for Gateway {
             BackendKind::Pods => {
                 // Unreachable through fail_to_connect (it stops retrying first), but if
                 // every endpoint has refused, the answer is the specified 502.
-                let (addr, wants_h2c) =
-                    take_endpoint(table, &mut ctx.upstream, &ctx.to, &ctx.failed).ok_or_else(
-                        || Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused"),
-                    )?;
+                let (addr, wants_h2c) = take_endpoint(
+                    table,
+                    &mut ctx.upstream,
+                    &ctx.to,
+                    &ctx.failed,
+                    config_sync::health::millis(ctx.start),
+                    &self.options.endpoints,
+                )
+                .ok_or_else(|| {
+                    Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused")
+                })?;
                 h2c = wants_h2c;
                 addr
             }
@@ -558,6 +624,44 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.answered = true;
+        self.endpoint_answered(ctx);
+        Ok(())
+    }
+
+    /// pingora's own handling (the peer in the message, a retry only when
+    /// idempotent and on a reused connection), and a new connection to an
+    /// endpoint reset before any answer counts against the endpoint, as a
+    /// refused one does.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        upstream_reused: bool,
+    ) -> Box<Error> {
+        if let Upstream::Endpoint(i) = ctx.upstream {
+            if !upstream_reused && !ctx.answered && e.esource() == &ErrorSource::Upstream {
+                self.endpoint_failed(ctx, i);
+            }
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(upstream_reused);
+        }
+        e
     }
 
     fn fail_to_connect(

@@ -33,7 +33,7 @@ use super::body::BodyEnd;
 use super::buffers::Buf;
 use super::response_head::{self, Framing};
 use super::{pool, request};
-use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx};
+use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx, Upstream};
 
 /// The proxy app: the fast path in front of pingora's `HttpProxy`.
 pub struct FastPath {
@@ -253,6 +253,15 @@ impl FastPath {
         }
     }
 
+    /// The upstream connection closed or reset before a response head: on a
+    /// new connection that counts against the endpoint, as a refused one
+    /// does (a pooled one may just have been closed while idle).
+    fn reset(&self, ctx: &RequestCtx, reused: bool) {
+        if let (Upstream::Endpoint(i), false) = (ctx.upstream, reused) {
+            self.gateway.endpoint_failed(ctx, i);
+        }
+    }
+
     /// Route, forward and answer a request whose head `h1` has read.
     async fn forward(
         &self,
@@ -314,6 +323,7 @@ impl FastPath {
         let mut request_head = Buf::take();
         let mut rbuf = Buf::take();
         let mut up = loop {
+            let now = config_sync::health::millis(ctx.start);
             let picked = {
                 let RequestCtx {
                     table,
@@ -323,7 +333,7 @@ impl FastPath {
                     ..
                 } = &mut *ctx;
                 let table = table.as_ref().expect("routed above");
-                take_endpoint(table, upstream, to, failed)
+                take_endpoint(table, upstream, to, failed, now, &options.endpoints)
             };
             let Some((addr, h2c)) = picked else {
                 return Outcome::Failed(502);
@@ -373,7 +383,10 @@ impl FastPath {
                     retries_left -= 1;
                     ctx.release();
                 }
-                _ => return Outcome::Failed(502),
+                _ => {
+                    self.reset(ctx, reused);
+                    return Outcome::Failed(502);
+                }
             }
         };
         let close = !h1.will_keepalive() || *shutdown.borrow();
@@ -404,11 +417,15 @@ impl FastPath {
             }
             match read_answer(h1, &mut up, &mut rbuf, idle).await {
                 None => return Outcome::Broken,
-                Some(Ok(0) | Err(_)) => return Outcome::Failed(502),
+                Some(Ok(0) | Err(_)) => {
+                    self.reset(ctx, false);
+                    return Outcome::Failed(502);
+                }
                 Some(Ok(_)) => {}
             }
         };
         sent.status = Some(head.status);
+        self.gateway.endpoint_answered(ctx);
         // The body, by its framing: what came with the head, then each read
         // passed on up to the body's end. Bytes past it (a misbehaving
         // backend's) are not passed on, and the connection is not reused.
