@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::affinity::{Affinity, Sticky};
 use crate::error::{ObjectError, Outcome, Rejection};
 use crate::health::EndpointState;
 use crate::host;
@@ -90,6 +91,8 @@ pub struct ValidRoute {
     pub split: Vec<(String, u32)>,
     /// Tagged targets.
     pub tags: Vec<ValidTag>,
+    /// Sticky canary settings, from its annotations.
+    pub affinity: Option<Arc<crate::affinity::Affinity>>,
 }
 
 /// A tagged traffic target.
@@ -136,6 +139,7 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
             });
         }
     }
+    let affinity = crate::affinity::of(&route.metadata)?.map(Arc::new);
     let status = route.status.as_ref().ok_or(ObjectError::NoStatus)?;
     let url = status.url.as_deref().ok_or(ObjectError::NoUrl)?;
     let host = host::of_url(url).ok_or_else(|| ObjectError::BadUrl {
@@ -212,6 +216,7 @@ pub fn validate_route(route: &Route, opts: &BuildOptions) -> Result<ValidRoute, 
         host,
         split,
         tags,
+        affinity,
     })
 }
 
@@ -306,6 +311,7 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
         hash: None,
         rules,
         tags,
+        affinity: route.affinity.clone(),
     }
 }
 
@@ -905,7 +911,7 @@ impl<'a> Compiler<'a, '_> {
         let mut traffic = Vec::new();
         let mut dispatches = Vec::with_capacity(ing.rules.len());
         for (r, rule) in ing.rules.iter().enumerate() {
-            let dispatch = self.dispatch(&rule.paths);
+            let dispatch = self.dispatch(&rule.paths, ing.affinity.as_deref());
             if r == 0 {
                 if let Some(target) = dispatch.default_target() {
                     traffic = target
@@ -955,20 +961,21 @@ impl<'a> Compiler<'a, '_> {
             tags,
             hash: ing.hash.clone(),
             responses,
+            affinity: ing.affinity.clone(),
         };
         (info, dispatches)
     }
 
     /// A catch-all path that sets nothing of its own goes straight to its
     /// split; anything else is matched path by path.
-    fn dispatch(&mut self, paths: &[ir::Path]) -> Dispatch {
+    fn dispatch(&mut self, paths: &[ir::Path], affinity: Option<&Affinity>) -> Dispatch {
         if let [only] = paths {
             if only.prefix.is_empty()
                 && only.headers.is_empty()
                 && only.append.is_empty()
                 && only.rewrite_host.is_none()
             {
-                return Dispatch::Direct(self.target(&only.splits));
+                return Dispatch::Direct(self.target(&only.splits, affinity));
             }
         }
         let rules: Vec<PathRule> = paths
@@ -978,13 +985,13 @@ impl<'a> Compiler<'a, '_> {
                 headers: p.headers.clone().into_boxed_slice(),
                 append: (!p.append.is_empty()).then(|| p.append.as_slice().into()),
                 rewrite_host: p.rewrite_host.clone(),
-                target: self.target(&p.splits),
+                target: self.target(&p.splits, affinity),
             })
             .collect();
         Dispatch::Paths(rules.into())
     }
 
-    fn target(&mut self, splits: &[ir::Split]) -> Target {
+    fn target(&mut self, splits: &[ir::Split], affinity: Option<&Affinity>) -> Target {
         let mut picks: Vec<(Pick, u32)> = splits
             .iter()
             .map(|s| {
@@ -1002,7 +1009,18 @@ impl<'a> Compiler<'a, '_> {
                 let i = picks.iter().position(|p| p.1 > 0).expect("counted one");
                 Target::One(picks.swap_remove(i).0)
             }
-            _ => Target::Split(Arc::new(Split::new(picks))),
+            _ => {
+                // A sticky split's cookie names the revision (or Service).
+                let sticky = affinity.map(|a| {
+                    let names = picks
+                        .iter()
+                        .filter(|p| p.1 > 0)
+                        .map(|(p, _)| self.backends[p.backend as usize].name.as_ref().into())
+                        .collect();
+                    Sticky::new(a, names)
+                });
+                Target::Split(Arc::new(Split::new(picks, sticky)))
+            }
         }
     }
 

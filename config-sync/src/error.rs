@@ -175,6 +175,16 @@ pub enum ObjectError {
     /// A private EndpointSlice without the queue-proxy `http` port.
     #[error("no port named \"http\" with a number in 1..=65535")]
     NoHttpPort,
+    /// A `knative-gateway.dev/` annotation with a value the gateway cannot use.
+    #[error("annotation {key}: {value:?}: {why}")]
+    BadAnnotation {
+        /// The annotation.
+        key: String,
+        /// The value found.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// `FQDN` or an unknown address type.
     #[error("addressType {0:?} is not supported (expected IPv4 or IPv6)")]
     AddressType(String),
@@ -217,6 +227,7 @@ impl ObjectError {
             ObjectError::NoDefaultSecret => "no_default_secret",
             ObjectError::NoServicePort { .. } => "no_service_port",
             ObjectError::NoHttpPort => "no_http_port",
+            ObjectError::BadAnnotation { .. } => "bad_annotation",
             ObjectError::AddressType(_) => "address_type",
             ObjectError::BadAddress { .. } => "bad_address",
         }

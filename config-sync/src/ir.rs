@@ -35,6 +35,8 @@ pub struct Ingress {
     pub rules: Vec<Rule>,
     /// A Route's tags and the revision each sends to, for `/debug/routes`.
     pub tags: Vec<(String, Backend)>,
+    /// Sticky canary: its splits keep each user on one revision by cookie.
+    pub affinity: Option<Arc<crate::affinity::Affinity>>,
 }
 
 /// Hosts and the paths that serve them.

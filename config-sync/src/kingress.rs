@@ -377,6 +377,7 @@ pub fn lower(
             });
         }
     }
+    let affinity = crate::affinity::of(&ing.metadata)?.map(std::sync::Arc::new);
     let mut rules = Vec::with_capacity(ing.spec.rules.len());
     for (r, rule) in ing.spec.rules.iter().enumerate() {
         let hosts = rule_hosts(rule, r, opts.cluster_domain, redirects(ing))?;
@@ -402,6 +403,7 @@ pub fn lower(
         hash: Some(HeaderValue::from_str(&ing.hash).expect("a hex digest is a valid header value")),
         rules,
         tags: Vec::new(),
+        affinity,
     })
 }
 

@@ -7,6 +7,7 @@
 //! - [`publish`]: the `source → table → swap` seam;
 //! - [`sources`]: where objects come from.
 
+pub mod affinity;
 pub mod build;
 pub mod error;
 pub mod health;

@@ -191,11 +191,16 @@ impl KeySet for LabelKeys {
 /// Labels trimmed to the ones the table is built from.
 pub type Labels = Kept<LabelKeys>;
 
-/// The annotations the gateway reads: the ingress class.
+/// The annotations the gateway reads: the ingress class and sticky canaries'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnotationKeys;
 impl KeySet for AnnotationKeys {
-    const KEYS: &'static [&'static str] = &[crate::kingress::CLASS_ANNOTATION];
+    const KEYS: &'static [&'static str] = &[
+        crate::kingress::CLASS_ANNOTATION,
+        crate::affinity::AFFINITY_ANNOTATION,
+        crate::affinity::COOKIE_ANNOTATION,
+        crate::affinity::MAX_AGE_ANNOTATION,
+    ];
 }
 /// Annotations trimmed to the ones the gateway reads.
 pub type Annotations = Kept<AnnotationKeys>;

@@ -6,7 +6,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::select::pick;
+use crate::select::pick_for;
 use crate::table::{BackendId, BackendKind, Headers, RouteId, Table};
 
 /// Internal re-dispatches allowed per request (DomainMapping needs one); past
@@ -52,6 +52,9 @@ pub struct Resolved {
     pub rewrite_host: Option<HeaderValue>,
     /// Replaces the client's `K-Network-Hash: override`.
     pub hash: Option<HeaderValue>,
+    /// Set on the response: a sticky split's cookie naming the revision
+    /// picked for a client that had none (or one naming no revision it serves).
+    pub set_cookie: Option<HeaderValue>,
 }
 
 /// Why a request is not forwarded.
@@ -99,7 +102,7 @@ pub fn resolve(table: &Table, req: Request<'_>, out: &mut Resolved) -> Result<()
             .dispatch
             .resolve(req.path, req.headers)
             .ok_or(Miss::NoPath)?;
-        let chosen = pick(target);
+        let chosen = pick_for(target, req.headers, &mut out.set_cookie);
         // Only the first hop sees the client's `override`: it replaces it.
         if hop == 0
             && entry.hashed
@@ -384,5 +387,72 @@ endpoints: [{addresses: [10.0.0.2]}]
         )
         .unwrap();
         assert_eq!(r.hash, None);
+    }
+
+    #[test]
+    fn a_sticky_kingress_sets_its_cookie_and_honours_it() {
+        let snapshot = r#"
+apiVersion: networking.internal.knative.dev/v1alpha1
+kind: Ingress
+metadata:
+  name: shop
+  namespace: ns
+  annotations:
+    networking.knative.dev/ingress.class: knative-gateway.ingress.networking.knative.dev
+    knative-gateway.dev/affinity: cookie
+spec:
+  rules:
+  - hosts: [shop.example.com]
+    http:
+      paths:
+      - splits:
+        - {serviceName: shop-1, serviceNamespace: ns, servicePort: 80, percent: 90}
+        - {serviceName: shop-2, serviceNamespace: ns, servicePort: 80, percent: 10}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop-1, namespace: ns}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop-2, namespace: ns}
+spec: {ports: [{port: 80}]}
+"#;
+        let (t, _) = build(
+            parse(snapshot).unwrap(),
+            &BuildOptions::default(),
+            &LastGood::default(),
+            None,
+            1,
+        );
+        assert!(t.rejected().is_empty(), "{:?}", t.rejected());
+        let mut to_2 = 0;
+        for _ in 0..100 {
+            let r = go(&t, "shop.example.com", "/", &[], false).unwrap();
+            let name = &t.backend(r.backend).name;
+            let cookie = r.set_cookie.expect("a new user gets a cookie");
+            assert!(
+                cookie
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&format!("knative-revision={name}; Max-Age=86400;")),
+                "{cookie:?}"
+            );
+            to_2 += usize::from(&**name == "shop-2");
+        }
+        assert_eq!(to_2, 10, "new users split exactly");
+        for _ in 0..20 {
+            let r = go(
+                &t,
+                "shop.example.com",
+                "/",
+                &[("cookie", "knative-revision=shop-2")],
+                false,
+            )
+            .unwrap();
+            assert_eq!(&*t.backend(r.backend).name, "shop-2");
+            assert_eq!(r.set_cookie, None);
+        }
     }
 }

@@ -12,10 +12,11 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
+use http::{HeaderMap, HeaderValue};
 use rand::Rng;
 
 use crate::health::Policy;
-use crate::table::{Backend, Endpoint, Pick, Target};
+use crate::table::{Backend, Endpoint, Pick, Split, Target};
 
 /// The pick a request for `target` takes: O(1), the next slot of this
 /// thread's walk through a split.
@@ -23,8 +24,38 @@ use crate::table::{Backend, Endpoint, Pick, Target};
 pub fn pick(target: &Target) -> &Pick {
     match target {
         Target::One(pick) => pick,
-        Target::Split(split) => split.slot(split.cursors[lane() % split.cursors.len()].advance()),
+        Target::Split(split) => split.slot(next_slot(split)),
     }
+}
+
+/// The pick a request with `headers` takes: for a sticky split (see
+/// [`crate::affinity`]), the way its cookie names when the split still
+/// serves it; else the next slot, and then `set_cookie` gets the cookie
+/// naming it.
+#[inline]
+pub fn pick_for<'t>(
+    target: &'t Target,
+    headers: &HeaderMap,
+    set_cookie: &mut Option<HeaderValue>,
+) -> &'t Pick {
+    let Target::Split(split) = target else {
+        return pick(target);
+    };
+    let Some(sticky) = &split.sticky else {
+        return split.slot(next_slot(split));
+    };
+    if let Some(i) = sticky.chosen(headers) {
+        return &split.picks[i];
+    }
+    let way = split.slots[next_slot(split)] as usize;
+    *set_cookie = Some(sticky.set_cookie[way].clone());
+    &split.picks[way]
+}
+
+/// This thread's next slot of `split`.
+#[inline]
+fn next_slot(split: &Split) -> usize {
+    split.cursors[lane() % split.cursors.len()].advance()
 }
 
 /// Where one thread is in a split's 100 slots, alone on its cache line.
@@ -274,7 +305,7 @@ mod tests {
             .enumerate()
             .map(|(i, &p)| (to(i as u32), p))
             .collect();
-        Target::Split(Arc::new(Split::new(picks)))
+        Target::Split(Arc::new(Split::new(picks, None)))
     }
 
     #[test]
@@ -307,11 +338,10 @@ mod tests {
         let tens: Vec<usize> = (0..100).filter(|&i| order[i] == 0).collect();
         assert_eq!(tens.len(), 10);
         assert!(tens.windows(2).all(|w| w[1] - w[0] == 10), "{tens:?}");
-        let target = Target::Split(Arc::new(Split::new(vec![
-            (to(0), 90),
-            (to(2), 0),
-            (to(1), 10),
-        ])));
+        let target = Target::Split(Arc::new(Split::new(
+            vec![(to(0), 90), (to(2), 0), (to(1), 10)],
+            None,
+        )));
         let mut counts = [0u32; 3];
         for _ in 0..1000 {
             counts[pick(&target).backend as usize] += 1;
@@ -326,6 +356,7 @@ mod tests {
             picks: vec![to(0), to(1)].into(),
             slots: smooth_order(&[1, 99]),
             cursors: (0..256).map(|_| Cursor::default()).collect(),
+            sticky: None,
         }));
         let counts: Vec<u32> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..3)

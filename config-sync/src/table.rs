@@ -218,12 +218,14 @@ pub struct Split {
     pub(crate) picks: Box<[Pick]>,
     pub(crate) slots: [u8; 100],
     pub(crate) cursors: Box<[crate::select::Cursor]>,
+    /// With affinity: the cookie that keeps a user on one way out.
+    pub(crate) sticky: Option<Box<crate::affinity::Sticky>>,
 }
 
 impl Split {
     /// A split from `(pick, percent)` pairs whose percents sum to 100; at most
-    /// 100 of them have a share.
-    pub fn new(weights: Vec<(Pick, u32)>) -> Self {
+    /// 100 of them have a share. `sticky` names the ways with a share, in order.
+    pub fn new(weights: Vec<(Pick, u32)>, sticky: Option<crate::affinity::Sticky>) -> Self {
         debug_assert_eq!(weights.iter().map(|w| w.1).sum::<u32>(), 100);
         let (picks, percents): (Vec<Pick>, Vec<u32>) =
             weights.into_iter().filter(|w| w.1 > 0).unzip();
@@ -231,6 +233,7 @@ impl Split {
             picks: picks.into_boxed_slice(),
             slots: crate::select::smooth_order(&percents),
             cursors: crate::select::cursors(),
+            sticky: sticky.map(Box::new),
         }
     }
 
@@ -265,6 +268,8 @@ pub struct RouteInfo {
     pub hash: Option<HeaderValue>,
     /// Responses by status code for each backend the route sends to, each once.
     pub responses: Vec<(BackendId, Arc<Responses>)>,
+    /// Sticky canary settings.
+    pub affinity: Option<Arc<crate::affinity::Affinity>>,
 }
 
 impl RouteInfo {
@@ -553,6 +558,10 @@ impl Table {
                         })
                         .collect(),
                     hosts,
+                    affinity: r.affinity.as_ref().map(|a| AffinityView {
+                        cookie: a.cookie.clone(),
+                        max_age_seconds: a.max_age,
+                    }),
                 }
             })
             .collect();
@@ -674,6 +683,18 @@ pub struct RouteView {
     pub tags: Vec<TagView>,
     /// Every host answering for this route.
     pub hosts: Vec<HostView>,
+    /// Sticky canary: the cookie keeping users on a revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityView>,
+}
+
+/// Sticky canary settings in [`RouteView`].
+#[derive(Debug, Serialize)]
+pub struct AffinityView {
+    /// Cookie name.
+    pub cookie: String,
+    /// Cookie lifetime.
+    pub max_age_seconds: u64,
 }
 
 /// A host in [`RouteView`].

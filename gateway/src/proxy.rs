@@ -614,9 +614,15 @@ impl ProxyHttp for Gateway {
     async fn response_filter(
         &self,
         session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A sticky split's cookie naming the revision picked.
+        if !upstream_response.status.is_informational() {
+            if let Some(cookie) = ctx.to.set_cookie.take() {
+                upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+            }
+        }
         // Draining (drain.rs): a response in flight when the listeners closed
         // tells its keep-alive client to go (`Connection: close`), rather than
         // the connection closing under the client's next request.

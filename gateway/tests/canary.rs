@@ -355,3 +355,134 @@ async fn a_new_pod_beside_others_ramps_up_and_a_waking_revision_does_not() {
     let a_share = share(gw.http, "cold.ns.example.com", 400, "a").await;
     assert!((0.38..0.62).contains(&a_share), "{a_share}");
 }
+
+/// A Route splitting `traffic` between `rev-a` and `rev-b`, sticky by the
+/// cookie `canary` for an hour, with both revisions' endpoints.
+fn sticky_route(a: &Backend, b: &Backend, traffic: &[(&str, i64, Option<&str>)]) -> String {
+    route("ns", "shop", traffic).replacen(
+        "metadata: {name: shop, namespace: ns}",
+        "metadata: {name: shop, namespace: ns, annotations: {knative-gateway.dev/affinity: cookie, \
+         knative-gateway.dev/affinity-cookie: canary, knative-gateway.dev/affinity-max-age: 1h}}",
+        1,
+    ) + &slice("ns", "rev-a", &[a.addr])
+        + &slice("ns", "rev-b", &[b.addr])
+}
+
+/// One request as a client holding `cookie` (if any): the revision that
+/// answered and the cookie it was given, if one was set.
+async fn visit(gw: SocketAddr, cookie: Option<&str>) -> (String, Option<String>) {
+    let c = HttpClient::new();
+    let headers: Vec<(&str, &str)> = cookie.map(|v| ("cookie", v)).into_iter().collect();
+    let r = c
+        .get_with(gw, "shop.ns.example.com", &headers)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let set = r.headers.get("set-cookie").map(|v| {
+        let v = v.to_str().unwrap();
+        assert!(
+            v.ends_with("; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax"),
+            "{v}"
+        );
+        v.split(';').next().unwrap().to_owned()
+    });
+    (r.body, set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_split_by_percent_stay_through_steps_and_move_when_their_revision_goes() {
+    let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
+    let step = |pa: i64, pb: i64| {
+        sticky_route(
+            &a,
+            &b,
+            &[("rev-a", pa, Some("a")), ("rev-b", pb, Some("b"))],
+        )
+    };
+    for fast in ["true", "false"] {
+        let gw = Gateway::serve_with(&step(90, 10), closed(), &["--fast-path", fast]).await;
+        // 1,000 new users: each is picked by the split and told by cookie.
+        let mut users = Vec::new();
+        for _ in 0..1000 {
+            let (rev, cookie) = visit(gw.http, None).await;
+            let cookie = cookie.expect("a new user gets a cookie");
+            assert_eq!(cookie, format!("canary={rev}"));
+            users.push(cookie);
+        }
+        let on_b = users.iter().filter(|c| c.ends_with("rev-b")).count();
+        assert!(
+            (70..=130).contains(&on_b),
+            "10% ± 3 points of users: {on_b}"
+        );
+        // Returning users never flip, and are not told again.
+        for cookie in users.iter().step_by(10) {
+            for _ in 0..3 {
+                let (rev, set) = visit(gw.http, Some(&format!("other=1; {cookie}"))).await;
+                assert_eq!(format!("canary={rev}"), *cookie, "fast path {fast}");
+                assert_eq!(set, None);
+            }
+        }
+        // A cookie naming a revision this split does not serve is ignored.
+        let (rev, set) = visit(gw.http, Some("canary=rev-z")).await;
+        assert_eq!(set, Some(format!("canary={rev}")));
+        // The next step: both revisions keep a share, so everyone stays.
+        gw.reload(&step(50, 50)).await;
+        for cookie in users.iter().step_by(10) {
+            let (rev, set) = visit(gw.http, Some(cookie)).await;
+            assert_eq!(format!("canary={rev}"), *cookie);
+            assert_eq!(set, None);
+        }
+        // Promoted: rev-a has no share left (its tag host still reaches
+        // it), and every user lands on rev-b. A one-way route needs no
+        // cookie: none is set, and a stale one is ignored.
+        gw.reload(&step(0, 100)).await;
+        for cookie in users.iter().step_by(10) {
+            let (rev, set) = visit(gw.http, Some(cookie)).await;
+            assert_eq!(rev, "rev-b", "fast path {fast}");
+            assert_eq!(set, None);
+        }
+        let r = HttpClient::new()
+            .get_with(
+                gw.http,
+                "a-shop.ns.example.com",
+                &[("cookie", "canary=rev-b")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.body, "rev-a", "a tag host ignores the cookie");
+        let d = gw.debug_routes().await;
+        let shop = d["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "shop")
+            .unwrap();
+        assert_eq!(shop["affinity"]["cookie"], "canary");
+        assert_eq!(shop["affinity"]["max_age_seconds"], 3600);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_affinity_annotation_keeps_the_last_good_route_and_says_why() {
+    let (a, b) = (Backend::start("rev-a").await, Backend::start("rev-b").await);
+    let good = sticky_route(&a, &b, &[("rev-a", 50, None), ("rev-b", 50, None)]);
+    let gw = Gateway::start(&good, closed()).await;
+    gw.reload(&good.replace("affinity-max-age: 1h", "affinity-max-age: forever"))
+        .await;
+    let rejected = gw.rejected().await;
+    assert_eq!(
+        rejected,
+        [(
+            "ns/shop".to_owned(),
+            "bad_annotation".to_owned(),
+            "last_good".to_owned()
+        )]
+    );
+    let d = gw.debug_routes().await.to_string();
+    assert!(
+        d.contains("annotation knative-gateway.dev/affinity-max-age: \\\"forever\\\""),
+        "{d}"
+    );
+    let (_, set) = visit(gw.http, None).await;
+    assert!(set.is_some(), "still served, still sticky");
+}

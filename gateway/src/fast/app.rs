@@ -426,6 +426,14 @@ impl FastPath {
         };
         sent.status = Some(head.status);
         self.gateway.endpoint_answered(ctx);
+        if let Some(cookie) = ctx.to.set_cookie.take() {
+            // A sticky split's cookie, as the head's last field.
+            let end = out.len() - 2;
+            out.truncate(end);
+            out.extend_from_slice(b"Set-Cookie: ");
+            out.extend_from_slice(cookie.as_bytes());
+            out.extend_from_slice(b"\r\n\r\n");
+        }
         // The body, by its framing: what came with the head, then each read
         // passed on up to the body's end. Bytes past it (a misbehaving
         // backend's) are not passed on, and the connection is not reused.
