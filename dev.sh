@@ -25,6 +25,7 @@ case "${1:-}" in
     ;;
   test)
     need_apt cmake cmake
+    need_apt chromium chromium   # gateway/tests/ui.rs renders /ui in headless Chromium
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
     # Offline Kubernetes schema validation of deploy/ (the schemas ship in the package).
     python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || {

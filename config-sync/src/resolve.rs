@@ -52,6 +52,9 @@ pub struct Resolved {
     pub rewrite_host: Option<HeaderValue>,
     /// Replaces the client's `K-Network-Hash: override`.
     pub hash: Option<HeaderValue>,
+    /// A weighted split picked the backend (not a tag host, not a one-way
+    /// path), so the request counts towards the route's served split.
+    pub split: bool,
     /// Set on the response: a sticky split's cookie naming the revision
     /// picked for a client that had none (or one naming no revision it serves).
     pub set_cookie: Option<HeaderValue>,
@@ -129,6 +132,7 @@ pub fn resolve(table: &Table, req: Request<'_>, out: &mut Resolved) -> Result<()
         if table.backend(chosen.backend).kind != BackendKind::Internal {
             out.route = entry.route;
             out.backend = chosen.backend;
+            out.split = matches!(target, crate::table::Target::Split(_));
             out.activator = chosen.activator;
             return Ok(());
         }

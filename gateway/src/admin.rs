@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/debug/routes`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/debug/routes`,
+//! and the split view `/ui` with its data, `/ui/data` (see `ui/`).
 //! It runs as its own pingora service, apart from proxy traffic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,8 @@ pub struct Admin {
     activator: Arc<Activator>,
     drain: Arc<Drain>,
     listening: Arc<AtomicBool>,
+    ui: crate::ui::Ui,
+    policy: config_sync::health::Policy,
 }
 
 impl Admin {
@@ -41,7 +44,15 @@ impl Admin {
             activator,
             drain,
             listening,
+            ui: crate::ui::Ui::default(),
+            policy: config_sync::health::Policy::default(),
         }
+    }
+
+    /// Show warmth in `/ui` as the proxy's `policy` computes it.
+    pub fn with_policy(mut self, policy: config_sync::health::Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// `/debug/routes`: the live table plus the source's health.
@@ -114,10 +125,22 @@ impl ServeHttp for Admin {
                 b"no routing table loaded yet\n".to_vec(),
             ),
             "/debug/routes" => reply(StatusCode::OK, "application/json", self.debug_routes()),
+            "/ui" | "/ui/" => reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::ui::PAGE.as_bytes().to_vec(),
+            ),
+            "/ui/data" => {
+                let table = self.publisher.reader().load();
+                let body = self
+                    .ui
+                    .data(&table, &self.policy, std::time::Instant::now());
+                reply(StatusCode::OK, "application/json", body)
+            }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 text,
-                b"try /metrics, /healthz, /readyz or /debug/routes\n".to_vec(),
+                b"try /ui, /metrics, /healthz, /readyz or /debug/routes\n".to_vec(),
             ),
         }
     }

@@ -22,3 +22,4 @@ pub mod serve;
 pub mod server;
 pub mod tls;
 pub mod trace_context;
+pub mod ui;

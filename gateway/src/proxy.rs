@@ -743,16 +743,24 @@ impl Gateway {
             Upstream::None if ctx.table.is_some() => &durations.revision,
             Upstream::None => &durations.none,
         };
+        let elapsed = ctx.start.elapsed();
         match &ctx.table {
-            // One atomic add on counts kept in the table (see metrics.rs).
+            // Atomic adds on counts kept in the table (see metrics.rs): the
+            // code's, the latency bucket's, and the activator's if it went there.
             Some(table) => {
                 if let Some(counts) = table.route(ctx.to.route).responses(ctx.to.backend) {
                     counts.record(code);
+                    counts.latency.record(elapsed.as_micros() as u64);
+                    if ctx.upstream == Upstream::Activator {
+                        counts.activator.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if ctx.to.split {
+                        counts.split.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             None => self.metrics.unrouted.record(code),
         }
-        let elapsed = ctx.start.elapsed();
         duration.observe(elapsed.as_secs_f64());
         let traced = self.tracer.as_ref().zip(ctx.span);
         if self.access_log.is_some() || traced.is_some() {

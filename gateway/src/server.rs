@@ -316,7 +316,8 @@ pub fn run(
             activator.clone(),
             drain.clone(),
             listening,
-        ),
+        )
+        .with_policy(config.proxy.endpoints),
     );
     admin.add_tcp(&config.admin);
     admin.threads = Some(1);

@@ -31,6 +31,7 @@ async fn demo_serves_split_tags_and_wakes_the_cold_revision() {
             gw.http.port()
         ),
         "curl -H 'Host: v1-knative-routing-demo.default.example.com'",
+        &format!("open http://{}/ui in a browser", gw.admin),
         "curl -H 'Host: v2-knative-routing-demo.default.example.com'",
         &format!("curl -H 'Host: {COLD}'"),
         &format!(

@@ -323,4 +323,8 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView, ca_file: &
         "Watch the table: curl http://{}/debug/routes   metrics: curl http://{}/metrics",
         args.admin, args.admin
     );
+    println!(
+        "Watch the splits live, served beside configured: open http://{}/ui in a browser",
+        args.admin
+    );
 }
