@@ -51,12 +51,25 @@ impl Default for Policy {
 }
 
 /// The live state of one endpoint, shared by every table that holds it.
+/// What every request touches (in flight, failures in a row) is kept small,
+/// so that two endpoints' states often share a cache line; what only
+/// failures, slow start and views touch is behind a pointer.
 #[derive(Debug, Default)]
 pub struct EndpointState {
     /// Requests in flight to it.
     pub inflight: AtomicU32,
-    /// Connections refused or reset in a row.
+    /// Connections refused or reset in a row; with [`STREAK_PENDING`] set
+    /// after an ejection, until a success ends the streak.
     failures: AtomicU32,
+    cold: Box<Cold>,
+}
+
+/// Set in `failures` after an ejection: the next success also resets the
+/// ejection streak (so a success costs nothing more while all is well).
+const STREAK_PENDING: u32 = 1 << 31;
+
+#[derive(Debug, Default)]
+struct Cold {
     /// Ejections since the last success (doubles the next one's length).
     streak: AtomicU32,
     /// Ejected until this [`millis`] time; 0 or past: not ejected.
@@ -66,7 +79,7 @@ pub struct EndpointState {
     /// When it became ready beside others ([`millis`]); 0: it did not warm
     /// up (there when the gateway started, or the first of a revision
     /// waking from zero).
-    pub ready_at: u64,
+    ready_at: u64,
 }
 
 /// What a failure did.
@@ -74,8 +87,13 @@ pub struct EndpointState {
 pub enum Verdict {
     /// Counted; the endpoint stays.
     Counted,
-    /// The endpoint is ejected for this long.
-    Ejected(Duration),
+    /// The endpoint is ejected for `length`, until `until` ([`millis`]).
+    Ejected {
+        /// How long.
+        length: Duration,
+        /// Until when.
+        until: u64,
+    },
     /// It would have been ejected, but it is the last one of its revision
     /// not ejected.
     Kept,
@@ -85,9 +103,22 @@ impl EndpointState {
     /// A new endpoint's state; `ready_at` as in [`EndpointState::ready_at`].
     pub fn new(ready_at: u64) -> Self {
         Self {
-            ready_at,
+            cold: Box::new(Cold {
+                ready_at,
+                ..Cold::default()
+            }),
             ..Self::default()
         }
+    }
+
+    /// When it became ready beside others ([`millis`]); 0 if it did not warm up.
+    pub fn ready_at(&self) -> u64 {
+        self.cold.ready_at
+    }
+
+    /// Until when ([`millis`]) it is ejected; 0 or past: not ejected.
+    pub fn ejected_until(&self) -> u64 {
+        self.cold.ejected_until.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.
@@ -99,23 +130,23 @@ impl EndpointState {
     /// Whether it is ejected at `now` ([`millis`]).
     #[inline]
     pub fn ejected(&self, now: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now
+        self.ejected_until() > now
     }
 
     /// Milliseconds of ejection left at `now`, if ejected.
     pub fn ejected_for(&self, now: u64) -> Option<u64> {
-        let until = self.ejected_until.load(Ordering::Relaxed);
+        let until = self.ejected_until();
         (until > now).then(|| until - now)
     }
 
     /// Ejections so far.
     pub fn ejections(&self) -> u64 {
-        self.ejections.load(Ordering::Relaxed)
+        self.cold.ejections.load(Ordering::Relaxed)
     }
 
     /// Connection failures in a row so far.
     pub fn failures(&self) -> u32 {
-        self.failures.load(Ordering::Relaxed)
+        self.failures.load(Ordering::Relaxed) & !STREAK_PENDING
     }
 
     /// The share of a warm endpoint's traffic it takes at `now`: 1 when warm,
@@ -123,42 +154,46 @@ impl EndpointState {
     #[inline]
     pub fn warmth(&self, now: u64, slow_start: Duration) -> f64 {
         let span = slow_start.as_millis() as u64;
-        if self.ready_at == 0 || span == 0 || now >= self.ready_at + span {
+        let ready_at = self.cold.ready_at;
+        if ready_at == 0 || span == 0 || now >= ready_at + span {
             return 1.0;
         }
-        let f = (now.saturating_sub(self.ready_at)) as f64 / span as f64;
+        let f = (now.saturating_sub(ready_at)) as f64 / span as f64;
         f.max(SLOW_START_FLOOR)
     }
 
-    /// A response came from it: the failure count starts over. Reads first
-    /// so that a healthy endpoint's line is not written per request.
+    /// A response came from it: the failure count, and an ejection streak,
+    /// start over. Reads first so that a healthy endpoint's line is not
+    /// written per request.
     #[inline]
     pub fn succeeded(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
+        let failures = self.failures.load(Ordering::Relaxed);
+        if failures != 0 {
             self.failures.store(0, Ordering::Relaxed);
-        }
-        if self.streak.load(Ordering::Relaxed) != 0 {
-            self.streak.store(0, Ordering::Relaxed);
+            if failures & STREAK_PENDING != 0 {
+                self.cold.streak.store(0, Ordering::Relaxed);
+            }
         }
     }
 
     /// A connection to it was refused or reset at `now`. `others_left`: the
     /// endpoints of its revision other than it that are not ejected.
     pub fn failed(&self, now: u64, others_left: usize, policy: &Policy) -> Verdict {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = (self.failures.fetch_add(1, Ordering::Relaxed) + 1) & !STREAK_PENDING;
         if policy.eject_after == 0 || failures < policy.eject_after || self.ejected(now) {
             return Verdict::Counted;
         }
         if others_left == 0 {
             return Verdict::Kept;
         }
-        let streak = self.streak.fetch_add(1, Ordering::Relaxed);
+        let cold = &self.cold;
+        let streak = cold.streak.fetch_add(1, Ordering::Relaxed);
         let length = policy.eject_for * (1 << streak.min(MAX_EJECTION_DOUBLINGS));
-        self.ejected_until
-            .store(now + length.as_millis() as u64, Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
-        self.ejections.fetch_add(1, Ordering::Relaxed);
-        Verdict::Ejected(length)
+        let until = now + length.as_millis() as u64;
+        cold.ejected_until.store(until, Ordering::Relaxed);
+        self.failures.store(STREAK_PENDING, Ordering::Relaxed);
+        cold.ejections.fetch_add(1, Ordering::Relaxed);
+        Verdict::Ejected { length, until }
     }
 }
 
@@ -182,7 +217,10 @@ mod tests {
         assert_eq!(e.failed(100, 1, &p), Verdict::Counted);
         assert_eq!(
             e.failed(100, 1, &p),
-            Verdict::Ejected(Duration::from_secs(1))
+            Verdict::Ejected {
+                length: Duration::from_secs(1),
+                until: 1100
+            }
         );
         assert!(e.ejected(1099) && !e.ejected(1100));
         assert_eq!(e.ejected_for(600), Some(500));
@@ -192,7 +230,10 @@ mod tests {
         }
         assert_eq!(
             e.failed(1200, 1, &p),
-            Verdict::Ejected(Duration::from_secs(2))
+            Verdict::Ejected {
+                length: Duration::from_secs(2),
+                until: 3200
+            }
         );
         assert_eq!(e.ejections(), 2);
         e.succeeded();
@@ -201,7 +242,10 @@ mod tests {
         }
         assert_eq!(
             e.failed(5000, 1, &p),
-            Verdict::Ejected(Duration::from_secs(1))
+            Verdict::Ejected {
+                length: Duration::from_secs(1),
+                until: 6000
+            }
         );
     }
 

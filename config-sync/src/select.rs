@@ -5,12 +5,12 @@
 //! weighted round-robin order ([`smooth_order`]) and each worker thread walks
 //! them with a cursor of its own, so every 100 requests a thread sends
 //! through a split take each way exactly its percent, evenly spread (a 1%
-//! canary gets 1 in 100, never 0 or 4). The cursors sit on cache lines of
-//! their own: a request writes only its thread's, never a line another
-//! thread writes.
+//! canary gets 1 in 100, never 0 or 4). A thread's cursors are its own (see
+//! [`next_way`]): a pick never writes a line another thread writes.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use http::{HeaderMap, HeaderValue};
 use rand::Rng;
@@ -24,7 +24,7 @@ use crate::table::{Backend, Endpoint, Pick, Split, Target};
 pub fn pick(target: &Target) -> &Pick {
     match target {
         Target::One(pick) => pick,
-        Target::Split(split) => split.slot(next_slot(split)),
+        Target::Split(split) => &split.picks[next_way(split)],
     }
 }
 
@@ -42,74 +42,74 @@ pub fn pick_for<'t>(
         return pick(target);
     };
     let Some(sticky) = &split.sticky else {
-        return split.slot(next_slot(split));
+        return &split.picks[next_way(split)];
     };
     if let Some(i) = sticky.chosen(headers) {
         return &split.picks[i];
     }
-    let way = split.slots[next_slot(split)] as usize;
+    let way = next_way(split);
     *set_cookie = Some(sticky.set_cookie[way].clone());
     &split.picks[way]
 }
 
-/// This thread's next slot of `split`.
+/// The way this thread's next request through `split` takes: the slot at
+/// this thread's cursor for it, which moves on. The cursors are the
+/// thread's own, a byte per split indexed by the split's id (ids of live
+/// splits are distinct and dense, see [`SplitId`]): a pick touches no line
+/// another thread writes, and the cursors of a thousand splits fit in
+/// sixteen cache lines.
 #[inline]
-fn next_slot(split: &Split) -> usize {
-    split.cursors[lane() % split.cursors.len()].advance()
+fn next_way(split: &Split) -> usize {
+    let i = split.id.0 as usize % CURSORS_PER_THREAD;
+    let at = CURSORS.with(|cursors| {
+        let cursor = &cursors[i];
+        let at = cursor.get().min(99);
+        cursor.set(if at == 99 { 0 } else { at + 1 });
+        at
+    });
+    split.slots[at as usize] as usize
 }
 
-/// Where one thread is in a split's 100 slots, alone on its cache line.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct Cursor(AtomicU8);
+/// Cursors a thread keeps: past this many live splits, two share one (and
+/// are each off by the other's requests).
+pub const CURSORS_PER_THREAD: usize = 1 << 14;
 
-impl Cursor {
-    /// The slot to take, moving on. A load and a store, not a locked
-    /// read-modify-write: a lane has one thread unless there are more
-    /// threads than lanes, and then two requests may share a slot.
-    #[inline]
-    fn advance(&self) -> usize {
-        let at = self.0.load(Ordering::Relaxed);
-        self.0
-            .store(if at >= 99 { 0 } else { at + 1 }, Ordering::Relaxed);
-        at as usize
-    }
+thread_local! {
+    /// This thread's cursor of each split, by split id. Fixed and without a
+    /// destructor, so that reaching it is one address computation.
+    static CURSORS: [Cell<u8>; CURSORS_PER_THREAD] =
+        const { [const { Cell::new(0) }; CURSORS_PER_THREAD] };
 }
 
-/// Cursors of a new split: one lane per worker thread (see [`set_lanes`]),
-/// each starting at a different slot so that threads do not walk in step.
-pub fn cursors() -> Box<[Cursor]> {
-    let lanes = LANES.load(Ordering::Relaxed).max(1);
-    (0..lanes)
-        .map(|i| Cursor(AtomicU8::new((i * 100 / lanes) as u8)))
-        .collect()
-}
+/// A split's id: distinct among live splits and dense (a split takes the
+/// lowest one free and gives it back when dropped), so that per-thread
+/// cursors indexed by it stay small. An id reused by a new split carries a
+/// thread's cursor position over, which only moves where the new split's
+/// walk starts.
+#[derive(Debug)]
+pub struct SplitId(u32);
 
-/// Lanes (cursors per split); the gateway sets it to its worker threads.
-static LANES: AtomicUsize = AtomicUsize::new(4);
-/// Lanes handed out to threads so far.
-static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+/// Free ids, and the next never used.
+static IDS: Mutex<(Vec<u32>, u32)> = Mutex::new((Vec::new(), 0));
 
-/// Give each split `n` cursors: one per thread that picks (the gateway's
-/// worker threads). Splits built before keep theirs.
-pub fn set_lanes(n: usize) {
-    LANES.store(n.clamp(1, 256), Ordering::Relaxed);
-}
-
-/// This thread's lane, handed out on its first pick.
-#[inline]
-fn lane() -> usize {
-    thread_local! {
-        static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    LANE.with(|lane| match lane.get() {
-        usize::MAX => {
-            let new = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
-            lane.set(new);
-            new
+impl SplitId {
+    /// A free id.
+    pub fn take() -> Self {
+        let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+        match ids.0.pop() {
+            Some(id) => Self(id),
+            None => {
+                ids.1 += 1;
+                Self(ids.1 - 1)
+            }
         }
-        known => known,
-    })
+    }
+}
+
+impl Drop for SplitId {
+    fn drop(&mut self) {
+        IDS.lock().unwrap_or_else(|e| e.into_inner()).0.push(self.0);
+    }
 }
 
 /// The 100 slots of a split with these percents (summing to 100, none 0),
@@ -157,17 +157,24 @@ pub fn pick_endpoint<R: Rng + ?Sized>(
         return pick_among(endpoints, excluded, now, rng);
     }
     let (a, b) = p2c(endpoints.len(), |i| endpoints[i].load(), rng)?;
-    // An ejected endpoint has nothing in flight, so p2c favours it: take
-    // the other candidate instead, and look further only if both are out.
-    let chosen = if !endpoints[a].state.ejected(now) {
+    // No endpoint ejected now (the common case): one comparison. Else an
+    // ejected endpoint has nothing in flight, so p2c favours it: take the
+    // other candidate instead, and look further only if both are out.
+    let chosen = if backend.ejected_until.load(Ordering::Relaxed) <= now
+        || !endpoints[a].state.ejected(now)
+    {
         (a, b)
     } else if a != b && !endpoints[b].state.ejected(now) {
         (b, a)
     } else {
         return pick_among(endpoints, excluded, now, rng);
     };
+    // Nobody warming (the common case) costs one comparison.
+    if backend.newest_ready_at == 0 {
+        return Some(chosen.0);
+    }
     let span = policy.slow_start.as_millis() as u64;
-    if span == 0 || backend.newest_ready_at == 0 || now >= backend.newest_ready_at + span {
+    if span == 0 || now >= backend.newest_ready_at + span {
         return Some(chosen.0);
     }
     Some(warm_choice(endpoints, chosen, now, policy, rng))
@@ -243,7 +250,7 @@ fn p2c<R: Rng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::EndpointState;
+    use crate::health::{EndpointState, Verdict};
     use crate::ir::PortSelector;
     use crate::table::{BackendKind, Split};
     use rand::rngs::SmallRng;
@@ -310,12 +317,15 @@ mod tests {
 
     #[test]
     fn every_window_of_100_picks_matches_the_percents_exactly() {
+        // Seventeen ways.
+        let many: Vec<u32> = std::iter::repeat_n(5, 16).chain([20]).collect();
         for percents in [
             &[1, 99][..],
             &[10, 90],
             &[33, 33, 34],
             &[50, 50],
             &[7, 13, 80],
+            &many,
         ] {
             let target = split(percents);
             let seq: Vec<u32> = (0..10_000).map(|_| pick(&target).backend).collect();
@@ -351,13 +361,7 @@ mod tests {
 
     #[test]
     fn threads_walk_their_own_cursor() {
-        // Lanes are handed out per process: room for every test thread.
-        let target = Target::Split(Arc::new(Split {
-            picks: vec![to(0), to(1)].into(),
-            slots: smooth_order(&[1, 99]),
-            cursors: (0..256).map(|_| Cursor::default()).collect(),
-            sticky: None,
-        }));
+        let target = split(&[1, 99]);
         let counts: Vec<u32> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..3)
                 .map(|_| {
@@ -366,7 +370,7 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        // Each thread has a lane of its own: exactly 10 each.
+        // Each thread walks with a cursor of its own: exactly 10 each.
         assert_eq!(counts, [10, 10, 10]);
     }
 
@@ -421,7 +425,10 @@ mod tests {
             ..Policy::default()
         };
         let mut rng = SmallRng::seed_from_u64(11);
-        b.endpoints[1].state.failed(1000, 2, &p);
+        let Verdict::Ejected { until, .. } = b.endpoints[1].state.failed(1000, 2, &p) else {
+            panic!("ejected after one failure");
+        };
+        b.ejected_until.fetch_max(until, Ordering::Relaxed);
         assert!(b.endpoints[1].state.ejected(1000));
         for _ in 0..1000 {
             assert_ne!(pick_endpoint(&b, &[], 1000, &p, &mut rng), Some(1));

@@ -211,13 +211,14 @@ impl Target {
 
 /// A weighted split precomputed as 100 slots (Knative percents are whole
 /// numbers summing to 100) in smooth weighted round-robin order, walked by a
-/// cursor per worker thread: every 100 requests a thread sends through it
-/// take each way exactly its percent, spread evenly (see [`crate::select`]).
+/// cursor each worker thread keeps for it: every 100 requests a thread sends
+/// through it take each way exactly its percent, spread evenly (see
+/// [`crate::select`]).
 #[derive(Debug)]
 pub struct Split {
     pub(crate) picks: Box<[Pick]>,
     pub(crate) slots: [u8; 100],
-    pub(crate) cursors: Box<[crate::select::Cursor]>,
+    pub(crate) id: crate::select::SplitId,
     /// With affinity: the cookie that keeps a user on one way out.
     pub(crate) sticky: Option<Box<crate::affinity::Sticky>>,
 }
@@ -231,8 +232,8 @@ impl Split {
             weights.into_iter().filter(|w| w.1 > 0).unzip();
         Self {
             picks: picks.into_boxed_slice(),
+            id: crate::select::SplitId::take(),
             slots: crate::select::smooth_order(&percents),
-            cursors: crate::select::cursors(),
             sticky: sticky.map(Box::new),
         }
     }
@@ -294,9 +295,20 @@ pub enum BackendKind {
     External(Box<str>, u16),
 }
 
-/// A revision or Service and its ready endpoints.
+/// A revision or Service and its ready endpoints. The fields a pick reads
+/// come first, on one cache line.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Backend {
+    /// Ready endpoints; empty means scaled to zero (or not ready).
+    pub endpoints: Vec<Endpoint>,
+    /// The latest [`EndpointState::ready_at`] of its endpoints: a pick
+    /// weighs warmth only within `--slow-start` of it.
+    pub newest_ready_at: u64,
+    /// The latest time ([`crate::health::millis`]) one of its endpoints is
+    /// ejected until: a pick looks for ejected endpoints only before it.
+    /// Raised by each ejection; a new table takes it from the endpoints.
+    pub ejected_until: std::sync::atomic::AtomicU64,
     /// Namespace.
     pub namespace: Arc<str>,
     /// Revision or Service name.
@@ -307,11 +319,6 @@ pub struct Backend {
     pub port: PortSelector,
     /// Pods, the gateway itself, or an external name.
     pub kind: BackendKind,
-    /// Ready endpoints; empty means scaled to zero (or not ready).
-    pub endpoints: Vec<Endpoint>,
-    /// The latest [`EndpointState::ready_at`] of its endpoints: a pick
-    /// weighs warmth only within `--slow-start` of it.
-    pub newest_ready_at: u64,
 }
 
 impl Backend {
@@ -326,10 +333,16 @@ impl Backend {
     ) -> Self {
         let newest_ready_at = endpoints
             .iter()
-            .map(|e| e.state.ready_at)
+            .map(|e| e.state.ready_at())
+            .max()
+            .unwrap_or(0);
+        let ejected_until = endpoints
+            .iter()
+            .map(|e| e.state.ejected_until())
             .max()
             .unwrap_or(0);
         Self {
+            ejected_until: ejected_until.into(),
             namespace,
             name,
             key,
@@ -587,8 +600,8 @@ impl Table {
                         failures_in_a_row: e.state.failures(),
                         ejections: e.state.ejections(),
                         ejected_for_ms: e.state.ejected_for(now),
-                        ready_ms_ago: (e.state.ready_at > 0)
-                            .then(|| now.saturating_sub(e.state.ready_at)),
+                        ready_ms_ago: (e.state.ready_at() > 0)
+                            .then(|| now.saturating_sub(e.state.ready_at())),
                     })
                     .collect(),
             })

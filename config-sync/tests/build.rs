@@ -431,12 +431,12 @@ fn endpoint_updates_swap_only_their_revisions() {
     );
     // The endpoint that joined a serving revision warms up (slow start);
     // the one that stayed, and those of the first table, do not.
-    assert_eq!(t.backend(v1).endpoints[0].state.ready_at, 0);
-    assert_eq!(next.backend(v1).endpoints[0].state.ready_at, 0);
-    assert!(next.backend(v1).endpoints[1].state.ready_at > 0);
+    assert_eq!(t.backend(v1).endpoints[0].state.ready_at(), 0);
+    assert_eq!(next.backend(v1).endpoints[0].state.ready_at(), 0);
+    assert!(next.backend(v1).endpoints[1].state.ready_at() > 0);
     assert_eq!(
         next.backend(v1).newest_ready_at,
-        next.backend(v1).endpoints[1].state.ready_at
+        next.backend(v1).endpoints[1].state.ready_at()
     );
     assert!(
         std::ptr::eq(next.backend(v2), t.backend(v2)),
@@ -802,12 +802,12 @@ fn only_an_endpoint_joining_others_warms_up() {
     assert!(zero.backend(v1).endpoints.is_empty());
     // Waking from zero: the first pod takes everything at once.
     let woken = zero.with_endpoints(&[with(&["10.0.0.5"])], &[], vec![], 3);
-    assert_eq!(woken.backend(v1).endpoints[0].state.ready_at, 0);
+    assert_eq!(woken.backend(v1).endpoints[0].state.ready_at(), 0);
     assert_eq!(woken.backend(v1).newest_ready_at, 0);
     let two = woken.with_endpoints(&[with(&["10.0.0.5", "10.0.0.6"])], &[], vec![], 4);
     let eps = &two.backend(v1).endpoints;
-    assert_eq!(eps[0].state.ready_at, 0);
-    assert!(eps[1].state.ready_at > 0, "the second pod warms up");
+    assert_eq!(eps[0].state.ready_at(), 0);
+    assert!(eps[1].state.ready_at() > 0, "the second pod warms up");
     // A full rebuild over a live table marks a new endpoint the same way,
     // and keeps the state of the ones it knew.
     let text = SNAPSHOT.replacen(
@@ -824,7 +824,7 @@ fn only_an_endpoint_joining_others_warms_up() {
         .iter()
         .find(|e| e.addr.ip().to_string() == "10.0.0.42")
         .unwrap();
-    assert!(new.state.ready_at > 0);
+    assert!(new.state.ready_at() > 0);
     let old = eps
         .iter()
         .find(|e| e.addr.ip().to_string() == "10.0.0.1")

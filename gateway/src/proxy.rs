@@ -285,7 +285,9 @@ impl Gateway {
             .failed(now, others_left, &self.options.endpoints)
         {
             Verdict::Counted => {}
-            Verdict::Ejected(length) => {
+            Verdict::Ejected { length, until } => {
+                // Picks in this table look for ejected endpoints until then.
+                backend.ejected_until.fetch_max(until, Ordering::Relaxed);
                 self.metrics
                     .ejections
                     .with_label_values(&[&*backend.namespace, &*backend.name])

@@ -18,8 +18,6 @@ use crate::server::{self, Task};
 /// Set up the sources (refusing to start on a broken file or kubeconfig), then serve.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
-    // A split cursor per worker thread, before the first table is built.
-    config_sync::select::set_lanes(args.tuning.worker_threads());
     let publisher = Arc::new(Publisher::new(BuildOptions {
         cluster_domain: args.cluster_domain.clone(),
         internal_service: Some(args.private_service.clone()),

@@ -142,8 +142,6 @@ fn slice_for(rev: &ObjectKey, addr: SocketAddr, port: &str) -> EndpointSlice {
 
 /// Run the demo until interrupted.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    // A split cursor per worker thread, before the first table is built.
-    config_sync::select::set_lanes(args.tuning.worker_threads());
     let mut snapshot = file::parse(SNAPSHOT)
         .map_err(|e| anyhow::anyhow!("embedded snapshot {}:{}: {}", e.line, e.column, e.message))?;
 
