@@ -81,9 +81,10 @@ thread_local! {
         const { [const { Cell::new(0) }; CURSORS_PER_THREAD] };
 }
 
-/// A split's id: distinct among live splits and dense (a split takes the
-/// lowest one free and gives it back when dropped), so that per-thread
-/// cursors indexed by it stay small. An id reused by a new split carries a
+/// A split's id: distinct among live splits and dense (a split takes a
+/// free one, or the next never used, and gives it back when dropped), so
+/// that per-thread cursors indexed by it stay small: ids stay below the most
+/// splits ever live at once (two tables' worth during a rebuild). An id reused by a new split carries a
 /// thread's cursor position over, which only moves where the new split's
 /// walk starts.
 #[derive(Debug)]
