@@ -202,8 +202,24 @@ fn route_view(
         .iter()
         .map(|v| v.activator_share.unwrap_or(0.0) * v.requests as f64)
         .sum();
+    // A route with one revision has no split to count: what it served
+    // through that revision is all of it.
+    let one_way = r.traffic.len() == 1;
+    let served_one_way = revisions
+        .iter()
+        .any(|v| v.configured_percent == 100 && v.requests > 0);
     for v in &mut revisions {
-        v.served_percent = (split > 0).then(|| v.split_requests as f64 * 100.0 / split as f64);
+        v.served_percent = if split > 0 {
+            Some(v.split_requests as f64 * 100.0 / split as f64)
+        } else if one_way && served_one_way {
+            Some(if v.configured_percent == 100 {
+                100.0
+            } else {
+                0.0
+            })
+        } else {
+            None
+        };
     }
     // The split first, largest share first; tagged-only revisions after.
     revisions.sort_by(|a, b| {
@@ -315,6 +331,15 @@ status:
   - {revisionName: web-1, percent: 90}
   - {revisionName: web-2, percent: 10}
   - {revisionName: web-3, percent: 0, tag: old, url: http://old-web.ns.example.com}
+---
+apiVersion: serving.knative.dev/v1
+kind: Route
+metadata: {name: solo, namespace: ns}
+status:
+  url: http://solo.ns.example.com
+  traffic:
+  - {revisionName: solo-1, percent: 100}
+  - {revisionName: solo-2, percent: 0, tag: next, url: http://next-solo.ns.example.com}
 "#;
 
     #[test]
@@ -326,7 +351,8 @@ status:
             None,
             1,
         );
-        let route = &t.routes()[0];
+        let route = t.routes().iter().find(|r| r.key.name == "web").unwrap();
+        let solo = t.routes().iter().find(|r| r.key.name == "solo").unwrap();
         let counts = |name: &str| {
             route
                 .responses
@@ -361,9 +387,31 @@ status:
             three.record(200);
             two.record(200);
         }
+        // A one-revision route: what it served is all its revision's.
+        for (name, n) in [("solo-1", 5), ("solo-2", 3)] {
+            let c = &solo
+                .responses
+                .iter()
+                .find(|(b, _)| &*t.backend(*b).name == name)
+                .unwrap()
+                .1;
+            for _ in 0..n {
+                c.record(200);
+            }
+        }
         let v = ui.view(&t, &Policy::default(), start + Duration::from_secs(10));
         assert_eq!(v.window_seconds, 10.0);
-        let r = &v.routes[0];
+        let by_name = |name: &str| v.routes.iter().find(|r| r.name == name).unwrap();
+        let served: Vec<_> = by_name("solo")
+            .revisions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served_percent, v.requests))
+            .collect();
+        assert_eq!(
+            served,
+            [("solo-1", Some(100.0), 5), ("solo-2", Some(0.0), 3)]
+        );
+        let r = by_name("web");
         assert_eq!(r.requests_per_second, Some(14.0));
         let names: Vec<&str> = r.revisions.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["web-1", "web-2", "web-3"]);
@@ -393,6 +441,7 @@ status:
         // back from the second one.
         let later = ui.view(&t, &Policy::default(), start + Duration::from_secs(65));
         assert_eq!(later.window_seconds, 55.0);
-        assert_eq!(later.routes[0].requests_per_second, Some(0.0));
+        let web = later.routes.iter().find(|r| r.name == "web").unwrap();
+        assert_eq!(web.requests_per_second, Some(0.0));
     }
 }
