@@ -1004,17 +1004,16 @@ impl<'a> Compiler<'a, '_> {
                 (pick, s.percent)
             })
             .collect();
-        match picks.iter().filter(|p| p.1 > 0).count() {
-            1 => {
-                let i = picks.iter().position(|p| p.1 > 0).expect("counted one");
-                Target::One(picks.swap_remove(i).0)
-            }
+        // 0% ways registered their backends above (tags reach them), but
+        // are never picked.
+        picks.retain(|p| p.1 > 0);
+        match picks.len() {
+            1 => Target::One(picks.swap_remove(0).0),
             _ => {
                 // A sticky split's cookie names the revision (or Service).
                 let sticky = affinity.map(|a| {
                     let names = picks
                         .iter()
-                        .filter(|p| p.1 > 0)
                         .map(|(p, _)| self.backends[p.backend as usize].name.as_ref().into())
                         .collect();
                     Sticky::new(a, names)

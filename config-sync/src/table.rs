@@ -237,17 +237,6 @@ impl Split {
             sticky: sticky.map(Box::new),
         }
     }
-
-    /// The pick in slot `i` (0..100).
-    #[inline]
-    pub fn slot(&self, i: usize) -> &Pick {
-        &self.picks[self.slots[i] as usize]
-    }
-
-    /// The ways out, in the order of [`Split::slot`]'s indices.
-    pub fn picks(&self) -> &[Pick] {
-        &self.picks
-    }
 }
 
 /// A routed object as the table holds it (for metrics labels and `/debug/routes`).

@@ -382,14 +382,6 @@ pub struct Listeners<'a> {
 }
 
 impl Tuning {
-    /// Proxy worker threads: `--threads`, or one per core.
-    pub fn worker_threads(&self) -> usize {
-        match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-    }
-
     /// Server settings for the given listeners; reads the default certificate
     /// files, if any.
     pub fn serve_config(&self, listeners: Listeners<'_>) -> anyhow::Result<ServeConfig> {
@@ -404,7 +396,10 @@ impl Tuning {
             (Some(cert), Some(key)) => Some(crate::tls::load_files(cert, key)?),
             _ => None,
         };
-        let threads = self.worker_threads();
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         Ok(ServeConfig {
             http: http.to_owned(),
             internal_http: internal_http.to_owned(),

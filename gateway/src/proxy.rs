@@ -23,7 +23,8 @@
 //!    of the same revision, a bounded number of times. A response is never
 //!    retried: a backend's 503 reaches the client.
 //! 5. `fail_to_proxy`: 503 when the activator is unreachable, 502 when every
-//!    endpoint refused.
+//!    endpoint refused; a new connection reset before an answer counts
+//!    against its endpoint (`connected_to_upstream` says which are new).
 //! 6. `response_filter`: while draining, `Connection: close`.
 //! 7. `logging`: metrics; with `--access-log` a line, and for a traced
 //!    request (`--otlp-endpoint`) its span, queued for a thread of their own.
@@ -366,6 +367,8 @@ pub struct RequestCtx {
     connect_failed: bool,
     /// A response head came from the upstream.
     pub(crate) answered: bool,
+    /// The current attempt's upstream connection is a new one, not pooled.
+    new_connection: bool,
     /// The request came in over TLS.
     pub(crate) tls: bool,
 }
@@ -450,6 +453,7 @@ impl ProxyHttp for Gateway {
             failed: Vec::new(),
             connect_failed: false,
             answered: false,
+            new_connection: false,
             tls: false,
         }
     }
@@ -512,6 +516,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.release();
+        ctx.new_connection = false;
         let table = ctx
             .table
             .as_ref()
@@ -645,31 +650,18 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// pingora's own handling (the peer in the message, a retry only when
-    /// idempotent and on a reused connection), and a new connection to an
-    /// endpoint reset before any answer counts against the endpoint, as a
-    /// refused one does.
-    fn error_while_proxy(
+    async fn connected_to_upstream(
         &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
-        upstream_reused: bool,
-    ) -> Box<Error> {
-        if let Upstream::Endpoint(i) = ctx.upstream {
-            if !upstream_reused && !ctx.answered && e.esource() == &ErrorSource::Upstream {
-                self.endpoint_failed(ctx, i);
-            }
-        }
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(upstream_reused);
-        }
-        e
+    ) -> Result<()> {
+        ctx.new_connection = !reused;
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -693,6 +685,14 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // A new connection to an endpoint that failed before any answer (a
+        // reset, a close) counts against the endpoint, as a refused one
+        // does; a pooled one may just have been closed while idle.
+        if let Upstream::Endpoint(i) = ctx.upstream {
+            if ctx.new_connection && !ctx.answered && e.esource() == &ErrorSource::Upstream {
+                self.endpoint_failed(ctx, i);
+            }
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ if ctx.upstream == Upstream::Activator && ctx.connect_failed => 503,

@@ -312,11 +312,9 @@ async fn the_header_timeout_closes_silent_clients_but_not_idle_keep_alive() {
 
 /// The value of an unlabelled metric on the gateway's `/metrics`.
 async fn metric(gw: &Gateway, name: &str) -> f64 {
-    let page = gw.admin("/metrics").await.body;
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{page}"))
+    gw.metric(name)
+        .await
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

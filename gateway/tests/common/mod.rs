@@ -543,14 +543,19 @@ impl Gateway {
             .unwrap()
     }
 
+    /// The value of one series on `/metrics`, named as the page writes it
+    /// (`name` or `name{label="value",...}`), if it is there.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let page = self.admin("/metrics").await.body;
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
     /// Requests the fast path counted as `outcome` (`served`, `handed_over`).
     pub async fn fast_path_requests(&self, outcome: &str) -> u64 {
-        let metrics = self.admin("/metrics").await.body;
-        let line = format!("gateway_fast_path_requests_total{{outcome=\"{outcome}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        let series = format!("gateway_fast_path_requests_total{{outcome=\"{outcome}\"}}");
+        self.metric(&series).await.map_or(0, |v| v as u64)
     }
 
     pub async fn debug_routes(&self) -> serde_json::Value {
