@@ -41,14 +41,22 @@ pub struct BuildOptions {
     pub internal_service: Option<ObjectKey>,
     /// The Secret of the certificate for names no KIngress has one for.
     pub default_certificate: Option<ObjectKey>,
+    /// `--cluster-cert-secret`: the internal HTTPS listener's certificate
+    /// for cluster-local names no KIngress has one for.
+    pub cluster_certificate: Option<ObjectKey>,
+    /// Knative's system namespace: where the trust bundle for `https`
+    /// backends lives ([`crate::trust`]).
+    pub system_namespace: String,
 }
 
 impl BuildOptions {
-    /// What lowering a KIngress needs of these options.
-    fn lower_options(&self) -> LowerOptions<'_> {
+    /// What lowering a KIngress needs of these options, and whether
+    /// anything is `trusted` for `https` backends.
+    fn lower_options(&self, trusted: bool) -> LowerOptions<'_> {
         LowerOptions {
             cluster_domain: &self.cluster_domain,
             internal_service: self.internal_service.as_ref(),
+            untrusted: (!trusted).then_some(self.system_namespace.as_str()),
         }
     }
 }
@@ -74,6 +82,8 @@ impl Default for BuildOptions {
             cluster_domain: "cluster.local".into(),
             internal_service: None,
             default_certificate: None,
+            cluster_certificate: None,
+            system_namespace: crate::trust::DEFAULT_SYSTEM_NAMESPACE.into(),
         }
     }
 }
@@ -113,6 +123,8 @@ pub struct LastGood {
     routes: HashMap<(Kind, Arc<ObjectKey>), Good>,
     /// TLS Secrets as last parsed.
     certs: crate::tls::Parsed,
+    /// The trust bundle as last parsed.
+    trust: crate::trust::Parsed,
 }
 
 /// A last good version, in its most compact form: a Route as validated (its
@@ -243,7 +255,8 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
             port: PortSelector {
                 name: http_port_name(),
                 number: None,
-                h2c: false,
+                h2: false,
+                tls: false,
                 or_http2: true,
             },
         };
@@ -515,9 +528,19 @@ pub fn build(
         kingresses,
         services,
         secrets,
-        rejected,
+        config_maps,
+        mut rejected,
         class: _,
     } = snapshot;
+    // First: whether `https` backends can be reached decides which
+    // KIngresses are valid.
+    let trust = crate::trust::build(
+        &secrets,
+        &config_maps,
+        &opts.system_namespace,
+        &last_good.trust,
+        &mut rejected,
+    );
     let sliced = if kingresses.is_empty() {
         SlicedServices::default()
     } else {
@@ -542,6 +565,7 @@ pub fn build(
                 rejected,
                 opts,
                 last_good,
+                trust.trust().is_some(),
             );
             let side = side.join().expect("indexing endpoints does not panic");
             (side, validated)
@@ -549,13 +573,18 @@ pub fn build(
     let (certs, parsed) = crate::tls::build(
         &kingresses,
         &secrets,
-        opts.default_certificate.as_ref(),
+        crate::tls::Defaults {
+            any: opts.default_certificate.as_ref(),
+            cluster_local: opts.cluster_certificate.as_ref(),
+        },
         &last_good.certs,
         &mut rejected,
     );
     let mut next_good = next_good;
     next_good.certs = parsed;
-    retire((decoded, kingresses, services, secrets));
+    let trusted = trust.trust().cloned();
+    next_good.trust = trust;
+    retire((decoded, kingresses, services, secrets, config_maps));
     rejected.extend(slice_rejected);
     let mut hosts = HostMap::default();
     hosts.reserve(routes.iter().map(|(r, _)| r.hosts()).sum());
@@ -599,6 +628,7 @@ pub fn build(
         backend_index: Arc::new(backend_index),
         rejected: Arc::new(rejected),
         certs: Arc::new(certs),
+        trust: trusted,
     };
     (table, next_good)
 }
@@ -673,7 +703,9 @@ fn retire<T: Send + 'static>(garbage: T) {
 }
 
 /// Validate and lower every Route and KIngress, falling back to last good
-/// versions of the invalid ones.
+/// versions of the invalid ones; `trusted`: whether `https` backends can be
+/// reached (a trust bundle exists).
+#[allow(clippy::too_many_arguments)] // the build's inputs, each read once
 fn validate_all(
     routes: &[Route],
     kingresses: &[Arc<KIngress>],
@@ -682,6 +714,7 @@ fn validate_all(
     mut rejected: Vec<Rejection>,
     opts: &BuildOptions,
     last_good: &LastGood,
+    trusted: bool,
 ) -> Validated {
     let mut next_good = LastGood::default();
     // (kind order, creation time, key): Routes by namespace/name; among
@@ -705,7 +738,7 @@ fn validate_all(
         }
     }
     let services = service_index(services);
-    let lower_opts = opts.lower_options();
+    let lower_opts = opts.lower_options(trusted);
     for ing in kingresses {
         let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
         let last = last_good.routes.get(&(Kind::KIngress, Arc::new(ing.key())));
@@ -1102,9 +1135,9 @@ impl<'a> Compiler<'a, '_> {
         let endpoints = match self.endpoints.get(key) {
             Some(slices) if kind == BackendKind::Pods => endpoint_addrs(slices, &port)
                 .into_iter()
-                .map(|(addr, h2c)| Endpoint {
+                .map(|(addr, h2)| Endpoint {
                     addr,
-                    h2c,
+                    h2,
                     state: match self.counters.endpoints.get(&(key, addr)) {
                         Some(state) => Arc::clone(state),
                         // New beside others that served: it warms up.
@@ -1180,7 +1213,7 @@ pub fn update_kingresses(
     generation: u64,
 ) -> Option<Table> {
     let services = service_index(&update.services);
-    let lower_opts = opts.lower_options();
+    let lower_opts = opts.lower_options(prev.trust.is_some());
     let mut rejected_now = Vec::new();
     let endpoints = index_endpoints(&update.slices, &mut rejected_now);
     // Lower each; what fails keeps its last good version, as in a full build.
@@ -1372,6 +1405,7 @@ pub fn update_kingresses(
         backend_index,
         rejected: Arc::new(rejected),
         certs: prev.certs.clone(),
+        trust: prev.trust.clone(),
     })
 }
 
@@ -1389,7 +1423,8 @@ fn no_port() -> PortSelector {
     PortSelector {
         name: "".into(),
         number: None,
-        h2c: false,
+        h2: false,
+        tls: false,
         or_http2: false,
     }
 }

@@ -185,6 +185,22 @@ pub enum ObjectError {
         /// What is wrong with it.
         why: String,
     },
+    /// A trust bundle source (the CA Secret, a labelled ConfigMap) that
+    /// holds no usable certificate.
+    #[error("trust bundle: {message}")]
+    BadTrustBundle {
+        /// What is wrong.
+        message: String,
+    },
+    /// A split reached over TLS (its Service port is `https`/443) while
+    /// nothing is trusted: it is not served, and never in plaintext.
+    #[error("{field} is reached over TLS, but there is no trust bundle: Secret {namespace}/routing-serving-certs (ca.crt) and ConfigMaps labelled networking.knative.dev/trust-bundle hold no certificate")]
+    NoTrustBundle {
+        /// Which split.
+        field: String,
+        /// The system namespace searched.
+        namespace: String,
+    },
     /// `FQDN` or an unknown address type.
     #[error("addressType {0:?} is not supported (expected IPv4 or IPv6)")]
     AddressType(String),
@@ -228,6 +244,8 @@ impl ObjectError {
             ObjectError::NoServicePort { .. } => "no_service_port",
             ObjectError::NoHttpPort => "no_http_port",
             ObjectError::BadAnnotation { .. } => "bad_annotation",
+            ObjectError::BadTrustBundle { .. } => "bad_trust_bundle",
+            ObjectError::NoTrustBundle { .. } => "no_trust_bundle",
             ObjectError::AddressType(_) => "address_type",
             ObjectError::BadAddress { .. } => "bad_address",
         }

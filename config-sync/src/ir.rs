@@ -131,9 +131,13 @@ pub struct PortSelector {
     pub name: Arc<str>,
     /// Used when no slice port has that name.
     pub number: Option<u16>,
-    /// The port speaks HTTP/2 cleartext (a Service port named `http2` or
-    /// `h2c`, or with `appProtocol: kubernetes.io/h2c`).
-    pub h2c: bool,
+    /// The port speaks HTTP/2: in cleartext (a Service port named `http2`
+    /// or `h2c`, or with `appProtocol: kubernetes.io/h2c`), or, with `tls`,
+    /// by ALPN `h2` (the Service has such a port beside its `https` one).
+    pub h2: bool,
+    /// The port is Knative's `https` port (system-internal TLS): reached over
+    /// TLS 1.3 with the trust bundle and Knative's names ([`crate::trust`]).
+    pub tls: bool,
     /// A revision's: a slice without the `http` port is served on its port
     /// named `http2` over HTTP/2 cleartext, as Knative names the private port
     /// of a revision whose container asks for h2c.
@@ -149,15 +153,25 @@ impl PortSelector {
     pub fn select(&self, ports: &[(Arc<str>, u16)]) -> Option<(u16, bool)> {
         let named = |want: &str| ports.iter().find(|(name, _)| **name == *want).map(|p| p.1);
         if let Some(port) = named(&self.name) {
-            return Some((port, self.h2c));
+            return Some((port, self.h2));
         }
         if self.or_http2 {
             if let Some(port) = named(HTTP2_PORT) {
                 return Some((port, true));
             }
         }
-        self.number.map(|port| (port, self.h2c))
+        self.number.map(|port| (port, self.h2))
     }
+}
+
+/// Knative's name for the port where the activator and queue-proxy serve TLS.
+pub const HTTPS_PORT: &str = "https";
+
+/// Whether a Service port is Knative's TLS port: named `https`, or 443.
+/// With `system-internal-tls: Enabled`, Serving points every split at 443,
+/// the `https` port of the revision's Services (targetPort 8112).
+pub fn is_tls_port(name: Option<&str>, port: Option<i32>) -> bool {
+    name == Some(HTTPS_PORT) || port == Some(443)
 }
 
 /// Whether a Service port asks for HTTP/2 cleartext to its endpoints.
@@ -210,11 +224,12 @@ mod tests {
         list.iter().map(|(n, p)| ((*n).into(), *p)).collect()
     }
 
-    fn selector(name: &str, number: Option<u16>, h2c: bool, or_http2: bool) -> PortSelector {
+    fn selector(name: &str, number: Option<u16>, h2: bool, or_http2: bool) -> PortSelector {
         PortSelector {
             name: name.into(),
             number,
-            h2c,
+            h2,
+            tls: false,
             or_http2,
         }
     }
@@ -246,6 +261,16 @@ mod tests {
         // A Service's port never falls back to another name.
         let svc = selector("http", None, false, false);
         assert_eq!(svc.select(&ports(&[("http2", 8013)])), None);
+    }
+
+    #[test]
+    fn tls_ports_by_name_or_number() {
+        assert!(is_tls_port(Some("https"), Some(443)));
+        assert!(is_tls_port(Some("https"), Some(8443)));
+        assert!(is_tls_port(None, Some(443)));
+        assert!(!is_tls_port(Some("http"), Some(80)));
+        assert!(!is_tls_port(Some("http2"), Some(80)));
+        assert!(!is_tls_port(None, None));
     }
 
     #[test]

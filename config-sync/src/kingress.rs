@@ -352,6 +352,10 @@ pub struct LowerOptions<'a> {
     pub cluster_domain: &'a str,
     /// The gateway's internal Service: an ExternalName pointing at it is dispatched internally.
     pub internal_service: Option<&'a ObjectKey>,
+    /// While nothing is trusted for `https` backends: the system namespace
+    /// where the trust bundle was looked for. A split to such a backend is
+    /// then refused ([`ObjectError::NoTrustBundle`]), never served in plaintext.
+    pub untrusted: Option<&'a str>,
 }
 
 /// Services by `(namespace, name)`.
@@ -514,7 +518,9 @@ fn lower_path(
         let append = headers(&split.append_headers, &format!("{field}.appendHeaders"))?;
         let activator = append.iter().any(|(n, _)| n.as_str() == REVISION_HEADER);
         out.push(ir::Split {
-            backend: backend(split, &field, services, opts)?,
+            // A path that rewrites the Host goes back through the gateway
+            // (DomainMapping): never over system-internal TLS, as in Kourier.
+            backend: backend(split, &field, services, opts, path.rewrite_host.is_empty())?,
             percent: percent as u32,
             append: (!append.is_empty()).then(|| append.into()),
             activator,
@@ -573,12 +579,14 @@ fn headers(map: &BTreeMap<String, String>, field: &str) -> Result<HeaderSet, Obj
 }
 
 /// The backend of a split: its Service's endpoints on the port `servicePort`
-/// names, the gateway itself, or an external name.
+/// names (over TLS when that is the `https` port and `tls_allowed`), the
+/// gateway itself, or an external name.
 fn backend(
     split: &BackendSplit,
     field: &str,
     services: &Services<'_>,
     opts: &LowerOptions<'_>,
+    tls_allowed: bool,
 ) -> Result<Backend, ObjectError> {
     let (ns, name) = (
         split.service_namespace.as_str(),
@@ -633,6 +641,16 @@ fn backend(
         Some(IntOrString::Str(_)) => None,
         None => port.port.and_then(|p| u16::try_from(p).ok()),
     };
+    let h2c = |p: &crate::model::ServicePort| {
+        ir::is_h2c_port(p.name.as_deref(), p.app_protocol.as_deref())
+    };
+    let tls = tls_allowed && ir::is_tls_port(port.name.as_deref(), port.port);
+    if let Some(namespace) = opts.untrusted.filter(|_| tls) {
+        return Err(ObjectError::NoTrustBundle {
+            field: field.into(),
+            namespace: namespace.into(),
+        });
+    }
     Ok(Backend::Pods {
         namespace: ns.into(),
         name: name.into(),
@@ -640,7 +658,14 @@ fn backend(
         port: PortSelector {
             name: port.name.as_deref().unwrap_or_default().into(),
             number,
-            h2c: ir::is_h2c_port(port.name.as_deref(), port.app_protocol.as_deref()),
+            // The `https` port of an HTTP/2 revision sits beside its `http2`
+            // one: ALPN asks for h2 there (Kourier's rule).
+            h2: if tls {
+                ports.iter().any(h2c)
+            } else {
+                h2c(port)
+            },
+            tls,
             or_http2: false,
         },
     })

@@ -25,6 +25,7 @@ pub mod status;
 pub mod synth;
 pub mod table;
 pub mod tls;
+pub mod trust;
 
 pub use build::{build, BuildOptions, LastGood};
 pub use error::{ObjectError, Outcome, Rejection, SourceError};

@@ -186,6 +186,7 @@ impl KeySet for LabelKeys {
         SERVICE_TYPE_LABEL,
         VISIBILITY_LABEL,
         SERVICE_NAME_LABEL,
+        crate::trust::TRUST_BUNDLE_LABEL,
     ];
 }
 /// Labels trimmed to the ones the table is built from.
@@ -320,8 +321,10 @@ pub enum Kind {
     KIngress,
     /// `v1` Service.
     Service,
-    /// `v1` Secret of type `kubernetes.io/tls`.
+    /// `v1` Secret of type `kubernetes.io/tls`, or the trust bundle's CA.
     Secret,
+    /// `v1` ConfigMap of the trust bundle.
+    ConfigMap,
     /// Something else (or no kind at all).
     Other,
 }
@@ -334,6 +337,7 @@ impl fmt::Display for Kind {
             Kind::KIngress => "KIngress",
             Kind::Service => "Service",
             Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
             Kind::Other => "object",
         })
     }
@@ -357,6 +361,19 @@ pub struct Secret {
     /// The same, as plain text.
     #[serde(default)]
     pub string_data: BTreeMap<String, String>,
+}
+
+/// `v1` ConfigMap, trimmed to its text data: a trust bundle's PEM values
+/// (see [`crate::trust`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Text values by key.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
 }
 
 /// `v1` Service, trimmed to what resolves a KIngress split.
@@ -441,8 +458,10 @@ pub struct Snapshot {
     pub kingresses: Vec<Arc<KIngress>>,
     /// Decoded Services.
     pub services: Vec<Service>,
-    /// Decoded TLS Secrets.
+    /// Decoded TLS Secrets (and the trust bundle's CA Secret).
     pub secrets: Vec<Secret>,
+    /// Decoded ConfigMaps (trust bundles).
+    pub config_maps: Vec<ConfigMap>,
     /// Objects rejected while decoding.
     pub rejected: Vec<Rejection>,
     /// The KIngress class implemented: KIngresses of any other are skipped unread.
@@ -464,6 +483,7 @@ impl Snapshot {
             kingresses: Vec::new(),
             services: Vec::new(),
             secrets: Vec::new(),
+            config_maps: Vec::new(),
             rejected: Vec::new(),
             class: class.into(),
         }
@@ -485,6 +505,7 @@ impl Snapshot {
             Decoded::KIngress(k) => self.kingresses.push(k),
             Decoded::Service(s) => self.services.push(s),
             Decoded::Secret(s) => self.secrets.push(s),
+            Decoded::ConfigMap(m) => self.config_maps.push(m),
             Decoded::NotOurs => {}
             Decoded::Rejected(r) => self.rejected.push(r),
         }
@@ -502,8 +523,10 @@ pub enum Decoded {
     KIngress(Arc<KIngress>),
     /// A Service.
     Service(Service),
-    /// A TLS Secret.
+    /// A TLS Secret, or the trust bundle's CA Secret.
     Secret(Secret),
+    /// A ConfigMap (a trust bundle).
+    ConfigMap(ConfigMap),
     /// A KIngress of another class (or none): not ours, never read further.
     NotOurs,
     /// Not usable, with the reason.
@@ -523,6 +546,7 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
         }
         Some("Service") => Kind::Service,
         Some("Secret") => Kind::Secret,
+        Some("ConfigMap") => Kind::ConfigMap,
         _ => Kind::Other,
     };
     if kind == Kind::KIngress && crate::kingress::class_of(&value) != Some(class) {
@@ -535,6 +559,7 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
         Kind::KIngress => crate::kingress::decode(value).map(|k| Decoded::KIngress(Arc::new(k))),
         Kind::Service => decode::<Service>(value).map(Decoded::Service),
         Kind::Secret => decode::<Secret>(value).map(Decoded::Secret),
+        Kind::ConfigMap => decode::<ConfigMap>(value).map(Decoded::ConfigMap),
         Kind::Other => Err(ObjectError::UnsupportedKind {
             kind: value
                 .get("kind")

@@ -38,7 +38,7 @@ pub struct Request<'r> {
 }
 
 /// Where a request goes and what is set on it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Resolved {
     /// The route whose split picked the backend.
     pub route: RouteId,

@@ -267,7 +267,8 @@ mod tests {
             PortSelector {
                 name: "http".into(),
                 number: None,
-                h2c: false,
+                h2: false,
+                tls: false,
                 or_http2: false,
             },
             BackendKind::Pods,

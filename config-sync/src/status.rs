@@ -108,6 +108,9 @@ impl StatusWriter {
                 e @ ObjectError::NoEndpoints { .. } => {
                     return Some(Verdict::NotReady("EndpointsNotFound", e.to_string()))
                 }
+                e @ ObjectError::NoTrustBundle { .. } => {
+                    return Some(Verdict::NotReady("TrustBundleMissing", e.to_string()))
+                }
                 // Left out, or served from its last good version: either
                 // way, not this version.
                 e if matches!(r.outcome, Outcome::LastGood | Outcome::LeftOut) => {

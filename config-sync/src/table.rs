@@ -52,6 +52,8 @@ pub struct Table {
     pub(crate) rejected: Arc<Vec<Rejection>>,
     /// TLS certificates by server name.
     pub(crate) certs: Arc<crate::tls::Certs>,
+    /// Whom to trust on the way to `https` ports; `None`: nothing is.
+    pub(crate) trust: Option<Arc<crate::trust::Trust>>,
 }
 
 /// The EndpointSlices now behind one endpoint index key.
@@ -79,7 +81,7 @@ pub fn endpoint_addrs(slices: &[SliceEndpoints], port: &PortSelector) -> Vec<(So
     let mut out: Vec<(SocketAddr, bool)> = slices
         .iter()
         .filter_map(|s| Some((s, port.select(&s.ports)?)))
-        .flat_map(|(s, (p, h2c))| s.addrs.iter().map(move |ip| (SocketAddr::new(*ip, p), h2c)))
+        .flat_map(|(s, (p, h2))| s.addrs.iter().map(move |ip| (SocketAddr::new(*ip, p), h2)))
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -351,8 +353,9 @@ pub struct Endpoint {
     /// In-flight count, failures, ejection and readiness time; shared
     /// across tables so a swap keeps them.
     pub state: Arc<EndpointState>,
-    /// It speaks HTTP/2 cleartext (see [`PortSelector`]).
-    pub h2c: bool,
+    /// It speaks HTTP/2: h2c, or ALPN `h2` when its backend's port is TLS
+    /// (see [`PortSelector`]).
+    pub h2: bool,
 }
 
 impl Endpoint {
@@ -361,7 +364,7 @@ impl Endpoint {
         Self {
             addr,
             state: Arc::default(),
-            h2c: false,
+            h2: false,
         }
     }
 
@@ -442,7 +445,7 @@ impl Table {
                 let old = &self.backends[id as usize];
                 let endpoints = endpoint_addrs(&update.slices, &old.port)
                     .into_iter()
-                    .map(|(addr, h2c)| {
+                    .map(|(addr, h2)| {
                         // An endpoint that stays keeps its state; a new one
                         // beside others warms up (slow start), a revision's
                         // first after zero takes everything at once.
@@ -455,7 +458,7 @@ impl Table {
                                 let ready_at = if old.endpoints.is_empty() { 0 } else { now };
                                 Arc::new(EndpointState::new(ready_at))
                             });
-                        Endpoint { addr, state, h2c }
+                        Endpoint { addr, state, h2 }
                     })
                     .collect();
                 backends[id as usize] = Arc::new(Backend::new(
@@ -488,6 +491,7 @@ impl Table {
             backend_index: self.backend_index.clone(),
             rejected,
             certs: self.certs.clone(),
+            trust: self.trust.clone(),
         }
     }
 
@@ -585,7 +589,12 @@ impl Table {
                     .map(|e| EndpointView {
                         address: e.addr.to_string(),
                         inflight: e.load(),
-                        protocol: if e.h2c { "h2c" } else { "http/1.1" },
+                        protocol: match (b.port.tls, e.h2) {
+                            (false, false) => "http/1.1",
+                            (false, true) => "h2c",
+                            (true, false) => "http/1.1 over tls",
+                            (true, true) => "h2 over tls",
+                        },
                         failures_in_a_row: e.state.failures(),
                         ejections: e.state.ejections(),
                         ejected_for_ms: e.state.ejected_for(now),
@@ -616,12 +625,20 @@ impl Table {
             revisions,
             rejected,
             certificates: self.certs.names().to_vec(),
+            trust: self.trust.as_ref().map(|t| t.view().clone()),
         }
     }
 
     /// TLS certificates by server name.
     pub fn certs(&self) -> &crate::tls::Certs {
         &self.certs
+    }
+
+    /// Whom to trust on the way to `https` ports; `None` when nothing is
+    /// (such backends are then refused, never reached in plaintext).
+    #[inline]
+    pub fn trust(&self) -> Option<&Arc<crate::trust::Trust>> {
+        self.trust.as_ref()
     }
 
     fn path_view(&self, rule: &PathRule) -> PathView {
@@ -662,6 +679,8 @@ pub struct TableView {
     pub rejected: Vec<RejectionView>,
     /// Server names with a certificate, and the Secret of each.
     pub certificates: Vec<crate::tls::CertView>,
+    /// The trust bundle for `https` backends; absent when nothing is trusted.
+    pub trust: Option<crate::trust::TrustView>,
 }
 
 /// A route in [`TableView`].
@@ -766,8 +785,8 @@ pub struct EndpointView {
     pub address: String,
     /// Requests in flight.
     pub inflight: u32,
-    /// What the gateway speaks to it: `http/1.1` or `h2c` (upgrades always
-    /// go out as HTTP/1.1).
+    /// What the gateway speaks to it: `http/1.1`, `h2c`, `http/1.1 over
+    /// tls` or `h2 over tls` (upgrades always go out as HTTP/1.1).
     pub protocol: &'static str,
     /// Connections refused or reset in a row.
     pub failures_in_a_row: u32,

@@ -33,6 +33,12 @@ pub struct Certs {
     wildcard: FastMap<Box<str>, Arc<CertifiedKey>>,
     /// For any other name, and for clients that send no SNI.
     default: Option<Arc<CertifiedKey>>,
+    /// Entries that apply only to cluster-local rules (`cluster-local-domain-tls`):
+    /// served on the internal HTTPS listener alone.
+    local: FastMap<Box<str>, Arc<CertifiedKey>>,
+    /// `--cluster-cert-secret`: the internal listener's certificate for
+    /// names nothing else has one for.
+    local_default: Option<Arc<CertifiedKey>>,
     /// Names served, with the Secret serving each, for `/debug/routes`.
     names: Vec<CertView>,
 }
@@ -44,6 +50,9 @@ pub struct CertView {
     pub name: String,
     /// `namespace/name` of the Secret.
     pub secret: String,
+    /// Served on the internal HTTPS listener only (a cluster-local name).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub internal_only: bool,
 }
 
 impl std::fmt::Debug for Certs {
@@ -53,16 +62,33 @@ impl std::fmt::Debug for Certs {
 }
 
 impl Certs {
-    /// The certificate for `server_name` (already lowercase, as rustls gives
-    /// it): an exact name, else a wildcard one label up, else the default.
+    /// The certificate the external HTTPS listener presents for
+    /// `server_name` (already lowercase, as rustls gives it): an exact name,
+    /// else a wildcard one label up, else the default. Never one meant only
+    /// for cluster-local names.
     pub fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let found = server_name.and_then(|name| {
+        self.named(server_name).or(self.default.as_ref()).cloned()
+    }
+
+    /// The certificate the internal HTTPS listener presents: a cluster-local
+    /// entry's, else a public one's, else `--cluster-cert-secret`'s, else the
+    /// default.
+    pub fn lookup_internal(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        server_name
+            .and_then(|name| self.local.get(name))
+            .or_else(|| self.named(server_name))
+            .or(self.local_default.as_ref())
+            .or(self.default.as_ref())
+            .cloned()
+    }
+
+    fn named(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        server_name.and_then(|name| {
             self.exact.get(name).or_else(|| {
                 let parent = name.split_once('.')?.1;
                 self.wildcard.get(parent)
             })
-        });
-        found.or(self.default.as_ref()).cloned()
+        })
     }
 
     /// Names served and their Secrets.
@@ -138,14 +164,37 @@ pub fn parse_pem(crt: &[u8], key: &[u8], names: (&str, &str)) -> Result<Certifie
     })
 }
 
+/// The Secrets of the certificates for names no `spec.tls` entry covers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Defaults<'a> {
+    /// `--default-certificate`: every listener.
+    pub any: Option<&'a ObjectKey>,
+    /// `--cluster-cert-secret`: the internal HTTPS listener.
+    pub cluster_local: Option<&'a ObjectKey>,
+}
+
+/// Whether `tls` applies to a rule of `ing` of visibility `local` (true:
+/// `ClusterLocal`): it holds all of that rule's hosts, as Knative's
+/// `GetIngressTLSForVisibility` decides.
+fn applies(ing: &KIngress, tls: &crate::kingress::IngressTls, local: bool) -> bool {
+    let norm = |h: &String| h.trim_end_matches('.').to_ascii_lowercase();
+    let held: Vec<String> = tls.hosts.iter().map(norm).collect();
+    ing.spec.rules.iter().any(|rule| {
+        (rule.visibility == "ClusterLocal") == local
+            && !rule.hosts.is_empty()
+            && rule.hosts.iter().all(|h| held.contains(&norm(h)))
+    })
+}
+
 /// Build the certificates for `kingresses` (oldest first: the first to name
-/// a host serves it) from `secrets`, reusing `previous` parses. Problems are
-/// pushed to `rejected`, each naming its object. Returns the certificates and
-/// the parses to keep for the next build.
+/// a host serves it) from `secrets`, reusing `previous` parses. An entry that
+/// applies only to cluster-local rules is served on the internal listener
+/// alone. Problems are pushed to `rejected`, each naming its object. Returns
+/// the certificates and the parses to keep for the next build.
 pub fn build(
     kingresses: &[Arc<KIngress>],
     secrets: &[Secret],
-    default: Option<&ObjectKey>,
+    defaults: Defaults<'_>,
     previous: &Parsed,
     rejected: &mut Vec<Rejection>,
 ) -> (Certs, Parsed) {
@@ -231,9 +280,11 @@ pub fn build(
                 }
                 continue;
             };
+            let internal_only = applies(ing, tls, true) && !applies(ing, tls, false);
             for host in &tls.hosts {
                 let name = host.trim_end_matches('.').to_ascii_lowercase();
                 let (map, stored) = match name.strip_prefix("*.") {
+                    _ if internal_only => (&mut certs.local, name.clone()),
                     Some(parent) => (&mut certs.wildcard, parent.to_owned()),
                     None => (&mut certs.exact, name.clone()),
                 };
@@ -242,18 +293,26 @@ pub fn build(
                     certs.names.push(CertView {
                         name,
                         secret: key.to_string(),
+                        internal_only,
                     });
                 }
             }
         }
     }
-    if let Some(key) = default {
+    for (key, internal_only) in [(defaults.any, false), (defaults.cluster_local, true)] {
+        let Some(key) = key else { continue };
         match cert_of(key, rejected) {
             Some(cert) => {
-                certs.default = Some(cert);
+                let slot = if internal_only {
+                    &mut certs.local_default
+                } else {
+                    &mut certs.default
+                };
+                *slot = Some(cert);
                 certs.names.push(CertView {
                     name: "*".into(),
                     secret: key.to_string(),
+                    internal_only,
                 });
             }
             None if !by_key.contains_key(key) => rejected.push(Rejection {
@@ -328,7 +387,10 @@ mod tests {
         let (certs, _) = build(
             &ings,
             &secrets,
-            Some(&default),
+            Defaults {
+                any: Some(&default),
+                cluster_local: None,
+            },
             &Parsed::default(),
             &mut rejected,
         );
@@ -356,14 +418,14 @@ mod tests {
         let (_, parsed) = build(
             &ings,
             &[secret("a", &crt, &key)],
-            None,
+            Defaults::default(),
             &Parsed::default(),
             &mut rejected,
         );
         let good = build(
             &ings,
             &[secret("a", &crt, &key)],
-            None,
+            Defaults::default(),
             &parsed,
             &mut rejected,
         )
@@ -375,7 +437,7 @@ mod tests {
         let (certs, _) = build(
             &ings,
             &[secret("a", &crt, &other_key)],
-            None,
+            Defaults::default(),
             &parsed,
             &mut rejected,
         );
@@ -402,7 +464,13 @@ mod tests {
             ings[0].clone(),
             kingress("k2", &[(&["b.example.com"], "a")]),
         ];
-        let (certs, _) = build(&both, &[opaque], None, &Parsed::default(), &mut rejected);
+        let (certs, _) = build(
+            &both,
+            &[opaque],
+            Defaults::default(),
+            &Parsed::default(),
+            &mut rejected,
+        );
         assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert!(certs.lookup(Some("a.example.com")).is_none());
         assert_eq!(
@@ -437,7 +505,10 @@ mod tests {
         build(
             &ings,
             &[],
-            Some(&ObjectKey::new("ns", "nope")),
+            Defaults {
+                any: Some(&ObjectKey::new("ns", "nope")),
+                cluster_local: None,
+            },
             &Parsed::default(),
             &mut rejected,
         );

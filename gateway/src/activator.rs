@@ -22,6 +22,8 @@ pub struct Activator {
     addr: ArcSwapOption<SocketAddr>,
     /// How often a host name is resolved again.
     pub refresh: Duration,
+    /// Reached over TLS (`--activator-tls`): its certificate names `kn-routing`.
+    tls: bool,
 }
 
 impl Activator {
@@ -31,7 +33,20 @@ impl Activator {
             target: target.to_owned(),
             addr: ArcSwapOption::new(target.parse().ok().map(Arc::new)),
             refresh: Duration::from_secs(10),
+            tls: false,
         }
+    }
+
+    /// Reach it over TLS (Knative's `system-internal-tls`) when `tls`.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether it is reached over TLS.
+    #[inline]
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// The address to send to now; `None` while it cannot be resolved.

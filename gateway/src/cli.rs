@@ -105,6 +105,23 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_DEFAULT_CERTIFICATE", value_parser = parse_key,
           conflicts_with = "default_certificate_file")]
     pub default_certificate: Option<config_sync::ObjectKey>,
+    /// Secret (NAMESPACE/NAME, type kubernetes.io/tls) with the certificate
+    /// the internal HTTPS listener presents for cluster-local names no
+    /// KIngress has one for (Knative's `cluster-local-domain-tls`). Never
+    /// presented on the external listener.
+    #[arg(long, env = "GATEWAY_CLUSTER_CERT_SECRET", value_parser = parse_key)]
+    pub cluster_cert_secret: Option<config_sync::ObjectKey>,
+    /// Knative's system namespace: where the trust bundle for backends
+    /// reached over TLS lives (Secret `routing-serving-certs`, key `ca.crt`,
+    /// and ConfigMaps labelled `networking.knative.dev/trust-bundle`).
+    #[arg(long, env = "GATEWAY_SYSTEM_NAMESPACE", default_value = config_sync::trust::DEFAULT_SYSTEM_NAMESPACE)]
+    pub system_namespace: String,
+    /// Speak TLS 1.3 to the activator (Knative's `system-internal-tls`;
+    /// point `--activator` at its port 8112): its certificate must chain to
+    /// the trust bundle and name `kn-routing`. Without a trust bundle,
+    /// requests for revisions at zero get 502; none goes in plaintext.
+    #[arg(long, env = "GATEWAY_ACTIVATOR_TLS")]
+    pub activator_tls: bool,
     /// Knative activator, HOST:PORT: where requests for revisions without ready endpoints go.
     #[arg(long, env = "GATEWAY_ACTIVATOR", default_value = "activator-service.knative-serving.svc.cluster.local:80",
           value_parser = crate::activator::parse_target)]
@@ -187,6 +204,7 @@ impl ServeArgs {
             namespaces: self.namespaces.clone(),
             ingress_class: Some(self.ingress_class.clone()),
             max_backoff: self.kube_max_backoff.unwrap_or(defaults.max_backoff),
+            system_namespace: self.system_namespace.clone(),
             ..defaults
         }
     }

@@ -74,6 +74,9 @@ pub struct Metrics {
     last_reload: Gauge,
     seconds_since_sync: Gauge,
     rejected: IntGaugeVec,
+    /// Backend certificates refused, by reason (copied on render from
+    /// [`config_sync::trust::failures`]).
+    upstream_tls_failures: IntCounterVec,
     source_errors: IntCounter,
     source_relists: IntCounter,
     /// Last values copied from the publisher's counters: (errors, relists).
@@ -115,6 +118,13 @@ impl Metrics {
                 "Endpoints ejected because connections to them were refused or reset in a row.",
             ),
             &["namespace", "revision"],
+        )?;
+        let upstream_tls_failures = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_tls_failures_total",
+                "Backend certificates refused on the way to a TLS backend (system-internal TLS), by reason.",
+            ),
+            &["reason"],
         )?;
         let ejected = IntGaugeVec::new(
             Opts::new(
@@ -211,6 +221,7 @@ impl Metrics {
             Box::new(last_reload.clone()),
             Box::new(seconds_since_sync.clone()),
             Box::new(rejected.clone()),
+            Box::new(upstream_tls_failures.clone()),
             Box::new(source_errors.clone()),
             Box::new(source_relists.clone()),
         ] {
@@ -235,6 +246,7 @@ impl Metrics {
             last_reload,
             seconds_since_sync,
             rejected,
+            upstream_tls_failures,
             source_errors,
             source_relists,
             seen: Mutex::new((0, 0)),
@@ -287,6 +299,10 @@ impl Metrics {
             self.rejected
                 .with_label_values(&[kind.as_str(), reason])
                 .set(n);
+        }
+        for (reason, n) in config_sync::trust::failures() {
+            let c = self.upstream_tls_failures.with_label_values(&[reason]);
+            c.inc_by(n.saturating_sub(c.get()));
         }
         {
             // Counters mirror the publisher's totals.

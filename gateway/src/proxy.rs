@@ -331,6 +331,35 @@ impl Gateway {
     }
 }
 
+/// A request the fast path routed before handing it to the general path,
+/// carried in the request head: the general path takes this resolution
+/// rather than resolving again, so a split's cursor moves once per request.
+#[derive(Clone)]
+pub(crate) struct Routed {
+    table: Arc<Table>,
+    to: Resolved,
+}
+
+impl Routed {
+    /// Move `ctx`'s resolution into `req`.
+    pub(crate) fn attach(req: &mut RequestHeader, ctx: &mut RequestCtx) {
+        if let Some(table) = ctx.table.take() {
+            let to = std::mem::take(&mut ctx.to);
+            req.extensions_mut().insert(Routed { table, to });
+        }
+    }
+
+    /// Take the resolution `req` carries into `ctx`; whether there was one.
+    fn take(req: &mut RequestHeader, ctx: &mut RequestCtx) -> bool {
+        let Some(routed) = req.extensions_mut().remove::<Routed>() else {
+            return false;
+        };
+        ctx.table = Some(routed.table);
+        ctx.to = routed.to;
+        true
+    }
+}
+
 /// Why a request is not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -410,7 +439,21 @@ pub(crate) fn take_endpoint(
     let endpoint = &backend.endpoints[i];
     endpoint.state.inflight.fetch_add(1, Ordering::Relaxed);
     *upstream = Upstream::Endpoint(i);
-    Some((endpoint.addr, endpoint.h2c))
+    Some((endpoint.addr, endpoint.h2))
+}
+
+/// The client configuration for a backend reached over TLS (ALPN `h2` when
+/// `h2`), from the table's trust bundle; with none, an error that becomes
+/// a 502 naming the missing bundle.
+fn upstream_tls(table: &Table, h2: bool) -> Result<Arc<rustls::ClientConfig>> {
+    match table.trust() {
+        Some(trust) => Ok(trust.config(h2).clone()),
+        None => Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "the backend is reached over TLS, but there is no trust bundle \
+             (Secret routing-serving-certs, ConfigMaps labelled networking.knative.dev/trust-bundle)",
+        )),
+    }
 }
 
 /// An empty response with one header of its own.
@@ -474,6 +517,10 @@ impl ProxyHttp for Gateway {
         }
         ctx.span = self.sample(req);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if Routed::take(session.req_header_mut(), ctx) {
+            return Ok(false);
+        }
+        let req = session.req_header();
         let internal = self.is_internal(session);
         let miss = match self.route(req, internal, ctx) {
             Ok(()) => return Ok(false),
@@ -522,7 +569,10 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route resolved"))?;
         let backend = table.backend(ctx.to.backend);
-        let mut h2c = false;
+        let mut h2 = false;
+        // The name a TLS peer's certificate must carry (Knative's
+        // system-internal TLS); `None`: plaintext.
+        let mut tls_name: Option<String> = None;
         let addr = match &backend.kind {
             BackendKind::Pods if backend.endpoints.is_empty() && ctx.to.activator => {
                 // Scaled to zero: the activator wakes a pod and forwards.
@@ -537,6 +587,9 @@ impl ProxyHttp for Gateway {
                     .with_label_values(&[&*backend.namespace, &*backend.name])
                     .inc();
                 ctx.upstream = Upstream::Activator;
+                if self.activator.tls() {
+                    tls_name = Some(config_sync::trust::ACTIVATOR_NAME.to_owned());
+                }
                 addr
             }
             BackendKind::Pods if backend.endpoints.is_empty() => {
@@ -551,7 +604,7 @@ impl ProxyHttp for Gateway {
             BackendKind::Pods => {
                 // Unreachable through fail_to_connect (it stops retrying first), but if
                 // every endpoint has refused, the answer is the specified 502.
-                let (addr, wants_h2c) = take_endpoint(
+                let (addr, wants_h2) = take_endpoint(
                     table,
                     &mut ctx.upstream,
                     &ctx.to,
@@ -562,7 +615,10 @@ impl ProxyHttp for Gateway {
                 .ok_or_else(|| {
                     Error::explain(ErrorType::HTTPStatus(502), "every endpoint refused")
                 })?;
-                h2c = wants_h2c;
+                h2 = wants_h2;
+                if backend.port.tls {
+                    tls_name = Some(config_sync::trust::user_name(&backend.namespace));
+                }
                 addr
             }
             BackendKind::External(host, port) => {
@@ -582,14 +638,28 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.peer = Some(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let upgrade = session.is_upgrade_req();
+        let tls = match tls_name {
+            None => None,
+            // Refused, never sent in plaintext.
+            Some(name) => Some((name, upstream_tls(table, h2 && !upgrade)?)),
+        };
+        let mut peer = match tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some((name, config)) => {
+                // The name is the one checked, not sent (no SNI).
+                let mut peer = HttpPeer::new(addr, true, name);
+                peer.options.rustls_client_config = Some(config);
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(self.options.connect_timeout);
         peer.options.read_timeout = self.options.stream_idle_timeout;
         peer.options.write_timeout = self.options.stream_idle_timeout;
         // Pool keys are exact endpoint addresses: no getpeername() per reuse
         // (vendor/README.md, "reuse without getpeername").
         peer.options.verify_reused_address = false;
-        if session.is_upgrade_req() {
+        if upgrade {
             // An upgrade (WebSocket) always goes out as HTTP/1.1: HTTP/2 to the
             // next hop cannot carry it (Kourier's bug #801). And on a new
             // connection: an upgraded one never returns to the pool anyway, and
@@ -597,7 +667,7 @@ impl ProxyHttp for Gateway {
             // connection (the request's end closes the body pipe before the 101
             // arrives). Pooled connections are in group 0; this group gets none.
             peer.group_key = UPGRADE_GROUP;
-        } else if h2c {
+        } else if h2 {
             peer.options.set_http_version(2, 2);
             peer.options.max_h2_streams = self.options.upstream_h2_streams;
         }
@@ -667,10 +737,21 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if matches!(
+            e.etype(),
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+        ) {
+            // Why, with the name expected (the metric counts it by reason).
+            tracing::warn!(
+                upstream = %peer._address,
+                expected_name = %peer.sni,
+                "TLS to the backend failed: {e}"
+            );
+        }
         if ctx.upstream == Upstream::None {
             return e;
         }

@@ -22,6 +22,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         internal_service: Some(args.private_service.clone()),
         default_certificate: args.default_certificate.clone(),
+        cluster_certificate: args.cluster_cert_secret.clone(),
+        system_namespace: args.system_namespace.clone(),
     }));
     let tasks = match &args.file {
         Some(file) => {
@@ -37,7 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => kube_tasks(&args, &publisher)?,
     };
-    let activator = Arc::new(Activator::new(&args.activator));
+    let activator = Arc::new(Activator::new(&args.activator).with_tls(args.activator_tls));
     let mut config = args.tuning.serve_config(crate::cli::Listeners {
         http: &args.http,
         internal_http: &args.internal_http,

@@ -279,19 +279,18 @@ pub fn run(
             ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::default().read(0)),
         );
     }
-    let resolver = Arc::new(SniResolver::new(
-        publisher.reader(),
-        config.default_certificate.clone(),
-    ));
-    for addr in [&config.https, &config.internal_https]
-        .into_iter()
-        .flatten()
-    {
+    for (addr, internal) in [(&config.https, false), (&config.internal_https, true)] {
+        let Some(addr) = addr else { continue };
+        let resolver = Arc::new(SniResolver::new(
+            publisher.reader(),
+            config.default_certificate.clone(),
+            internal,
+        ));
         // rustls reads records into its own buffer: an L4 read buffer under it
         // is one more copy of every byte.
         listeners.add_listener(
             ListenerConfig::tcp(addr.as_str())
-                .tls(crate::tls::settings(resolver.clone())?)
+                .tls(crate::tls::settings(resolver)?)
                 .l4_buffer(L4BufferSettings::default().read(0)),
         );
     }

@@ -18,12 +18,20 @@ pub struct SniResolver {
     table: TableReader,
     /// For names the table has no certificate for.
     fallback: Option<Arc<CertifiedKey>>,
+    /// On the internal listener: cluster-local certificates too
+    /// (`cluster-local-domain-tls`), which the external one never presents.
+    internal: bool,
 }
 
 impl SniResolver {
-    /// Certificates from `table`, else `fallback`.
-    pub fn new(table: TableReader, fallback: Option<Arc<CertifiedKey>>) -> Self {
-        Self { table, fallback }
+    /// Certificates from `table` (with the cluster-local ones when
+    /// `internal`), else `fallback`.
+    pub fn new(table: TableReader, fallback: Option<Arc<CertifiedKey>>, internal: bool) -> Self {
+        Self {
+            table,
+            fallback,
+            internal,
+        }
     }
 }
 
@@ -31,11 +39,15 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // None aborts the handshake with an alert: the protocol's own error
         // for a name nothing serves.
-        self.table
-            .peek()
-            .certs()
-            .lookup(hello.server_name())
-            .or_else(|| self.fallback.clone())
+        let table = self.table.peek();
+        let certs = table.certs();
+        let name = hello.server_name();
+        if self.internal {
+            certs.lookup_internal(name)
+        } else {
+            certs.lookup(name)
+        }
+        .or_else(|| self.fallback.clone())
     }
 }
 

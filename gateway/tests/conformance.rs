@@ -22,6 +22,12 @@ use serde_json::{json, Value};
 use test_apiserver::ApiServer;
 
 const KINGRESS_API: &str = "networking.internal.knative.dev/v1alpha1";
+
+tokio::task_local! {
+    /// Set while a case runs with Knative's system-internal TLS on (the
+    /// `encrypted` module below): see [`Encryption`].
+    static ENCRYPTED: ();
+}
 const CLASS: &str = "knative-gateway.ingress.networking.knative.dev";
 const NS: &str = "serving-tests";
 
@@ -32,6 +38,52 @@ struct Env {
     _dir: tempfile::TempDir,
     /// Keeps the activator stand-in's port refusing for the whole test.
     _activator: SocketAddr,
+    /// With system-internal TLS on.
+    encryption: Option<Encryption>,
+}
+
+/// Knative's system-internal TLS as Kourier's CI turns it on for the suite:
+/// every split points at port 443, the Services' `https` port, where each
+/// backend serves TLS with a certificate for `kn-user-serving-tests`. The
+/// first CA is in the Secret `routing-serving-certs`, the second only in a
+/// trust-bundle ConfigMap; backends take turns between them.
+struct Encryption {
+    cas: [TestCa; 2],
+    /// Each backend's TLS front, by the backend's address.
+    fronts: std::sync::Mutex<HashMap<SocketAddr, TlsFront>>,
+}
+
+impl Encryption {
+    /// The TLS port in front of `backend`, started on first use.
+    fn front(&self, backend: SocketAddr) -> u16 {
+        let mut fronts = self.fronts.lock().unwrap();
+        let n = fronts.len();
+        fronts
+            .entry(backend)
+            .or_insert_with(|| {
+                let (crt, key, _) = self.cas[n % 2].leaf(&[&format!("kn-user-{NS}")]);
+                TlsFront::start(backend, &crt, &key)
+            })
+            .addr
+            .port()
+    }
+}
+
+/// As Serving writes a KIngress with system-internal TLS on: every split
+/// goes to port 443, but on paths that rewrite the Host (DomainMapping).
+fn to_https(spec: &mut Value) {
+    for rule in spec["rules"].as_array_mut().into_iter().flatten() {
+        for path in rule["http"]["paths"].as_array_mut().into_iter().flatten() {
+            if path.get("rewriteHost").is_some_and(|h| h != "") {
+                continue;
+            }
+            for split in path["splits"].as_array_mut().into_iter().flatten() {
+                if split["servicePort"] == 80 || split["servicePort"] == "http" {
+                    split["servicePort"] = 443.into();
+                }
+            }
+        }
+    }
 }
 
 async fn env() -> Env {
@@ -62,6 +114,19 @@ async fn env_with(extra: &[&str]) -> Env {
         .collect::<Vec<_>>(),
     )
     .await;
+    let encryption = ENCRYPTED.try_with(|_| ()).is_ok().then(|| {
+        let cas = [TestCa::new(), TestCa::new()];
+        api.apply(ca_secret("knative-serving", &cas[0].pem));
+        api.apply(trust_bundle(
+            "knative-serving",
+            "extra-trust",
+            &[&cas[1].pem],
+        ));
+        Encryption {
+            cas,
+            fronts: Default::default(),
+        }
+    });
     // The internal Service's endpoints: this replica, which the leader probes.
     api.apply(
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -75,6 +140,16 @@ async fn env_with(extra: &[&str]) -> Env {
         gw,
         _dir: dir,
         _activator: activator,
+        encryption,
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // A failed case shows what the gateway said.
+        if std::thread::panicking() {
+            eprintln!("gateway stderr:\n{}", self.gw.stderr());
+        }
     }
 }
 
@@ -92,11 +167,15 @@ impl Env {
     }
 
     /// A Service whose port 80 is named `port` (`http2` asks for h2c).
+    /// Encrypted, it also has Knative's `https` port 443 to the backend's TLS front.
     fn service_port(&self, name: &str, backend: SocketAddr, port: &str) {
+        let mut ports = vec![json!({"name": port, "port": 80, "targetPort": backend.port()})];
+        if let Some(enc) = &self.encryption {
+            ports.push(json!({"name": "https", "port": 443, "targetPort": enc.front(backend)}));
+        }
         self.api.apply(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": NS},
-            "spec": {"type": "ClusterIP",
-                     "ports": [{"name": port, "port": 80, "targetPort": backend.port()}]}}));
+            "spec": {"type": "ClusterIP", "ports": ports}}));
     }
 
     /// The EndpointSlice of [`Env::service`].
@@ -106,10 +185,14 @@ impl Env {
 
     /// An EndpointSlice whose port is named `port`, after its Service's.
     fn slice_port(&self, name: &str, backend: SocketAddr, port: &str) {
+        let mut ports = vec![json!({"name": port, "port": backend.port()})];
+        if let Some(enc) = &self.encryption {
+            ports.push(json!({"name": "https", "port": enc.front(backend)}));
+        }
         self.api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-abcde"), "namespace": NS,
                          "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": [{"name": port, "port": backend.port()}],
+            "addressType": "IPv4", "ports": ports,
             "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": true}}]}));
     }
 
@@ -136,7 +219,11 @@ impl Env {
     }
 
     /// Create or update a KIngress of `class`; returns its generation.
-    fn create(&self, name: &str, spec: Value, class: &str) -> i64 {
+    /// Encrypted, its splits point at port 443, as Serving writes them.
+    fn create(&self, name: &str, mut spec: Value, class: &str) -> i64 {
+        if self.encryption.is_some() {
+            to_https(&mut spec);
+        }
         let generation = self
             .api
             .get(KINGRESS_API, "Ingress", NS, name)
@@ -199,7 +286,6 @@ fn host(name: &str) -> String {
     format!("{name}.example.com")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basics() {
     let e = env().await;
     let _b = e.runtime("basics").await;
@@ -222,7 +308,6 @@ async fn basics() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_multiple() {
     let e = env().await;
     let _b = e.runtime("multi").await;
@@ -244,7 +329,6 @@ async fn hosts_multiple() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_path() {
     let e = env().await;
     let mut backends = Vec::new();
@@ -304,7 +388,6 @@ async fn spread(e: &Env, host: &str, path: &str, n: usize) -> HashMap<String, us
     total
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_percentage() {
     let e = env().await;
     // 1, 2, 4, 8, 16, 32, 37, 0, 0, 0: the suite's weights.
@@ -342,7 +425,6 @@ async fn dispatch_percentage() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_path_and_percentage() {
     let e = env().await;
     let _b = (
@@ -362,7 +444,6 @@ async fn dispatch_path_and_percentage() {
     assert_eq!(e.get(&host("pp"), "/", &[]).await.body, "rest");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_rule() {
     let e = env().await;
     let _b = (e.runtime("one").await, e.runtime("two").await);
@@ -379,7 +460,6 @@ async fn dispatch_rule() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_pre_split() {
     let e = env().await;
     let _b = e.runtime("pre").await;
@@ -394,7 +474,6 @@ async fn headers_pre_split() {
     assert_eq!(r.header("x-echo-foo-bar-baz"), "pre");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_post_split() {
     let e = env().await;
     let mut backends = Vec::new();
@@ -430,7 +509,6 @@ async fn headers_post_split() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_probe() {
     let e = env().await;
     let _b = e.runtime("probe").await;
@@ -459,7 +537,6 @@ async fn headers_probe() {
     assert_eq!((r.status, r.header("k-network-hash")), (200, custom));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_tags() {
     let e = env().await;
     let _b = e.runtime("tags").await;
@@ -484,7 +561,6 @@ async fn headers_tags() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_rewrite() {
     let e = env().await;
     let _b = e.runtime("target").await;
@@ -519,7 +595,6 @@ async fn host_rewrite() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry() {
     let e = env().await;
     let b = Backend::with_status("retry", 503).await;
@@ -585,7 +660,6 @@ async fn slow_backend(
     (addr, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout() {
     let e = env().await;
     let (headers_late, a) = slow_backend(Duration::from_secs(10), Duration::ZERO).await;
@@ -614,7 +688,6 @@ async fn timeout() {
     b.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update() {
     let e = env().await;
     let first = e.runtime("update-0").await;
@@ -673,7 +746,6 @@ async fn update() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visibility() {
     let e = env().await;
     let _b = (
@@ -728,7 +800,6 @@ async fn visibility() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingressclass() {
     let e = env().await;
     let _b = e.runtime("cls").await;
@@ -867,7 +938,6 @@ async fn external_name_elsewhere_is_resolved_and_dialled() {
 /// basics/http2: a Service port named `http2` is reached over HTTP/2
 /// cleartext, whatever the client speaks; any other port over HTTP/1.1.
 /// Clients may speak h2c with prior knowledge on the plain port.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basics_http2() {
     let e = env().await;
     let _b = (e.runtime_h2c("h2").await, e.runtime("h1").await);
@@ -904,7 +974,6 @@ async fn basics_http2() {
 /// Forwarding headers, as Envoy sets them for Kourier: the client address is
 /// appended to `X-Forwarded-For`, `X-Forwarded-Proto` is the listener's
 /// scheme, and trace context passes untouched.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers() {
     let e = env().await;
     let _b = e.runtime("fwd").await;
@@ -970,7 +1039,6 @@ async fn websocket_echoes(gw: SocketAddr, host: &str, n: usize) -> String {
 
 /// websocket: 100 echoes over one upgraded connection, also to a backend
 /// whose port asks for h2c (upgrades go out as HTTP/1.1: Kourier's #801).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket() {
     let e = env().await;
     let _b = (e.runtime("ws").await, e.runtime_h2c("ws-h2").await);
@@ -988,7 +1056,6 @@ async fn websocket() {
 }
 
 /// websocket/split: upgrades through a 50/50 split reach both sides.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_split() {
     let e = env().await;
     let _b = (e.runtime("ws-a").await, e.runtime("ws-b").await);
@@ -1032,7 +1099,6 @@ fn tls_secret(name: &str, crt: &str, key: &str) -> Value {
 /// /debug/routes; an unknown name gets a handshake alert, with no default
 /// certificate. Stalled handshakes and plaintext on the HTTPS port affect
 /// no other connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls() {
     let e = env().await;
     let ca = TestCa::new();
@@ -1141,7 +1207,6 @@ async fn tls() {
 
 /// A default certificate (`--default-certificate NS/NAME`) for every name no
 /// KIngress has one for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_default_certificate() {
     let e = env_with(&["--default-certificate", "serving-tests/fallback"]).await;
     let ca = TestCa::new();
@@ -1167,7 +1232,6 @@ async fn tls_default_certificate() {
 /// httpoption: `Redirected` answers plain HTTP with 301 to https:// (same
 /// host, path and query) while HTTPS serves; `Enabled` serves both. Probes
 /// are never redirected (the KIngress becomes Ready through them).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httpoption() {
     let e = env().await;
     let ca = TestCa::new();
@@ -1454,7 +1518,6 @@ async fn grpc_chat(gw: SocketAddr, host: &str, n: usize) -> String {
 
 /// grpc: 100 round trips of one bidirectional stream over h2c on the plain
 /// port, to a backend whose port asks for h2c; trailers pass through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc() {
     let e = env().await;
     let _b = grpc_runtime(&e, "grpc").await;
@@ -1463,7 +1526,6 @@ async fn grpc() {
 }
 
 /// grpc/split: streams through a 50/50 split reach both sides.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_split() {
     let e = env().await;
     let _b = (
@@ -1477,3 +1539,415 @@ async fn grpc_split() {
     let seen = two_sides_seen(|| grpc_chat(e.gw.http, &h, 10)).await;
     assert_eq!(seen, ["grpc-a", "grpc-b"]);
 }
+
+impl Env {
+    /// Serve `backend` as Service `name` over TLS with `crt`/`key` (its
+    /// `https` port), in an encrypted environment.
+    fn tls_service(&self, name: &str, backend: SocketAddr, crt: &str, key: &str) {
+        let enc = self.encryption.as_ref().expect("an encrypted environment");
+        enc.fronts
+            .lock()
+            .unwrap()
+            .insert(backend, TlsFront::start(backend, crt, key));
+        self.service(name, backend);
+    }
+
+    /// Read the TLS front of `backend`.
+    fn front<T>(&self, backend: SocketAddr, read: impl FnOnce(&TlsFront) -> T) -> T {
+        let enc = self.encryption.as_ref().expect("an encrypted environment");
+        read(&enc.fronts.lock().unwrap()[&backend])
+    }
+
+    /// Refused backend certificates so far, for `reason`.
+    async fn tls_failures(&self, reason: &str) -> f64 {
+        let series = format!("gateway_upstream_tls_failures_total{{reason=\"{reason}\"}}");
+        self.gw.metric(&series).await.unwrap_or(0.0)
+    }
+}
+
+/// Not a suite case: with system-internal TLS on, a backend's certificate
+/// must chain to the trust bundle and name `kn-user-<namespace>` (or
+/// `kn-routing`, the activator's). A wrong name, an unknown issuer or an
+/// expired certificate gets 502, counted by reason, and the backend is
+/// never reached in plaintext. Connections are kept alive, and no SNI is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_backends_are_verified_and_never_reached_in_plaintext() {
+    let e = ENCRYPTED.scope((), env()).await;
+    let [trusted, _] = &e.encryption.as_ref().unwrap().cas;
+    let untrusted = TestCa::new();
+    let user = format!("kn-user-{NS}");
+    let good = e.runtime("tls-good").await;
+    let routing = Backend::start("tls-routing").await;
+    let (crt, key, _) = trusted.leaf(&["kn-routing"]);
+    e.tls_service("tls-routing", routing.addr, &crt, &key);
+    let leaf = |ca: &TestCa, name: &str| {
+        let (crt, key, _) = ca.leaf(&[name]);
+        (crt, key)
+    };
+    let mut bad = Vec::new();
+    for (name, (crt, key), reason) in [
+        // Another namespace's certificate never serves this one.
+        (
+            "tls-other-ns",
+            leaf(trusted, "kn-user-elsewhere"),
+            "wrong_name",
+        ),
+        ("tls-unknown", leaf(&untrusted, &user), "unknown_issuer"),
+        ("tls-expired", trusted.expired_leaf(&[&user]), "expired"),
+    ] {
+        let b = Backend::start(name).await;
+        e.tls_service(name, b.addr, &crt, &key);
+        bad.push((name, b, reason));
+    }
+    for name in ["tls-good", "tls-routing"] {
+        e.ingress_ready(name, simple(&host(name), name)).await;
+    }
+    // Served, but never Ready: Knative's probe reaches no backend either.
+    for (name, ..) in &bad {
+        e.create(name, simple(&host(name), name), CLASS);
+    }
+    for (name, ..) in &bad {
+        eventually(10, &format!("{name} routed"), || async {
+            e.get(&host(name), "/", &[]).await.status != 404
+        })
+        .await;
+    }
+    // Twenty requests on one keep-alive client: TLS connections are reused.
+    let client = HttpClient::new();
+    for _ in 0..20 {
+        let r = client.get(e.gw.http, &host("tls-good")).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "tls-good"));
+    }
+    let handshakes = e.front(good.addr, |f| f.handshakes());
+    assert!(
+        (1..=2).contains(&handshakes),
+        "one upstream connection per worker thread at most: {handshakes}"
+    );
+    assert_eq!(
+        e.front(good.addr, |f| f.last_sni.lock().unwrap().clone()),
+        Some(None),
+        "no SNI"
+    );
+    let r = e.get(&host("tls-routing"), "/", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "tls-routing"),
+        "the activator's name is accepted"
+    );
+    for (name, backend, reason) in &bad {
+        let before = e.tls_failures(reason).await;
+        let r = e.get(&host(name), "/", &[]).await;
+        assert_eq!(r.status, 502, "{name}: {r:?}");
+        assert_eq!(backend.hits(), 0, "{name} never reached in plaintext");
+        let after = e.tls_failures(reason).await;
+        assert!(
+            after > before,
+            "{name} counted as {reason}: {before} -> {after}"
+        );
+    }
+    let log = e.gw.stderr();
+    assert!(
+        log.contains("TLS to the backend failed")
+            && log.contains("expected_name=kn-user-serving-tests"),
+        "the reason is logged: {log}"
+    );
+}
+
+/// Not a suite case: a split to an `https` port while nothing is trusted is
+/// not served, and its KIngress says why (`TrustBundleMissing`, in status and
+/// `/debug/routes`); the CA Secret's arrival makes it Ready and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_trust_bundle_a_tls_split_waits_for_one() {
+    let e = env().await;
+    let ca = TestCa::new();
+    let b = Backend::start("nobundle").await;
+    let (crt, key, _) = ca.leaf(&[&format!("kn-user-{NS}")]);
+    let front = TlsFront::start(b.addr, &crt, &key);
+    e.api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "nobundle", "namespace": NS},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": b.addr.port()},
+                           {"name": "https", "port": 443, "targetPort": front.addr.port()}]}}));
+    e.api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "nobundle-abcde", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "nobundle"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": b.addr.port()}, {"name": "https", "port": front.addr.port()}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+    let spec = json!({"rules": [{"hosts": [host("nobundle")], "visibility": "ExternalIP",
+        "http": {"paths": [{"splits": [{"serviceName": "nobundle", "serviceNamespace": NS,
+                                        "servicePort": 443, "percent": 100}]}]}}]});
+    let generation = e.create("nobundle", spec, CLASS);
+    eventually(20, "TrustBundleMissing in status", || {
+        let status = e.api.get(KINGRESS_API, "Ingress", NS, "nobundle").unwrap()["status"].clone();
+        async move {
+            status["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["status"] == "False"
+                        && c["reason"] == "TrustBundleMissing"
+                })
+            })
+        }
+    })
+    .await;
+    let rejected = e.gw.rejected().await;
+    assert!(
+        rejected
+            .iter()
+            .any(|(object, reason, _)| object == "serving-tests/nobundle"
+                && reason == "no_trust_bundle"),
+        "{rejected:?}"
+    );
+    assert_eq!(e.get(&host("nobundle"), "/", &[]).await.status, 404);
+    assert_eq!(b.hits(), 0, "never in plaintext");
+    e.api.apply(ca_secret("knative-serving", &ca.pem));
+    e.wait_ready("nobundle", generation).await;
+    let r = e.get(&host("nobundle"), "/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "nobundle"));
+    assert!(front.handshakes() >= 1);
+}
+
+/// A backend that answers every request with `body` and `Connection: close`,
+/// so that each request through the gateway takes a new (TLS) connection.
+async fn closing_backend(body: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // Knative's probe gets its hash back, as from queue-proxy.
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let hash = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("k-network-hash:"))
+                    .map(|h| format!("k-network-hash: {}\r\n", h.trim()))
+                    .unwrap_or_default();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nconnection: close\r\n{hash}content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Not a suite case: the trust bundle rotated under load, as an operator
+/// rotates a CA: the new CA added beside the old, the backend moved to a
+/// certificate of the new one, the old CA removed. Every request succeeds,
+/// each on a new TLS connection; afterwards the old CA is no longer trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_bundle_rotated_under_load_fails_no_request() {
+    let e = ENCRYPTED.scope((), env()).await;
+    let (old, new) = (TestCa::new(), TestCa::new());
+    let user = format!("kn-user-{NS}");
+    e.api.apply(ca_secret("knative-serving", &old.pem));
+    let trusted = |n: u64| {
+        let e = &e;
+        async move {
+            eventually(10, &format!("{n} certificates trusted"), || async move {
+                e.gw.debug_routes().await["trust"]["certificates"] == n
+            })
+            .await
+        }
+    };
+    // `old` in the Secret, the environment's second CA in its ConfigMap.
+    trusted(2).await;
+    let (addr, _task) = closing_backend("rotated").await;
+    let (crt, key, _) = old.leaf(&[&user]);
+    e.tls_service("rotated", addr, &crt, &key);
+    e.ingress_ready("rotated", simple(&host("rotated"), "rotated"))
+        .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (gw, stop) = (e.gw.http, stop.clone());
+        load.spawn(async move {
+            let client = HttpClient::new();
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            // Bounded: at most 20,000 requests, and it stops when told.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.get(gw, &host("rotated")).await {
+                    Ok(r) if r.status == 200 && r.body == "rotated" => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let pause = || tokio::time::sleep(Duration::from_millis(300));
+    pause().await;
+    e.api
+        .apply(trust_bundle("knative-serving", "rotation", &[&new.pem]));
+    trusted(3).await;
+    pause().await;
+    let (crt, key, _) = new.leaf(&[&user]);
+    e.front(addr, |f| f.set_cert(&crt, &key));
+    pause().await;
+    e.api
+        .delete("v1", "Secret", "knative-serving", "routing-serving-certs");
+    trusted(2).await;
+    pause().await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(done) = load.join_next().await {
+        let (o, f) = done.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let handshakes = e.front(addr, |f| f.handshakes());
+    assert!(
+        ok >= 20 && handshakes >= ok,
+        "{ok} requests, {handshakes} handshakes"
+    );
+    // The old CA is gone: a backend (a new one: TLS sessions already
+    // verified resume) with its certificate is refused from now on.
+    let (stale, _stale_task) = closing_backend("stale").await;
+    let (crt, key, _) = old.leaf(&[&user]);
+    e.tls_service("stale", stale, &crt, &key);
+    e.create("stale", simple(&host("stale"), "stale"), CLASS);
+    eventually(10, "stale routed", || async {
+        e.get(&host("stale"), "/", &[]).await.status != 404
+    })
+    .await;
+    assert_eq!(e.get(&host("stale"), "/", &[]).await.status, 502);
+}
+
+/// Not a suite case: `cluster-local-domain-tls`. A `spec.tls` entry holding
+/// every host of a ClusterLocal rule is served on the internal HTTPS
+/// listener only; `--cluster-cert-secret` is the internal listener's
+/// certificate for other cluster-local names; the external listener never
+/// presents either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_local_certificates_stay_on_the_internal_listener() {
+    let e = env_with(&["--cluster-cert-secret", "serving-tests/cluster-cert"]).await;
+    let ca = TestCa::new();
+    let _b = e.runtime("local-tls").await;
+    let local = [
+        "local-tls.serving-tests",
+        "local-tls.serving-tests.svc",
+        "local-tls.serving-tests.svc.cluster.local",
+    ];
+    let (crt, key, local_der) = ca.leaf(&local);
+    e.api.apply(tls_secret("local-tls-cert", &crt, &key));
+    let (crt, key, cluster_der) = ca.leaf(&["*.serving-tests.svc.cluster.local"]);
+    e.api.apply(tls_secret("cluster-cert", &crt, &key));
+    let (crt, key, public_der) = ca.leaf(&[&host("local-tls")]);
+    e.api.apply(tls_secret("public-cert", &crt, &key));
+    let spec = json!({
+        "rules": [
+            {"hosts": local, "visibility": "ClusterLocal",
+             "http": {"paths": [{"splits": [split("local-tls", 100)]}]}},
+            {"hosts": [host("local-tls")], "visibility": "ExternalIP",
+             "http": {"paths": [{"splits": [split("local-tls", 100)]}]}}],
+        "tls": [
+            {"hosts": local, "secretName": "local-tls-cert", "secretNamespace": NS},
+            {"hosts": [host("local-tls")], "secretName": "public-cert", "secretNamespace": NS}]});
+    e.ingress_ready("local-tls", spec).await;
+    let name = "local-tls.serving-tests.svc.cluster.local";
+    let r = https_get(e.gw.internal_https, name, "/", &ca.der)
+        .await
+        .unwrap();
+    assert_eq!((r.reply.status, r.reply.body.as_str()), (200, "local-tls"));
+    assert_eq!(
+        r.cert, local_der,
+        "the cluster-local entry's certificate inside"
+    );
+    let other = "other.serving-tests.svc.cluster.local";
+    let r = https_get(e.gw.internal_https, other, "/", &ca.der).await;
+    assert_eq!(r.unwrap().cert, cluster_der, "--cluster-cert-secret inside");
+    let r = https_get(e.gw.https, &host("local-tls"), "/", &ca.der)
+        .await
+        .unwrap();
+    assert_eq!((r.reply.status, r.cert), (200, public_der));
+    for sni in [name, other] {
+        let outside = https_get(e.gw.https, sni, "/", &ca.der).await;
+        assert!(
+            outside.is_err(),
+            "the external listener presents no cluster-local certificate for {sni}: {:?}",
+            outside.map(|r| r.cert == local_der || r.cert == cluster_der)
+        );
+    }
+    let certs = e.gw.debug_routes().await["certificates"].clone();
+    assert!(
+        certs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name && c["internal_only"] == true),
+        "{certs}"
+    );
+}
+
+/// Each case of Knative's suite runs twice: as it is (`plain::`), and with
+/// system-internal TLS on (`encrypted::`, see [`Encryption`]).
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        mod plain {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name().await
+                }
+            )*
+        }
+        mod encrypted {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::ENCRYPTED.scope((), super::$name()).await
+                }
+            )*
+        }
+    };
+}
+
+cases!(
+    basics,
+    hosts_multiple,
+    dispatch_path,
+    dispatch_percentage,
+    dispatch_path_and_percentage,
+    dispatch_rule,
+    headers_pre_split,
+    headers_post_split,
+    headers_probe,
+    headers_tags,
+    host_rewrite,
+    retry,
+    timeout,
+    update,
+    visibility,
+    ingressclass,
+    basics_http2,
+    forwarding_headers,
+    websocket,
+    websocket_split,
+    tls,
+    tls_default_certificate,
+    httpoption,
+    grpc,
+    grpc_split,
+);

@@ -69,6 +69,9 @@ pub struct KubeOptions {
     /// Longest wait between retries while the API server is unreachable,
     /// before jitter (which adds up to as much again).
     pub max_backoff: Duration,
+    /// Knative's system namespace, whose CA Secret and trust-bundle
+    /// ConfigMaps are watched ([`crate::trust`]).
+    pub system_namespace: String,
 }
 
 impl Default for KubeOptions {
@@ -79,6 +82,7 @@ impl Default for KubeOptions {
             settle: Duration::from_millis(10),
             ingress_class: Some(kingress::DEFAULT_CLASS.into()),
             max_backoff: DEFAULT_MAX_BACKOFF,
+            system_namespace: crate::trust::DEFAULT_SYSTEM_NAMESPACE.into(),
         }
     }
 }
@@ -112,6 +116,10 @@ enum Resource {
     KIngress,
     Service,
     Secret,
+    /// The trust bundle's CA Secret (any type), in the system namespace.
+    CaSecret,
+    /// Trust-bundle ConfigMaps, in the system namespace.
+    TrustBundle,
 }
 
 impl Resource {
@@ -128,7 +136,8 @@ impl Resource {
                 "ingresses",
             ),
             Resource::Service => ("", "v1", "Service", "services"),
-            Resource::Secret => ("", "v1", "Secret", "secrets"),
+            Resource::Secret | Resource::CaSecret => ("", "v1", "Secret", "secrets"),
+            Resource::TrustBundle => ("", "v1", "ConfigMap", "configmaps"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
     }
@@ -139,7 +148,8 @@ impl Resource {
             Resource::EndpointSlice => "EndpointSlice",
             Resource::KIngress => "Ingress",
             Resource::Service => "Service",
-            Resource::Secret => "Secret",
+            Resource::Secret | Resource::CaSecret => "Secret",
+            Resource::TrustBundle => "ConfigMap",
         }
     }
 
@@ -148,7 +158,9 @@ impl Resource {
             Resource::Route => "serving.knative.dev/v1",
             Resource::EndpointSlice => "discovery.k8s.io/v1",
             Resource::KIngress => kingress::API_VERSION,
-            Resource::Service | Resource::Secret => "v1",
+            Resource::Service | Resource::Secret | Resource::CaSecret | Resource::TrustBundle => {
+                "v1"
+            }
         }
     }
 }
@@ -335,6 +347,13 @@ impl KubeSource {
         let mut stores = Vec::new();
         let mut streams = Vec::new();
         let kingress_source = self.options.source == SourceKind::KIngress;
+        // The trust bundle lives in the system namespace, whatever the scope.
+        let system = Some(self.options.system_namespace.clone());
+        let trust = [
+            (&system, Resource::CaSecret),
+            (&system, Resource::TrustBundle),
+        ];
+        let mut watches: Vec<(&Option<String>, Resource)> = trust.to_vec();
         for scope in &scopes {
             let resources = match self.options.source {
                 SourceKind::KIngress => {
@@ -350,35 +369,41 @@ impl KubeSource {
                 }
                 SourceKind::Routes => vec![Resource::Route, Resource::EndpointSlice],
             };
-            for resource in resources {
-                let ar = resource.api_resource();
-                let api: Api<DynamicObject> = match scope {
-                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
-                    None => Api::all_with(self.client.clone(), &ar),
-                };
-                let config = match resource {
-                    // Server-side selection: only the slices a table can use travel.
-                    Resource::EndpointSlice if kingress_source => {
-                        watcher::Config::default().labels(SERVICE_NAME_LABEL)
-                    }
-                    Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
-                    // Certificates only: other Secrets never leave the API server.
-                    Resource::Secret => watcher::Config::default()
-                        .fields(&format!("type={}", crate::tls::TLS_SECRET_TYPE)),
-                    _ => watcher::Config::default(),
-                };
-                let index = stores.len();
-                stores.push(match resource {
-                    Resource::KIngress if !kingress_source => Watched::KIngresses(Store::default()),
-                    other => Watched::Objects(other, Store::default(), SliceIndex::default()),
-                });
-                streams.push(
-                    watcher::watcher(api, config)
-                        .backoff(watch_backoff(self.options.max_backoff))
-                        .map(move |event| (index, event))
-                        .boxed(),
-                );
-            }
+            watches.extend(resources.into_iter().map(|r| (scope, r)));
+        }
+        for (scope, resource) in watches {
+            let ar = resource.api_resource();
+            let api: Api<DynamicObject> = match scope {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+                None => Api::all_with(self.client.clone(), &ar),
+            };
+            let config = match resource {
+                // Server-side selection: only the slices a table can use travel.
+                Resource::EndpointSlice if kingress_source => {
+                    watcher::Config::default().labels(SERVICE_NAME_LABEL)
+                }
+                Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
+                // Certificates only: other Secrets never leave the API server.
+                Resource::Secret => watcher::Config::default()
+                    .fields(&format!("type={}", crate::tls::TLS_SECRET_TYPE)),
+                Resource::CaSecret => watcher::Config::default()
+                    .fields(&format!("metadata.name={}", crate::trust::CA_SECRET)),
+                Resource::TrustBundle => {
+                    watcher::Config::default().labels(crate::trust::TRUST_BUNDLE_LABEL)
+                }
+                _ => watcher::Config::default(),
+            };
+            let index = stores.len();
+            stores.push(match resource {
+                Resource::KIngress if !kingress_source => Watched::KIngresses(Store::default()),
+                other => Watched::Objects(other, Store::default(), SliceIndex::default()),
+            });
+            streams.push(
+                watcher::watcher(api, config)
+                    .backoff(watch_backoff(self.options.max_backoff))
+                    .map(move |event| (index, event))
+                    .boxed(),
+            );
         }
         let mut events = futures::stream::select_all(streams);
         let mut publish_at: Option<Instant> = None;

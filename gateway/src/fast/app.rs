@@ -287,10 +287,16 @@ impl FastPath {
             // (which the access log must not see) stay with the general proxy.
             // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
             // revision's endpoints share one port, so the first tells).
+            // A TLS backend (system-internal TLS) too: pingora's connector
+            // holds its sessions.
             if !matches!(backend.kind, BackendKind::Pods)
-                || backend.endpoints.first().is_none_or(|e| e.h2c)
+                || backend.port.tls
+                || backend.endpoints.first().is_none_or(|e| e.h2)
                 || ctx.to.rewrite_host.is_some()
             {
+                // Routed once: the general path takes this pick (a split's
+                // cursor must not move twice for one request).
+                crate::proxy::Routed::attach(h1.req_header_mut(), ctx);
                 return Outcome::HandOver;
             }
         }

@@ -853,6 +853,8 @@ pub async fn raw_get(
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub der: rustls::pki_types::CertificateDer<'static>,
+    /// The CA certificate as PEM (what a trust bundle holds).
+    pub pem: String,
 }
 
 impl TestCa {
@@ -861,11 +863,31 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Each CA its own name, as real ones have: a verifier finds the
+        // issuer of a certificate by name.
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("test CA {} {n}", std::process::id()),
+        );
         let cert = params.self_signed(&key).unwrap();
         TestCa {
             issuer: rcgen::Issuer::new(params, key),
             der: cert.der().clone(),
+            pem: cert.pem(),
         }
+    }
+
+    /// A leaf for `names` that expired a day ago: (certificate PEM, key PEM).
+    pub fn expired_leaf(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
     /// A leaf for `names`: (certificate PEM, key PEM, certificate DER).
@@ -878,4 +900,142 @@ impl TestCa {
             .unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
+}
+
+/// A TLS terminator in front of a plaintext backend, as queue-proxy's and
+/// the activator's port 8112 are under Knative's system-internal TLS: TLS
+/// 1.3, ALPN `h2` and `http/1.1`, bytes relayed to `backend` (whose hyper
+/// server speaks HTTP/1.1 and h2c). Its certificate can be swapped; it
+/// counts full and resumed handshakes and keeps the SNI of the last one.
+pub struct TlsFront {
+    pub addr: SocketAddr,
+    cert: Arc<FrontCert>,
+    /// Handshakes completed: full, resumed.
+    pub full: Arc<AtomicU64>,
+    pub resumed: Arc<AtomicU64>,
+    /// Handshakes that failed (the client refused the certificate).
+    pub failed: Arc<AtomicU64>,
+    /// The server name the last client sent (`None`: no SNI).
+    pub last_sni: Arc<std::sync::Mutex<Option<Option<String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+struct FrontCert(std::sync::Mutex<Arc<rustls::sign::CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for FrontCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.lock().unwrap().clone())
+    }
+}
+
+fn certified(crt: &str, key: &str) -> Arc<rustls::sign::CertifiedKey> {
+    Arc::new(config_sync::tls::parse_pem(crt.as_bytes(), key.as_bytes(), ("crt", "key")).unwrap())
+}
+
+impl TlsFront {
+    /// Serve TLS with the certificate `crt`/`key` (PEM) in front of
+    /// `backend` (within a Tokio runtime).
+    pub fn start(backend: SocketAddr, crt: &str, key: &str) -> TlsFront {
+        let cert = Arc::new(FrontCert(std::sync::Mutex::new(certified(crt, key))));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(cert.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (full, resumed, failed): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) =
+            Default::default();
+        let last_sni: Arc<std::sync::Mutex<Option<Option<String>>>> = Default::default();
+        let counts = (
+            Arc::clone(&full),
+            Arc::clone(&resumed),
+            Arc::clone(&failed),
+            Arc::clone(&last_sni),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let (full, resumed, failed, last_sni) = counts.clone();
+                tokio::spawn(async move {
+                    let mut tls = match acceptor.accept(stream).await {
+                        Ok(tls) => tls,
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                    let conn = tls.get_ref().1;
+                    *last_sni.lock().unwrap() = Some(conn.server_name().map(str::to_owned));
+                    match conn.handshake_kind() {
+                        Some(rustls::HandshakeKind::Resumed) => &resumed,
+                        _ => &full,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            cert,
+            full,
+            resumed,
+            failed,
+            last_sni,
+            task,
+        }
+    }
+
+    /// Serve `crt`/`key` from the next handshake on.
+    pub fn set_cert(&self, crt: &str, key: &str) {
+        *self.cert.0.lock().unwrap() = certified(crt, key);
+    }
+
+    /// Handshakes completed, full and resumed together.
+    pub fn handshakes(&self) -> u64 {
+        self.full.load(Ordering::Relaxed) + self.resumed.load(Ordering::Relaxed)
+    }
+}
+
+/// The trust bundle's CA Secret (`routing-serving-certs` in `ns`) holding `ca_pem`.
+pub fn ca_secret(ns: &str, ca_pem: &str) -> serde_json::Value {
+    use base64::Engine;
+    serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "routing-serving-certs", "namespace": ns},
+        "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca_pem)}})
+}
+
+/// A ConfigMap `name` in `ns` labelled as a trust bundle, holding `pems`.
+pub fn trust_bundle(ns: &str, name: &str, pems: &[&str]) -> serde_json::Value {
+    let data: serde_json::Map<String, serde_json::Value> = pems
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("ca-{i}.pem"), serde_json::Value::from(*p)))
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {"networking.knative.dev/trust-bundle": "true"}},
+        "data": data})
 }

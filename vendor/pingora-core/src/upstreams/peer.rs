@@ -572,6 +572,14 @@ pub struct PeerOptions {
     #[cfg(feature = "openssl_derived")]
     #[derivative(Debug = "ignore")]
     pub upstream_tls_handshake_complete_hook: Option<HandshakeCompleteHook>,
+    /// The rustls client configuration of this peer's TLS connections,
+    /// used as given (trust, verifier, versions, SNI, session cache) in
+    /// place of the connector's own: `peer.sni()` is only the name the
+    /// verifier checks. Not part of the reuse hash. knative-gateway patch
+    /// (vendor/README.md, "a peer's own rustls configuration").
+    #[cfg(feature = "rustls")]
+    #[derivative(Debug = "ignore")]
+    pub rustls_client_config: Option<Arc<pingora_rustls::ClientConfig>>,
 }
 
 impl PeerOptions {
@@ -617,6 +625,8 @@ impl PeerOptions {
             proxy_digest_user_data_hook: None,
             #[cfg(feature = "openssl_derived")]
             upstream_tls_handshake_complete_hook: None,
+            #[cfg(feature = "rustls")]
+            rustls_client_config: None,
         }
     }
 

@@ -138,6 +138,35 @@ where
 {
     let config = &tls_ctx.config;
 
+    // knative-gateway patch (vendor/README.md, "a peer's own rustls
+    // configuration"): the peer's configuration as given, with only the ALPN
+    // of an override (a fallback to HTTP/1.1) applied to a copy.
+    if let Some(own) = peer
+        .get_peer_options()
+        .and_then(|o| o.rustls_client_config.as_ref())
+    {
+        let own = match alpn_override.map(|a| a.to_wire_protocols()) {
+            Some(alpn) if alpn != own.alpn_protocols => {
+                let mut copy = RusTlsClientConfig::clone(own);
+                copy.alpn_protocols = alpn;
+                Arc::new(copy)
+            }
+            _ => Arc::clone(own),
+        };
+        let tls_conn = RusTlsConnector::from(own);
+        let connect_future = handshake(&tls_conn, peer.sni(), stream);
+        return match peer.connection_timeout() {
+            Some(t) => match pingora_timeout::timeout(t, connect_future).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(
+                    ConnectTimedout,
+                    format!("connecting to server {}, timeout {:?}", peer, t),
+                ),
+            },
+            None => connect_future.await,
+        };
+    }
+
     // Build per-peer CA store if provided
     let peer_ca_store: Option<Arc<RootCertStore>> = if let Some(ca_list) = peer.get_ca() {
         if ca_list.is_empty() {
