@@ -618,9 +618,13 @@ mod tests {
             json!({"kind": "Route", "metadata": {"name": "bad", "namespace": "n"},
             "status": {"traffic": [{"revisionName": "a-1", "percent": "lots"}]}}),
         );
-        s.push_value(json!({"kind": "ConfigMap", "metadata": {"name": "cm"}}));
+        s.push_value(json!({"kind": "Deployment", "metadata": {"name": "cm"}}));
+        // A ConfigMap may be a trust bundle (crate::trust).
+        s.push_value(json!({"kind": "ConfigMap", "metadata": {"name": "bundle"},
+            "data": {"ca.pem": "..."}}));
         assert_eq!(s.routes.len(), 1);
         assert_eq!(s.slices.len(), 1);
+        assert_eq!(s.config_maps.len(), 1);
         assert_eq!(s.rejected.len(), 2);
         let bad = &s.rejected[0];
         assert_eq!(bad.object.to_string(), "n/bad");

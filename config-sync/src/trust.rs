@@ -92,17 +92,8 @@ impl Trust {
         certs: &[CertificateDer<'static>],
         sources: Vec<String>,
     ) -> Result<Self, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in certs {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("cannot verify with these certificates: {e}"))?;
-        let verifier = Arc::new(KnativeNames { webpki });
+        let verifier = Arc::new(KnativeNames::new(certs, &provider)?);
         let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
             let mut config = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
@@ -143,6 +134,24 @@ fn fingerprint_of(certs: &[CertificateDer<'_>]) -> u64 {
 #[derive(Debug)]
 struct KnativeNames {
     webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl KnativeNames {
+    fn new(
+        certs: &[CertificateDer<'static>],
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, String> {
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("cannot verify with these certificates: {e}"))?;
+        Ok(Self { webpki })
+    }
 }
 
 impl ServerCertVerifier for KnativeNames {
@@ -387,5 +396,184 @@ impl Parsed {
     /// The trust built, if anything is trusted.
     pub fn trust(&self) -> Option<&Arc<Trust>> {
         self.trust.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        (rcgen::Issuer::new(params, key), pem)
+    }
+
+    fn leaf(
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+        name: &str,
+    ) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn secret(ns: &str, pem: &str) -> Secret {
+        let mut s = Secret::default();
+        s.metadata.name = Some(CA_SECRET.into());
+        s.metadata.namespace = Some(ns.into());
+        s.string_data.insert(CA_KEY.into(), pem.into());
+        s
+    }
+
+    fn bundle(ns: &str, name: &str, label: bool, pem: &str) -> ConfigMap {
+        let mut m = ConfigMap::default();
+        m.metadata.name = Some(name.into());
+        m.metadata.namespace = Some(ns.into());
+        if label {
+            m.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(TRUST_BUNDLE_LABEL, "true");
+        }
+        m.data.insert("ca.pem".into(), pem.into());
+        m
+    }
+
+    fn verify(ca_pem: &str, cert: &CertificateDer<'_>, name: &str) -> Result<(), rustls::Error> {
+        let roots: Vec<_> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = KnativeNames::new(&roots, &provider).unwrap();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn the_bundle_is_the_secret_and_the_labelled_config_maps_of_the_system_namespace() {
+        let (_, a) = ca("a");
+        let (_, b) = ca("b");
+        let (_, c) = ca("c");
+        let secrets = [secret("knative-serving", &a), secret("elsewhere", &c)];
+        let maps = [
+            bundle("knative-serving", "extra", true, &b),
+            bundle("knative-serving", "unlabelled", false, &c),
+            bundle("elsewhere", "extra", true, &c),
+        ];
+        let mut rejected = Vec::new();
+        let parsed = build(
+            &secrets,
+            &maps,
+            "knative-serving",
+            &Parsed::default(),
+            &mut rejected,
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let view = parsed.trust().unwrap().view();
+        assert_eq!(view.certificates, 2);
+        assert_eq!(
+            view.sources,
+            [
+                "Secret knative-serving/routing-serving-certs",
+                "ConfigMap knative-serving/extra"
+            ]
+        );
+        // Nothing changed: the same trust, and so the same session caches.
+        let again = build(&secrets, &maps, "knative-serving", &parsed, &mut rejected);
+        assert!(Arc::ptr_eq(again.trust().unwrap(), parsed.trust().unwrap()));
+        // Nothing at all: nothing is trusted.
+        let none = build(&[], &[], "knative-serving", &parsed, &mut rejected);
+        assert!(none.trust().is_none());
+    }
+
+    #[test]
+    fn a_broken_source_is_rejected_by_name_and_keeps_its_last_good_certificates() {
+        let (_, a) = ca("a");
+        let (_, b) = ca("b");
+        let maps = [bundle("knative-serving", "extra", true, &b)];
+        let mut rejected = Vec::new();
+        let good = build(
+            &[secret("knative-serving", &a)],
+            &maps,
+            "knative-serving",
+            &Parsed::default(),
+            &mut rejected,
+        );
+        assert!(rejected.is_empty());
+        let broken = [secret("knative-serving", "not a certificate")];
+        let kept = build(&broken, &maps, "knative-serving", &good, &mut rejected);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            rejected[0].object.to_string(),
+            "knative-serving/routing-serving-certs"
+        );
+        assert_eq!(rejected[0].error.reason(), "bad_trust_bundle");
+        assert_eq!(rejected[0].outcome, Outcome::LastGood);
+        assert_eq!(kept.trust().unwrap().view().certificates, 2);
+        // Never parsed: left out, the rest still trusted.
+        let mut rejected = Vec::new();
+        let fresh = build(
+            &broken,
+            &maps,
+            "knative-serving",
+            &Parsed::default(),
+            &mut rejected,
+        );
+        assert_eq!(rejected[0].outcome, Outcome::LeftOut);
+        assert_eq!(fresh.trust().unwrap().view().certificates, 1);
+    }
+
+    #[test]
+    fn a_certificate_must_chain_to_the_bundle_and_name_the_namespace_or_the_activator() {
+        let (issuer, pem) = ca("trusted");
+        let (stranger, _) = ca("stranger");
+        let mut rejected = Vec::new();
+        let parsed = build(
+            &[secret("knative-serving", &pem)],
+            &[],
+            "knative-serving",
+            &Parsed::default(),
+            &mut rejected,
+        );
+        let trust = parsed.trust().unwrap();
+        let user = user_name("a");
+        assert_eq!(user, "kn-user-a");
+        assert!(verify(&pem, &leaf(&issuer, "kn-user-a"), &user).is_ok());
+        assert!(
+            verify(&pem, &leaf(&issuer, ACTIVATOR_NAME), &user).is_ok(),
+            "the activator"
+        );
+        let before = failures();
+        let wrong = verify(&pem, &leaf(&issuer, "kn-user-b"), &user).unwrap_err();
+        assert!(
+            matches!(&wrong, rustls::Error::InvalidCertificate(c) if is_wrong_name(c)),
+            "{wrong}"
+        );
+        let unknown = verify(&pem, &leaf(&stranger, "kn-user-a"), &user).unwrap_err();
+        assert!(
+            matches!(
+                unknown,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{unknown}"
+        );
+        let after = failures();
+        assert!(
+            after[1].1 > before[1].1 && after[0].1 > before[0].1,
+            "{after:?}"
+        );
+        // No SNI, ALPN by protocol.
+        let (h1, h2) = (trust.config(false), trust.config(true));
+        assert!(!h1.enable_sni);
+        assert_eq!(h1.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert_eq!(h2.alpn_protocols, [b"h2".to_vec()]);
     }
 }

@@ -776,6 +776,9 @@ impl ProxyHttp for Gateway {
         }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // A certificate refused (system-internal TLS) is a bad gateway,
+            // the activator's too: not a wait for a pod.
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => 502,
             _ if ctx.upstream == Upstream::Activator && ctx.connect_failed => 503,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,

@@ -227,4 +227,17 @@ fn rbac_covers_what_the_sources_watch_and_writes_only_status() {
         writes.iter().all(|r| *r == "ingresses/status"),
         "{writes:?}"
     );
+    // The trust bundle's ConfigMaps: read in Knative's namespace only.
+    let text = std::fs::read_to_string(deploy().join("knative/trust-bundle-rbac.yaml")).unwrap();
+    let trust = serde_norway::Deserializer::from_str(&text)
+        .map(|d| <serde_norway::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|d| {
+            d["kind"].as_str() == Some("Role")
+                && d["metadata"]["namespace"].as_str() == Some("knative-serving")
+        })
+        .expect("a Role in knative-serving");
+    let rules = trust["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strings(&rules[0]["resources"]), ["configmaps"]);
+    assert_eq!(strings(&rules[0]["verbs"]), ["get", "list", "watch"]);
 }

@@ -260,6 +260,47 @@ async fn cold_revision_goes_to_the_activator_with_both_headers() {
     );
 }
 
+/// `--activator-tls` (system-internal TLS in routes mode): the activator is
+/// reached over TLS, its certificate checked for `kn-routing` against the
+/// trust bundle of the snapshot; another name, or no bundle, is 502 and the
+/// activator never sees a plaintext request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_activator_over_tls_is_verified() {
+    let ca = TestCa::new();
+    let bundle = serde_norway::to_string(&ca_secret("knative-serving", &ca.pem)).unwrap();
+    let cold = route("ns", "cold", &[("cold-1", 100, None)])
+        + "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: cold-1-private\n  namespace: ns\n  labels: {serving.knative.dev/revision: cold-1, networking.internal.knative.dev/serviceType: Private}\nports: [{name: http, port: 8012}]\nendpoints: []\n---\n";
+    let activator = Backend::start("activator").await;
+    for (name, with_bundle, expect) in [
+        ("kn-routing", true, 200),
+        ("kn-user-ns", true, 502),
+        ("kn-routing", false, 502),
+    ] {
+        let (crt, key, _) = ca.leaf(&[name]);
+        let front = TlsFront::start(activator.addr, &crt, &key);
+        let snap = if with_bundle {
+            format!("{cold}{bundle}")
+        } else {
+            cold.clone()
+        };
+        let gw = Gateway::serve_with(&snap, front.addr, &["--activator-tls"]).await;
+        let before = activator.hits();
+        let r = HttpClient::new()
+            .get(gw.http, "cold.ns.example.com")
+            .await
+            .unwrap();
+        assert_eq!(r.status, expect, "{name}, bundle {with_bundle}: {r:?}");
+        if expect == 200 {
+            assert_eq!(r.body, "activator");
+            assert_eq!(r.header("x-seen-revision"), "cold-1");
+            assert_eq!(r.header("x-seen-namespace"), "ns");
+            assert_eq!(front.handshakes(), 1);
+        } else {
+            assert_eq!(activator.hits(), before, "never in plaintext");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_activator_is_503_and_refusing_endpoints_are_502() {
     let snap = route("ns", "cold", &[("cold-1", 100, None)])
