@@ -39,6 +39,24 @@ impl Pods {
 
     /// Start a backend for `revision` on a fresh loopback port.
     pub fn start(&self, revision: &str) -> anyhow::Result<Backend> {
+        self.start_with(revision, None)
+    }
+
+    /// A backend for `revision` serving HTTP/1.1 over TLS with `tls`, as
+    /// queue-proxy does under Knative's system-internal TLS.
+    pub fn start_tls(
+        &self,
+        revision: &str,
+        tls: tokio_rustls::TlsAcceptor,
+    ) -> anyhow::Result<Backend> {
+        self.start_with(revision, Some(tls))
+    }
+
+    fn start_with(
+        &self,
+        revision: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<Backend> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -47,7 +65,7 @@ impl Pods {
         let counter = hits.clone();
         let task = self.rt.spawn(async move {
             let listener = TcpListener::from_std(listener).expect("listener on the pods runtime");
-            serve(listener, body, counter).await
+            serve(listener, body, counter, tls).await
         });
         Ok(Backend {
             addr,
@@ -81,14 +99,19 @@ impl Drop for Backend {
     }
 }
 
-async fn serve(listener: TcpListener, body: Bytes, hits: Arc<AtomicU64>) {
+async fn serve(
+    listener: TcpListener,
+    body: Bytes,
+    hits: Arc<AtomicU64>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (body, hits) = (body.clone(), hits.clone());
+        let (body, hits, tls) = (body.clone(), hits.clone(), tls.clone());
         // Owned by the set, so aborting the backend closes its connections too.
         conns.spawn(async move {
             let service = service_fn(move |_req| {
@@ -96,9 +119,14 @@ async fn serve(listener: TcpListener, body: Bytes, hits: Arc<AtomicU64>) {
                 let resp = Response::new(Full::new(body.clone()));
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http1 = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                None => http1.serve_connection(TokioIo::new(stream), service).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => http1.serve_connection(TokioIo::new(stream), service).await,
+                    Err(_) => return,
+                },
+            };
         });
         while conns.try_join_next().is_some() {}
     }

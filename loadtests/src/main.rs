@@ -16,7 +16,7 @@ use loadtests::scenarios::{self, Ctx, Options, Scenario};
 #[command(name = "loadtest", version, about)]
 struct Cli {
     /// Scenarios to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::Hostile, Scenario::Callgrind])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::UpstreamTls, Scenario::Hostile, Scenario::Callgrind])]
     scenarios: Vec<Scenario>,
     /// Proxies to compare (the gateway always runs).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Gateway, Kind::Haproxy, Kind::Nginx, Kind::Envoy])]
@@ -161,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Protocols => scenarios::protocols::run(&mut ctx),
             Scenario::Callgrind => scenarios::callgrind::run(&mut ctx),
             Scenario::Hostile => scenarios::hostile::run(&mut ctx),
+            Scenario::UpstreamTls => scenarios::upstream_tls::run(&mut ctx),
         };
         if let Err(e) = result {
             let why = format!("{scenario:?}: {e:#}");

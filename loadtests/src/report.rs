@@ -385,6 +385,30 @@ impl Report {
                 }
             }
         }
+        // The encryption issue's: TLS to backends against Envoy configured as
+        // Kourier configures it, and against the gateway's own plaintext.
+        for gw in self
+            .runs
+            .iter()
+            .filter(|r| r.scenario == "upstream-tls" && r.proxy == "gateway tls")
+        {
+            let at = |proxy| find("upstream-tls", proxy, gw.threads, gw.conns);
+            for (other, want, what) in [
+                ("envoy tls", None, "upstream TLS rps vs Envoy's"),
+                (
+                    "gateway plaintext",
+                    Some(0.8),
+                    "upstream TLS rps ≥ 0.8× plaintext",
+                ),
+            ] {
+                let Some(o) = at(other) else { continue };
+                checks.push(Check {
+                    target: format!("{what} ({} conns)", gw.conns),
+                    measured: format!("{:.0} vs {:.0} = {:.2}×", gw.rps, o.rps, gw.rps / o.rps),
+                    met: want.is_none_or(|w| gw.rps >= w * o.rps),
+                });
+            }
+        }
         if let Some(gw) = self.callgrind.iter().find(|c| c.proxy == "gateway") {
             checks.push(Check {
                 target: format!(

@@ -42,6 +42,20 @@ impl Route {
 pub struct Topology {
     /// Routes, hosts distinct.
     pub routes: Vec<Route>,
+    /// Backends serve TLS (Knative's system-internal TLS), if set.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// How backends serving TLS are checked: Knative's system-internal TLS, as
+/// Kourier configures Envoy for it.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The CA that signed every backend's certificate, as PEM.
+    pub ca_pem: String,
+    /// The same in a file (Envoy's `trusted_ca`).
+    pub ca_file: std::path::PathBuf,
+    /// The name in the backends' certificates: `kn-user-<namespace>`.
+    pub name: String,
 }
 
 /// The endpoint groups a peer's config needs: revisions with the same
@@ -66,8 +80,12 @@ pub fn upstream_of(groups: &[Vec<SocketAddr>], rev: &Revision) -> usize {
 }
 
 /// The gateway's snapshot file: each Route's status and one private
-/// EndpointSlice per endpoint (each test backend has a port of its own).
+/// EndpointSlice per endpoint (each test backend has a port of its own);
+/// with TLS backends, KIngresses instead ([`kingress_snapshot`]).
 pub fn snapshot(t: &Topology) -> String {
+    if let Some(tls) = &t.upstream_tls {
+        return kingress_snapshot(t, tls);
+    }
     let mut s = String::with_capacity(t.routes.len() * 1200);
     for route in &t.routes {
         let (ns, name) = (&route.namespace, &route.name);
@@ -89,6 +107,51 @@ pub fn snapshot(t: &Topology) -> String {
                 let _ = write!(
                     s,
                     "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {rev}-private-{i}\n  namespace: {ns}\n  labels: {{serving.knative.dev/revision: {rev}, networking.internal.knative.dev/serviceType: Private}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n---\n",
+                    rev = rev.name,
+                    port = ep.port(),
+                    ip = ep.ip()
+                );
+            }
+        }
+    }
+    s
+}
+
+/// The gateway's snapshot with TLS backends, as Serving writes it with
+/// system-internal TLS on: the CA Secret, and per route a KIngress whose
+/// splits go to port 443 of a Service per revision, its `https` port, with
+/// one EndpointSlice per endpoint.
+pub fn kingress_snapshot(t: &Topology, tls: &UpstreamTls) -> String {
+    let indented: String = tls.ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let mut s = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: routing-serving-certs, namespace: knative-serving}}\nstringData:\n  ca.crt: |\n{indented}---\n"
+    );
+    for route in &t.routes {
+        let (ns, name) = (&route.namespace, &route.name);
+        let _ = write!(
+            s,
+            "apiVersion: networking.internal.knative.dev/v1alpha1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {{networking.knative.dev/ingress.class: knative-gateway.ingress.networking.knative.dev}}\nspec:\n  rules:\n  - hosts: [{}]\n    visibility: ExternalIP\n    http:\n      paths:\n      - splits:\n",
+            route.host()
+        );
+        for rev in &route.revisions {
+            let _ = writeln!(
+                s,
+                "        - {{serviceName: {rev}, serviceNamespace: {ns}, servicePort: 443, percent: {pct}, appendHeaders: {{Knative-Serving-Revision: {rev}, Knative-Serving-Namespace: {ns}}}}}",
+                rev = rev.name,
+                pct = rev.percent
+            );
+        }
+        s.push_str("---\n");
+        for rev in &route.revisions {
+            let _ = write!(
+                s,
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {rev}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8012}}, {{name: https, port: 443, targetPort: 8112}}]\n---\n",
+                rev = rev.name
+            );
+            for (i, ep) in rev.endpoints.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {rev}-{i}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {rev}}}\naddressType: IPv4\nports: [{{name: https, port: {port}}}]\nendpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n---\n",
                     rev = rev.name,
                     port = ep.port(),
                     ip = ep.ip()
@@ -137,6 +200,7 @@ mod tests {
                     revisions: vec![rev("y-1", 100, &[1, 2]), rev("y-2", 0, &[])],
                 },
             ],
+            upstream_tls: None,
         };
         let groups = upstreams(&t);
         assert_eq!(groups.len(), 2);

@@ -94,6 +94,19 @@ fn every_scenario_runs_and_measures() {
     );
     assert_eq!(handshakes[0]["errors"], 0, "{}", handshakes[0]);
 
+    // upstream-tls: the split to TLS backends and to plaintext ones, both
+    // served whole, the TLS one still 90/10.
+    for proxy in ["gateway plaintext", "gateway tls"] {
+        let run = runs(&report, "upstream-tls", proxy);
+        assert_eq!(run.len(), 1, "{proxy}");
+        assert_served(run[0]);
+        assert!(
+            (share(run[0], "hello-00001") - 90.0).abs() < 5.0,
+            "{}",
+            run[0]
+        );
+    }
+
     // hostile: every malformed-request case answered within what it allows.
     let hostile = report["hostile"].as_array().unwrap();
     assert!(hostile.len() >= 40, "{} cases", hostile.len());

@@ -37,13 +37,17 @@ pub fn config(t: &Topology, port: u16, admin_port: u16, tls: Option<(u16, &TlsFi
                 .iter()
                 .map(|ep| json!({"endpoint": {"address": {"socket_address": {"address": ep.ip().to_string(), "port_value": ep.port()}}}}))
                 .collect();
-            json!({
+            let mut cluster = json!({
                 "name": format!("u{i}"),
                 "type": "STATIC",
                 "lb_policy": "ROUND_ROBIN",
                 "connect_timeout": "1s",
                 "load_assignment": {"cluster_name": format!("u{i}"), "endpoints": [{"lb_endpoints": lb}]}
-            })
+            });
+            if let Some(tls) = &t.upstream_tls {
+                cluster["transport_socket"] = upstream_tls(tls);
+            }
+            cluster
         })
         .collect();
     let manager = json!({
@@ -98,4 +102,28 @@ pub fn config(t: &Topology, port: u16, admin_port: u16, tls: Option<(u16, &TlsFi
         }
     });
     serde_json::to_string_pretty(&bootstrap).expect("JSON of plain values")
+}
+
+/// Knative's system-internal TLS as Kourier configures it for Envoy
+/// (net-kourier `createUpstreamTLSContext`): the CA trusted, the backend's
+/// name matched exactly, no SNI; TLS 1.3 as the gateway speaks it.
+fn upstream_tls(tls: &crate::topology::UpstreamTls) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3"
+                },
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca_file.display().to_string()},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": tls.name}}
+                    ]
+                }
+            }
+        }
+    })
 }

@@ -30,6 +30,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         let a: Vec<&Backend> = std::iter::once(&stable).chain(churned.iter()).collect();
         Topology {
             routes: vec![hello(&a, &[&b[0], &b[1]], 90, 10)],
+            upstream_tls: None,
         }
     };
     let first = topo(&churned);

@@ -40,6 +40,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             route("warm", "warm-00001", vec![warm_pod.addr]),
             route("cold", "cold-00001", cold_endpoints),
         ],
+        upstream_tls: None,
     };
     let asleep = topo(vec![]);
     let (warm_host, cold_host) = (asleep.routes[0].host(), asleep.routes[1].host());

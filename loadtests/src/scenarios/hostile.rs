@@ -32,6 +32,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 endpoints: vec![recorder.addr],
             }],
         }],
+        upstream_tls: None,
     };
     let host = topo.routes[0].host();
     let cases = hostile::cases(&host, Some(TRICKLE));

@@ -15,6 +15,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let b = ctx.backends(B, 2)?;
     let one = Topology {
         routes: vec![hello(&[&a[0], &a[1]], &[&b[0], &b[1]], 90, 10)],
+        upstream_tls: None,
     };
     let many = Topology {
         routes: (0..ctx.opts.routes)
@@ -35,6 +36,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 r
             })
             .collect(),
+        upstream_tls: None,
     };
     let hosts: Vec<http::HeaderValue> = many
         .routes

@@ -9,6 +9,7 @@ pub mod hosts;
 pub mod protocols;
 pub mod rollout;
 pub mod split;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,6 +54,9 @@ pub enum Scenario {
     Callgrind,
     /// Malformed and request-smuggling cases, each proxy's answers side by side.
     Hostile,
+    /// The split to backends serving TLS (system-internal TLS) and to plaintext
+    /// ones, keep-alive; the gateway and Envoy.
+    UpstreamTls,
 }
 
 /// How hard and how long.

@@ -37,6 +37,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                     }],
                 },
             ],
+            upstream_tls: None,
         }
     };
     let first = topo(0);
