@@ -1132,8 +1132,13 @@ impl<'a> Compiler<'a, '_> {
                 BackendKind::External(host.as_str().into(), *port),
             ),
         };
-        let endpoints = match self.endpoints.get(key) {
-            Some(slices) if kind == BackendKind::Pods => endpoint_addrs(slices, &port)
+        let slices = self
+            .endpoints
+            .get(key)
+            .filter(|_| kind == BackendKind::Pods);
+        let http2 = slices.is_some_and(|s| crate::table::speaks_http2(s, &port));
+        let endpoints = match slices {
+            Some(slices) => endpoint_addrs(slices, &port)
                 .into_iter()
                 .map(|(addr, h2)| Endpoint {
                     addr,
@@ -1158,6 +1163,7 @@ impl<'a> Compiler<'a, '_> {
             port,
             kind,
             endpoints,
+            http2,
         )));
         self.key = buf;
         self.backend_ids.insert(backend.clone(), id);

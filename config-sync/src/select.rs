@@ -273,6 +273,7 @@ mod tests {
             },
             BackendKind::Pods,
             endpoints,
+            false,
         )
     }
 

@@ -88,6 +88,14 @@ pub fn endpoint_addrs(slices: &[SliceEndpoints], port: &PortSelector) -> Vec<(So
     out
 }
 
+/// Whether the port `port` selects in `slices` speaks HTTP/2, known from
+/// the slices' ports even while none has a ready address (a revision at zero).
+pub fn speaks_http2(slices: &[SliceEndpoints], port: &PortSelector) -> bool {
+    slices
+        .iter()
+        .any(|s| port.select(&s.ports).is_some_and(|(_, h2)| h2))
+}
+
 /// What a host resolves to.
 #[derive(Debug, Clone)]
 pub struct HostEntry {
@@ -310,10 +318,14 @@ pub struct Backend {
     pub port: PortSelector,
     /// Pods, the gateway itself, or an external name.
     pub kind: BackendKind,
+    /// Its port speaks HTTP/2 ([`speaks_http2`]): at zero, its requests go to
+    /// the activator's HTTP/2 port (`--source routes`).
+    pub http2: bool,
 }
 
 impl Backend {
-    /// Pods, the gateway itself or an external name, with `endpoints`.
+    /// Pods, the gateway itself or an external name, with `endpoints`;
+    /// `http2`: its port speaks HTTP/2 ([`speaks_http2`]).
     pub fn new(
         namespace: Arc<str>,
         name: Arc<str>,
@@ -321,6 +333,7 @@ impl Backend {
         port: PortSelector,
         kind: BackendKind,
         endpoints: Vec<Endpoint>,
+        http2: bool,
     ) -> Self {
         let newest_ready_at = endpoints
             .iter()
@@ -341,6 +354,7 @@ impl Backend {
             kind,
             endpoints,
             newest_ready_at,
+            http2,
         }
     }
 }
@@ -468,6 +482,7 @@ impl Table {
                     old.port.clone(),
                     old.kind.clone(),
                     endpoints,
+                    speaks_http2(&update.slices, &old.port),
                 ));
             }
         }

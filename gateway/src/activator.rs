@@ -24,7 +24,13 @@ pub struct Activator {
     pub refresh: Duration,
     /// Reached over TLS (`--activator-tls`): its certificate names `kn-routing`.
     tls: bool,
+    /// Its HTTP/2 cleartext port on the same host (Knative's 8013), for
+    /// revisions that speak HTTP/2.
+    h2_port: u16,
 }
+
+/// Knative's activator port for HTTP/2 cleartext.
+pub const DEFAULT_H2_PORT: u16 = 8013;
 
 impl Activator {
     /// An activator at `target` (`HOST:PORT`); an IP literal needs no resolution.
@@ -34,7 +40,33 @@ impl Activator {
             addr: ArcSwapOption::new(target.parse().ok().map(Arc::new)),
             refresh: Duration::from_secs(10),
             tls: false,
+            h2_port: DEFAULT_H2_PORT,
         }
+    }
+
+    /// Send HTTP/2 cleartext to `port` of the activator's host.
+    pub fn with_h2_port(mut self, port: u16) -> Self {
+        self.h2_port = port;
+        self
+    }
+
+    /// Where a request goes now, resolving the name first if no lookup has
+    /// succeeded yet (a request in the first moments after start), within
+    /// `limit`: the HTTP/1.1 port, or with `h2` the HTTP/2 port (over TLS
+    /// both go to the one TLS port, ALPN deciding).
+    pub async fn addr_or_resolve(&self, h2: bool, limit: Duration) -> Option<SocketAddr> {
+        let addr = match self.addr() {
+            Some(addr) => addr,
+            None => {
+                let _ = tokio::time::timeout(limit, self.resolve()).await;
+                self.addr()?
+            }
+        };
+        Some(if h2 && !self.tls {
+            SocketAddr::new(addr.ip(), self.h2_port)
+        } else {
+            addr
+        })
     }
 
     /// Reach it over TLS (Knative's `system-internal-tls`) when `tls`.

@@ -12,8 +12,11 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
+use std::time::{Duration, Instant};
+
 use crate::activator::Activator;
 use crate::drain::Drain;
+use crate::external::ExternalNames;
 use crate::metrics::Metrics;
 
 /// The admin HTTP app.
@@ -25,6 +28,10 @@ pub struct Admin {
     listening: Arc<AtomicBool>,
     ui: crate::ui::Ui,
     policy: config_sync::health::Policy,
+    /// ExternalNames and how long `/readyz` waits for names to resolve.
+    resolutions: Option<(Arc<ExternalNames>, Duration)>,
+    /// When `/readyz` first found a table loaded: the wait counts from then.
+    first_table: std::sync::OnceLock<Instant>,
 }
 
 impl Admin {
@@ -46,7 +53,52 @@ impl Admin {
             listening,
             ui: crate::ui::Ui::default(),
             policy: config_sync::health::Policy::default(),
+            resolutions: None,
+            first_table: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `/readyz` also waits, for at most `wait` after the first table, until
+    /// the activator and `external`'s names resolve.
+    pub fn with_resolutions(mut self, external: Arc<ExternalNames>, wait: Duration) -> Self {
+        self.resolutions = Some((external, wait));
+        self
+    }
+
+    /// Names not resolved yet: the activator's, and the table's ExternalNames.
+    fn unresolved(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.activator.addr().is_none() {
+            names.push(format!("activator {}", self.activator.target()));
+        }
+        if let Some((external, _)) = &self.resolutions {
+            names.extend(
+                external
+                    .unresolved()
+                    .into_iter()
+                    .map(|n| format!("ExternalName {n}")),
+            );
+        }
+        names
+    }
+
+    /// `/readyz` once the listeners are bound and a table is loaded: 200, or
+    /// 503 while names it needs are unresolved within the wait.
+    fn ready(&self) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        let unresolved = self.unresolved();
+        if unresolved.is_empty() {
+            return reply(StatusCode::OK, text, b"ready\n".to_vec());
+        }
+        let list = unresolved.join(", ");
+        let first = *self.first_table.get_or_init(Instant::now);
+        let wait = self.resolutions.as_ref().map_or(Duration::ZERO, |r| r.1);
+        if first.elapsed() < wait {
+            let body = format!("waiting for names to resolve: {list}\n");
+            return reply(StatusCode::SERVICE_UNAVAILABLE, text, body.into_bytes());
+        }
+        let body = format!("ready; not resolved after {wait:?}: {list}\n");
+        reply(StatusCode::OK, text, body.into_bytes())
     }
 
     /// Show warmth in `/ui` as the proxy's `policy` computes it.
@@ -116,9 +168,7 @@ impl ServeHttp for Admin {
                 text,
                 b"proxy listeners not bound yet\n".to_vec(),
             ),
-            "/readyz" if self.publisher.is_ready() => {
-                reply(StatusCode::OK, text, b"ready\n".to_vec())
-            }
+            "/readyz" if self.publisher.is_ready() => self.ready(),
             "/readyz" => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 text,

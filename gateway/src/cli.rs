@@ -122,6 +122,11 @@ pub struct ServeArgs {
     /// requests for revisions at zero get 502; none goes in plaintext.
     #[arg(long, env = "GATEWAY_ACTIVATOR_TLS")]
     pub activator_tls: bool,
+    /// The activator's HTTP/2 cleartext port, on the host of `--activator`:
+    /// where requests for a revision at zero whose port speaks HTTP/2 (gRPC)
+    /// go (`--source routes`).
+    #[arg(long, env = "GATEWAY_ACTIVATOR_H2_PORT", default_value_t = crate::activator::DEFAULT_H2_PORT)]
+    pub activator_h2_port: u16,
     /// Knative activator, HOST:PORT: where requests for revisions without ready endpoints go.
     #[arg(long, env = "GATEWAY_ACTIVATOR", default_value = "activator-service.knative-serving.svc.cluster.local:80",
           value_parser = crate::activator::parse_target)]
@@ -261,6 +266,11 @@ pub struct Tuning {
     /// Proxy worker threads; 0 means one per core.
     #[arg(long, env = "GATEWAY_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// How long `/readyz` waits, after the first table, for the activator's
+    /// name and the table's ExternalNames to resolve; past it the gateway is
+    /// ready and `/readyz` names what is still unresolved.
+    #[arg(long, env = "GATEWAY_RESOLVE_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub resolve_wait: Duration,
     /// Upstream connect timeout (e.g. 1s, 250ms).
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -448,6 +458,7 @@ impl Tuning {
             fast_path: self.fast_path,
             otlp_endpoint: self.otlp_endpoint.clone(),
             trace_sampling: self.trace_sampling,
+            resolve_wait: self.resolve_wait,
             upgrade: false,
             upgrade_socket: DEFAULT_UPGRADE_SOCKET.into(),
             request_head: crate::limits::request_head(

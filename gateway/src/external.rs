@@ -1,7 +1,9 @@
 //! ExternalName Services a KIngress splits to (other than the gateway's own
 //! internal Service, which is dispatched without a hop): their names are
-//! resolved in the background, never on the request path, as soon as a table
-//! names them and again every `refresh`.
+//! resolved in the background as soon as a table names them (within
+//! [`CHECK`]) and again every `refresh`. A request that comes first waits for
+//! its name's lookup rather than failing; `/readyz` waits for every name of
+//! the table (bounded by `--resolve-wait`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +25,9 @@ pub struct ExternalNames {
     pub refresh: Duration,
 }
 
+/// How often the live table is checked for new names.
+pub const CHECK: Duration = Duration::from_millis(100);
+
 impl ExternalNames {
     /// Names taken from the tables `table` serves.
     pub fn new(table: TableReader) -> Self {
@@ -37,6 +42,40 @@ impl ExternalNames {
     #[inline]
     pub fn addr(&self, host: &str, port: u16) -> Option<SocketAddr> {
         self.addrs.load().get(&(host.into(), port)).copied()
+    }
+
+    /// The address of `host:port`, looked up now if it has none yet (a
+    /// request that came before the background lookup), within `limit`.
+    pub async fn addr_or_resolve(
+        &self,
+        host: &str,
+        port: u16,
+        limit: Duration,
+    ) -> Option<SocketAddr> {
+        if let Some(addr) = self.addr(host, port) {
+            return Some(addr);
+        }
+        let found = tokio::time::timeout(limit, tokio::net::lookup_host((host, port)))
+            .await
+            .ok()?
+            .ok()?
+            .next()?;
+        self.addrs.rcu(|old| {
+            let mut next = HashMap::clone(old);
+            next.insert((host.into(), port), found);
+            next
+        });
+        Some(found)
+    }
+
+    /// Names of the live table not resolved yet, as `host:port`.
+    pub fn unresolved(&self) -> Vec<String> {
+        let addrs = self.addrs.load();
+        self.wanted()
+            .into_iter()
+            .filter(|k| !addrs.contains_key(k))
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect()
     }
 
     /// The external names of the live table.
@@ -81,18 +120,23 @@ impl ExternalNames {
 impl BackgroundService for ExternalNames {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut resolved: Vec<(Box<str>, u16)> = Vec::new();
+        let mut generation = None;
         let mut since = Duration::ZERO;
-        let tick = Duration::from_secs(1);
         loop {
-            // New names are looked up within a second; all of them every `refresh`.
-            let wanted = self.wanted();
-            if wanted != resolved || since >= self.refresh {
-                self.resolve(&wanted).await;
-                resolved = wanted;
-                since = Duration::ZERO;
+            // New names are looked up within CHECK of their table; all of
+            // them every `refresh`. The names are read again only for a new table.
+            let now = self.table.peek().generation;
+            if generation != Some(now) || since >= self.refresh {
+                let wanted = self.wanted();
+                if wanted != resolved || since >= self.refresh {
+                    self.resolve(&wanted).await;
+                    resolved = wanted;
+                    since = Duration::ZERO;
+                }
+                generation = Some(now);
             }
             tokio::select! {
-                _ = tokio::time::sleep(tick) => since += tick,
+                _ = tokio::time::sleep(CHECK) => since += CHECK,
                 _ = shutdown.changed() => return,
             }
         }

@@ -11,8 +11,10 @@
 //!    listener for cluster-local routes. With `--source routes`, Knative's
 //!    probe is answered here with the applied KIngress hash.
 //! 2. `upstream_peer`: a ready endpoint by power of two choices; with none,
-//!    the activator for a revision split, else 503. HTTP/2 cleartext to an
-//!    endpoint whose port asks for it, except for upgrades (HTTP/1.1 always).
+//!    the activator for a revision split (its HTTP/2 port for a revision
+//!    whose port speaks HTTP/2), else 503. HTTP/2 cleartext to an endpoint
+//!    whose port asks for it, except for upgrades (HTTP/1.1 always). A
+//!    backend on Knative's `https` port is reached over TLS (`config_sync::trust`).
 //! 3. `upstream_request_filter`: `X-Forwarded-For` gets the client address
 //!    appended, `X-Forwarded-Proto` is set; path and split `appendHeaders` (for a
 //!    revision, `Knative-Serving-Revision` and `-Namespace`) replace whatever
@@ -575,13 +577,21 @@ impl ProxyHttp for Gateway {
         let mut tls_name: Option<String> = None;
         let addr = match &backend.kind {
             BackendKind::Pods if backend.endpoints.is_empty() && ctx.to.activator => {
-                // Scaled to zero: the activator wakes a pod and forwards.
-                let addr = self.activator.addr().ok_or_else(|| {
-                    Error::explain(
-                        ErrorType::HTTPStatus(503),
-                        format!("activator {} is not resolvable", self.activator.target()),
-                    )
-                })?;
+                // Scaled to zero: the activator wakes a pod and forwards,
+                // over HTTP/2 to a revision that speaks it (gRPC), but for
+                // upgrades.
+                h2 = backend.http2 && !session.is_upgrade_req();
+                let limit = self.options.connect_timeout;
+                let addr = self
+                    .activator
+                    .addr_or_resolve(h2, limit)
+                    .await
+                    .ok_or_else(|| {
+                        Error::explain(
+                            ErrorType::HTTPStatus(503),
+                            format!("activator {} is not resolvable", self.activator.target()),
+                        )
+                    })?;
                 self.metrics
                     .activator_requests
                     .with_label_values(&[&*backend.namespace, &*backend.name])
@@ -622,10 +632,12 @@ impl ProxyHttp for Gateway {
                 addr
             }
             BackendKind::External(host, port) => {
-                self.external.addr(host, *port).ok_or_else(|| {
+                let limit = self.options.connect_timeout;
+                let resolved = self.external.addr_or_resolve(host, *port, limit).await;
+                resolved.ok_or_else(|| {
                     Error::explain(
                         ErrorType::HTTPStatus(503),
-                        format!("ExternalName {host}:{port} is not resolved yet"),
+                        format!("ExternalName {host}:{port} does not resolve"),
                     )
                 })?
             }

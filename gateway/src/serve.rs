@@ -39,7 +39,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => kube_tasks(&args, &publisher)?,
     };
-    let activator = Arc::new(Activator::new(&args.activator).with_tls(args.activator_tls));
+    let activator = Arc::new(
+        Activator::new(&args.activator)
+            .with_tls(args.activator_tls)
+            .with_h2_port(args.activator_h2_port),
+    );
     let mut config = args.tuning.serve_config(crate::cli::Listeners {
         http: &args.http,
         internal_http: &args.internal_http,

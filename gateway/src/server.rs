@@ -73,6 +73,8 @@ pub struct ServeConfig {
     pub upgrade: bool,
     /// The Unix socket listening sockets are handed over through, both ways.
     pub upgrade_socket: std::path::PathBuf,
+    /// How long `/readyz` waits for the activator and ExternalNames to resolve.
+    pub resolve_wait: Duration,
 }
 
 type TaskFn = Box<dyn FnOnce(ShutdownWatch) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -316,7 +318,8 @@ pub fn run(
             drain.clone(),
             listening,
         )
-        .with_policy(config.proxy.endpoints),
+        .with_policy(config.proxy.endpoints)
+        .with_resolutions(external.clone(), config.resolve_wait),
     );
     admin.add_tcp(&config.admin);
     admin.threads = Some(1);

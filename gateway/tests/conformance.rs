@@ -1006,37 +1006,6 @@ async fn forwarding_headers() {
     assert_eq!(r.header("x-echo-x-forwarded-for"), "127.0.0.1");
 }
 
-/// Open a WebSocket to `host` through the gateway and run `n` echoes;
-/// returns the backend name that answered.
-async fn websocket_echoes(gw: SocketAddr, host: &str, n: usize) -> String {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
-    let mut req = format!("ws://{gw}/chat").into_client_request().unwrap();
-    req.headers_mut().insert("host", host.parse().unwrap());
-    let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    let mut answered = String::new();
-    for i in 0..n {
-        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("an echo within 5 s")
-            .unwrap()
-            .unwrap();
-        let text = reply.into_text().unwrap();
-        let (name, echoed) = text.as_str().split_once(": ").unwrap();
-        assert_eq!(echoed, format!("ping {i}"));
-        if answered.is_empty() {
-            answered = name.to_owned();
-        }
-        assert_eq!(name, answered, "one connection, one backend");
-    }
-    ws.close(None).await.unwrap();
-    answered
-}
-
 /// websocket: 100 echoes over one upgraded connection, also to a backend
 /// whose port asks for h2c (upgrades go out as HTTP/1.1: Kourier's #801).
 async fn websocket() {
@@ -1396,124 +1365,13 @@ async fn stream_idle_timeout() {
 }
 
 /// The gRPC message of the tests, derived by hand (no code generation).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Ping {
-    #[prost(string, tag = "1")]
-    msg: String,
-}
-
-/// `/test.Echo/Chat`: a bidirectional stream answering each `m` with
-/// `<name>: m` (tonic's server codec over hyper's h2c server).
-#[derive(Clone)]
-struct Chat(String);
-
-impl tonic::server::StreamingService<Ping> for Chat {
-    type Response = Ping;
-    type ResponseStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Ping, tonic::Status>> + Send>>;
-    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<tonic::Streaming<Ping>>) -> Self::Future {
-        use futures::StreamExt;
-        let name = self.0.clone();
-        let replies = request.into_inner().map(move |m| {
-            m.map(|p| Ping {
-                msg: format!("{name}: {}", p.msg),
-            })
-        });
-        std::future::ready(Ok(tonic::Response::new(Box::pin(replies))))
-    }
-}
-
-/// A gRPC backend named `name` on h2c, which answers Knative's probe as
-/// queue-proxy does; behind a Service port named `http2`.
+/// A gRPC backend named `name` on h2c ([`grpc_backend`]) behind a Service
+/// port named `http2`.
 async fn grpc_runtime(e: &Env, name: &str) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let name = name.to_owned();
-    e.service_port(&name, addr, "http2");
-    e.slice_port(&name, addr, "http2");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let name = name.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let name = name.clone();
-                        async move {
-                            if let Some(hash) = req.headers().get("k-network-hash").filter(|_| {
-                                req.headers()
-                                    .get("k-network-probe")
-                                    .is_some_and(|v| v == "probe")
-                            }) {
-                                let resp = http::Response::builder()
-                                    .header("k-network-hash", hash.clone())
-                                    .body(tonic::body::Body::empty())
-                                    .unwrap();
-                                return Ok::<_, Infallible>(resp);
-                            }
-                            let mut grpc =
-                                tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                            Ok(grpc.streaming(Chat(name), req).await)
-                        }
-                    });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-            });
-        }
-    })
-}
-
-/// A bidirectional stream of `n` round trips through the gateway's plain
-/// port (h2c) to `host` (tonic's client); returns the backend that answered.
-async fn grpc_chat(gw: SocketAddr, host: &str, n: usize) -> String {
-    use futures::{SinkExt, StreamExt};
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gw}"))
-        .unwrap()
-        .origin(format!("http://{host}").parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Ping>(1);
-    let mut replies = client
-        .streaming(
-            tonic::Request::new(rx),
-            http::uri::PathAndQuery::from_static("/test.Echo/Chat"),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let mut answered = String::new();
-    for i in 0..n {
-        tx.send(Ping {
-            msg: format!("ping {i}"),
-        })
-        .await
-        .unwrap();
-        let reply: Ping = tokio::time::timeout(Duration::from_secs(5), replies.next())
-            .await
-            .expect("a reply within 5 s")
-            .unwrap()
-            .unwrap();
-        let (name, echoed) = reply.msg.split_once(": ").unwrap();
-        assert_eq!(echoed, format!("ping {i}"));
-        if answered.is_empty() {
-            answered = name.to_owned();
-        }
-        assert_eq!(name, answered, "one stream, one backend");
-    }
-    drop(tx);
-    // The server ends the stream with grpc-status 0 in the trailers.
-    assert!(replies.next().await.is_none(), "a clean end of stream");
-    answered
+    let (addr, task) = grpc_backend(name).await;
+    e.service_port(name, addr, "http2");
+    e.slice_port(name, addr, "http2");
+    task
 }
 
 /// grpc: 100 round trips of one bidirectional stream over h2c on the plain

@@ -178,6 +178,37 @@ async fn demo_serves_h2c_https_grpc_and_websocket_as_printed() {
         reply.into_inner().message,
         "Hello World! from grpc-demo-00001: hi"
     );
+    // The same call to the gRPC revision at zero, as printed: the activator
+    // stand-in gets it over h2c and wakes the revision.
+    let cold_line = grpc_line.replace("grpc-demo.", "grpc-cold-demo.");
+    assert!(
+        out.contains(&cold_line),
+        "{cold_line:?} not printed:\n{out}"
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.http))
+        .unwrap()
+        .origin("http://grpc-cold-demo.default.example.com".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    for _ in 0..2 {
+        client.ready().await.unwrap();
+        let reply: tonic::Response<Echo> = client
+            .unary(
+                tonic::Request::new(Echo {
+                    message: "hi".into(),
+                }),
+                http::uri::PathAndQuery::from_static("/demo.Echo/Say"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.into_inner().message,
+            "Hello World! from grpc-cold-demo-00001: hi"
+        );
+    }
 
     let ws_line = format!(
         "websocat -H 'Host: {SPLIT}' ws://localhost:{}/",

@@ -27,19 +27,32 @@ fn text(code: StatusCode, msg: String) -> Response<Body> {
     resp
 }
 
-/// Serve the activator stand-in on `listener` until the task is dropped.
+/// Clients to woken revisions: HTTP/1.1, and HTTP/2 cleartext for requests
+/// that came over HTTP/2 (gRPC), as Knative's activator forwards each.
+#[derive(Clone)]
+struct Clients {
+    h1: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, Incoming>,
+}
+
+/// Serve the activator stand-in on `listener` (HTTP/1.1 and h2c, as
+/// Knative's activator serves on 8012 and 8013) until the task is dropped.
 pub async fn serve(listener: TcpListener, cluster: Arc<DemoCluster>) {
-    let client: Client<HttpConnector, Incoming> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let clients = Clients {
+        h1: Client::builder(TokioExecutor::new()).build_http(),
+        h2: Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http(),
+    };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (cluster, client) = (cluster.clone(), client.clone());
+        let (cluster, clients) = (cluster.clone(), clients.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, cluster.clone(), client.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+            let service = service_fn(move |req| handle(req, cluster.clone(), clients.clone()));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -48,8 +61,13 @@ pub async fn serve(listener: TcpListener, cluster: Arc<DemoCluster>) {
 async fn handle(
     mut req: Request<Incoming>,
     cluster: Arc<DemoCluster>,
-    client: Client<HttpConnector, Incoming>,
+    clients: Clients,
 ) -> Result<Response<Body>, Infallible> {
+    let client = if req.version() == hyper::Version::HTTP_2 {
+        clients.h2
+    } else {
+        clients.h1
+    };
     let header = |name: &str| {
         req.headers()
             .get(name)

@@ -1,7 +1,8 @@
 //! `gateway demo`: the whole data plane on loopback with no cluster.
 //!
 //! The embedded snapshot (`snapshot.yaml`) has a route split 90/10 with tags
-//! `v1` and `v2`, and a route whose only revision is scaled to zero. Every
+//! `v1` and `v2`, a route whose only revision is scaled to zero, and a gRPC
+//! route, warm and at zero (the activator stand-in speaks h2c too). Every
 //! ready endpoint becomes a sample server on 127.0.0.1; the activator
 //! stand-in starts a cold revision's server on its first request, publishes
 //! the endpoint (so the next requests go straight to it), and scales it back
@@ -47,9 +48,23 @@ impl DemoCluster {
         s.slices.extend(
             woken
                 .iter()
-                .map(|(rev, server)| slice_for(rev, server.addr, "http")),
+                .map(|(rev, server)| slice_for(rev, server.addr, self.port_of(rev))),
         );
         s
+    }
+
+    /// The port name of `rev`'s slices in the snapshot (`http2` for a
+    /// revision that speaks h2c), else `http`.
+    fn port_of(&self, rev: &ObjectKey) -> &str {
+        self.base
+            .slices
+            .iter()
+            .filter(|s| {
+                s.metadata.label(REVISION_LABEL) == Some(rev.name.as_str())
+                    && s.metadata.namespace.as_deref() == Some(rev.namespace.as_str())
+            })
+            .find_map(|s| s.ports.iter().flatten().find_map(|p| p.name.as_deref()))
+            .unwrap_or("http")
     }
 
     /// The address of a running server for `ns/rev`, starting it if needed;
@@ -166,6 +181,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .flatten()
             .filter(|e| e.is_ready())
             .count();
+        if ready == 0 {
+            // A revision at zero: its slice still tells its port's protocol.
+            slices.push(slice);
+            continue;
+        }
         for _ in 0..ready {
             let listener =
                 StdListener::bind("127.0.0.1:0").context("cannot bind a sample revision")?;
@@ -231,9 +251,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         config.default_certificate = config.default_certificate.or(Some(cert));
     }
     print_intro(&args, &table.view(), &ca_file);
-    let activator = Arc::new(crate::activator::Activator::new(
-        &activator_addr.to_string(),
-    ));
+    // The stand-in speaks HTTP/1.1 and h2c on one port.
+    let activator = Arc::new(
+        crate::activator::Activator::new(&activator_addr.to_string())
+            .with_h2_port(activator_addr.port()),
+    );
     server::run(config, publisher, activator, vec![("demo-cluster", task)])
 }
 
@@ -292,6 +314,9 @@ fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView, ca_file: &
     println!();
     println!(
         "gRPC (demo.Echo in gateway/src/demo/echo.proto), over h2c end to end:\n  grpcurl -plaintext -authority grpc-demo.default.example.com -proto gateway/src/demo/echo.proto -d '{{\"message\": \"hi\"}}' {gw} demo.Echo/Say"
+    );
+    println!(
+        "gRPC to a revision at zero (woken through the activator over h2c):\n  grpcurl -plaintext -authority grpc-cold-demo.default.example.com -proto gateway/src/demo/echo.proto -d '{{\"message\": \"hi\"}}' {gw} demo.Echo/Say"
     );
     println!(
         "WebSocket (each revision echoes text messages):\n  websocat -H 'Host: knative-routing-demo.default.example.com' ws://{gw}/"
