@@ -1476,6 +1476,10 @@ async fn encrypted_backends_are_verified_and_never_reached_in_plaintext() {
         let r = client.get(e.gw.http, &host("tls-good")).await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "tls-good"));
     }
+    assert!(
+        e.gw.fast_path_requests("served").await >= 20,
+        "served by the fast path over its TLS pool"
+    );
     let handshakes = e.front(good.addr, |f| f.handshakes());
     assert!(
         (1..=2).contains(&handshakes),

@@ -1,11 +1,12 @@
 //! The fast path's request loop (docs/fast-path.md): plain HTTP/1.1
-//! requests, forwarded over pooled TCP connections with the response passed
+//! requests, forwarded over pooled TCP (or, to Knative's `https` ports, TLS)
+//! connections with the response passed
 //! through as framed bytes, no header maps or proxy tasks. It reads every
 //! head with pingora's HTTP/1 reader (its parser and limits), routes, sets
 //! headers and logs through the same functions as the general proxy
 //! (`proxy.rs`), and hands whatever it does not serve to that proxy with the
 //! head already read: upgrades, chunked or long request bodies, misses (404,
-//! the probe, redirects), the activator, ExternalNames and h2c backends.
+//! the probe, redirects), the activator, ExternalNames and HTTP/2 backends.
 //! HTTP/2 connections go to that proxy before any head is read.
 
 use std::future::Future;
@@ -31,6 +32,7 @@ use tokio::net::TcpStream;
 
 use super::body::BodyEnd;
 use super::buffers::Buf;
+use super::pool::Conn;
 use super::response_head::{self, Framing};
 use super::{pool, request};
 use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx, Upstream};
@@ -287,10 +289,9 @@ impl FastPath {
             // (which the access log must not see) stay with the general proxy.
             // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
             // revision's endpoints share one port, so the first tells).
-            // A TLS backend (system-internal TLS) too: pingora's connector
-            // holds its sessions.
+            // A TLS backend with nothing trusted gets its 502 there too.
             if !matches!(backend.kind, BackendKind::Pods)
-                || backend.port.tls
+                || (backend.port.tls && table.trust().is_none())
                 || backend.endpoints.first().is_none_or(|e| e.h2)
                 || ctx.to.rewrite_host.is_some()
             {
@@ -361,12 +362,32 @@ impl FastPath {
                 request_head.extend_from_slice(&body);
             }
             ctx.peer = Some(addr);
-            let (mut stream, reused) = match pool::take(addr) {
+            let tls = {
+                let table = ctx.table.as_ref().expect("routed above");
+                let backend = table.backend(ctx.to.backend);
+                backend.port.tls.then(|| {
+                    let name = config_sync::trust::user_name(&backend.namespace);
+                    let trust = table.trust().expect("checked before the hand-over");
+                    (trust.config(false).clone(), name)
+                })
+            };
+            let (mut stream, reused) = match pool::take(addr, tls.is_some()) {
                 Some(stream) => (stream, true),
-                None => match connect(addr, options.connect_timeout).await {
+                None => match connect(addr, tls, options.connect_timeout).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
-                        tracing::debug!("cannot connect to {addr}: {e}");
+                        if e.get_ref().is_some_and(|e| e.is::<rustls::Error>()) {
+                            // As the general path logs it (the metric counts it).
+                            let table = ctx.table.as_ref().expect("routed above");
+                            let namespace = &table.backend(ctx.to.backend).namespace;
+                            tracing::warn!(
+                                upstream = %addr,
+                                expected_name = %config_sync::trust::user_name(namespace),
+                                "TLS to the backend failed: {e}"
+                            );
+                        } else {
+                            tracing::debug!("cannot connect to {addr}: {e}");
+                        }
                         if self.gateway.connect_refused(ctx) {
                             continue;
                         }
@@ -487,14 +508,31 @@ impl FastPath {
 /// connections turn out closed.
 const RETRIES_ON_REUSED: usize = 2;
 
-/// A new upstream connection, within `timeout`.
-async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// A new upstream connection, within `timeout`: over TLS with `tls` (the
+/// client configuration, and the name the certificate must carry, which is
+/// checked but not sent), else plain.
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    timeout: Duration,
+) -> io::Result<Conn> {
+    let connect = async {
+        let stream = TcpStream::connect(addr).await?;
+        // Heads and small bodies go out at once, as pingora's connector sets it.
+        stream.set_nodelay(true)?;
+        let Some((config, name)) = tls else {
+            return Ok(Conn::Plain(stream));
+        };
+        let name = rustls::pki_types::ServerName::try_from(name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await?;
+        Ok(Conn::Tls(Box::new(tls)))
+    };
+    tokio::time::timeout(timeout, connect)
         .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    // Heads and small bodies go out at once, as pingora's connector sets it.
-    stream.set_nodelay(true)?;
-    Ok(stream)
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
 /// `f`, failed with `TimedOut` after `limit` (if any).
@@ -516,7 +554,7 @@ async fn within<T>(
 /// pooled), and the first bytes of a pipelined next request are kept for it.
 async fn read_answer(
     h1: &mut Session1,
-    up: &mut TcpStream,
+    up: &mut Conn,
     buf: &mut Vec<u8>,
     idle: Option<Duration>,
 ) -> Option<io::Result<usize>> {
