@@ -22,6 +22,9 @@ pub const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceTyp
 pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
 /// Label naming the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// ConfigMaps with this label (any value) in Knative's system namespace add
+/// to the trust bundle of system-internal TLS (see `crate::trust`).
+pub const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
 
 /// `namespace/name` of an object: how every message names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -186,7 +189,7 @@ impl KeySet for LabelKeys {
         SERVICE_TYPE_LABEL,
         VISIBILITY_LABEL,
         SERVICE_NAME_LABEL,
-        crate::trust::TRUST_BUNDLE_LABEL,
+        TRUST_BUNDLE_LABEL,
     ];
 }
 /// Labels trimmed to the ones the table is built from.

@@ -36,8 +36,7 @@ use crate::model::{self, ConfigMap, Kind, ObjectKey, Secret};
 pub const CA_SECRET: &str = "routing-serving-certs";
 /// The key of the CA in [`CA_SECRET`].
 pub const CA_KEY: &str = "ca.crt";
-/// ConfigMaps with this label (any value) in the system namespace add to the bundle.
-pub const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
+pub use crate::model::TRUST_BUNDLE_LABEL;
 /// The name in the activator's certificate.
 pub const ACTIVATOR_NAME: &str = "kn-routing";
 /// Knative's system namespace, where the bundle lives, unless configured.

@@ -103,6 +103,30 @@ struct Echo {
     message: String,
 }
 
+/// `demo.Echo/Say` with "hi" to `authority` through `gw` (tonic, over h2c,
+/// as grpcurl makes the call); the reply's message.
+async fn say(gw: std::net::SocketAddr, authority: &str) -> String {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gw}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let reply: tonic::Response<Echo> = client
+        .unary(
+            tonic::Request::new(Echo {
+                message: "hi".into(),
+            }),
+            http::uri::PathAndQuery::from_static("/demo.Echo/Say"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap();
+    reply.into_inner().message
+}
+
 /// The demo's protocol lines work as printed: h2c with prior knowledge on
 /// the plain port, HTTPS (h2 by ALPN) trusting the CA file it names, the gRPC
 /// call of echo.proto (tonic, as grpcurl would make it), and WebSocket echoes
@@ -156,56 +180,21 @@ async fn demo_serves_h2c_https_grpc_and_websocket_as_printed() {
         out.contains(&grpc_line),
         "{grpc_line:?} not printed:\n{out}"
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.http))
-        .unwrap()
-        .origin("http://grpc-demo.default.example.com".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let reply: tonic::Response<Echo> = client
-        .unary(
-            tonic::Request::new(Echo {
-                message: "hi".into(),
-            }),
-            http::uri::PathAndQuery::from_static("/demo.Echo/Say"),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        reply.into_inner().message,
+        say(gw.http, "grpc-demo.default.example.com").await,
         "Hello World! from grpc-demo-00001: hi"
     );
     // The same call to the gRPC revision at zero, as printed: the activator
-    // stand-in gets it over h2c and wakes the revision.
+    // stand-in gets it over h2c and wakes the revision; the second call
+    // goes to the woken revision.
     let cold_line = grpc_line.replace("grpc-demo.", "grpc-cold-demo.");
     assert!(
         out.contains(&cold_line),
         "{cold_line:?} not printed:\n{out}"
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.http))
-        .unwrap()
-        .origin("http://grpc-cold-demo.default.example.com".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
     for _ in 0..2 {
-        client.ready().await.unwrap();
-        let reply: tonic::Response<Echo> = client
-            .unary(
-                tonic::Request::new(Echo {
-                    message: "hi".into(),
-                }),
-                http::uri::PathAndQuery::from_static("/demo.Echo/Say"),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await
-            .unwrap();
         assert_eq!(
-            reply.into_inner().message,
+            say(gw.http, "grpc-cold-demo.default.example.com").await,
             "Hello World! from grpc-cold-demo-00001: hi"
         );
     }

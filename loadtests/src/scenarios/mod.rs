@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::backend::{Backend, Pods};
 use crate::load::{self, Outcome, Spec};
 use crate::peers::{Binaries, Kind, Launch, Proxy};
-use crate::report::Report;
+use crate::report::{Report, Run};
 use crate::topology::{Revision, Route, Topology};
 
 /// Rounds per side where two things are compared by alternating rounds (the
@@ -178,6 +178,30 @@ impl<'a> Ctx<'a> {
         let cpu = proxy.zip(cpu0).map(|(p, c0)| p.cpu_seconds() - c0);
         let rss = proxy.map(Proxy::peak_rss);
         (out, cpu, rss)
+    }
+
+    /// Measure `proxy` serving `host` at every connection count, each run
+    /// recorded as `scenario` for `name` at `threads`, with a progress line.
+    pub fn measure_conns(
+        &mut self,
+        proxy: &Proxy,
+        host: &str,
+        scenario: &str,
+        name: &str,
+        threads: usize,
+    ) {
+        let opts = self.opts;
+        for &conns in &opts.conns {
+            let (out, cpu, rss) = self.measure(Some(proxy), &self.spec(proxy.addr, host, conns));
+            self.progress(format!(
+                "  {conns} conns: {:.0} rps, p99 {:.2} ms, {} errors",
+                out.rps(),
+                out.ms(0.99),
+                out.errors
+            ));
+            let run = Run::new(scenario, name, Some(threads), 1, conns, &out).usage(cpu, rss);
+            self.report.runs.push(run);
+        }
     }
 
     /// The load spec every scenario starts from.

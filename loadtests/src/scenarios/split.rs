@@ -75,19 +75,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             let Some(proxy) = ctx.start(&launch, &host, &format!("split: {}", kind.name())) else {
                 continue;
             };
-            for &conns in &ctx.opts.conns {
-                let (out, cpu, rss) =
-                    ctx.measure(Some(&proxy), &ctx.spec(proxy.addr, &host, conns));
-                ctx.progress(format!(
-                    "  {conns} conns: {:.0} rps, p99 {:.2} ms, {} errors",
-                    out.rps(),
-                    out.ms(0.99),
-                    out.errors
-                ));
-                let run =
-                    Run::new("split", kind.name(), Some(threads), 1, conns, &out).usage(cpu, rss);
-                ctx.report.runs.push(run);
-            }
+            ctx.measure_conns(&proxy, &host, "split", kind.name(), threads);
         }
     }
     Ok(())

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use super::{hello, Ctx, A, B};
 use crate::peers::{Kind, Launch};
-use crate::report::Run;
 use crate::topology::{Topology, UpstreamTls};
 
 /// The name in the backends' certificates (namespace `default`).
@@ -58,19 +57,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             let Some(proxy) = ctx.start(&launch, &host, &what) else {
                 continue;
             };
-            for &conns in &ctx.opts.conns {
-                let (out, cpu, rss) =
-                    ctx.measure(Some(&proxy), &ctx.spec(proxy.addr, &host, conns));
-                ctx.progress(format!(
-                    "  {conns} conns: {:.0} rps, p99 {:.2} ms, {} errors",
-                    out.rps(),
-                    out.ms(0.99),
-                    out.errors
-                ));
-                let run = Run::new("upstream-tls", &proxy_name, Some(threads), 1, conns, &out)
-                    .usage(cpu, rss);
-                ctx.report.runs.push(run);
-            }
+            ctx.measure_conns(&proxy, &host, "upstream-tls", &proxy_name, threads);
         }
     }
     Ok(())
