@@ -1684,6 +1684,12 @@ async fn a_trust_bundle_rotated_under_load_fails_no_request() {
         ok >= 20 && handshakes >= ok,
         "{ok} requests, {handshakes} handshakes"
     );
+    // New connections resume their TLS sessions (a new trust starts anew).
+    let resumed = e.front(addr, |f| f.resumed.load(Ordering::Relaxed));
+    assert!(
+        resumed > handshakes / 2,
+        "{resumed} of {handshakes} resumed"
+    );
     // The old CA is gone: a backend (a new one: TLS sessions already
     // verified resume) with its certificate is refused from now on.
     let (stale, _stale_task) = closing_backend("stale").await;
