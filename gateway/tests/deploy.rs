@@ -15,8 +15,11 @@ fn manifests() -> Vec<PathBuf> {
         .iter()
         .flat_map(|d| std::fs::read_dir(deploy().join(d)).unwrap())
         .map(|e| e.unwrap().path())
+        // Objects only: not the kustomization, not the config-network patch.
         .filter(|p| {
-            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+            p.extension().is_some_and(|e| e == "yaml")
+                && !p.ends_with("kustomization.yaml")
+                && !p.ends_with("config-network.yaml")
         })
         .collect();
     files.sort();
@@ -48,7 +51,8 @@ fn validate(files: &[PathBuf], version: &str) -> std::process::Output {
 fn every_manifest_passes_strict_schema_validation() {
     let files = manifests();
     assert!(files.len() >= 8, "{files:?}");
-    for version in ["1.31.0", "1.37.0"] {
+    // 1.28: nothing newer is needed (no preStop sleep, which needs 1.30).
+    for version in ["1.28.0", "1.31.0", "1.37.0"] {
         let out = validate(&files, version);
         assert!(
             out.status.success(),
@@ -64,9 +68,10 @@ fn the_validator_rejects_a_broken_manifest() {
     // Proves the check above can fail.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    let text = std::fs::read_to_string(deploy().join("base/deployment.yaml"))
+    let text = std::fs::read_to_string(deploy().join("base/hpa.yaml"))
         .unwrap()
-        .replace("replicas: 2", "replicas: two");
+        .replace("minReplicas: 2", "minReplicas: two");
+    assert!(text.contains("minReplicas: two"));
     std::fs::write(&bad, text).unwrap();
     assert!(!validate(&[bad], "1.37.0").status.success());
 }
@@ -116,13 +121,11 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
     let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap());
-    let pre_stop = Duration::from_secs(
-        c["lifecycle"]["preStop"]["sleep"]["seconds"]
-            .as_u64()
-            .unwrap(),
-    );
-    let drain = pre_stop
-        + arg_duration(&args, "--shutdown-grace")
+    // The gateway itself keeps serving for --shutdown-grace after SIGTERM:
+    // no preStop sleep, which needs Kubernetes 1.30.
+    assert!(c["lifecycle"].is_null(), "{:?}", c["lifecycle"]);
+    assert!(arg_duration(&args, "--shutdown-grace") >= Duration::from_secs(10));
+    let drain = arg_duration(&args, "--shutdown-grace")
         + arg_duration(&args, "--shutdown-timeout")
         + Duration::from_secs(gateway::server::RUNTIME_TEARDOWN_SECONDS);
     assert!(
@@ -130,7 +133,12 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
         "drain {drain:?} must end before SIGKILL at {grace:?}"
     );
 
-    assert!(d["spec"]["replicas"].as_u64().unwrap() >= 2);
+    // The HPA owns the replica count; one here would reset it on every apply.
+    assert!(d["spec"]["replicas"].is_null());
+    let hpa: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(deploy().join("base/hpa.yaml")).unwrap())
+            .unwrap();
+    assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
     assert_eq!(
         spec["securityContext"]["runAsNonRoot"].as_bool(),
         Some(true)
@@ -240,4 +248,55 @@ fn rbac_covers_what_the_sources_watch_and_writes_only_status() {
     assert_eq!(rules.len(), 1);
     assert_eq!(strings(&rules[0]["resources"]), ["configmaps"]);
     assert_eq!(strings(&rules[0]["verbs"]), ["get", "list", "watch"]);
+}
+
+/// The config-network file is a merge patch naming this gateway's class, not
+/// a ConfigMap: `kubectl apply` of it fails rather than taking Serving's
+/// ConfigMap over. The base labels what Knative's tooling selects on, not
+/// the (immutable) selectors.
+#[test]
+fn config_network_is_a_patch_and_the_base_carries_knative_labels() {
+    let patch: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(deploy().join("knative/config-network.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert!(patch["kind"].is_null() && patch["metadata"].is_null());
+    assert_eq!(
+        patch["data"]["ingress-class"].as_str(),
+        Some(config_sync::kingress::DEFAULT_CLASS)
+    );
+    let k: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(deploy().join("base/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let labels = &k["labels"][0];
+    assert_eq!(labels["includeSelectors"].as_bool(), Some(false));
+    for key in [
+        "networking.knative.dev/ingress-provider",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/version",
+    ] {
+        assert!(labels["pairs"][key].as_str().is_some(), "{key}");
+    }
+    assert_eq!(
+        labels["pairs"]["app.kubernetes.io/version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The image build context leaves out what the build does not need, and the
+/// image declares every listener.
+#[test]
+fn the_image_build_is_small_and_exposes_every_listener() {
+    let ignore = std::fs::read_to_string(deploy().join("../.dockerignore")).unwrap();
+    for entry in ["target/", ".git/"] {
+        assert!(ignore.lines().any(|l| l == entry), "{entry}");
+    }
+    let dockerfile = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
+    let expose = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .unwrap();
+    let ports: Vec<&str> = expose.split_whitespace().collect();
+    assert_eq!(ports, ["8080", "8081", "8443", "8444", "9090"]);
 }
