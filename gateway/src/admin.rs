@@ -32,6 +32,9 @@ pub struct Admin {
     resolutions: Option<(Arc<ExternalNames>, Duration)>,
     /// When `/readyz` first found a table loaded: the wait counts from then.
     first_table: std::sync::OnceLock<Instant>,
+    /// The probes listener (`--probes`): `/metrics`, `/healthz` and
+    /// `/readyz` only, for what kubelets and scrapers reach.
+    probes_only: bool,
 }
 
 impl Admin {
@@ -55,6 +58,7 @@ impl Admin {
             policy: config_sync::health::Policy::default(),
             resolutions: None,
             first_table: std::sync::OnceLock::new(),
+            probes_only: false,
         }
     }
 
@@ -99,6 +103,14 @@ impl Admin {
         }
         let body = format!("ready; not resolved after {wait:?}: {list}\n");
         reply(StatusCode::OK, text, body.into_bytes())
+    }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` only (the `--probes`
+    /// listener): the table, with every host and endpoint, and `/ui` stay
+    /// on the admin listener.
+    pub fn probes_only(mut self) -> Self {
+        self.probes_only = true;
+        self
     }
 
     /// Show warmth in `/ui` as the proxy's `policy` computes it.
@@ -151,7 +163,15 @@ fn reply(code: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
-        match session.req_header().uri.path() {
+        let path = session.req_header().uri.path();
+        if self.probes_only && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+            return reply(
+                StatusCode::NOT_FOUND,
+                text,
+                b"this listener serves /metrics, /healthz and /readyz; the rest is on the admin listener (--admin)\n".to_vec(),
+            );
+        }
+        match path {
             "/metrics" => {
                 let table = self.publisher.reader().load();
                 let body = self.metrics.render(&table, &self.publisher);

@@ -263,6 +263,11 @@ pub struct DemoArgs {
 /// Proxy and process tuning shared by both subcommands.
 #[derive(Debug, Args)]
 pub struct Tuning {
+    /// Probes and scraping listener: `/metrics`, `/healthz` and `/readyz`
+    /// only (the table and `/ui` stay on `--admin`), or `off`. Give kubelets
+    /// and Prometheus this one and keep `--admin` on loopback.
+    #[arg(long, env = "GATEWAY_PROBES", default_value = "off")]
+    pub probes: String,
     /// Proxy worker threads; 0 means one per core.
     #[arg(long, env = "GATEWAY_THREADS", default_value_t = 0)]
     pub threads: usize,
@@ -435,6 +440,7 @@ impl Tuning {
             internal_https: listener(internal_https),
             default_certificate,
             admin: admin.to_owned(),
+            probes: listener(&self.probes),
             threads,
             upstream_idle_connections: self.upstream_idle_connections as usize,
             proxy: ProxyOptions {

@@ -45,6 +45,8 @@ pub struct ServeConfig {
     pub default_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Admin listener.
     pub admin: String,
+    /// Probes and scraping listener (`/metrics`, `/healthz`, `/readyz`), if any.
+    pub probes: Option<String>,
     /// Proxy worker threads.
     pub threads: usize,
     /// Idle upstream connections kept for reuse, across all pods.
@@ -130,6 +132,7 @@ pub fn run(
         ("--https", config.https.as_ref()),
         ("--internal-https", config.internal_https.as_ref()),
         ("--admin", Some(&config.admin)),
+        ("--probes", config.probes.as_ref()),
     ] {
         let Some(addr) = addr else { continue };
         let port = if config.upgrade {
@@ -309,23 +312,33 @@ pub fn run(
     proxy.on_listening(Box::new(move || bound.store(true, Ordering::Release)));
 
     let drain = Arc::new(Drain::default());
-    let mut admin = Service::new(
-        "admin".into(),
+    let app = || {
         Admin::new(
-            publisher,
-            metrics,
+            publisher.clone(),
+            metrics.clone(),
             activator.clone(),
             drain.clone(),
-            listening,
+            listening.clone(),
         )
         .with_policy(config.proxy.endpoints)
-        .with_resolutions(external.clone(), config.resolve_wait),
-    );
+        .with_resolutions(external.clone(), config.resolve_wait)
+    };
+    let mut admin = Service::new("admin".into(), app());
     admin.add_tcp(&config.admin);
     admin.threads = Some(1);
+    // Probes and scraping on a listener of their own, which shows no table.
+    let probes = config.probes.as_ref().map(|addr| {
+        let mut probes = Service::new("probes".into(), app().probes_only());
+        probes.add_tcp(addr);
+        probes.threads = Some(1);
+        probes
+    });
 
     server.add_service(proxy);
     server.add_service(admin);
+    if let Some(probes) = probes {
+        server.add_service(probes);
+    }
     server.add_service(background_service(
         "activator-resolver",
         ActivatorResolver(activator),
@@ -344,7 +357,7 @@ pub fn run(
     tracing::info!(http = %config.http, internal_http = %config.internal_http,
         https = config.https.as_deref().unwrap_or("off"),
         internal_https = config.internal_https.as_deref().unwrap_or("off"),
-        admin = %config.admin, threads = config.threads, max_connections,
+        admin = %config.admin, probes = config.probes.as_deref().unwrap_or("off"), threads = config.threads, max_connections,
         proxy_protocol = config.proxy_protocol,
         otlp = config.otlp_endpoint.as_ref().map_or("off".into(), |e| e.to_string()),
         open_files, "gateway listening");

@@ -11,7 +11,7 @@ fn deploy() -> PathBuf {
 }
 
 fn manifests() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = ["base", "knative"]
+    let mut files: Vec<PathBuf> = ["base", "knative", "examples"]
         .iter()
         .flat_map(|d| std::fs::read_dir(deploy().join(d)).unwrap())
         .map(|e| e.unwrap().path())
@@ -166,11 +166,16 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
         c["livenessProbe"]["httpGet"]["path"].as_str(),
         Some("/healthz")
     );
-    // The admin port must be reachable by the kubelet's probes.
+    // The kubelet's probes and scrapers reach the probes listener, which
+    // shows no table; the admin listener (the table, /ui) is loopback only.
     assert!(
-        args.contains(&"--admin=0.0.0.0:9090".to_owned()),
+        args.contains(&"--probes=0.0.0.0:9091".to_owned())
+            && args.contains(&"--admin=127.0.0.1:9090".to_owned()),
         "{args:?}"
     );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"].as_str(), Some("probes"));
+    }
     // The manifest's flags must parse with this binary's CLI.
     use clap::Parser;
     let cli = gateway::cli::Cli::try_parse_from(
@@ -298,5 +303,5 @@ fn the_image_build_is_small_and_exposes_every_listener() {
         .find_map(|l| l.strip_prefix("EXPOSE "))
         .unwrap();
     let ports: Vec<&str> = expose.split_whitespace().collect();
-    assert_eq!(ports, ["8080", "8081", "8443", "8444", "9090"]);
+    assert_eq!(ports, ["8080", "8081", "8443", "8444", "9091"]);
 }

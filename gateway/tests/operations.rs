@@ -517,3 +517,36 @@ async fn traced_requests_continue_the_callers_trace_and_reach_the_collector() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(collector.spans().len(), 3);
 }
+
+/// `--probes`: a listener for kubelets and scrapers that serves `/metrics`,
+/// `/healthz` and `/readyz` and nothing else; the table (`/debug/routes`,
+/// every host and endpoint) and `/ui` stay on the admin listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probes_listener_shows_no_table() {
+    let b = Backend::start("rev-1").await;
+    let snap = route("ns", "probed", &[("rev-1", 100, None)]) + &slice("ns", "rev-1", &[b.addr]);
+    let probes: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let gw = Gateway::serve_with(&snap, closed(), &["--probes", &probes.to_string()]).await;
+    let client = HttpClient::new();
+    let get = |path: &str| {
+        let req = http::Request::get(format!("http://{probes}{path}"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        client.send(req)
+    };
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get(path).await.unwrap().status, 200, "{path}");
+    }
+    assert!(get("/metrics")
+        .await
+        .unwrap()
+        .body
+        .contains("gateway_routes 1"));
+    for path in ["/debug/routes", "/ui", "/ui/data", "/"] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.body.contains("probed"), "{path}: {}", r.body);
+    }
+    // The admin listener still has everything.
+    assert_eq!(gw.debug_routes().await["routes"][0]["name"], "probed");
+}
