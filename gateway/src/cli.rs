@@ -136,21 +136,28 @@ pub struct ServeArgs {
     /// are never touched.
     #[arg(long, env = "GATEWAY_INGRESS_CLASS", default_value = config_sync::kingress::DEFAULT_CLASS)]
     pub ingress_class: String,
-    /// Lease (NAMESPACE/NAME) electing the one replica that writes KIngress status.
-    #[arg(long, env = "GATEWAY_LEASE", default_value = "knative-gateway/knative-gateway", value_parser = parse_key)]
-    pub lease: config_sync::ObjectKey,
+    /// The namespace the gateway runs in (the downward API's
+    /// `metadata.namespace`): where `--lease`, `--public-service` and
+    /// `--private-service` are by default.
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub pod_namespace: String,
+    /// Lease (NAMESPACE/NAME) electing the one replica that writes KIngress
+    /// status; default `<pod namespace>/knative-gateway`.
+    #[arg(long, env = "GATEWAY_LEASE", value_parser = parse_key)]
+    pub lease: Option<config_sync::ObjectKey>,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
     pub identity: String,
     /// The gateway's external Service (NAMESPACE/NAME), written to KIngress
-    /// `status.publicLoadBalancer`.
-    #[arg(long, env = "GATEWAY_PUBLIC_SERVICE", default_value = "knative-gateway/knative-gateway", value_parser = parse_key)]
-    pub public_service: config_sync::ObjectKey,
+    /// `status.publicLoadBalancer`; default `<pod namespace>/knative-gateway`.
+    #[arg(long, env = "GATEWAY_PUBLIC_SERVICE", value_parser = parse_key)]
+    pub public_service: Option<config_sync::ObjectKey>,
     /// The gateway's internal Service (NAMESPACE/NAME), written to
     /// `status.privateLoadBalancer`; the leader probes its ready endpoints (every
-    /// replica) before marking a KIngress Ready.
-    #[arg(long, env = "GATEWAY_PRIVATE_SERVICE", default_value = "knative-gateway/knative-gateway-internal", value_parser = parse_key)]
-    pub private_service: config_sync::ObjectKey,
+    /// replica) before marking a KIngress Ready. Default
+    /// `<pod namespace>/knative-gateway-internal`.
+    #[arg(long, env = "GATEWAY_PRIVATE_SERVICE", value_parser = parse_key)]
+    pub private_service: Option<config_sync::ObjectKey>,
     /// Kubernetes cluster domain, for the `x.ns.svc.<domain>` host names.
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -197,7 +204,35 @@ fn default_identity() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
+/// The namespace deploy/ installs into, and the default without `POD_NAMESPACE`.
+pub const DEFAULT_NAMESPACE: &str = "knative-gateway";
+
 impl ServeArgs {
+    /// `--lease`, or `knative-gateway` in the pod's namespace.
+    pub fn lease(&self) -> config_sync::ObjectKey {
+        self.in_pod_namespace(&self.lease, "knative-gateway")
+    }
+
+    /// `--public-service`, or `knative-gateway` in the pod's namespace.
+    pub fn public_service(&self) -> config_sync::ObjectKey {
+        self.in_pod_namespace(&self.public_service, "knative-gateway")
+    }
+
+    /// `--private-service`, or `knative-gateway-internal` in the pod's namespace.
+    pub fn private_service(&self) -> config_sync::ObjectKey {
+        self.in_pod_namespace(&self.private_service, "knative-gateway-internal")
+    }
+
+    fn in_pod_namespace(
+        &self,
+        given: &Option<config_sync::ObjectKey>,
+        name: &str,
+    ) -> config_sync::ObjectKey {
+        given
+            .clone()
+            .unwrap_or_else(|| config_sync::ObjectKey::new(&self.pod_namespace, name))
+    }
+
     /// What the kube source watches and how it retries.
     pub fn kube_options(&self) -> KubeOptions {
         let defaults = KubeOptions::default();
@@ -528,6 +563,25 @@ mod tests {
             "--kube-max-backoff only applies with --kube"
         );
         assert!(serve(&["--file", "f"]).validate().is_ok());
+    }
+
+    #[test]
+    fn lease_and_services_default_to_the_pods_namespace() {
+        let serve =
+            |args: &[&str]| match Cli::try_parse_from([&["gateway", "serve"], args].concat())
+                .unwrap()
+                .command
+            {
+                Command::Serve(args) => args,
+                Command::Demo(_) => unreachable!(),
+            };
+        let key = |k: config_sync::ObjectKey| k.to_string();
+        let args = serve(&["--kube", "--pod-namespace", "edge"]);
+        assert_eq!(key(args.lease()), "edge/knative-gateway");
+        assert_eq!(key(args.public_service()), "edge/knative-gateway");
+        assert_eq!(key(args.private_service()), "edge/knative-gateway-internal");
+        let args = serve(&["--kube", "--pod-namespace", "edge", "--lease", "x/y"]);
+        assert_eq!(key(args.lease()), "x/y", "a flag wins");
     }
 
     #[test]

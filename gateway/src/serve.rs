@@ -20,7 +20,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let publisher = Arc::new(Publisher::new(BuildOptions {
         cluster_domain: args.cluster_domain.clone(),
-        internal_service: Some(args.private_service.clone()),
+        internal_service: Some(args.private_service()),
         default_certificate: args.default_certificate.clone(),
         cluster_certificate: args.cluster_cert_secret.clone(),
         system_namespace: args.system_namespace.clone(),
@@ -65,10 +65,10 @@ fn kube_tasks(
     let config = kube_config(args.kubeconfig.as_deref())?;
     let options = args.kube_options();
     let status = StatusOptions {
-        lease: args.lease.clone(),
+        lease: args.lease(),
         identity: args.identity.clone(),
-        public_service: args.public_service.clone(),
-        private_service: args.private_service.clone(),
+        public_service: args.public_service(),
+        private_service: args.private_service(),
         cluster_domain: args.cluster_domain.clone(),
         interval: Duration::from_secs(1),
         source: options.source,

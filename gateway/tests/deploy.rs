@@ -176,6 +176,17 @@ fn deployment_drains_within_its_grace_period_and_runs_locked_down() {
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(c[probe]["httpGet"]["port"].as_str(), Some("probes"));
     }
+    // Installable in any namespace: the Lease and Services follow the pod's
+    // namespace (downward API), and no flag names a namespace of its own.
+    let env = c["env"].as_sequence().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+        && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    for flag in ["--lease", "--public-service", "--private-service"] {
+        assert!(
+            !args.iter().any(|a| a.starts_with(flag)),
+            "{flag} in {args:?}"
+        );
+    }
     // The manifest's flags must parse with this binary's CLI.
     use clap::Parser;
     let cli = gateway::cli::Cli::try_parse_from(

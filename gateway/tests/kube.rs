@@ -454,3 +454,62 @@ async fn kingress_of_our_class_marked_ready_once_every_replica_serves_it() {
         (200, hash_of(&newer))
     );
 }
+
+/// Installed in another namespace, told only that namespace (as the
+/// Deployment passes it from the downward API): the Lease, the Services
+/// written to status and the replicas probed are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_in_another_namespace_with_only_its_name() {
+    const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
+    let c = cluster().await;
+    let a = Backend::start("rev-a").await;
+    c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
+    c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
+    c.api.apply(kingress_obj(OURS, "web", 1, &[("rev-a", 100)]));
+    let gw = Gateway::kube(
+        &c.kubeconfig,
+        a.addr,
+        &["--source", "routes", "--pod-namespace", "edge-system"],
+    )
+    .await;
+    c.api
+        .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
+        "metadata": {"name": "internal-0", "namespace": "edge-system",
+                     "labels": {"kubernetes.io/service-name": "knative-gateway-internal"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+    let status = || {
+        c.api
+            .get(
+                "networking.internal.knative.dev/v1alpha1",
+                "Ingress",
+                "ns",
+                "web",
+            )
+            .unwrap()["status"]
+            .clone()
+    };
+    eventually(15, "KIngress Ready", || async {
+        status()["observedGeneration"] == 1
+    })
+    .await;
+    let s = status();
+    assert_eq!(
+        s["publicLoadBalancer"]["ingress"][0]["domainInternal"],
+        "knative-gateway.edge-system.svc.cluster.local"
+    );
+    assert_eq!(
+        s["privateLoadBalancer"]["ingress"][0]["domainInternal"],
+        "knative-gateway-internal.edge-system.svc.cluster.local"
+    );
+    let lease = c
+        .api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "edge-system",
+            "knative-gateway",
+        )
+        .expect("the Lease in the pod's namespace");
+    assert!(lease["spec"]["holderIdentity"].as_str().is_some());
+}
