@@ -1388,11 +1388,16 @@ pub fn update_kingresses(
         Arc::new(index)
     };
     // Rejections of the changed KIngresses are replaced, but for host
-    // conflicts, which stand while their hosts do.
+    // conflicts, which stand while their hosts do, and missing certificate
+    // Secrets, which stand while their `spec.tls` does (a patch is only made
+    // when it did not change, and it does not read Secrets).
     let kept = prev.rejected.iter().filter(|r| {
         !(r.kind == Kind::KIngress
             && changed.contains(&r.object)
-            && !matches!(r.error, ObjectError::HostConflict { .. }))
+            && !matches!(
+                r.error,
+                ObjectError::HostConflict { .. } | ObjectError::NoSecret { .. }
+            ))
     });
     let rejected = kept.cloned().chain(rejected).collect();
     for ing in next_good {

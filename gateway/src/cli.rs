@@ -116,6 +116,14 @@ pub struct ServeArgs {
     /// and ConfigMaps labelled `networking.knative.dev/trust-bundle`).
     #[arg(long, env = "GATEWAY_SYSTEM_NAMESPACE", default_value = config_sync::trust::DEFAULT_SYSTEM_NAMESPACE)]
     pub system_namespace: String,
+    /// With `--kube`, watch only the certificate Secrets that also match this
+    /// label selector, e.g. `networking.internal.knative.dev/certificate-uid`
+    /// (on every certificate Knative makes, as Kourier's
+    /// `ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID` selects them): other
+    /// Secrets never reach the gateway. The `--default-certificate` and
+    /// `--cluster-cert-secret` Secrets must match it too.
+    #[arg(long, env = "GATEWAY_SECRET_LABEL_SELECTOR", requires = "kube")]
+    pub secret_label_selector: Option<String>,
     /// Speak TLS 1.3 to the activator (Knative's `system-internal-tls`;
     /// point `--activator` at its port 8112): its certificate must chain to
     /// the trust bundle and name `kn-routing`. Without a trust bundle,
@@ -245,6 +253,7 @@ impl ServeArgs {
             ingress_class: Some(self.ingress_class.clone()),
             max_backoff: self.kube_max_backoff.unwrap_or(defaults.max_backoff),
             system_namespace: self.system_namespace.clone(),
+            secret_labels: self.secret_label_selector.clone(),
             ..defaults
         }
     }

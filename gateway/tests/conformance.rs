@@ -1769,6 +1769,43 @@ async fn cluster_local_certificates_stay_on_the_internal_listener() {
     );
 }
 
+/// Not a suite case: `--secret-label-selector` keeps certificate Secrets
+/// without the label out of the gateway: a KIngress naming one is served
+/// without its certificate (the Secret is missing, by name, in
+/// `/debug/routes`), while a labelled one serves its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_labelled_certificate_secrets_are_watched_when_asked() {
+    let label = "networking.internal.knative.dev/certificate-uid";
+    let e = env_with(&["--secret-label-selector", label]).await;
+    let ca = TestCa::new();
+    let _b = e.runtime("labelled").await;
+    for (name, labelled) in [("labelled", true), ("unlabelled", false)] {
+        let (crt, key, _) = ca.leaf(&[&host(name)]);
+        let mut secret = tls_secret(&format!("{name}-cert"), &crt, &key);
+        if labelled {
+            secret["metadata"]["labels"] = json!({label: "0b1d"});
+        }
+        e.api.apply(secret);
+        let mut spec = simple(&host(name), "labelled");
+        spec["tls"] = json!([{"hosts": [host(name)], "secretName": format!("{name}-cert"),
+                              "secretNamespace": NS}]);
+        e.ingress_ready(name, spec).await;
+    }
+    let r = https_get(e.gw.https, &host("labelled"), "/", &ca.der)
+        .await
+        .unwrap();
+    assert_eq!((r.reply.status, r.reply.body.as_str()), (200, "labelled"));
+    let refused = https_get(e.gw.https, &host("unlabelled"), "/", &ca.der).await;
+    assert!(refused.is_err(), "no certificate for an unlabelled Secret");
+    let rejected = e.gw.rejected().await;
+    assert!(
+        rejected.iter().any(
+            |(object, reason, _)| object == "serving-tests/unlabelled" && reason == "no_secret"
+        ),
+        "{rejected:?}"
+    );
+}
+
 /// Each case of Knative's suite runs twice: as it is (`plain::`), and with
 /// system-internal TLS on (`encrypted::`, see [`Encryption`]).
 macro_rules! cases {

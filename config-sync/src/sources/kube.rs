@@ -72,6 +72,11 @@ pub struct KubeOptions {
     /// Knative's system namespace, whose CA Secret and trust-bundle
     /// ConfigMaps are watched ([`crate::trust`]).
     pub system_namespace: String,
+    /// A label selector certificate Secrets must also match to be watched
+    /// (e.g. `networking.internal.knative.dev/certificate-uid`, which
+    /// Knative puts on the certificates it makes): other Secrets never
+    /// reach the gateway.
+    pub secret_labels: Option<String>,
 }
 
 impl Default for KubeOptions {
@@ -83,6 +88,7 @@ impl Default for KubeOptions {
             ingress_class: Some(kingress::DEFAULT_CLASS.into()),
             max_backoff: DEFAULT_MAX_BACKOFF,
             system_namespace: crate::trust::DEFAULT_SYSTEM_NAMESPACE.into(),
+            secret_labels: None,
         }
     }
 }
@@ -383,9 +389,16 @@ impl KubeSource {
                     watcher::Config::default().labels(SERVICE_NAME_LABEL)
                 }
                 Resource::EndpointSlice => watcher::Config::default().labels(REVISION_LABEL),
-                // Certificates only: other Secrets never leave the API server.
-                Resource::Secret => watcher::Config::default()
-                    .fields(&format!("type={}", crate::tls::TLS_SECRET_TYPE)),
+                // Certificates only (and with --secret-label-selector, only
+                // those labelled): other Secrets never leave the API server.
+                Resource::Secret => {
+                    let config = watcher::Config::default()
+                        .fields(&format!("type={}", crate::tls::TLS_SECRET_TYPE));
+                    match &self.options.secret_labels {
+                        Some(selector) => config.labels(selector),
+                        None => config,
+                    }
+                }
                 Resource::CaSecret => watcher::Config::default()
                     .fields(&format!("metadata.name={}", crate::trust::CA_SECRET)),
                 Resource::TrustBundle => {
