@@ -86,6 +86,7 @@ pub struct Publisher {
     state: Mutex<BuilderState>,
     ready: AtomicBool,
     status: SourceStatus,
+    writer: Arc<crate::status::WriterHealth>,
 }
 
 impl Publisher {
@@ -101,7 +102,13 @@ impl Publisher {
             }),
             ready: AtomicBool::new(false),
             status: SourceStatus::default(),
+            writer: Arc::default(),
         }
+    }
+
+    /// What the KIngress status writer could not do for lack of a permission.
+    pub fn writer_health(&self) -> &Arc<crate::status::WriterHealth> {
+        &self.writer
     }
 
     /// A read handle for the request path.

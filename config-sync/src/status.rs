@@ -62,6 +62,46 @@ pub struct StatusWriter {
     kingresses: KIngressFeed,
     table: TableReader,
     http: HttpClient<HttpConnector, Empty<Bytes>>,
+    health: Arc<WriterHealth>,
+}
+
+/// What stops the status writer that an operator must fix: a permission the
+/// API server refused (RBAC), for metrics and `/debug/routes`.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// Requests the API server refused with 403.
+    pub forbidden: std::sync::atomic::AtomicU64,
+    missing: std::sync::Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    /// The permission last refused, while it still is.
+    pub fn missing_permission(&self) -> Option<String> {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, missing: Option<String>) {
+        *self.missing.lock().unwrap_or_else(|e| e.into_inner()) = missing;
+    }
+
+    /// Note `e` if it is a refusal of `permission`; whether it was.
+    fn refused(&self, e: &kube::Error, permission: String) -> bool {
+        let kube::Error::Api(s) = e else { return false };
+        if s.code != 403 {
+            return false;
+        }
+        self.forbidden
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            "the API server refused a permission: grant the gateway's ServiceAccount {permission} (deploy/base/rbac.yaml): {}",
+            s.message
+        );
+        self.set(Some(format!("{permission}: {}", s.message)));
+        true
+    }
 }
 
 /// What a KIngress's status should say now.
@@ -89,7 +129,14 @@ impl StatusWriter {
             kingresses,
             table,
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            health: Arc::default(),
         }
+    }
+
+    /// Report refused permissions to `health`.
+    pub fn with_health(mut self, health: Arc<WriterHealth>) -> Self {
+        self.health = health;
+        self
     }
 
     /// What the live table says of `ing`; `None` while it does not apply the
@@ -135,6 +182,12 @@ impl StatusWriter {
             &o.identity,
         );
         let mut leading = false;
+        let lease_permission = format!(
+            "get, create and update on leases (coordination.k8s.io) in namespace {}",
+            o.lease.namespace
+        );
+        let status_permission =
+            "get, update on ingresses/status (networking.internal.knative.dev)".to_owned();
         loop {
             match elector.try_lead().await {
                 Ok(now) => {
@@ -144,14 +197,25 @@ impl StatusWriter {
                     leading = now;
                 }
                 Err(e) => {
-                    tracing::warn!("cannot renew lease {}: {e}", o.lease);
+                    if !self.health.refused(&e, lease_permission.clone()) {
+                        tracing::warn!("cannot renew lease {}: {e}", o.lease);
+                    }
                     leading = false;
                 }
             }
+            let mut clear = leading;
             if leading {
                 if let Err(e) = self.mark_ready().await {
-                    tracing::warn!("KIngress status: {e}");
+                    if self.health.refused(&e, status_permission.clone()) {
+                        clear = false;
+                    } else {
+                        tracing::warn!("KIngress status: {e}");
+                    }
                 }
+            }
+            // A round that led and wrote without a refusal: nothing missing.
+            if clear {
+                self.health.set(None);
             }
             tokio::select! {
                 _ = tokio::time::sleep(o.interval) => {}

@@ -126,6 +126,9 @@ impl Admin {
             ready: bool,
             source_last_error: Option<String>,
             source_errors: u64,
+            /// A permission the API server refused the status writer.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            missing_permission: Option<String>,
             activator: ActivatorView,
             #[serde(flatten)]
             table: config_sync::table::TableView,
@@ -140,6 +143,7 @@ impl Admin {
             ready: self.publisher.is_ready(),
             source_last_error: status.last_error(),
             source_errors: status.errors.load(std::sync::atomic::Ordering::Relaxed),
+            missing_permission: self.publisher.writer_health().missing_permission(),
             activator: ActivatorView {
                 target: self.activator.target().to_owned(),
                 address: self.activator.addr().map(|a| a.to_string()),

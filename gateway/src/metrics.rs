@@ -79,6 +79,8 @@ pub struct Metrics {
     upstream_tls_failures: IntCounterVec,
     source_errors: IntCounter,
     source_relists: IntCounter,
+    /// Requests the API server refused (RBAC), copied from the status writer's health.
+    forbidden: IntCounter,
     /// Last values copied from the publisher's counters: (errors, relists).
     seen: Mutex<(u64, u64)>,
 }
@@ -125,6 +127,10 @@ impl Metrics {
                 "Backend certificates refused on the way to a TLS backend (system-internal TLS), by reason.",
             ),
             &["reason"],
+        )?;
+        let forbidden = IntCounter::new(
+            "gateway_kube_forbidden_total",
+            "Requests of the KIngress status writer (Lease, status) the API server refused with 403: a permission is missing (see /debug/routes).",
         )?;
         let ejected = IntGaugeVec::new(
             Opts::new(
@@ -222,6 +228,7 @@ impl Metrics {
             Box::new(seconds_since_sync.clone()),
             Box::new(rejected.clone()),
             Box::new(upstream_tls_failures.clone()),
+            Box::new(forbidden.clone()),
             Box::new(source_errors.clone()),
             Box::new(source_relists.clone()),
         ] {
@@ -247,6 +254,7 @@ impl Metrics {
             seconds_since_sync,
             rejected,
             upstream_tls_failures,
+            forbidden,
             source_errors,
             source_relists,
             seen: Mutex::new((0, 0)),
@@ -300,6 +308,9 @@ impl Metrics {
                 .with_label_values(&[kind.as_str(), reason])
                 .set(n);
         }
+        let refused = publisher.writer_health().forbidden.load(Ordering::Relaxed);
+        self.forbidden
+            .inc_by(refused.saturating_sub(self.forbidden.get()));
         for (reason, n) in config_sync::trust::failures() {
             let c = self.upstream_tls_failures.with_label_values(&[reason]);
             c.inc_by(n.saturating_sub(c.get()));

@@ -89,10 +89,12 @@ fn kube_tasks(
     });
     let p = publisher.clone();
     let table = publisher.reader();
+    let health = publisher.writer_health().clone();
     let writer = Task::new(move |shutdown| async move {
         match kube::Client::try_from(config) {
             Ok(client) => {
                 StatusWriter::new(client, status, kingresses, table)
+                    .with_health(health)
                     .run(shutdown)
                     .await
             }

@@ -513,3 +513,67 @@ async fn installed_in_another_namespace_with_only_its_name() {
         .expect("the Lease in the pod's namespace");
     assert!(lease["spec"]["holderIdentity"].as_str().is_some());
 }
+
+/// A permission the API server refuses (RBAC's 403) is named: an error in
+/// the log, `gateway_kube_forbidden_total`, and `missing_permission` in
+/// `/debug/routes`, for the Lease and for status writes alike; granted, the
+/// KIngress turns Ready and nothing is missing any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_permission_is_named_until_granted() {
+    const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
+    let c = cluster().await;
+    let a = Backend::start("rev-a").await;
+    c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
+    c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
+    c.api.apply(kingress_obj(OURS, "web", 1, &[("rev-a", 100)]));
+    c.api.forbid("leases");
+    let gw = Gateway::kube(&c.kubeconfig, a.addr, &["--source", "routes"]).await;
+    c.api
+        .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
+        "metadata": {"name": "internal-0", "namespace": "knative-gateway",
+                     "labels": {"kubernetes.io/service-name": "knative-gateway-internal"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+    let missing = || async { gw.debug_routes().await["missing_permission"].clone() };
+    eventually(10, "the Lease refusal named", || async {
+        missing()
+            .await
+            .as_str()
+            .is_some_and(|m| m.contains("leases"))
+    })
+    .await;
+    assert!(gw.metric("gateway_kube_forbidden_total").await.unwrap() >= 1.0);
+    assert!(
+        gw.stderr().contains("refused a permission"),
+        "{}",
+        gw.stderr()
+    );
+
+    c.api.allow("leases");
+    c.api.forbid("ingresses/status");
+    eventually(10, "the status refusal named", || async {
+        missing()
+            .await
+            .as_str()
+            .is_some_and(|m| m.contains("ingresses/status"))
+    })
+    .await;
+
+    c.api.allow("ingresses/status");
+    let generation = || {
+        c.api
+            .get(
+                "networking.internal.knative.dev/v1alpha1",
+                "Ingress",
+                "ns",
+                "web",
+            )
+            .unwrap()["status"]["observedGeneration"]
+            .clone()
+    };
+    eventually(15, "KIngress Ready once granted", || async {
+        generation() == 1
+    })
+    .await;
+    eventually(5, "nothing missing", || async { missing().await.is_null() }).await;
+}

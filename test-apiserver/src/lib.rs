@@ -69,6 +69,9 @@ struct Shared {
     running: std::sync::atomic::AtomicBool,
     lists: AtomicU64,
     watches: AtomicU64,
+    /// Resources (`leases`, `ingresses/status`) answered 403, as RBAC
+    /// answers a permission not granted.
+    forbidden: Mutex<Vec<String>>,
 }
 
 /// A running test API server.
@@ -110,6 +113,7 @@ impl ApiServer {
                 running: std::sync::atomic::AtomicBool::new(true),
                 lists: AtomicU64::new(0),
                 watches: AtomicU64::new(0),
+                forbidden: Mutex::new(Vec::new()),
             }),
             task: Mutex::new(None),
         };
@@ -214,6 +218,25 @@ impl ApiServer {
     }
 
     /// Forget the event history: watches resuming from before now get 410 Gone.
+    /// Answer every request for `resource` (a plural, or `plural/status`)
+    /// with 403 Forbidden, as RBAC does for a permission not granted.
+    pub fn forbid(&self, resource: &str) {
+        self.shared
+            .forbidden
+            .lock()
+            .unwrap()
+            .push(resource.to_owned());
+    }
+
+    /// Grant what [`ApiServer::forbid`] took away.
+    pub fn allow(&self, resource: &str) {
+        self.shared
+            .forbidden
+            .lock()
+            .unwrap()
+            .retain(|r| r != resource);
+    }
+
     pub fn compact(&self) {
         let mut st = self.shared.state.lock().unwrap();
         st.history.clear();
@@ -412,6 +435,30 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             &status(404, "NotFound", format!("no route {}", req.uri().path())),
         ));
     };
+    let resource = if target.status {
+        format!("{}/status", target.plural)
+    } else {
+        target.plural.clone()
+    };
+    if shared.forbidden.lock().unwrap().contains(&resource) {
+        let verb = match *req.method() {
+            Method::GET if target.name.is_none() => "list",
+            Method::GET => "get",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "use",
+        };
+        let message = format!(
+            "{resource} is forbidden: User \"system:serviceaccount:test:gateway\" cannot {verb} resource \"{resource}\" in namespace \"{}\"",
+            target.namespace.as_deref().unwrap_or_default()
+        );
+        return Ok(json_response(
+            StatusCode::FORBIDDEN,
+            &status(403, "Forbidden", message),
+        ));
+    }
     let query: BTreeMap<String, String> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
