@@ -455,45 +455,60 @@ async fn kingress_of_our_class_marked_ready_once_every_replica_serves_it() {
     );
 }
 
-/// Installed in another namespace, told only that namespace (as the
-/// Deployment passes it from the downward API): the Lease, the Services
-/// written to status and the replicas probed are all there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn installed_in_another_namespace_with_only_its_name() {
+/// A cluster with Route `ns/web` on revision `rev-a` (the backend returned)
+/// and a KIngress of our class for it, generation 1.
+async fn web_with_kingress() -> (Cluster, Backend) {
     const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
     let c = cluster().await;
     let a = Backend::start("rev-a").await;
     c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
     c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
     c.api.apply(kingress_obj(OURS, "web", 1, &[("rev-a", 100)]));
+    (c, a)
+}
+
+/// The gateway's internal Service `<ns>/knative-gateway-internal`: `gw`, the
+/// replica the leader probes.
+fn internal_endpoints(c: &Cluster, ns: &str, gw: &Gateway) {
+    c.api
+        .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
+        "metadata": {"name": "internal-0", "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": "knative-gateway-internal"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+}
+
+/// The status of KIngress `ns/web`.
+fn web_status(c: &Cluster) -> serde_json::Value {
+    c.api
+        .get(
+            "networking.internal.knative.dev/v1alpha1",
+            "Ingress",
+            "ns",
+            "web",
+        )
+        .unwrap()["status"]
+        .clone()
+}
+
+/// Installed in another namespace, told only that namespace (as the
+/// Deployment passes it from the downward API): the Lease, the Services
+/// written to status and the replicas probed are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_in_another_namespace_with_only_its_name() {
+    let (c, a) = web_with_kingress().await;
     let gw = Gateway::kube(
         &c.kubeconfig,
         a.addr,
         &["--source", "routes", "--pod-namespace", "edge-system"],
     )
     .await;
-    c.api
-        .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
-        "metadata": {"name": "internal-0", "namespace": "edge-system",
-                     "labels": {"kubernetes.io/service-name": "knative-gateway-internal"}},
-        "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
-    let status = || {
-        c.api
-            .get(
-                "networking.internal.knative.dev/v1alpha1",
-                "Ingress",
-                "ns",
-                "web",
-            )
-            .unwrap()["status"]
-            .clone()
-    };
+    internal_endpoints(&c, "edge-system", &gw);
     eventually(15, "KIngress Ready", || async {
-        status()["observedGeneration"] == 1
+        web_status(&c)["observedGeneration"] == 1
     })
     .await;
-    let s = status();
+    let s = web_status(&c);
     assert_eq!(
         s["publicLoadBalancer"]["ingress"][0]["domainInternal"],
         "knative-gateway.edge-system.svc.cluster.local"
@@ -520,20 +535,10 @@ async fn installed_in_another_namespace_with_only_its_name() {
 /// KIngress turns Ready and nothing is missing any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_permission_is_named_until_granted() {
-    const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
-    let c = cluster().await;
-    let a = Backend::start("rev-a").await;
-    c.api.apply(route_obj("ns", "web", &[("rev-a", 100)]));
-    c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
-    c.api.apply(kingress_obj(OURS, "web", 1, &[("rev-a", 100)]));
+    let (c, a) = web_with_kingress().await;
     c.api.forbid("leases");
     let gw = Gateway::kube(&c.kubeconfig, a.addr, &["--source", "routes"]).await;
-    c.api
-        .apply(json!({"apiVersion": SLICE_API, "kind": "EndpointSlice",
-        "metadata": {"name": "internal-0", "namespace": "knative-gateway",
-                     "labels": {"kubernetes.io/service-name": "knative-gateway-internal"}},
-        "addressType": "IPv4", "ports": [{"name": "http", "port": gw.internal.port()}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+    internal_endpoints(&c, "knative-gateway", &gw);
     let missing = || async { gw.debug_routes().await["missing_permission"].clone() };
     eventually(10, "the Lease refusal named", || async {
         missing()
@@ -560,19 +565,8 @@ async fn a_refused_permission_is_named_until_granted() {
     .await;
 
     c.api.allow("ingresses/status");
-    let generation = || {
-        c.api
-            .get(
-                "networking.internal.knative.dev/v1alpha1",
-                "Ingress",
-                "ns",
-                "web",
-            )
-            .unwrap()["status"]["observedGeneration"]
-            .clone()
-    };
     eventually(15, "KIngress Ready once granted", || async {
-        generation() == 1
+        web_status(&c)["observedGeneration"] == 1
     })
     .await;
     eventually(5, "nothing missing", || async { missing().await.is_null() }).await;
