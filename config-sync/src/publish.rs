@@ -73,6 +73,44 @@ impl SourceStatus {
     }
 }
 
+/// What stops the status writer that an operator must fix: a permission the
+/// API server refused (RBAC), for metrics and `/debug/routes`.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// Requests the API server refused with 403.
+    pub forbidden: AtomicU64,
+    missing: Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    /// The permission last refused, while it still is.
+    pub fn missing_permission(&self) -> Option<String> {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set(&self, missing: Option<String>) {
+        *self.missing.lock().unwrap_or_else(|e| e.into_inner()) = missing;
+    }
+
+    /// Note `e` if it is a refusal of `permission`; whether it was.
+    pub(crate) fn refused(&self, e: &kube::Error, permission: String) -> bool {
+        let kube::Error::Api(s) = e else { return false };
+        if s.code != 403 {
+            return false;
+        }
+        self.forbidden.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "the API server refused a permission: grant the gateway's ServiceAccount {permission} (deploy/base/rbac.yaml): {}",
+            s.message
+        );
+        self.set(Some(format!("{permission}: {}", s.message)));
+        true
+    }
+}
+
 struct BuilderState {
     last_good: LastGood,
     generation: u64,
@@ -86,7 +124,7 @@ pub struct Publisher {
     state: Mutex<BuilderState>,
     ready: AtomicBool,
     status: SourceStatus,
-    writer: Arc<crate::status::WriterHealth>,
+    writer: Arc<WriterHealth>,
 }
 
 impl Publisher {
@@ -107,7 +145,7 @@ impl Publisher {
     }
 
     /// What the KIngress status writer could not do for lack of a permission.
-    pub fn writer_health(&self) -> &Arc<crate::status::WriterHealth> {
+    pub fn writer_health(&self) -> &Arc<WriterHealth> {
         &self.writer
     }
 

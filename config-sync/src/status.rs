@@ -27,7 +27,7 @@ use crate::error::{ObjectError, Outcome, Rejection};
 use crate::kingress::{self, KIngress};
 use crate::leader::LeaderElector;
 use crate::model::{EndpointSlice, Kind, ObjectKey};
-use crate::publish::TableReader;
+use crate::publish::{TableReader, WriterHealth};
 use crate::sources::kube::SourceKind;
 use crate::table::Table;
 
@@ -63,45 +63,6 @@ pub struct StatusWriter {
     table: TableReader,
     http: HttpClient<HttpConnector, Empty<Bytes>>,
     health: Arc<WriterHealth>,
-}
-
-/// What stops the status writer that an operator must fix: a permission the
-/// API server refused (RBAC), for metrics and `/debug/routes`.
-#[derive(Debug, Default)]
-pub struct WriterHealth {
-    /// Requests the API server refused with 403.
-    pub forbidden: std::sync::atomic::AtomicU64,
-    missing: std::sync::Mutex<Option<String>>,
-}
-
-impl WriterHealth {
-    /// The permission last refused, while it still is.
-    pub fn missing_permission(&self) -> Option<String> {
-        self.missing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set(&self, missing: Option<String>) {
-        *self.missing.lock().unwrap_or_else(|e| e.into_inner()) = missing;
-    }
-
-    /// Note `e` if it is a refusal of `permission`; whether it was.
-    fn refused(&self, e: &kube::Error, permission: String) -> bool {
-        let kube::Error::Api(s) = e else { return false };
-        if s.code != 403 {
-            return false;
-        }
-        self.forbidden
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!(
-            "the API server refused a permission: grant the gateway's ServiceAccount {permission} (deploy/base/rbac.yaml): {}",
-            s.message
-        );
-        self.set(Some(format!("{permission}: {}", s.message)));
-        true
-    }
 }
 
 /// What a KIngress's status should say now.
