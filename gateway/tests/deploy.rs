@@ -316,3 +316,89 @@ fn the_image_build_is_small_and_exposes_every_listener() {
     let ports: Vec<&str> = expose.split_whitespace().collect();
     assert_eq!(ports, ["8080", "8081", "8443", "8444", "9091"]);
 }
+
+/// `deploy/render.py` makes the one file users apply: every object of the
+/// base and the trust bundle's Role, moved to the namespace asked for, the
+/// image pinned as given, the version labels on each, and the result valid
+/// against the Kubernetes schemas. It reads the base, so it cannot drift.
+#[test]
+fn the_rendered_release_file_is_the_base_in_any_namespace() {
+    let image = "registry.example.com/knative-gateway@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let out = Command::new("python3")
+        .arg(deploy().join("render.py"))
+        .args(["--image", image, "--namespace", "edge-system"])
+        .output()
+        .expect("python3 runs deploy/render.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("knative-gateway.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    for version in ["1.28.0", "1.37.0"] {
+        let v = validate(std::slice::from_ref(&file), version);
+        assert!(
+            v.status.success(),
+            "Kubernetes {version}:\n{}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let objects: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| <serde_norway::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .collect();
+    // Exactly the base's objects and the trust bundle's Role and binding.
+    let identity = |o: &serde_norway::Value| {
+        format!(
+            "{}/{}",
+            o["kind"].as_str().unwrap(),
+            o["metadata"]["name"].as_str().unwrap()
+        )
+    };
+    let mut rendered: Vec<String> = objects.iter().map(identity).collect();
+    let mut sources: Vec<String> = manifests()
+        .iter()
+        .filter(|p| p.parent().unwrap().ends_with("base") || p.ends_with("trust-bundle-rbac.yaml"))
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            serde_norway::Deserializer::from_str(&text)
+                .map(|d| <serde_norway::Value as serde::Deserialize>::deserialize(d).unwrap())
+                .map(|o| identity(&o))
+                .collect::<Vec<_>>()
+        })
+        .map(|id| id.replace("Namespace/knative-gateway", "Namespace/edge-system"))
+        .collect();
+    rendered.sort();
+    sources.sort();
+    assert_eq!(rendered, sources);
+    for o in &objects {
+        let kind = o["kind"].as_str().unwrap();
+        let ns = o["metadata"]["namespace"].as_str();
+        match kind {
+            "Namespace" | "ClusterRole" | "ClusterRoleBinding" => assert_eq!(ns, None, "{kind}"),
+            _ if o["metadata"]["name"] == "knative-gateway-trust-bundle" => {
+                assert_eq!(ns, Some("knative-serving"), "{kind}")
+            }
+            _ => assert_eq!(ns, Some("edge-system"), "{kind}"),
+        }
+        for s in o["subjects"].as_sequence().into_iter().flatten() {
+            assert_eq!(s["namespace"].as_str(), Some("edge-system"), "{kind}");
+        }
+        let labels = &o["metadata"]["labels"];
+        assert_eq!(
+            labels["app.kubernetes.io/version"].as_str(),
+            Some(env!("CARGO_PKG_VERSION")),
+            "{kind}"
+        );
+        assert!(labels["networking.knative.dev/ingress-provider"]
+            .as_str()
+            .is_some());
+    }
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+        Some(image)
+    );
+}
