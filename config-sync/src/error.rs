@@ -289,6 +289,40 @@ impl Rejection {
     }
 }
 
+/// An object's data parsed once per version: `last`, the previous parse and
+/// the fingerprint of the data it came from, is reused when `print` is the
+/// same; otherwise `parse` runs. A failure is rejected, naming the object
+/// (`kind`, `object`), and falls back to `last` (`Outcome::LastGood`), or
+/// to nothing (`Outcome::LeftOut`). Returns what to keep for the next build.
+pub(crate) fn parse_or_last_good<V: Clone>(
+    kind: Kind,
+    object: &ObjectKey,
+    print: u64,
+    last: Option<&(u64, V)>,
+    parse: impl FnOnce() -> Result<V, ObjectError>,
+    rejected: &mut Vec<Rejection>,
+) -> Option<(u64, V)> {
+    if let Some(same) = last.filter(|(p, _)| *p == print) {
+        return Some(same.clone());
+    }
+    match parse() {
+        Ok(value) => Some((print, value)),
+        Err(error) => {
+            rejected.push(Rejection {
+                kind,
+                object: object.clone(),
+                error,
+                outcome: if last.is_some() {
+                    Outcome::LastGood
+                } else {
+                    Outcome::LeftOut
+                },
+            });
+            last.cloned()
+        }
+    }
+}
+
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let outcome = match self.outcome {

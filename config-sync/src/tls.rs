@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
-use crate::error::{ObjectError, Outcome, Rejection};
+use crate::error::{parse_or_last_good, ObjectError, Outcome, Rejection};
 use crate::kingress::KIngress;
 use crate::model::{self, Kind, ObjectKey, Secret};
 
@@ -215,36 +215,18 @@ pub fn build(
             return None;
         }
         let secret = by_key.get(key)?;
-        let print = fingerprint(secret);
         let last = previous.0.get(key);
-        if let Some((p, cert)) = last.filter(|(p, _)| *p == print) {
-            parsed.0.insert(key.clone(), (*p, cert.clone()));
-            return Some(cert.clone());
-        }
-        match parse_secret(secret) {
-            Ok(cert) => {
-                let cert = Arc::new(cert);
-                parsed.0.insert(key.clone(), (print, cert.clone()));
+        let parse = || parse_secret(secret).map(Arc::new);
+        let print = fingerprint(secret);
+        match parse_or_last_good(Kind::Secret, key, print, last, parse, rejected) {
+            Some(kept) => {
+                let cert = kept.1.clone();
+                parsed.0.insert(key.clone(), kept);
                 Some(cert)
             }
-            Err(error) => {
-                let outcome = if last.is_some() {
-                    Outcome::LastGood
-                } else {
-                    Outcome::LeftOut
-                };
-                rejected.push(Rejection {
-                    kind: Kind::Secret,
-                    object: key.clone(),
-                    error,
-                    outcome,
-                });
-                let Some((p, cert)) = last else {
-                    failed.push(key.clone());
-                    return None;
-                };
-                parsed.0.insert(key.clone(), (*p, cert.clone()));
-                Some(cert.clone())
+            None => {
+                failed.push(key.clone());
+                None
             }
         }
     };

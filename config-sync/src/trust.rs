@@ -29,7 +29,7 @@ use rustls::{
 };
 use serde::Serialize;
 
-use crate::error::{ObjectError, Outcome, Rejection};
+use crate::error::{parse_or_last_good, ObjectError, Rejection};
 use crate::model::{self, ConfigMap, Kind, ObjectKey, Secret};
 
 /// The Secret whose `ca.crt` signs the activator's and queue-proxy's certificates.
@@ -340,33 +340,12 @@ pub fn build(
     for (key, pems) in found {
         let print = fingerprint(&pems);
         let last = previous.sources.get(&key);
-        let certs = match last.filter(|(p, _)| *p == print) {
-            Some((_, certs)) => Ok(certs.clone()),
-            None => pems.and_then(|p| parse_pems(&p)).map(Arc::from),
+        let parse = || pems.and_then(|p| parse_pems(&p)).map(Arc::from);
+        let Some(kept) = parse_or_last_good(key.0, &key.1, print, last, parse, rejected) else {
+            continue;
         };
-        let certs = match certs {
-            Ok(certs) => {
-                next.sources.insert(key.clone(), (print, certs.clone()));
-                certs
-            }
-            Err(error) => {
-                let outcome = if last.is_some() {
-                    Outcome::LastGood
-                } else {
-                    Outcome::LeftOut
-                };
-                rejected.push(Rejection {
-                    kind: key.0,
-                    object: key.1.clone(),
-                    error,
-                    outcome,
-                });
-                let Some(last) = last else { continue };
-                next.sources.insert(key.clone(), last.clone());
-                last.1.clone()
-            }
-        };
-        all.extend(certs.iter().cloned());
+        all.extend(kept.1.iter().cloned());
+        next.sources.insert(key.clone(), kept);
         sources.push(format!("{} {}", key.0, key.1));
     }
     if all.is_empty() {
@@ -402,6 +381,7 @@ impl Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Outcome;
 
     fn ca(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
         let key = rcgen::KeyPair::generate().unwrap();
