@@ -79,7 +79,15 @@ impl SourceStatus {
 pub struct WriterHealth {
     /// Requests the API server refused with 403.
     pub forbidden: AtomicU64,
+    /// Status writes the API server accepted.
+    pub writes: AtomicU64,
+    /// Knative probes of replicas that passed.
+    pub probes_passed: AtomicU64,
+    /// Knative probes of replicas that failed.
+    pub probes_failed: AtomicU64,
     missing: Mutex<Option<String>>,
+    /// KIngresses whose probe keeps failing, with the last failure.
+    probe_failures: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl WriterHealth {
@@ -89,6 +97,28 @@ impl WriterHealth {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// KIngresses (`namespace/name`) whose probe keeps failing, with why.
+    pub fn probe_failures(&self) -> std::collections::BTreeMap<String, String> {
+        self.probe_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_probe_failures(&self, now: std::collections::BTreeMap<String, String>) {
+        let mut held = self
+            .probe_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *held != now {
+            *held = now;
+        }
+    }
+
+    pub(crate) fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set(&self, missing: Option<String>) {
@@ -119,6 +149,8 @@ struct BuilderState {
 /// Builds tables from snapshots and swaps them in.
 pub struct Publisher {
     table: Arc<ArcSwap<Table>>,
+    /// The generation of the live table, for whoever waits for a new one.
+    changes: tokio::sync::watch::Sender<u64>,
     probes: Arc<ArcSwap<ProbeMap>>,
     options: BuildOptions,
     state: Mutex<BuilderState>,
@@ -132,6 +164,7 @@ impl Publisher {
     pub fn new(options: BuildOptions) -> Self {
         Self {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
+            changes: tokio::sync::watch::Sender::new(0),
             probes: Arc::new(ArcSwap::from_pointee(ProbeMap::new())),
             options,
             state: Mutex::new(BuilderState {
@@ -154,6 +187,11 @@ impl Publisher {
         TableReader(self.table.clone())
     }
 
+    /// Told the generation of every table swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// A read handle on the probe map.
     pub fn probes(&self) -> ProbeReader {
         ProbeReader(self.probes.clone())
@@ -162,6 +200,8 @@ impl Publisher {
     /// Replace the probe map (after a table or KIngress change).
     pub fn set_probes(&self, map: ProbeMap) {
         self.probes.store(Arc::new(map));
+        // Probes wait for the answers, not only for the table.
+        self.changes.send_modify(|_| {});
     }
 
     /// Build a table from `snapshot` and make it live. Rejections new since the
@@ -251,6 +291,7 @@ impl Publisher {
         self.table.store(table.clone());
         state.generation = generation;
         drop(state);
+        self.changes.send_replace(generation);
         Some((prev, table))
     }
 

@@ -176,7 +176,7 @@ pub struct Defaults<'a> {
 /// Whether `tls` applies to a rule of `ing` of visibility `local` (true:
 /// `ClusterLocal`): it holds all of that rule's hosts, as Knative's
 /// `GetIngressTLSForVisibility` decides.
-fn applies(ing: &KIngress, tls: &crate::kingress::IngressTls, local: bool) -> bool {
+pub(crate) fn applies(ing: &KIngress, tls: &crate::kingress::IngressTls, local: bool) -> bool {
     let norm = |h: &String| h.trim_end_matches('.').to_ascii_lowercase();
     let held: Vec<String> = tls.hosts.iter().map(norm).collect();
     ing.spec.rules.iter().any(|rule| {

@@ -129,6 +129,9 @@ impl Admin {
             /// A permission the API server refused the status writer.
             #[serde(skip_serializing_if = "Option::is_none")]
             missing_permission: Option<String>,
+            /// KIngresses whose Knative probe keeps failing, with why.
+            #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+            probe_failures: std::collections::BTreeMap<String, String>,
             activator: ActivatorView,
             #[serde(flatten)]
             table: config_sync::table::TableView,
@@ -144,6 +147,7 @@ impl Admin {
             source_last_error: status.last_error(),
             source_errors: status.errors.load(std::sync::atomic::Ordering::Relaxed),
             missing_permission: self.publisher.writer_health().missing_permission(),
+            probe_failures: self.publisher.writer_health().probe_failures(),
             activator: ActivatorView {
                 target: self.activator.target().to_owned(),
                 address: self.activator.addr().map(|a| a.to_string()),

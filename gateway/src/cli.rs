@@ -169,6 +169,19 @@ pub struct ServeArgs {
     /// Kubernetes cluster domain, for the `x.ns.svc.<domain>` host names.
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// KIngress status writes a second, as client-go's `--kube-api-qps`
+    /// (0: no limit). At the default a first install of 10,000 KIngresses
+    /// takes about 200 s to turn all Ready; changes made meanwhile go first.
+    #[arg(long, env = "GATEWAY_KUBE_API_QPS", default_value_t = 50.0)]
+    pub kube_api_qps: f64,
+    /// KIngress status writes at once before `--kube-api-qps` applies.
+    #[arg(long, env = "GATEWAY_KUBE_API_BURST", default_value_t = 100)]
+    pub kube_api_burst: u32,
+    /// Knative probes (of a host, on a replica) the status writer keeps in
+    /// flight at most.
+    #[arg(long, env = "GATEWAY_PROBE_CONCURRENCY", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub probe_concurrency: u32,
     /// Take over the listening sockets of a running gateway instead of
     /// binding them: start this process, then send SIGQUIT to the old one
     /// (within 5 s either way). No connection is refused on the way.
@@ -435,6 +448,23 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
+
+impl ServeArgs {
+    /// The ports of the HTTPS listeners, where the status writer probes
+    /// rules with TLS on every replica (all run these same listeners).
+    pub fn tls_ports(&self) -> config_sync::status::TlsPorts {
+        let port = |addr: &str| {
+            listener(addr)?
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.port())
+        };
+        config_sync::status::TlsPorts {
+            external: port(&self.https),
+            internal: port(&self.internal_https),
+        }
     }
 }
 

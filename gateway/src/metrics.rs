@@ -81,6 +81,10 @@ pub struct Metrics {
     source_relists: IntCounter,
     /// Requests the API server refused (RBAC), copied from the status writer's health.
     forbidden: IntCounter,
+    /// KIngress status writes accepted, copied from the writer's health.
+    status_writes: IntCounter,
+    /// Knative probes of replicas by the status writer, by result.
+    probes: IntCounterVec,
     /// Last values copied from the publisher's counters: (errors, relists).
     seen: Mutex<(u64, u64)>,
 }
@@ -131,6 +135,17 @@ impl Metrics {
         let forbidden = IntCounter::new(
             "gateway_kube_forbidden_total",
             "Requests of the KIngress status writer (Lease, status) the API server refused with 403: a permission is missing (see /debug/routes).",
+        )?;
+        let status_writes = IntCounter::new(
+            "gateway_kingress_status_writes_total",
+            "KIngress status writes the API server accepted (this replica, while it leads).",
+        )?;
+        let probes = IntCounterVec::new(
+            Opts::new(
+                "gateway_kingress_probes_total",
+                "Knative probes of the gateway's replicas by the status writer, by result (passed, failed).",
+            ),
+            &["result"],
         )?;
         let ejected = IntGaugeVec::new(
             Opts::new(
@@ -229,6 +244,8 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(upstream_tls_failures.clone()),
             Box::new(forbidden.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(probes.clone()),
             Box::new(source_errors.clone()),
             Box::new(source_relists.clone()),
         ] {
@@ -255,6 +272,8 @@ impl Metrics {
             rejected,
             upstream_tls_failures,
             forbidden,
+            status_writes,
+            probes,
             source_errors,
             source_relists,
             seen: Mutex::new((0, 0)),
@@ -308,9 +327,20 @@ impl Metrics {
                 .with_label_values(&[kind.as_str(), reason])
                 .set(n);
         }
-        let refused = publisher.writer_health().forbidden.load(Ordering::Relaxed);
-        self.forbidden
-            .inc_by(refused.saturating_sub(self.forbidden.get()));
+        let health = publisher.writer_health();
+        let mirror = |c: &IntCounter, total: &std::sync::atomic::AtomicU64| {
+            c.inc_by(total.load(Ordering::Relaxed).saturating_sub(c.get()));
+        };
+        mirror(&self.forbidden, &health.forbidden);
+        mirror(&self.status_writes, &health.writes);
+        mirror(
+            &self.probes.with_label_values(&["passed"]),
+            &health.probes_passed,
+        );
+        mirror(
+            &self.probes.with_label_values(&["failed"]),
+            &health.probes_failed,
+        );
         for (reason, n) in config_sync::trust::failures() {
             let c = self.upstream_tls_failures.with_label_values(&[reason]);
             c.inc_by(n.saturating_sub(c.get()));

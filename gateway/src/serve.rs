@@ -72,6 +72,10 @@ fn kube_tasks(
         cluster_domain: args.cluster_domain.clone(),
         interval: Duration::from_secs(1),
         source: options.source,
+        tls_ports: args.tls_ports(),
+        probe_concurrency: args.probe_concurrency as usize,
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
     };
     let (feed, kingresses) = tokio::sync::watch::channel(Arc::default());
 
@@ -89,12 +93,14 @@ fn kube_tasks(
     });
     let p = publisher.clone();
     let table = publisher.reader();
+    let changes = publisher.subscribe();
     let health = publisher.writer_health().clone();
     let writer = Task::new(move |shutdown| async move {
         match kube::Client::try_from(config) {
             Ok(client) => {
                 StatusWriter::new(client, status, kingresses, table)
                     .with_health(health)
+                    .with_table_changes(changes)
                     .run(shutdown)
                     .await
             }

@@ -240,16 +240,32 @@ impl Env {
     }
 
     async fn wait_ready(&self, name: &str, generation: i64) -> Value {
+        self.wait_condition(name, generation, "True", None).await
+    }
+
+    /// Wait until KIngress `name`'s Ready condition is `status` (with
+    /// `reason`, if given) for `generation`; returns the object.
+    async fn wait_condition(
+        &self,
+        name: &str,
+        generation: i64,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Value {
         let mut last = Value::Null;
-        eventually(20, &format!("KIngress {name} Ready"), || {
+        let what = format!("KIngress {name} Ready={status} {reason:?}");
+        eventually(20, &what, || {
             last = self.api.get(KINGRESS_API, "Ingress", NS, name).unwrap();
-            let status = &last["status"];
-            let ready = status["observedGeneration"] == generation
-                && status["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            let s = &last["status"];
+            let ok = s["observedGeneration"] == generation
+                && s["conditions"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["type"] == "Ready"
+                            && c["status"] == status
+                            && reason.is_none_or(|r| c["reason"] == r)
+                    })
                 });
-            async move { ready }
+            async move { ok }
         })
         .await;
         last
@@ -844,19 +860,8 @@ async fn bad_input_is_rejected_alone() {
     e.ingress_ready("fine", simple(&host("fine"), "fine")).await;
 
     let generation = e.create("waiting", simple(&host("waiting"), "later"), CLASS);
-    eventually(20, "NotReady with ServiceNotFound", || {
-        let obj = e.api.get(KINGRESS_API, "Ingress", NS, "waiting").unwrap();
-        let ok = obj["status"]["observedGeneration"] == generation
-            && obj["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter().any(|c| {
-                    c["type"] == "Ready"
-                        && c["status"] == "False"
-                        && c["reason"] == "ServiceNotFound"
-                })
-            });
-        async move { ok }
-    })
-    .await;
+    e.wait_condition("waiting", generation, "False", Some("ServiceNotFound"))
+        .await;
     let rejected = e.gw.rejected().await;
     assert!(
         rejected.contains(&(
@@ -892,16 +897,8 @@ async fn bad_input_is_rejected_alone() {
         "spec": {"rules": [
             {"hosts": [host("fine")], "http": {"paths": [{"splits": [split("later", 100)]}]}},
             {"hosts": [host("newer-own")], "http": {"paths": [{"splits": [split("later", 100)]}]}}]}}));
-    eventually(20, "DomainConflict", || {
-        let obj = e.api.get(KINGRESS_API, "Ingress", NS, "newer").unwrap();
-        let ok = obj["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter().any(|c| {
-                c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "DomainConflict"
-            })
-        });
-        async move { ok }
-    })
-    .await;
+    e.wait_condition("newer", 1, "False", Some("DomainConflict"))
+        .await;
     assert_eq!(
         e.get(&host("fine"), "/", &[]).await.body,
         "fine",
@@ -1539,19 +1536,8 @@ async fn without_a_trust_bundle_a_tls_split_waits_for_one() {
         "http": {"paths": [{"splits": [{"serviceName": "nobundle", "serviceNamespace": NS,
                                         "servicePort": 443, "percent": 100}]}]}}]});
     let generation = e.create("nobundle", spec, CLASS);
-    eventually(20, "TrustBundleMissing in status", || {
-        let status = e.api.get(KINGRESS_API, "Ingress", NS, "nobundle").unwrap()["status"].clone();
-        async move {
-            status["conditions"].as_array().is_some_and(|c| {
-                c.iter().any(|c| {
-                    c["type"] == "Ready"
-                        && c["status"] == "False"
-                        && c["reason"] == "TrustBundleMissing"
-                })
-            })
-        }
-    })
-    .await;
+    e.wait_condition("nobundle", generation, "False", Some("TrustBundleMissing"))
+        .await;
     let rejected = e.gw.rejected().await;
     assert!(
         rejected
@@ -1772,7 +1758,8 @@ async fn cluster_local_certificates_stay_on_the_internal_listener() {
 /// Not a suite case: `--secret-label-selector` keeps certificate Secrets
 /// without the label out of the gateway: a KIngress naming one is served
 /// without its certificate (the Secret is missing, by name, in
-/// `/debug/routes`), while a labelled one serves its certificate.
+/// `/debug/routes`) and is not Ready (`SecretNotFound`), while a labelled
+/// one serves its certificate and is Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_labelled_certificate_secrets_are_watched_when_asked() {
     let label = "networking.internal.knative.dev/certificate-uid";
@@ -1789,7 +1776,19 @@ async fn only_labelled_certificate_secrets_are_watched_when_asked() {
         let mut spec = simple(&host(name), "labelled");
         spec["tls"] = json!([{"hosts": [host(name)], "secretName": format!("{name}-cert"),
                               "secretNamespace": NS}]);
-        e.ingress_ready(name, spec).await;
+        let generation = e.create(name, spec, CLASS);
+        if labelled {
+            e.wait_ready(name, generation).await;
+        } else {
+            let obj = e
+                .wait_condition(name, generation, "False", Some("SecretNotFound"))
+                .await;
+            let conditions = obj["status"]["conditions"].to_string();
+            assert!(
+                conditions.contains("serving-tests/unlabelled-cert"),
+                "{conditions}"
+            );
+        }
     }
     let r = https_get(e.gw.https, &host("labelled"), "/", &ca.der)
         .await
@@ -1804,6 +1803,89 @@ async fn only_labelled_certificate_secrets_are_watched_when_asked() {
         ),
         "{rejected:?}"
     );
+}
+
+/// Not a suite case: a KIngress with TLS is probed over the HTTPS listener
+/// of each rule's visibility, on every replica, with the rule's host as SNI,
+/// and is Ready only once every replica presents the certificate its Secret
+/// holds. A second replica (another pod: the same ports on 127.0.0.2) that
+/// does not see the Secrets presents its default certificate outside and
+/// none inside: the status says which replica and listener, until the
+/// Secrets reach it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_rules_are_ready_once_every_replica_serves_their_certificate() {
+    let label = "networking.internal.knative.dev/certificate-uid";
+    let e = env().await;
+    let _b = e.runtime("secured").await;
+    // Ready with one replica first: this one leads.
+    e.ingress_ready("secured", simple(&host("secured"), "secured"))
+        .await;
+    let ca = TestCa::new();
+    let (crt, key, _) = ca.leaf(&["fallback.example.com"]);
+    let mut fallback = tls_secret("fallback-cert", &crt, &key);
+    fallback["metadata"]["labels"] = json!({label: "f"});
+    e.api.apply(fallback);
+    let two =
+        e.gw.replica_at(
+            std::net::Ipv4Addr::new(127, 0, 0, 2),
+            &[
+                "--secret-label-selector",
+                label,
+                "--default-certificate",
+                &format!("{NS}/fallback-cert"),
+            ],
+        )
+        .await;
+    e.api.apply(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "internal-1", "namespace": "gw",
+                     "labels": {"kubernetes.io/service-name": "internal"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": two.internal.port()}],
+        "endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": true}}]}),
+    );
+    // The leader lists the replicas every second.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let local = "secured.serving-tests.svc.cluster.local";
+    let (crt, key, _) = ca.leaf(&[&host("secured")]);
+    e.api.apply(tls_secret("public-cert", &crt, &key));
+    let (crt, key, _) = ca.leaf(&[local]);
+    e.api.apply(tls_secret("local-cert", &crt, &key));
+    let spec = json!({
+        "rules": [
+            {"hosts": [host("secured")], "visibility": "ExternalIP",
+             "http": {"paths": [{"splits": [split("secured", 100)]}]}},
+            {"hosts": [local], "visibility": "ClusterLocal",
+             "http": {"paths": [{"splits": [split("secured", 100)]}]}}],
+        "tls": [
+            {"hosts": [host("secured")], "secretName": "public-cert", "secretNamespace": NS},
+            {"hosts": [local], "secretName": "local-cert", "secretNamespace": NS}]});
+    let generation = e.create("secured", spec, CLASS);
+    let obj = e
+        .wait_condition("secured", generation, "Unknown", Some("ProbeFailing"))
+        .await;
+    let message = obj["status"]["conditions"].to_string();
+    let external = format!("127.0.0.2:{}", e.gw.https.port());
+    let internal = format!("127.0.0.2:{}", e.gw.internal_https.port());
+    assert!(
+        message.contains(&format!(
+            "{external} presents another certificate for {}",
+            host("secured")
+        )) || message.contains(&internal),
+        "the external listener presents the fallback, the internal one nothing: {message}"
+    );
+    let failures = e.gw.debug_routes().await["probe_failures"].clone();
+    assert!(failures[&format!("{NS}/secured")].is_string(), "{failures}");
+    // Both Secrets reach the second replica: both listeners of both replicas
+    // present the Secrets' certificates.
+    for name in ["public-cert", "local-cert"] {
+        let mut secret = e.api.get("v1", "Secret", NS, name).unwrap();
+        secret["metadata"]["labels"] = json!({label: name});
+        e.api.apply(secret);
+    }
+    e.wait_ready("secured", generation).await;
+    assert!(e.gw.debug_routes().await.get("probe_failures").is_none());
+    // Nothing was Ready while a replica presented another certificate.
+    drop(two);
 }
 
 /// Each case of Knative's suite runs twice: as it is (`plain::`), and with

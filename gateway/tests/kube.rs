@@ -12,6 +12,7 @@ use test_apiserver::ApiServer;
 
 const ROUTE_API: &str = "serving.knative.dev/v1";
 const SLICE_API: &str = "discovery.k8s.io/v1";
+const KINGRESS_API: &str = "networking.internal.knative.dev/v1alpha1";
 
 fn route_obj(ns: &str, name: &str, traffic: &[(&str, i64)]) -> Value {
     let traffic: Vec<Value> = traffic
@@ -439,16 +440,46 @@ async fn kingress_of_our_class_marked_ready_once_every_replica_serves_it() {
     // not served, so not Ready, and the probe still answers the old hash.
     let newer = kingress_obj(OURS, "web", 2, &[("rev-a", 50), ("rev-b", 50)]);
     c.api.apply(newer.clone());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(status("web")["observedGeneration"], 1);
+    // The status says why, once the probe has failed a few times: Unknown,
+    // `ProbeFailing`, naming the replica and what it answered; so does
+    // `/debug/routes` of the leader.
+    eventually(10, "generation 2 says its probe is failing", || async {
+        let s = status("web");
+        s["observedGeneration"] == 2
+            && s["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["status"] == "Unknown"
+                        && c["reason"] == "ProbeFailing"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("without this version's hash"))
+                })
+            })
+    })
+    .await;
+    let leader = if holder == "replica-one" { &one } else { &two };
+    let failures = leader.debug_routes().await["probe_failures"].clone();
+    assert!(
+        failures["ns/web"].as_str().is_some_and(
+            |m| m.contains(" for web.ns.") && m.contains("without this version's hash")
+        ),
+        "{failures}"
+    );
     assert_eq!(probe(one.http, "web.ns.example.com").await, (200, hash));
     // The Route catches up: both replicas serve it, and the leader marks generation 2.
     c.api
         .apply(route_obj("ns", "web", &[("rev-a", 50), ("rev-b", 50)]));
     eventually(15, "generation 2 Ready", || async {
-        status("web")["observedGeneration"] == 2
+        let s = status("web");
+        s["observedGeneration"] == 2
+            && s["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     })
     .await;
+    assert!(leader.debug_routes().await.get("probe_failures").is_none());
     assert_eq!(
         probe(two.http, "web.ns.example.com").await,
         (200, hash_of(&newer))
@@ -570,4 +601,120 @@ async fn a_refused_permission_is_named_until_granted() {
     })
     .await;
     eventually(5, "nothing missing", || async { missing().await.is_null() }).await;
+}
+
+/// A KIngress whose status is Ready for `generation`.
+fn is_ready(obj: &Value, generation: i64) -> bool {
+    let s = &obj["status"];
+    s["observedGeneration"] == generation
+        && s["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Status writes are one PUT each, with the resourceVersion held (no GET
+/// first); the API server answering 429, 500 and 503 slows the writer and
+/// loses nothing; a status is never written twice for the same generation
+/// and verdict; and a restarted leader verifies a status that is already
+/// right (probes the replicas) without writing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_are_one_call_retried_on_429_and_5xx_and_never_repeated() {
+    let (c, a) = web_with_kingress().await;
+    c.api.fail_next("ingresses/status", &[429, 500, 503]);
+    let flags = ["--source", "routes", "--identity", "replica-0"];
+    let gw = Gateway::kube(&c.kubeconfig, a.addr, &flags).await;
+    internal_endpoints(&c, "knative-gateway", &gw);
+    let get = || c.api.get(KINGRESS_API, "Ingress", "ns", "web").unwrap();
+    eventually(20, "KIngress Ready after three failed writes", || async {
+        is_ready(&get(), 1)
+    })
+    .await;
+    assert_eq!(c.api.requests("update", "ingresses/status"), 4);
+    assert_eq!(
+        c.api.requests("get", "ingresses"),
+        0,
+        "no GET before a write"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        c.api.requests("update", "ingresses/status"),
+        4,
+        "Ready for generation 1 is written once"
+    );
+    assert_eq!(
+        gw.metric("gateway_kingress_status_writes_total").await,
+        Some(1.0)
+    );
+    drop(gw);
+    let gw = Gateway::kube(&c.kubeconfig, a.addr, &flags).await;
+    internal_endpoints(&c, "knative-gateway", &gw);
+    eventually(10, "the status verified by the new leader", || async {
+        gw.metric("gateway_kingress_probes_total{result=\"passed\"}")
+            .await
+            .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert_eq!(c.api.requests("update", "ingresses/status"), 4);
+    assert_eq!(
+        gw.metric("gateway_kingress_status_writes_total").await,
+        Some(0.0)
+    );
+}
+
+/// A cold start under a tight rate limit (`--kube-api-qps 5`, burst 1: 60
+/// KIngresses take 12 s) does not hold up a KIngress changed meanwhile: its
+/// new generation is written before the backlog is half done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_cold_start_backlog_does_not_wait_for_it() {
+    const OURS: &str = "knative-gateway.ingress.networking.knative.dev";
+    let c = cluster().await;
+    let a = Backend::start("rev-a").await;
+    c.api.apply(slice_obj("ns", "rev-a", a.addr, true));
+    let names: Vec<String> = (0..60).map(|i| format!("w{i:03}")).collect();
+    for name in &names {
+        c.api.apply(route_obj("ns", name, &[("rev-a", 100)]));
+        c.api.apply(kingress_obj(OURS, name, 1, &[("rev-a", 100)]));
+    }
+    let gw = Gateway::kube(
+        &c.kubeconfig,
+        a.addr,
+        &[
+            "--source",
+            "routes",
+            "--kube-api-qps",
+            "5",
+            "--kube-api-burst",
+            "1",
+        ],
+    )
+    .await;
+    internal_endpoints(&c, "knative-gateway", &gw);
+    let ready = |generation: i64| {
+        names
+            .iter()
+            .filter(|n| {
+                c.api
+                    .get(KINGRESS_API, "Ingress", "ns", n)
+                    .is_some_and(|o| is_ready(&o, generation))
+            })
+            .count()
+    };
+    eventually(10, "the backlog begun", || async { ready(1) > 0 }).await;
+    // The last in store order changes (a new generation).
+    let last = names.last().unwrap();
+    c.api.apply(kingress_obj(OURS, last, 2, &[("rev-a", 100)]));
+    let changed = Instant::now();
+    eventually(5, "the changed KIngress Ready", || async {
+        c.api
+            .get(KINGRESS_API, "Ingress", "ns", last)
+            .is_some_and(|o| is_ready(&o, 2))
+    })
+    .await;
+    let done = ready(1);
+    assert!(
+        done < 30,
+        "{done} of 59 were Ready first, {:?} after the change",
+        changed.elapsed()
+    );
 }

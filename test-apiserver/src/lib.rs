@@ -11,7 +11,10 @@
 //! - `PUT` of an object or its `/status`, with optimistic concurrency (409 on a
 //!   stale `resourceVersion`);
 //! - [`ApiServer::stop`] drops every connection and refuses new ones until
-//!   [`ApiServer::restart`], on the same port.
+//!   [`ApiServer::restart`], on the same port;
+//! - 403 for resources a test forbids ([`ApiServer::forbid`]), failures it
+//!   queues ([`ApiServer::fail_next`]: 429, 500...), and a count of requests
+//!   by verb and resource ([`ApiServer::requests`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -72,6 +75,10 @@ struct Shared {
     /// Resources (`leases`, `ingresses/status`) answered 403, as RBAC
     /// answers a permission not granted.
     forbidden: Mutex<Vec<String>>,
+    /// Answers queued per resource: the next requests for it get these codes.
+    failures: Mutex<BTreeMap<String, std::collections::VecDeque<u16>>>,
+    /// Requests answered, by (verb, resource).
+    requests: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// A running test API server.
@@ -114,6 +121,8 @@ impl ApiServer {
                 lists: AtomicU64::new(0),
                 watches: AtomicU64::new(0),
                 forbidden: Mutex::new(Vec::new()),
+                failures: Mutex::default(),
+                requests: Mutex::default(),
             }),
             task: Mutex::new(None),
         };
@@ -226,6 +235,32 @@ impl ApiServer {
             .lock()
             .unwrap()
             .push(resource.to_owned());
+    }
+
+    /// Answer the next requests for `resource` (a plural, or
+    /// `plural/status`) with these codes, one each (429 TooManyRequests,
+    /// 500 InternalError, 409 Conflict...), then as usual again.
+    pub fn fail_next(&self, resource: &str, codes: &[u16]) {
+        self.shared
+            .failures
+            .lock()
+            .unwrap()
+            .entry(resource.to_owned())
+            .or_default()
+            .extend(codes);
+    }
+
+    /// Requests for `resource` with `verb` (`get`, `list`, `watch`,
+    /// `update`, `create`, `patch`, `delete`) so far, failed ones included.
+    pub fn requests(&self, verb: &str, resource: &str) -> u64 {
+        let key = (verb.to_owned(), resource.to_owned());
+        self.shared
+            .requests
+            .lock()
+            .unwrap()
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Grant what [`ApiServer::forbid`] took away.
@@ -440,16 +475,50 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     } else {
         target.plural.clone()
     };
-    if shared.forbidden.lock().unwrap().contains(&resource) {
-        let verb = match *req.method() {
-            Method::GET if target.name.is_none() => "list",
-            Method::GET => "get",
-            Method::POST => "create",
-            Method::PUT => "update",
-            Method::PATCH => "patch",
-            Method::DELETE => "delete",
-            _ => "use",
+    let watching = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=1" || kv == "watch=true"));
+    let verb = match *req.method() {
+        Method::GET if target.name.is_none() && watching => "watch",
+        Method::GET if target.name.is_none() => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "use",
+    };
+    *shared
+        .requests
+        .lock()
+        .unwrap()
+        .entry((verb.to_owned(), resource.clone()))
+        .or_default() += 1;
+    let injected = shared
+        .failures
+        .lock()
+        .unwrap()
+        .get_mut(&resource)
+        .and_then(|q| q.pop_front());
+    if let Some(code) = injected {
+        let reason = match code {
+            409 => "Conflict",
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            _ => "InternalError",
         };
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(json_response(
+            code,
+            &status(
+                code.as_u16(),
+                reason,
+                format!("injected {code} for {resource}"),
+            ),
+        ));
+    }
+    if shared.forbidden.lock().unwrap().contains(&resource) {
         let message = format!(
             "{resource} is forbidden: User \"system:serviceaccount:test:gateway\" cannot {verb} resource \"{resource}\" in namespace \"{}\"",
             target.namespace.as_deref().unwrap_or_default()

@@ -522,6 +522,44 @@ impl Gateway {
         }
     }
 
+    /// Another replica of this gateway, as another pod of its Deployment:
+    /// the same arguments and listener ports, on loopback address `ip`
+    /// (e.g. 127.0.0.2), plus `extra` arguments.
+    pub async fn replica_at(&self, ip: std::net::Ipv4Addr, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = std::fs::File::create(dir.path().join("out.txt")).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("err.txt")).unwrap();
+        let mut args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| a.replace("127.0.0.1:", &format!("{ip}:")))
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(&args)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let at = |a: SocketAddr| SocketAddr::new(ip.into(), a.port());
+        if let Err(e) = wait_ready(&mut child, at(self.admin)).await {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.path().join("err.txt")).unwrap_or_default();
+            panic!("replica at {ip} did not start: {e}\n{log}");
+        }
+        Gateway {
+            http: at(self.http),
+            internal: at(self.internal),
+            https: at(self.https),
+            internal_https: at(self.internal_https),
+            admin: at(self.admin),
+            file: self.file.clone(),
+            child,
+            args,
+            _dir: dir,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
