@@ -114,9 +114,17 @@ async fn serve(
         let (body, hits, tls) = (body.clone(), hits.clone(), tls.clone());
         // Owned by the set, so aborting the backend closes its connections too.
         conns.spawn(async move {
-            let service = service_fn(move |_req| {
-                hits.fetch_add(1, Ordering::Relaxed);
-                let resp = Response::new(Full::new(body.clone()));
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut resp = Response::new(Full::new(body.clone()));
+                // Knative's probe, answered as queue-proxy does (the hash
+                // echoed); not traffic, so not a hit.
+                if req.headers().contains_key("k-network-probe") {
+                    if let Some(hash) = req.headers().get("k-network-hash") {
+                        resp.headers_mut().insert("k-network-hash", hash.clone());
+                    }
+                } else {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                }
                 async move { Ok::<_, Infallible>(resp) }
             });
             let http1 = hyper::server::conn::http1::Builder::new();

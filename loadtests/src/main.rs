@@ -16,7 +16,7 @@ use loadtests::scenarios::{self, Ctx, Options, Scenario};
 #[command(name = "loadtest", version, about)]
 struct Cli {
     /// Scenarios to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::UpstreamTls, Scenario::Hostile, Scenario::Callgrind])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::UpstreamTls, Scenario::Hostile, Scenario::KubeScale, Scenario::Callgrind])]
     scenarios: Vec<Scenario>,
     /// Proxies to compare (the gateway always runs).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Gateway, Kind::Haproxy, Kind::Nginx, Kind::Envoy])]
@@ -49,6 +49,16 @@ struct Cli {
     /// the propagation p99 is simply the slowest sample.
     #[arg(long, default_value_t = 100)]
     churn_adds: usize,
+    /// KIngresses in the kube-scale scenario (each with its revision's
+    /// Service and EndpointSlice).
+    #[arg(long, default_value_t = 10_000)]
+    kube_kingresses: usize,
+    /// Services and slices no KIngress references, in kube-scale.
+    #[arg(long, default_value_t = 20_000)]
+    kube_unrelated: usize,
+    /// The gateway's --kube-api-qps in kube-scale (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    kube_qps: f64,
     /// Backend (pod) runtime threads.
     #[arg(long, default_value_t = 2)]
     pod_threads: usize,
@@ -82,6 +92,8 @@ fn main() -> anyhow::Result<()> {
         cli.step = Duration::from_millis(250);
         cli.cycles = 1;
         cli.churn_adds = 3;
+        cli.kube_kingresses = 500;
+        cli.kube_unrelated = 1_000;
         cli.no_install = true;
         cli.no_wrk = true;
         // A debug build under valgrind takes minutes: the unit tests cover
@@ -127,6 +139,10 @@ fn main() -> anyhow::Result<()> {
         step: cli.step,
         cycles: cli.cycles,
         churn_adds: cli.churn_adds.max(1),
+        kube_kingresses: cli.kube_kingresses,
+        kube_unrelated: cli.kube_unrelated,
+        kube_qps: cli.kube_qps,
+        kube_ready_limit_s: if cli.smoke { 60 } else { 600 },
         kinds: cli.peers.clone(),
         wrk: !cli.no_wrk,
         profiles: cli.out.join("callgrind"),
@@ -162,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Callgrind => scenarios::callgrind::run(&mut ctx),
             Scenario::Hostile => scenarios::hostile::run(&mut ctx),
             Scenario::UpstreamTls => scenarios::upstream_tls::run(&mut ctx),
+            Scenario::KubeScale => scenarios::kube_scale::run(&mut ctx),
         };
         if let Err(e) = result {
             let why = format!("{scenario:?}: {e:#}");

@@ -65,12 +65,22 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// Sum over the tree of each process's peak resident set (VmHWM), in bytes.
 /// Pages shared between nginx's workers count once per worker: an upper bound.
 pub fn peak_rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Sum over the tree of each process's resident set now (VmRSS), in bytes.
+pub fn rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in kB, summed over the tree, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     tree(pid)
         .into_iter()
         .filter_map(|p| fs::read_to_string(format!("/proc/{p}/status")).ok())
         .filter_map(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)

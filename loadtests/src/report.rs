@@ -184,6 +184,41 @@ pub struct Churn {
     pub propagation_samples: usize,
 }
 
+/// The kube-scale scenario: the control plane at Knative's size.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubeScale {
+    /// KIngresses of the gateway's class.
+    pub kingresses: usize,
+    /// Services (each with an EndpointSlice), referenced or not.
+    pub services: usize,
+    /// From the gateway's start to the last KIngress's host served, s.
+    pub first_table_s: f64,
+    /// From the start until every KIngress is Ready, s (`None`: not in time).
+    pub all_ready_s: Option<f64>,
+    /// KIngresses changed 1.4 s after start: each from its change to Ready, ms.
+    pub cold_change_ready_ms: Vec<Option<f64>>,
+    /// The gateway's resident memory once all are Ready, MiB.
+    pub rss_mib: f64,
+    /// Status writes the API server received (failed ones included).
+    pub status_writes: u64,
+    /// Status writes a second between the first table and all Ready.
+    pub status_writes_per_s: Option<f64>,
+    /// API calls (lists, gets, writes; not watches) per KIngress.
+    pub api_calls_per_kingress: f64,
+    /// A KIngress change (split to a new Service) to its first request, ms: p50.
+    pub kingress_change_p50_ms: Option<f64>,
+    /// p99 (nearest rank).
+    pub kingress_change_p99_ms: Option<f64>,
+    /// KIngress changes seen on the request path.
+    pub kingress_change_samples: usize,
+    /// An endpoint change (a revision's pod moved) to its first request, ms: p50.
+    pub endpoint_change_p50_ms: Option<f64>,
+    /// p99 (nearest rank).
+    pub endpoint_change_p99_ms: Option<f64>,
+    /// Endpoint changes seen on the request path.
+    pub endpoint_change_samples: usize,
+}
+
 /// One target of the issue and whether this run met it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -235,6 +270,8 @@ pub struct Report {
     pub cold: Option<Cold>,
     /// Churn details.
     pub churn: Option<Churn>,
+    /// Control-plane details (the kube-scale scenario).
+    pub kube_scale: Option<KubeScale>,
     /// Instructions per request (the callgrind scenario).
     pub callgrind: Vec<Instructions>,
     /// Each malformed-request case and every proxy's answer (the hostile scenario).
@@ -245,6 +282,58 @@ pub struct Report {
     pub failures: Vec<String>,
     /// Targets.
     pub checks: Vec<Check>,
+}
+
+impl KubeScale {
+    /// The targets of the control-plane issue, at its size (10,000).
+    fn checks(&self) -> Vec<Check> {
+        let at = format!("kube-scale ({}): ", self.kingresses);
+        let ms = |m: Option<f64>| m.map_or("never".into(), |m| format!("{m:.1} ms"));
+        let mut checks = vec![
+            Check {
+                target: format!("{at}first table < 2 s"),
+                measured: format!("{:.2} s", self.first_table_s),
+                met: self.first_table_s < 2.0,
+            },
+            Check {
+                target: format!("{at}all Ready < 10 s"),
+                measured: self
+                    .all_ready_s
+                    .map_or("never".into(), |s| format!("{s:.1} s")),
+                met: self.all_ready_s.is_some_and(|s| s < 10.0),
+            },
+        ];
+        let slowest = self
+            .cold_change_ready_ms
+            .iter()
+            .try_fold(0.0f64, |m, v| v.map(|v| m.max(v)));
+        checks.push(Check {
+            target: format!("{at}changed in the cold start, Ready < 1 s"),
+            measured: ms(slowest),
+            met: slowest.is_some_and(|m| m < 1000.0),
+        });
+        checks.push(Check {
+            target: format!("{at}KIngress change p50 < 20 ms, p99 < 50 ms"),
+            measured: format!(
+                "{} / {}",
+                ms(self.kingress_change_p50_ms),
+                ms(self.kingress_change_p99_ms)
+            ),
+            met: self.kingress_change_p50_ms.is_some_and(|m| m < 20.0)
+                && self.kingress_change_p99_ms.is_some_and(|m| m < 50.0),
+        });
+        checks.push(Check {
+            target: format!("{at}endpoint change p50 < 10 ms"),
+            measured: ms(self.endpoint_change_p50_ms),
+            met: self.endpoint_change_p50_ms.is_some_and(|m| m < 10.0),
+        });
+        checks.push(Check {
+            target: format!("{at}RSS < 120 MiB"),
+            measured: format!("{:.0} MiB", self.rss_mib),
+            met: self.rss_mib < 120.0,
+        });
+        checks
+    }
 }
 
 /// `revision=share%` pairs, space-separated.
@@ -462,6 +551,9 @@ impl Report {
                 });
             }
         }
+        if let Some(k) = &self.kube_scale {
+            checks.extend(k.checks());
+        }
         if let Some(c) = &self.cold {
             let lost = c.activator.errors + c.wake.errors;
             checks.push(Check {
@@ -574,6 +666,21 @@ impl Report {
                 c.propagation_p50_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
                 c.propagation_p99_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
                 c.propagation_max_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
+            );
+        }
+        if let Some(k) = &self.kube_scale {
+            let ms = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.1} ms"));
+            let cold: Vec<String> = k.cold_change_ready_ms.iter().map(|m| ms(*m)).collect();
+            let _ = writeln!(
+                s,
+                "\nkube-scale ({} KIngresses, {} Services): first table {:.2} s; all Ready {}; changed during the cold start, Ready after {}; RSS {:.0} MiB; {} status writes ({}/s), {:.2} API calls per KIngress; KIngress change p50 {} p99 {} ({} samples); endpoint change p50 {} p99 {} ({} samples)",
+                k.kingresses, k.services, k.first_table_s,
+                k.all_ready_s.map_or("never".into(), |s| format!("{s:.1} s")),
+                cold.join(", "), k.rss_mib, k.status_writes,
+                k.status_writes_per_s.map_or("-".into(), |w| format!("{w:.0}")),
+                k.api_calls_per_kingress,
+                ms(k.kingress_change_p50_ms), ms(k.kingress_change_p99_ms), k.kingress_change_samples,
+                ms(k.endpoint_change_p50_ms), ms(k.endpoint_change_p99_ms), k.endpoint_change_samples,
             );
         }
         for (k, why) in &self.missing {

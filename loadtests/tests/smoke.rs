@@ -118,6 +118,27 @@ fn every_scenario_runs_and_measures() {
         assert!(answer.is_string() && why.is_null(), "{case}");
     }
 
+    // kube-scale at 500: every figure produced (their values are the full
+    // run's business), every KIngress Ready, each change seen.
+    let k = &report["kube_scale"];
+    assert_eq!(k["kingresses"], 500, "{k}");
+    for figure in [
+        "first_table_s",
+        "all_ready_s",
+        "rss_mib",
+        "status_writes_per_s",
+        "api_calls_per_kingress",
+        "kingress_change_p50_ms",
+        "endpoint_change_p99_ms",
+    ] {
+        assert!(k[figure].as_f64().is_some_and(|v| v > 0.0), "{figure}: {k}");
+    }
+    assert!(k["status_writes"].as_u64().unwrap() >= 500, "{k}");
+    assert_eq!(k["kingress_change_samples"], 20, "{k}");
+    assert_eq!(k["endpoint_change_samples"], 20, "{k}");
+    let cold = k["cold_change_ready_ms"].as_array().unwrap();
+    assert!(cold.len() == 5 && cold.iter().all(Value::is_f64), "{k}");
+
     assert!(report["failures"].as_array().unwrap().is_empty());
     assert!(report["checks"].as_array().unwrap().len() >= 5);
     let svg = std::fs::read_to_string(out.path().join("chart.svg")).unwrap();

@@ -16,6 +16,8 @@
 //!   queues ([`ApiServer::fail_next`]: 429, 500...), and a count of requests
 //!   by verb and resource ([`ApiServer::requests`]).
 
+pub mod population;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -350,6 +352,38 @@ fn put(
     rv
 }
 
+/// `/_test/stats`: KIngresses and how many are Ready for their generation,
+/// and the requests served by "verb resource".
+fn stats(shared: &Shared) -> Value {
+    let (mut kingresses, mut ready) = (0u64, 0u64);
+    {
+        let st = shared.state.lock().unwrap();
+        for ((_, plural, _, _), obj) in &st.objects {
+            if plural != "ingresses" {
+                continue;
+            }
+            kingresses += 1;
+            let status = &obj["status"];
+            let current = status["observedGeneration"] == obj["metadata"]["generation"];
+            let is_ready = status["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if current && is_ready {
+                ready += 1;
+            }
+        }
+    }
+    let requests: serde_json::Map<String, Value> = shared
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|((verb, resource), n)| (format!("{verb} {resource}"), json!(n)))
+        .collect();
+    json!({"kingresses": kingresses, "ready": ready, "requests": requests})
+}
+
 fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = code;
@@ -463,6 +497,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 "the API server is stopped".into(),
             ),
         ));
+    }
+    if req.uri().path() == "/_test/stats" {
+        return Ok(json_response(StatusCode::OK, &stats(&shared)));
     }
     let Some(target) = parse_path(req.uri().path()) else {
         return Ok(json_response(

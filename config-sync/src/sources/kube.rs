@@ -35,15 +35,21 @@ use crate::model::{
 use crate::publish::Publisher;
 use crate::table::EndpointUpdate;
 
-/// What a burst of events requires.
+/// What a burst of events requires: the typed changes one place
+/// (the publish step of [`KubeSource::run`]) turns into a full build, a
+/// KIngress patch, an endpoint swap, or only a new feed for the status writer.
 #[derive(Default)]
 struct Pending {
-    /// Rebuild everything (a Route, KIngress or Service changed, or a relist completed).
+    /// Rebuild everything (a Route or Secret changed, a KIngress was
+    /// deleted, or a relist completed).
     full: bool,
     /// Endpoint index keys whose slices changed.
     keys: std::collections::BTreeSet<String>,
     /// KIngresses added or changed (decoded fine): patched in without a full build.
     kingresses: std::collections::BTreeSet<ObjectKey>,
+    /// Services added, changed or deleted: the KIngresses naming them are
+    /// patched; one no KIngress names costs nothing more.
+    services: std::collections::BTreeSet<ObjectKey>,
 }
 
 /// Which objects the table is built from.
@@ -420,6 +426,7 @@ impl KubeSource {
         }
         let mut events = futures::stream::select_all(streams);
         let mut publish_at: Option<Instant> = None;
+        let mut last_publish: Option<Instant> = None;
         let mut pending = Pending::default();
         let class = self.options.ingress_class.clone().unwrap_or_default();
 
@@ -445,19 +452,25 @@ impl KubeSource {
                     match &mut stores[index] {
                         Watched::Objects(resource, store, index) => {
                             if apply(store, index, *resource, event, &class, &self.publisher, &mut pending) {
-                                publish_at.get_or_insert_with(|| Instant::now() + self.options.settle);
+                                publish_at.get_or_insert_with(|| next_publish(last_publish, self.options.settle));
                             }
                         }
                         Watched::KIngresses(store) => {
                             if apply_kingress(store, event, &class, &self.publisher) {
-                                self.refresh_probes(&stores);
+                                publish_at.get_or_insert_with(|| next_publish(last_publish, self.options.settle));
                             }
                         }
                     }
                 }
                 _ = wait, if stores.iter().all(Watched::synced) => {
                     publish_at = None;
+                    last_publish = Some(Instant::now());
                     let mut done = std::mem::take(&mut pending);
+                    // A changed Service matters through the KIngresses that
+                    // name it: those are patched, with the Service as it is now.
+                    if !done.full && !done.services.is_empty() {
+                        done.kingresses.extend(naming(&stores, &done.services));
+                    }
                     // A KIngress held at its last good version until its
                     // Service's EndpointSlices arrive is applied by a full build.
                     if !done.keys.is_empty() && self.waits_for_endpoints() {
@@ -559,6 +572,46 @@ fn decode(resource: Resource, obj: DynamicObject, class: &str) -> Decoded {
     decode_object(value, class)
 }
 
+/// When to publish a change seen now: at once after a quiet spell (1 ms,
+/// so that what arrived together goes together), else `settle` after the
+/// last publish, so that a burst builds one table per `settle`.
+fn next_publish(last: Option<Instant>, settle: Duration) -> Instant {
+    let soon = Instant::now() + Duration::from_millis(1);
+    last.map_or(soon, |at| soon.max(at + settle))
+}
+
+/// The KIngresses whose splits name one of `services`.
+fn naming(stores: &[Watched], services: &std::collections::BTreeSet<ObjectKey>) -> Vec<ObjectKey> {
+    let mut out = Vec::new();
+    for w in stores {
+        let Watched::Objects(Resource::KIngress, store, _) = w else {
+            continue;
+        };
+        for (key, decoded) in &store.objects {
+            let Decoded::KIngress(k) = decoded else {
+                continue;
+            };
+            let names = k
+                .spec
+                .rules
+                .iter()
+                .filter_map(|r| r.http.as_ref()?.paths.as_ref())
+                .flatten()
+                .filter_map(|p| p.splits.as_ref())
+                .flatten()
+                .any(|split| {
+                    services.iter().any(|s| {
+                        s.name == split.service_name && s.namespace == split.service_namespace
+                    })
+                });
+            if names {
+                out.push(key.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Note what a changed object requires: the revisions of a slice (before and
 /// after), or a full rebuild for anything else.
 fn note(pending: &mut Pending, resource: Resource, decoded: Option<&Decoded>) {
@@ -597,8 +650,18 @@ fn apply(
         }
         Change::Upserted { key, old } => {
             let new = store.objects.get(&key);
-            if let (Resource::KIngress, Some(Decoded::KIngress(_))) = (resource, new) {
-                pending.kingresses.insert(key);
+            if let (Resource::KIngress, Some(Decoded::KIngress(k))) = (resource, new) {
+                // A status write (ours, mostly) changes neither the spec nor
+                // the generation: the table stays, only the feed is new.
+                let same = matches!(&old, Some(Decoded::KIngress(o))
+                    if o.hash == k.hash && o.generation() == k.generation());
+                if !same {
+                    pending.kingresses.insert(key);
+                }
+                return true;
+            }
+            if resource == Resource::Service {
+                pending.services.insert(key);
                 return true;
             }
             note(pending, resource, new);
@@ -610,6 +673,10 @@ fn apply(
             true
         }
         Change::Removed { key, old } => {
+            if resource == Resource::Service {
+                pending.services.insert(key);
+                return old.is_some();
+            }
             note(pending, resource, old.as_ref());
             if resource == Resource::EndpointSlice {
                 index.remove(&key, old.as_ref());

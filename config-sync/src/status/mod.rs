@@ -92,6 +92,21 @@ pub struct StatusWriter {
 const FAILURES_BEFORE_REPORT: u32 = 3;
 /// Status writes in flight at most.
 const WRITES_IN_FLIGHT: usize = 32;
+/// The shortest time between two full passes over the KIngresses: during a
+/// cold start every status write changes the feed.
+const REPLAN_EVERY: Duration = Duration::from_millis(50);
+
+/// A write's outcome: the KIngress, its generation and hash, the verdict.
+type Written = (ObjectKey, i64, String, Verdict, Result<(), kube::Error>);
+
+/// A KIngress whose status is due.
+struct Item {
+    order: (u8, u64, usize),
+    ing: Arc<KIngress>,
+    key: ObjectKey,
+    verdict: Verdict,
+    verify_only: bool,
+}
 
 /// A probe: the hash asked for, of whom.
 type ProbeKey = (Arc<str>, Target);
@@ -114,8 +129,17 @@ struct Work {
     failing: HashMap<ProbeKey, Failing>,
     /// Writes made or in flight: (generation, verdict tag) by KIngress.
     written: HashMap<ObjectKey, (i64, (&'static str, &'static str))>,
-    /// KIngresses whose Ready status was verified or written, with the hash.
-    confirmed: HashMap<ObjectKey, String>,
+    /// Hashes (one per KIngress version) whose Ready status was verified or
+    /// written.
+    confirmed: HashSet<String>,
+    /// The plan: KIngresses whose status is due, most urgent first.
+    items: Vec<Item>,
+    /// The table the plan was made on.
+    table: Option<Arc<crate::table::Table>>,
+    /// When the plan was made.
+    planned_at: Option<Instant>,
+    /// The feed, the table or the replicas changed since.
+    dirty: bool,
     /// KIngresses whose write is retried later (409), and how often it was.
     backoff: HashMap<ObjectKey, (u32, Instant)>,
     /// Writes wait until then (the API server answered 429 or 5xx).
@@ -124,7 +148,7 @@ struct Work {
     /// The last write was refused (403).
     refused: bool,
     probes: JoinSet<(ProbeKey, Result<(), ProbeError>)>,
-    writes: JoinSet<(ObjectKey, i64, Verdict, Result<(), kube::Error>)>,
+    writes: JoinSet<Written>,
     bucket: Bucket,
     /// The replicas' plain internal listeners, once listed.
     replicas: Option<Vec<SocketAddr>>,
@@ -139,7 +163,11 @@ impl Work {
             probing: HashSet::new(),
             failing: HashMap::new(),
             written: HashMap::new(),
-            confirmed: HashMap::new(),
+            confirmed: HashSet::new(),
+            items: Vec::new(),
+            table: None,
+            planned_at: None,
+            dirty: true,
             backoff: HashMap::new(),
             paused_until: None,
             api_failures: 0,
@@ -201,6 +229,10 @@ impl Work {
         self.backoff.clear();
         self.arrivals.reset();
         self.replicas = None;
+        self.items.clear();
+        self.table = None;
+        self.planned_at = None;
+        self.dirty = true;
     }
 
     /// Drop what no KIngress or replica needs any more.
@@ -213,7 +245,7 @@ impl Work {
         self.verified.retain(|k| live(k));
         self.failing.retain(|k, _| live(k));
         self.written.retain(|k, _| keys.contains(k));
-        self.confirmed.retain(|k, _| keys.contains(k));
+        self.confirmed.retain(|h| hashes.contains(h.as_str()));
         self.backoff.retain(|k, _| keys.contains(k));
         self.arrivals.retain(|k| keys.contains(k));
     }
@@ -288,6 +320,7 @@ impl StatusWriter {
                         false
                     }
                 };
+                work.dirty = true;
                 if leading {
                     match self.replicas().await {
                         Ok(replicas) => work.replicas = Some(replicas),
@@ -315,11 +348,15 @@ impl StatusWriter {
                 _ = tokio::time::sleep_until(wake) => {}
                 Some(done) = work.probes.join_next() => work.probed(done, &self.health),
                 Some(done) = work.writes.join_next() => self.wrote(&mut work, done),
-                r = feed.changed(), if feed_open => feed_open = r.is_ok(),
+                r = feed.changed(), if feed_open => {
+                    feed_open = r.is_ok();
+                    work.dirty = true;
+                }
                 r = async { changes.as_mut().expect("checked").changed().await }, if changes.is_some() => {
                     if r.is_err() {
                         changes = None;
                     }
+                    work.dirty = true;
                 }
                 _ = shutdown.changed() => return,
             }
@@ -333,19 +370,25 @@ impl StatusWriter {
         }
     }
 
-    /// Start the probes and writes due now, most urgent first; when to look
-    /// again if nothing else happens first.
-    fn step(&self, work: &mut Work) -> Option<Instant> {
-        let now = Instant::now();
+    /// Order the KIngresses whose status is due (a write, or a verification),
+    /// most urgent first. A full pass over the feed: made only after the feed,
+    /// the table or the replicas changed, at most every [`REPLAN_EVERY`].
+    fn replan(&self, work: &mut Work) {
         let table = self.table.load();
         let mut rejections: HashMap<&ObjectKey, Vec<&Rejection>> = HashMap::new();
         for r in table.rejected().iter().filter(|r| r.kind == Kind::KIngress) {
             rejections.entry(&r.object).or_default().push(r);
         }
         let feed = self.kingresses.borrow().clone();
-        // (order, KIngress, verdict, whether its status already says it).
         let mut items = Vec::new();
         for (index, ing) in feed.iter().enumerate() {
+            // Ready for this generation and verified: nothing to do, and
+            // nothing allocated to find that out.
+            if ing.ready_generation() == Some(ing.generation())
+                && work.confirmed.contains(&ing.hash)
+            {
+                continue;
+            }
             let key = ing.key();
             let of = rejections.get(&key).map_or(&[][..], Vec::as_slice);
             let Some(verdict) = plan::verdict(self.options.source, ing, &table, of) else {
@@ -353,39 +396,75 @@ impl StatusWriter {
             };
             let rank = work.arrivals.rank(&key, ing.generation());
             let verify_only = plan::says(ing, &verdict);
-            if verify_only
-                && (verdict != Verdict::Ready || work.confirmed.get(&key) == Some(&ing.hash))
-            {
+            if verify_only && verdict != Verdict::Ready {
                 continue;
             }
             if work.written.get(&key) == Some(&(ing.generation(), verdict.tag())) {
                 continue;
             }
-            items.push((
-                plan::order(rank, index, verify_only),
-                ing,
+            items.push(Item {
+                order: plan::order(rank, index, verify_only),
+                ing: ing.clone(),
+                key,
                 verdict,
                 verify_only,
-            ));
+            });
         }
         // The backlog is what the first scan that sees the source's
         // KIngresses finds; an empty feed may be one not synced yet.
         if !feed.is_empty() {
             work.arrivals.end_scan();
         }
-        drop(rejections);
-        if items.is_empty() {
-            self.health.set_probe_failures(BTreeMap::new());
-            return None;
-        }
-        items.sort_by_key(|i| i.0);
-        let replicas = work.replicas.clone().unwrap_or_default();
+        items.sort_by_key(|i| i.order);
+        work.items = items;
+        work.table = Some(table);
+        work.planned_at = Some(Instant::now());
+        work.dirty = false;
+    }
+
+    /// Start the probes and writes due now, most urgent first, until the
+    /// probe slots and the writes allowed are used up; when to look again if
+    /// nothing else happens first.
+    fn step(&self, work: &mut Work) -> Option<Instant> {
+        let now = Instant::now();
         let mut wake: Option<Instant> = None;
+        if work.dirty {
+            match work.planned_at.map(|at| at + REPLAN_EVERY) {
+                Some(due) if due > now => wake = Some(due),
+                _ => self.replan(work),
+            }
+        }
+        let Some(table) = work.table.clone() else {
+            return wake;
+        };
+        if work.items.is_empty() {
+            self.health.set_probe_failures(BTreeMap::new());
+            return wake;
+        }
+        let items = std::mem::take(&mut work.items);
+        let replicas = work.replicas.clone().unwrap_or_default();
         let mut soon = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
         let mut failures = BTreeMap::new();
         let mut tokens = true;
-        for (_, ing, mut verdict, verify_only) in items {
-            let key = ing.key();
+        let probe_slots = self.options.probe_concurrency.max(1);
+        for item in &items {
+            // Nothing more can start: the rest waits for a slot or a token.
+            if work.probes.len() >= probe_slots
+                && (!tokens || work.writes.len() >= WRITES_IN_FLIGHT)
+            {
+                break;
+            }
+            let Item {
+                ing,
+                key,
+                verdict,
+                verify_only,
+                ..
+            } = item;
+            let (key, verify_only, mut verdict) = (key.clone(), *verify_only, verdict.clone());
+            if work.written.get(&key) == Some(&(ing.generation(), verdict.tag())) {
+                continue;
+            }
             if verdict == Verdict::Ready {
                 if replicas.is_empty() {
                     if !work.warned_no_replicas && work.replicas.is_some() {
@@ -427,7 +506,7 @@ impl StatusWriter {
                                     continue;
                                 }
                             }
-                            if work.probes.len() < self.options.probe_concurrency.max(1) {
+                            if work.probes.len() < probe_slots {
                                 work.probing.insert(pk.clone());
                                 let prober = self.prober.clone();
                                 work.probes.spawn(async move {
@@ -438,7 +517,7 @@ impl StatusWriter {
                         }
                         if all {
                             if verify_only {
-                                work.confirmed.insert(key, ing.hash.clone());
+                                work.confirmed.insert(ing.hash.clone());
                                 continue;
                             }
                         } else {
@@ -483,22 +562,20 @@ impl StatusWriter {
             work.written
                 .insert(key.clone(), (ing.generation(), verdict.tag()));
             let (client, generation) = (self.client.clone(), ing.generation());
+            let hash = ing.hash.clone();
             work.writes.spawn(async move {
                 let result = put_status(client, &key, &obj).await;
-                (key, generation, verdict, result)
+                (key, generation, hash, verdict, result)
             });
         }
+        work.items = items;
         self.health.set_probe_failures(failures);
         wake
     }
 
     /// Record a write's outcome.
-    fn wrote(
-        &self,
-        work: &mut Work,
-        done: Result<(ObjectKey, i64, Verdict, Result<(), kube::Error>), tokio::task::JoinError>,
-    ) {
-        let Ok((key, generation, verdict, result)) = done else {
+    fn wrote(&self, work: &mut Work, done: Result<Written, tokio::task::JoinError>) {
+        let Ok((key, generation, hash, verdict, result)) = done else {
             return;
         };
         let now = Instant::now();
@@ -511,10 +588,7 @@ impl StatusWriter {
                 match &verdict {
                     Verdict::Ready => {
                         tracing::info!(kingress = %key, generation, "KIngress marked Ready");
-                        if let Some(ing) = self.kingresses.borrow().iter().find(|k| k.key() == key)
-                        {
-                            work.confirmed.insert(key, ing.hash.clone());
-                        }
+                        work.confirmed.insert(hash);
                     }
                     Verdict::NotReady(reason, message) => {
                         tracing::warn!(kingress = %key, generation, reason, "KIngress not ready: {message}")

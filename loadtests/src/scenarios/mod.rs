@@ -6,6 +6,7 @@ pub mod churn;
 pub mod cold;
 pub mod hostile;
 pub mod hosts;
+pub mod kube_scale;
 pub mod protocols;
 pub mod rollout;
 pub mod split;
@@ -57,6 +58,9 @@ pub enum Scenario {
     /// The split to backends serving TLS (system-internal TLS) and to plaintext
     /// ones, keep-alive; the gateway and Envoy.
     UpstreamTls,
+    /// The control plane at Knative's size: a test API server of its own
+    /// with thousands of KIngresses; start, Ready, changes, memory (gateway).
+    KubeScale,
 }
 
 /// How hard and how long.
@@ -80,6 +84,14 @@ pub struct Options {
     pub cycles: usize,
     /// Pods the churn scenario adds, each one propagation sample.
     pub churn_adds: usize,
+    /// KIngresses in the kube-scale scenario.
+    pub kube_kingresses: usize,
+    /// Services (with slices) no KIngress references, in kube-scale.
+    pub kube_unrelated: usize,
+    /// The gateway's `--kube-api-qps` in kube-scale (0: no limit).
+    pub kube_qps: f64,
+    /// How long kube-scale waits for every KIngress to be Ready, seconds.
+    pub kube_ready_limit_s: u64,
     /// The proxies to run (the gateway always, peers where available).
     pub kinds: Vec<Kind>,
     /// Compare the load generator with wrk, where wrk is installed.
