@@ -311,6 +311,8 @@ impl ApiServer {
                     Ok((s, _)) = listener.accept() => s,
                     Some(_) = conns.join_next(), if !conns.is_empty() => continue,
                 };
+                // As Go's net/http does: no Nagle delay on watch events.
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(shared.clone(), req));

@@ -634,6 +634,11 @@ fn apply(
     publisher: &Publisher,
     pending: &mut Pending,
 ) -> bool {
+    if resource == Resource::KIngress {
+        if let Some(changed) = status_only(store, &event, class) {
+            return changed;
+        }
+    }
     // A KIngress of another class is not stored (and one that changed class is dropped).
     let ours = |obj| match decode(resource, obj, class) {
         Decoded::NotOurs => None,
@@ -684,6 +689,43 @@ fn apply(
             old.is_some()
         }
     }
+}
+
+/// A KIngress event that changes only its status (its generation and class
+/// as stored: Kubernetes bumps the generation on every spec change), taken
+/// without decoding the spec or hashing it again: during a cold start these
+/// are most events (the leader's own writes), and a change made meanwhile
+/// waits behind them in the watch. `None` for any other event. Whether the
+/// feed needs refreshing otherwise.
+fn status_only(
+    store: &mut Store<Decoded>,
+    event: &Event<DynamicObject>,
+    class: &str,
+) -> Option<bool> {
+    let Event::Apply(obj) = event else {
+        return None;
+    };
+    let key = key_of(obj);
+    let Some(Decoded::KIngress(old)) = store.objects.get(&key) else {
+        return None;
+    };
+    let annotations = obj.metadata.annotations.as_ref();
+    let ours = annotations
+        .and_then(|a| a.get(kingress::CLASS_ANNOTATION))
+        .map(String::as_str)
+        == Some(class);
+    if !ours || obj.metadata.generation != old.metadata.generation {
+        return None;
+    }
+    let status = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    let mut new = KIngress::clone(old);
+    new.status = status;
+    new.metadata.resource_version = obj.metadata.resource_version.clone();
+    store.objects.insert(key, Decoded::KIngress(Arc::new(new)));
+    Some(true)
 }
 
 /// The changed KIngresses, the Services they name and those Services'
