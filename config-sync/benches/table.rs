@@ -289,7 +289,7 @@ fn kingresses(c: &mut Criterion) {
     );
     // One KIngress's split changes (90/10 → 50/50): patched, not rebuilt.
     let mut changed = config_sync::kingress::KIngress::clone(&snapshot.kingresses[7]);
-    for rule in &mut changed.spec.rules {
+    for rule in &mut std::sync::Arc::make_mut(&mut changed.spec).rules {
         for path in rule
             .http
             .iter_mut()

@@ -238,7 +238,7 @@ pub struct KIngress {
     pub metadata: ObjectMeta,
     /// The routing it asks for.
     #[serde(default)]
-    pub spec: IngressSpec,
+    pub spec: std::sync::Arc<IngressSpec>,
     /// What was last written about it.
     #[serde(default)]
     pub status: Option<IngressStatus>,

@@ -4,7 +4,9 @@ use clap::Parser;
 
 // Table builds and per-request buffers allocate a lot; mimalloc measured 12% faster
 // builds than glibc's malloc (config-sync/benches/table.rs), and is called
-// the way it is fastest (gateway/src/alloc.rs).
+// the way it is fastest (gateway/src/alloc.rs). The `system-alloc` feature
+// leaves glibc's malloc in place, for heap profilers that hook it (heaptrack).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: gateway::alloc::Mimalloc = gateway::alloc::Mimalloc;
 use gateway::cli::{Cli, Command, LogFormat};

@@ -1,7 +1,8 @@
 //! A small Kubernetes API server for tests, speaking the real wire protocol
 //! so the real `kube` client can be driven against it:
 //!
-//! - `GET` lists with `resourceVersion` and label selectors, namespaced
+//! - `GET` lists with `resourceVersion`, label selectors and pages
+//!   (`limit`, `continue`), namespaced
 //!   (`/apis/G/V/namespaces/NS/PLURAL`) or cluster-wide (`/apis/G/V/PLURAL`);
 //! - `watch=1` streams (chunked, one JSON event per line) of `ADDED`,
 //!   `MODIFIED`, `DELETED` and, when asked for, `BOOKMARK` events, resumed from
@@ -639,12 +640,60 @@ fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> R
     };
     let selector = query.get("labelSelector").map(String::as_str).unwrap_or("");
     let st = shared.state.lock().unwrap();
-    let items: Vec<&Value> = st
+    // Pages, as a real API server serves them (`limit`, `continue`): the
+    // token carries the first page's resourceVersion and the last key sent.
+    // Later pages are read from the current state; the list's
+    // resourceVersion stays the first page's, so a watch from it replays
+    // whatever changed meanwhile. A token older than the history is 410.
+    let (snapshot_rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (st.rv, None),
+        Some(token) => {
+            let mut parts = token.splitn(3, '|');
+            let rv = parts.next().and_then(|r| r.parse::<u64>().ok());
+            let (Some(rv), Some(ns), Some(name)) = (rv, parts.next(), parts.next()) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &status(
+                        400,
+                        "BadRequest",
+                        format!("invalid continue token {token:?}"),
+                    ),
+                );
+            };
+            if rv < st.oldest {
+                return json_response(
+                    StatusCode::GONE,
+                    &status(410, "Expired", "the continue token is too old".into()),
+                );
+            }
+            (rv, Some((ns.to_owned(), name.to_owned())))
+        }
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|&l| l > 0)
+        .unwrap_or(usize::MAX);
+    let mut matching = st
         .objects
         .iter()
         .filter(|((av, pl, _, _), o)| in_scope(target, av, pl, o, selector))
-        .map(|(_, o)| o)
-        .collect();
+        .filter(|((_, _, ns, name), _)| {
+            after
+                .as_ref()
+                .is_none_or(|(ans, aname)| (ns, name) > (ans, aname))
+        });
+    let mut items: Vec<&Value> = Vec::new();
+    let mut last = None;
+    for ((_, _, ns, name), o) in matching.by_ref().take(limit) {
+        items.push(o);
+        last = Some((ns, name));
+    }
+    let more = matching.next().is_some();
+    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
+    if let (true, Some((ns, name))) = (more, last) {
+        metadata["continue"] = json!(format!("{snapshot_rv}|{ns}|{name}"));
+    }
     let kind = st
         .kinds
         .get(&target.plural)
@@ -653,7 +702,7 @@ fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> R
     json_response(
         StatusCode::OK,
         &json!({"apiVersion": target.api_version, "kind": format!("{kind}List"),
-                "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+                "metadata": metadata, "items": items}),
     )
 }
 
