@@ -1888,6 +1888,42 @@ async fn tls_rules_are_ready_once_every_replica_serves_their_certificate() {
     drop(two);
 }
 
+/// Not a suite case: a Service no KIngress names costs no table (its
+/// change swaps nothing in, and a full build leaves it out), yet a KIngress
+/// that starts naming it is served at once, from the stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_no_kingress_names_costs_no_table_until_one_does() {
+    let e = env().await;
+    let _b = e.runtime("named").await;
+    e.ingress_ready("named", simple(&host("named"), "named"))
+        .await;
+    let before = e.gw.generation().await;
+    let later = Backend::start("later").await;
+    e.service_alone("later", later.addr);
+    // The Service arrives; nothing routes to it: no table is made.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        e.gw.generation().await,
+        before,
+        "a Service no KIngress names"
+    );
+    e.slice("later", later.addr);
+    // A full build (a Secret changed) leaves them out of the table...
+    let ca = TestCa::new();
+    let (crt, key, _) = ca.leaf(&["x.example.com"]);
+    e.api.apply(tls_secret("any-cert", &crt, &key));
+    let now = e.gw.generation().await;
+    eventually(10, "a full build", || async {
+        e.gw.generation().await > now
+    })
+    .await;
+    // ...and a KIngress that starts naming them is served at once.
+    e.ingress_ready("later", simple(&host("later"), "later"))
+        .await;
+    assert_eq!(e.get(&host("later"), "/", &[]).await.body, "later");
+    assert!(later.hits() > 0);
+}
+
 /// Each case of Knative's suite runs twice: as it is (`plain::`), and with
 /// system-internal TLS on (`encrypted::`, see [`Encryption`]).
 macro_rules! cases {

@@ -572,6 +572,23 @@ fn decode(resource: Resource, obj: DynamicObject, class: &str) -> Decoded {
     decode_object(value, class)
 }
 
+/// The Services (namespace, name) the splits of `k` name.
+fn services_named(k: &KIngress) -> impl Iterator<Item = (&str, &str)> + '_ {
+    k.spec
+        .rules
+        .iter()
+        .filter_map(|r| r.http.as_ref()?.paths.as_ref())
+        .flatten()
+        .filter_map(|p| p.splits.as_ref())
+        .flatten()
+        .map(|split| {
+            (
+                split.service_namespace.as_str(),
+                split.service_name.as_str(),
+            )
+        })
+}
+
 /// When to publish a change seen now: at once after a quiet spell (1 ms,
 /// so that what arrived together goes together), else `settle` after the
 /// last publish, so that a burst builds one table per `settle`.
@@ -591,19 +608,8 @@ fn naming(stores: &[Watched], services: &std::collections::BTreeSet<ObjectKey>) 
             let Decoded::KIngress(k) = decoded else {
                 continue;
             };
-            let names = k
-                .spec
-                .rules
-                .iter()
-                .filter_map(|r| r.http.as_ref()?.paths.as_ref())
-                .flatten()
-                .filter_map(|p| p.splits.as_ref())
-                .flatten()
-                .any(|split| {
-                    services.iter().any(|s| {
-                        s.name == split.service_name && s.namespace == split.service_namespace
-                    })
-                });
+            let names = services_named(k)
+                .any(|(ns, name)| services.iter().any(|s| s.name == name && s.namespace == ns));
             if names {
                 out.push(key.clone());
             }
@@ -747,20 +753,7 @@ fn kingress_update(
     let mut named = std::collections::BTreeSet::new();
     for key in keys {
         if let Some(Decoded::KIngress(k)) = kingresses.objects.get(key) {
-            let splits = k
-                .spec
-                .rules
-                .iter()
-                .filter_map(|r| r.http.as_ref()?.paths.as_ref())
-                .flatten()
-                .filter_map(|p| p.splits.as_ref())
-                .flatten();
-            for split in splits {
-                named.insert(ObjectKey::new(
-                    &split.service_namespace,
-                    &split.service_name,
-                ));
-            }
+            named.extend(services_named(k).map(|(ns, name)| ObjectKey::new(ns, name)));
             update.kingresses.push(k.clone());
         }
     }
@@ -852,10 +845,50 @@ fn endpoints_of(
 
 fn snapshot(stores: &[Watched], class: &str) -> Snapshot {
     let mut s = Snapshot::for_class(class);
+    let named = named_services(stores);
     for (_, decoded) in objects(stores) {
+        if !named.as_ref().is_none_or(|n| builds_on(decoded, n)) {
+            continue;
+        }
         s.push(decoded.clone());
     }
     s
+}
+
+/// With KIngresses watched: the Services (namespace, name) their splits
+/// name. A full build reads only those and their slices; the others stay
+/// in the stores, so a KIngress that starts naming one is patched in at once.
+fn named_services(stores: &[Watched]) -> Option<std::collections::HashSet<(&str, &str)>> {
+    let kingresses = stores.iter().find_map(|w| match w {
+        Watched::Objects(Resource::KIngress, store, _) => Some(store),
+        _ => None,
+    })?;
+    let mut named = std::collections::HashSet::new();
+    for decoded in kingresses.objects.values() {
+        if let Decoded::KIngress(k) = decoded {
+            named.extend(services_named(k));
+        }
+    }
+    Some(named)
+}
+
+/// Whether a full build needs `decoded`: anything but a Service no KIngress
+/// names, or such a Service's EndpointSlice.
+fn builds_on(decoded: &Decoded, named: &std::collections::HashSet<(&str, &str)>) -> bool {
+    fn namespace(m: &crate::model::ObjectMeta) -> &str {
+        m.namespace.as_deref().unwrap_or("default")
+    }
+    match decoded {
+        Decoded::Service(svc) => {
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            named.contains(&(namespace(&svc.metadata), name))
+        }
+        Decoded::EndpointSlice(slice) => match slice.metadata.label(SERVICE_NAME_LABEL) {
+            Some(service) => named.contains(&(namespace(&slice.metadata), service)),
+            None => true,
+        },
+        _ => true,
+    }
 }
 
 #[cfg(test)]
