@@ -471,12 +471,7 @@ async fn kingress_of_our_class_marked_ready_once_every_replica_serves_it() {
     c.api
         .apply(route_obj("ns", "web", &[("rev-a", 50), ("rev-b", 50)]));
     eventually(15, "generation 2 Ready", || async {
-        let s = status("web");
-        s["observedGeneration"] == 2
-            && s["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
+        is_ready(&c.api.get(KINGRESS_API, "Ingress", "ns", "web").unwrap(), 2)
     })
     .await;
     assert!(leader.debug_routes().await.get("probe_failures").is_none());
