@@ -7,13 +7,13 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use config_sync::build::{build, BuildOptions, LastGood};
-use config_sync::host::{normalize, MAX_HOST_LEN};
-use config_sync::resolve::{resolve, Request, Resolved};
-use config_sync::select::pick_endpoint;
+use config_sync::compiler::{build, BuildOptions, LastGood};
 use config_sync::synth::{cluster, host, Shape};
 use config_sync::Publisher;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use dataplane::host::{normalize, MAX_HOST_LEN};
+use dataplane::resolve::{resolve, Request, Resolved};
+use dataplane::select::pick_endpoint;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -79,8 +79,8 @@ fn per_request(c: &mut Criterion) {
             .collect();
         let mut rng = SmallRng::seed_from_u64(1);
         let headers = http::HeaderMap::new();
-        let policy = config_sync::health::Policy::default();
-        let now = config_sync::health::now_millis();
+        let policy = dataplane::health::Policy::default();
+        let now = dataplane::health::now_millis();
         let mut i = 0;
         let id = format!("{routes} routes, {distinct} hosts");
         group.bench_function(id, |b| {
@@ -196,8 +196,8 @@ fn table_build(c: &mut Criterion) {
 /// (target under 2 s and 200 MB).
 fn kube_source(c: &mut Criterion) {
     use config_sync::model::{decode_object, Snapshot};
-    use config_sync::table::EndpointUpdate;
     use config_sync::ObjectKey;
+    use dataplane::endpoints::EndpointUpdate;
 
     let shape = Shape {
         tags: false,
@@ -207,8 +207,8 @@ fn kube_source(c: &mut Criterion) {
     let publisher = Publisher::new(BuildOptions::default());
     let table = publisher.publish(snapshot.clone());
     let update = [EndpointUpdate {
-        key: config_sync::ir::revision_key("ns-7", "route-7-00001"),
-        slices: vec![config_sync::table::SliceEndpoints {
+        key: dataplane::endpoints::revision_key("ns-7", "route-7-00001"),
+        slices: vec![dataplane::endpoints::SliceEndpoints {
             ports: vec![("http".into(), 8012)],
             addrs: vec!["10.9.9.9".parse().unwrap()],
         }],
@@ -234,7 +234,10 @@ fn kube_source(c: &mut Criterion) {
     let sync = |objects: Vec<serde_json::Value>| {
         let mut s = Snapshot::default();
         for o in objects {
-            s.push(decode_object(o, config_sync::kingress::DEFAULT_CLASS));
+            s.push(decode_object(
+                o,
+                config_sync::model::kingress::DEFAULT_CLASS,
+            ));
         }
         build(s, &BuildOptions::default(), &LastGood::default(), None, 1)
     };
@@ -288,7 +291,7 @@ fn kingresses(c: &mut Criterion) {
         },
     );
     // One KIngress's split changes (90/10 → 50/50): patched, not rebuilt.
-    let mut changed = config_sync::kingress::KIngress::clone(&snapshot.kingresses[7]);
+    let mut changed = config_sync::model::kingress::KIngress::clone(&snapshot.kingresses[7]);
     for rule in &mut std::sync::Arc::make_mut(&mut changed.spec).rules {
         for path in rule
             .http
@@ -304,7 +307,7 @@ fn kingresses(c: &mut Criterion) {
     }
     let changed = std::sync::Arc::new(changed);
     let named: Vec<String> = (0..3).map(|r| format!("route-7-{r:05}")).collect();
-    let update = || config_sync::build::KIngressUpdate {
+    let update = || config_sync::compiler::KIngressUpdate {
         kingresses: vec![changed.clone()],
         services: snapshot
             .services
@@ -327,7 +330,7 @@ fn kingresses(c: &mut Criterion) {
         b.iter_batched(
             || (update(), last_good.clone()),
             |(u, mut lg)| {
-                let t = config_sync::build::update_kingresses(
+                let t = config_sync::compiler::update_kingresses(
                     &table,
                     u,
                     &BuildOptions::default(),
@@ -341,9 +344,9 @@ fn kingresses(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    let endpoint = [config_sync::table::EndpointUpdate {
-        key: config_sync::ir::service_key("ns-7", "route-7-00001"),
-        slices: vec![config_sync::table::SliceEndpoints {
+    let endpoint = [dataplane::endpoints::EndpointUpdate {
+        key: dataplane::endpoints::service_key("ns-7", "route-7-00001"),
+        slices: vec![dataplane::endpoints::SliceEndpoints {
             ports: vec![("http".into(), 8012)],
             addrs: vec!["10.9.9.9".parse().unwrap()],
         }],

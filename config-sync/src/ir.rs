@@ -1,6 +1,6 @@
 //! The one intermediate form both inputs compile into. A Route's status
-//! ([`crate::build::validate_route`]) and a KIngress with its Services
-//! ([`crate::kingress::lower`]) each become an [`Ingress`]; the builder turns
+//! ([`crate::lower::route::validate_route`]) and a KIngress with its Services
+//! ([`crate::lower::kingress::lower`]) each become an [`Ingress`]; the builder turns
 //! a list of them into the routing table and never looks at where they came
 //! from. Everything here is already validated: header names and values are
 //! typed, hosts normalised, percents summing to 100.
@@ -8,6 +8,9 @@
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
+
+use dataplane::affinity::Affinity;
+use dataplane::endpoints::{write_key, PortSelector};
 
 use crate::model::{Kind, ObjectKey};
 
@@ -36,7 +39,7 @@ pub struct Ingress {
     /// A Route's tags and the revision each sends to, for `/debug/routes`.
     pub tags: Vec<(String, Backend)>,
     /// Sticky canary: its splits keep each user on one revision by cookie.
-    pub affinity: Option<Arc<crate::affinity::Affinity>>,
+    pub affinity: Option<Arc<Affinity>>,
 }
 
 /// Hosts and the paths that serve them.
@@ -122,48 +125,6 @@ pub enum Backend {
     },
 }
 
-/// Which port of an EndpointSlice carries a backend, and how to speak to it:
-/// the port named `name`, or else `number`, the Service's numeric `targetPort`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PortSelector {
-    /// Slice port name: the Service port's name (empty when unnamed), or
-    /// queue-proxy's `http` for a revision. Shared: most are the same few names.
-    pub name: Arc<str>,
-    /// Used when no slice port has that name.
-    pub number: Option<u16>,
-    /// The port speaks HTTP/2: in cleartext (a Service port named `http2`
-    /// or `h2c`, or with `appProtocol: kubernetes.io/h2c`), or, with `tls`,
-    /// by ALPN `h2` (the Service has such a port beside its `https` one).
-    pub h2: bool,
-    /// The port is Knative's `https` port (system-internal TLS): reached over
-    /// TLS 1.3 with the trust bundle and Knative's names ([`crate::trust`]).
-    pub tls: bool,
-    /// A revision's: a slice without the `http` port is served on its port
-    /// named `http2` over HTTP/2 cleartext, as Knative names the private port
-    /// of a revision whose container asks for h2c.
-    pub or_http2: bool,
-}
-
-/// Knative's name for a revision port that speaks HTTP/2 cleartext.
-pub const HTTP2_PORT: &str = "http2";
-
-impl PortSelector {
-    /// The port of a slice with `ports`, if any matches, and whether it
-    /// speaks HTTP/2 cleartext.
-    pub fn select(&self, ports: &[(Arc<str>, u16)]) -> Option<(u16, bool)> {
-        let named = |want: &str| ports.iter().find(|(name, _)| **name == *want).map(|p| p.1);
-        if let Some(port) = named(&self.name) {
-            return Some((port, self.h2));
-        }
-        if self.or_http2 {
-            if let Some(port) = named(HTTP2_PORT) {
-                return Some((port, true));
-            }
-        }
-        self.number.map(|port| (port, self.h2))
-    }
-}
-
 /// Knative's name for the port where the activator and queue-proxy serve TLS.
 pub const HTTPS_PORT: &str = "https";
 
@@ -196,72 +157,9 @@ impl Backend {
     }
 }
 
-/// The one writer of endpoint index keys, into `buf`: `r/ns/name` for a
-/// revision's private EndpointSlices, `s/ns/name` for a Service's.
-pub fn write_key<'b>(buf: &'b mut String, revision: bool, namespace: &str, name: &str) -> &'b str {
-    buf.clear();
-    for part in [if revision { "r" } else { "s" }, "/", namespace, "/", name] {
-        buf.push_str(part);
-    }
-    buf
-}
-
-/// Endpoint index key of a revision's private EndpointSlices.
-pub fn revision_key(namespace: &str, revision: &str) -> String {
-    write_key(&mut String::new(), true, namespace, revision).to_owned()
-}
-
-/// Endpoint index key of a Service's EndpointSlices.
-pub fn service_key(namespace: &str, service: &str) -> String {
-    write_key(&mut String::new(), false, namespace, service).to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ports(list: &[(&str, u16)]) -> Vec<(Arc<str>, u16)> {
-        list.iter().map(|(n, p)| ((*n).into(), *p)).collect()
-    }
-
-    fn selector(name: &str, number: Option<u16>, h2: bool, or_http2: bool) -> PortSelector {
-        PortSelector {
-            name: name.into(),
-            number,
-            h2,
-            tls: false,
-            or_http2,
-        }
-    }
-
-    #[test]
-    fn a_port_is_picked_by_name_then_number_with_its_protocol() {
-        let svc = selector("grpc", Some(9000), true, false);
-        assert_eq!(
-            svc.select(&ports(&[("x", 1), ("grpc", 50051)])),
-            Some((50051, true))
-        );
-        assert_eq!(svc.select(&ports(&[("x", 1)])), Some((9000, true)));
-        let unnumbered = selector("web", None, false, false);
-        assert_eq!(unnumbered.select(&ports(&[("x", 1)])), None);
-    }
-
-    #[test]
-    fn a_revision_without_an_http_port_is_served_on_http2_over_h2c() {
-        let rev = selector("http", None, false, true);
-        assert_eq!(
-            rev.select(&ports(&[("http", 8012), ("http2", 8013)])),
-            Some((8012, false))
-        );
-        assert_eq!(
-            rev.select(&ports(&[("http-metrics", 9091), ("http2", 8013)])),
-            Some((8013, true))
-        );
-        assert_eq!(rev.select(&ports(&[("http-metrics", 9091)])), None);
-        // A Service's port never falls back to another name.
-        let svc = selector("http", None, false, false);
-        assert_eq!(svc.select(&ports(&[("http2", 8013)])), None);
-    }
 
     #[test]
     fn tls_ports_by_name_or_number() {

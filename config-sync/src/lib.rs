@@ -1,34 +1,34 @@
-//! config-sync: turns Knative Routes and revision EndpointSlices into the
-//! gateway's routing table and hands each new table to it.
+//! config-sync: the control plane. It turns what Knative writes (Routes'
+//! status, or KIngresses with their Services) and EndpointSlices into the
+//! gateway's routing table ([`dataplane::Table`]) and hands each new table to
+//! it; with a cluster, it also reports KIngress status.
 //!
+//! The config flow, in order:
+//! - [`sources`]: where objects come from (a snapshot file, an API server);
 //! - [`model`]: the objects, decoded one at a time;
-//! - [`build`]: the pure table builder; [`table`]: what it builds;
-//! - [`select`]: per-request picks over the table;
+//! - [`lower`]: each kind of routed object into the one intermediate form
+//!   ([`ir`]), with [`tls`] and [`trust`] for certificates in and out;
+//! - [`compiler`]: the intermediate form into a table, in full or as a patch;
 //! - [`publish`]: the `source → table → swap` seam;
-//! - [`sources`]: where objects come from.
+//! - [`status`]: probing the gateway's replicas and marking KIngresses Ready
+//!   ([`served`], [`leader`]).
 
-pub mod affinity;
-pub mod build;
+pub mod compiler;
 pub mod error;
-pub mod health;
-pub mod host;
 pub mod ir;
-pub mod kingress;
 pub mod leader;
+pub mod lower;
 pub mod model;
 pub mod publish;
-pub mod resolve;
-pub mod responses;
-pub mod select;
+pub mod served;
 pub mod sources;
 pub mod status;
 pub mod synth;
-pub mod table;
 pub mod tls;
 pub mod trust;
 
-pub use build::{build, BuildOptions, LastGood};
+pub use compiler::{build, BuildOptions, LastGood};
+pub use dataplane::table::Table;
 pub use error::{ObjectError, Outcome, Rejection, SourceError};
 pub use model::{ObjectKey, Snapshot};
 pub use publish::{Publisher, TableReader};
-pub use table::Table;

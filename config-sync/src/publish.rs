@@ -10,9 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::build::{build, update_kingresses, BuildOptions, KIngressUpdate, LastGood};
+use crate::compiler::{build, update_kingresses, BuildOptions, KIngressUpdate, LastGood};
 use crate::model::Snapshot;
-use crate::table::Table;
+use dataplane::table::Table;
 
 /// Cheap, cloneable read handle on the live table.
 #[derive(Clone, Debug)]
@@ -257,7 +257,7 @@ impl Publisher {
     /// changed, whose rejections `rejected` replaces.
     pub fn publish_endpoints(
         &self,
-        updates: &[crate::table::EndpointUpdate],
+        updates: &[dataplane::endpoints::EndpointUpdate],
         slices: &[crate::model::ObjectKey],
         rejected: Vec<crate::error::Rejection>,
     ) -> Arc<Table> {

@@ -124,9 +124,9 @@ pub fn kingress_cluster(kingresses: usize, endpoints: usize) -> Snapshot {
             "splits": [split(2, 100)]});
         let main = serde_json::json!({"splits": [split(0, 90), split(1, 10)]});
         let value = serde_json::json!({
-            "apiVersion": crate::kingress::API_VERSION, "kind": "Ingress",
+            "apiVersion": crate::model::kingress::API_VERSION, "kind": "Ingress",
             "metadata": {"name": name, "namespace": ns,
-                "annotations": {crate::kingress::CLASS_ANNOTATION: crate::kingress::DEFAULT_CLASS}},
+                "annotations": {crate::model::kingress::CLASS_ANNOTATION: crate::model::kingress::DEFAULT_CLASS}},
             "spec": {"rules": [
                 {"hosts": [host(i)], "visibility": "ExternalIP",
                  "http": {"paths": [tagged.clone(), main.clone()]}},
@@ -164,7 +164,7 @@ pub fn kingress_cluster(kingresses: usize, endpoints: usize) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{build, BuildOptions, LastGood};
+    use crate::compiler::{build, BuildOptions, LastGood};
 
     #[test]
     fn synthetic_clusters_build_without_rejections() {

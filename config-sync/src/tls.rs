@@ -6,17 +6,14 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use dataplane::certs::{parse_pem, Certs};
 use rustls::sign::CertifiedKey;
-use serde::Serialize;
 
 use crate::error::{parse_or_last_good, ObjectError, Outcome, Rejection};
-use crate::kingress::KIngress;
+use crate::model::kingress::KIngress;
 use crate::model::{self, Kind, ObjectKey, Secret};
 
 /// The Secret type of a certificate and its key.
@@ -24,94 +21,11 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Certificates by server name, swapped in with the routing table.
-#[derive(Default)]
-pub struct Certs {
-    /// Exact names.
-    exact: FastMap<Box<str>, Arc<CertifiedKey>>,
-    /// `*.example.com` entries, by `example.com`: one label deep, as in TLS.
-    wildcard: FastMap<Box<str>, Arc<CertifiedKey>>,
-    /// For any other name, and for clients that send no SNI.
-    default: Option<Arc<CertifiedKey>>,
-    /// Entries that apply only to cluster-local rules (`cluster-local-domain-tls`):
-    /// served on the internal HTTPS listener alone.
-    local: FastMap<Box<str>, Arc<CertifiedKey>>,
-    /// `--cluster-cert-secret`: the internal listener's certificate for
-    /// names nothing else has one for.
-    local_default: Option<Arc<CertifiedKey>>,
-    /// Names served, with the Secret serving each, for `/debug/routes`.
-    names: Vec<CertView>,
-}
-
-/// A served name in `/debug/routes`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CertView {
-    /// Server name (`*.example.com` for a wildcard), or `*` for the default.
-    pub name: String,
-    /// `namespace/name` of the Secret.
-    pub secret: String,
-    /// Served on the internal HTTPS listener only (a cluster-local name).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub internal_only: bool,
-}
-
-impl std::fmt::Debug for Certs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(&self.names).finish()
-    }
-}
-
-impl Certs {
-    /// The certificate the external HTTPS listener presents for
-    /// `server_name` (already lowercase, as rustls gives it): an exact name,
-    /// else a wildcard one label up, else the default. Never one meant only
-    /// for cluster-local names.
-    pub fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        self.named(server_name).or(self.default.as_ref()).cloned()
-    }
-
-    /// The certificate the internal HTTPS listener presents: a cluster-local
-    /// entry's, else a public one's, else `--cluster-cert-secret`'s, else the
-    /// default.
-    pub fn lookup_internal(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        server_name
-            .and_then(|name| self.local.get(name))
-            .or_else(|| self.named(server_name))
-            .or(self.local_default.as_ref())
-            .or(self.default.as_ref())
-            .cloned()
-    }
-
-    fn named(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
-        server_name.and_then(|name| {
-            self.exact.get(name).or_else(|| {
-                let parent = name.split_once('.')?.1;
-                self.wildcard.get(parent)
-            })
-        })
-    }
-
-    /// Names served and their Secrets.
-    pub fn names(&self) -> &[CertView] {
-        &self.names
-    }
-
-    /// Whether there is no certificate at all.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
-
 /// Certificates parsed so far, by Secret, with a fingerprint of the data each
 /// came from: a Secret whose data did not change is not parsed again, and a
 /// broken one keeps its last good certificate.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed(HashMap<ObjectKey, (u64, Arc<CertifiedKey>)>);
-
-fn provider() -> &'static CryptoProvider {
-    static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
-    PROVIDER.get_or_init(rustls::crypto::ring::default_provider)
-}
 
 fn fingerprint(secret: &Secret) -> u64 {
     let mut h = DefaultHasher::new();
@@ -145,25 +59,6 @@ pub fn parse_secret(secret: &Secret) -> Result<CertifiedKey, ObjectError> {
     parse_pem(&crt, &key, ("tls.crt", "tls.key")).map_err(bad)
 }
 
-/// A PEM certificate chain and its PEM private key (`names` say what each
-/// is called in errors); the key must match the first certificate.
-pub fn parse_pem(crt: &[u8], key: &[u8], names: (&str, &str)) -> Result<CertifiedKey, String> {
-    let (crt_name, key_name) = names;
-    let chain = CertificateDer::pem_slice_iter(crt)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{crt_name}: {e}"))?;
-    if chain.is_empty() {
-        return Err(format!("{crt_name} holds no PEM certificate"));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("{key_name}: {e}"))?;
-    CertifiedKey::from_der(chain, key, provider()).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => {
-            format!("{key_name} does not match the certificate in {crt_name}")
-        }
-        e => format!("{crt_name} and {key_name}: {e}"),
-    })
-}
-
 /// The Secrets of the certificates for names no `spec.tls` entry covers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Defaults<'a> {
@@ -176,7 +71,11 @@ pub struct Defaults<'a> {
 /// Whether `tls` applies to a rule of `ing` of visibility `local` (true:
 /// `ClusterLocal`): it holds all of that rule's hosts, as Knative's
 /// `GetIngressTLSForVisibility` decides.
-pub(crate) fn applies(ing: &KIngress, tls: &crate::kingress::IngressTls, local: bool) -> bool {
+pub(crate) fn applies(
+    ing: &KIngress,
+    tls: &crate::model::kingress::IngressTls,
+    local: bool,
+) -> bool {
     let norm = |h: &String| h.trim_end_matches('.').to_ascii_lowercase();
     let held: Vec<String> = tls.hosts.iter().map(norm).collect();
     ing.spec.rules.iter().any(|rule| {
@@ -265,38 +164,14 @@ pub fn build(
             let internal_only = applies(ing, tls, true) && !applies(ing, tls, false);
             for host in &tls.hosts {
                 let name = host.trim_end_matches('.').to_ascii_lowercase();
-                let (map, stored) = match name.strip_prefix("*.") {
-                    _ if internal_only => (&mut certs.local, name.clone()),
-                    Some(parent) => (&mut certs.wildcard, parent.to_owned()),
-                    None => (&mut certs.exact, name.clone()),
-                };
-                if let std::collections::hash_map::Entry::Vacant(v) = map.entry(stored.into()) {
-                    v.insert(cert.clone());
-                    certs.names.push(CertView {
-                        name,
-                        secret: key.to_string(),
-                        internal_only,
-                    });
-                }
+                certs.add(name, &key, cert.clone(), internal_only);
             }
         }
     }
     for (key, internal_only) in [(defaults.any, false), (defaults.cluster_local, true)] {
         let Some(key) = key else { continue };
         match cert_of(key, rejected) {
-            Some(cert) => {
-                let slot = if internal_only {
-                    &mut certs.local_default
-                } else {
-                    &mut certs.default
-                };
-                *slot = Some(cert);
-                certs.names.push(CertView {
-                    name: "*".into(),
-                    secret: key.to_string(),
-                    internal_only,
-                });
-            }
+            Some(cert) => certs.set_default(key, cert, internal_only),
             None if !by_key.contains_key(key) => rejected.push(Rejection {
                 kind: Kind::Secret,
                 object: key.clone(),
@@ -313,6 +188,8 @@ pub fn build(
 mod tests {
     use super::*;
     use base64::engine::general_purpose::STANDARD;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
 
     fn pair(names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -341,9 +218,9 @@ mod tests {
             .iter()
             .map(|(hosts, secret)| serde_json::json!({"hosts": hosts, "secretName": secret, "secretNamespace": "ns"}))
             .collect();
-        let value = serde_json::json!({"apiVersion": crate::kingress::API_VERSION, "kind": "Ingress",
+        let value = serde_json::json!({"apiVersion": crate::model::kingress::API_VERSION, "kind": "Ingress",
             "metadata": {"name": name, "namespace": "ns"}, "spec": {"tls": tls}});
-        Arc::new(crate::kingress::decode(value).unwrap())
+        Arc::new(crate::model::kingress::decode(value).unwrap())
     }
 
     fn leaf(cert: &Arc<CertifiedKey>) -> Vec<u8> {

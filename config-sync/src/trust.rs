@@ -1,33 +1,19 @@
-//! Knative's system-internal TLS, the gateway's side: whom to trust on the
-//! way to the activator and queue-proxy, and how their certificates are
-//! checked. The trust bundle is `ca.crt` of the Secret `routing-serving-certs`
-//! plus every data value of the ConfigMaps labelled
-//! `networking.knative.dev/trust-bundle`, all in the system namespace. A
-//! backend's certificate must chain to it and name `kn-user-<namespace of
-//! the split>` (queue-proxy) or `kn-routing` (the activator, which a public
-//! Service's endpoints point at while a revision is at zero). TLS 1.3 only,
-//! no SNI, as Kourier connects.
-//!
-//! Each source is parsed once per version of its data; one that breaks keeps
-//! its last good certificates. The client configurations are built again
-//! only when the set of trusted certificates changes, so their session
-//! caches (resumption) live as long as the trust does.
+//! The trust bundle for Knative's system-internal TLS: `ca.crt` of the
+//! Secret `routing-serving-certs` plus every data value of the ConfigMaps
+//! labelled `networking.knative.dev/trust-bundle`, all in the system
+//! namespace, built into the [`Trust`] the request path connects with
+//! (`dataplane::trust`). Each source is parsed once per version of its data;
+//! one that breaks keeps its last good certificates.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use dataplane::trust::{fingerprint_of, Trust};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
-use serde::Serialize;
+use rustls::pki_types::CertificateDer;
 
 use crate::error::{parse_or_last_good, ObjectError, Rejection};
 use crate::model::{self, ConfigMap, Kind, ObjectKey, Secret};
@@ -37,208 +23,8 @@ pub const CA_SECRET: &str = "routing-serving-certs";
 /// The key of the CA in [`CA_SECRET`].
 pub const CA_KEY: &str = "ca.crt";
 pub use crate::model::TRUST_BUNDLE_LABEL;
-/// The name in the activator's certificate.
-pub const ACTIVATOR_NAME: &str = "kn-routing";
 /// Knative's system namespace, where the bundle lives, unless configured.
 pub const DEFAULT_SYSTEM_NAMESPACE: &str = "knative-serving";
-
-/// The name queue-proxy's certificate carries in `namespace`.
-pub fn user_name(namespace: &str) -> String {
-    format!("kn-user-{namespace}")
-}
-
-/// The trusted certificates and the client configurations built on them.
-pub struct Trust {
-    h1: Arc<ClientConfig>,
-    h2: Arc<ClientConfig>,
-    fingerprint: u64,
-    view: TrustView,
-}
-
-/// The trust bundle in `/debug/routes`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TrustView {
-    /// `Secret ns/name` and `ConfigMap ns/name` of each source used.
-    pub sources: Vec<String>,
-    /// Certificates trusted, all sources together.
-    pub certificates: usize,
-}
-
-impl std::fmt::Debug for Trust {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.view.fmt(f)
-    }
-}
-
-impl Trust {
-    /// The configuration for a connection speaking HTTP/2 (ALPN `h2`) or
-    /// HTTP/1.1 (ALPN `http/1.1`).
-    pub fn config(&self, h2: bool) -> &Arc<ClientConfig> {
-        if h2 {
-            &self.h2
-        } else {
-            &self.h1
-        }
-    }
-
-    /// What it trusts, for `/debug/routes`.
-    pub fn view(&self) -> &TrustView {
-        &self.view
-    }
-
-    /// Trust in `certs` (DER), listed as coming from `sources`.
-    pub fn from_certificates(
-        certs: &[CertificateDer<'static>],
-        sources: Vec<String>,
-    ) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(KnativeNames::new(certs, &provider)?);
-        let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
-            let mut config = ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier.clone())
-                .with_no_client_auth();
-            // The name checked is not sent: queue-proxy and the activator
-            // serve one certificate whatever the client asks for.
-            config.enable_sni = false;
-            config.alpn_protocols = vec![alpn.to_vec()];
-            Ok(Arc::new(config))
-        };
-        Ok(Self {
-            h1: config(b"http/1.1")?,
-            h2: config(b"h2")?,
-            fingerprint: fingerprint_of(certs),
-            view: TrustView {
-                sources,
-                certificates: certs.len(),
-            },
-        })
-    }
-}
-
-fn fingerprint_of(certs: &[CertificateDer<'_>]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for c in certs {
-        c.as_ref().hash(&mut h);
-    }
-    h.finish()
-}
-
-/// Chain to the bundle, then the name: the one asked for (`kn-user-<ns>`,
-/// or `kn-routing` for the activator itself), or else `kn-routing`, since
-/// a public Service's endpoints are the activator's while its revision is
-/// at zero.
-#[derive(Debug)]
-struct KnativeNames {
-    webpki: Arc<WebPkiServerVerifier>,
-}
-
-impl KnativeNames {
-    fn new(
-        certs: &[CertificateDer<'static>],
-        provider: &Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<Self, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in certs {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-        }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("cannot verify with these certificates: {e}"))?;
-        Ok(Self { webpki })
-    }
-}
-
-impl ServerCertVerifier for KnativeNames {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verify = |name: &ServerName<'_>| {
-            self.webpki
-                .verify_server_cert(end_entity, intermediates, name, ocsp, now)
-        };
-        let result = match verify(server_name) {
-            Err(rustls::Error::InvalidCertificate(e)) if is_wrong_name(&e) => {
-                let activator = ServerName::try_from(ACTIVATOR_NAME).expect("a valid DNS name");
-                // Refused for both: the error names the one asked for.
-                verify(&activator).map_err(|_| rustls::Error::InvalidCertificate(e))
-            }
-            other => other,
-        };
-        if let Err(e) = &result {
-            count_failure(e);
-        }
-        result
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-fn is_wrong_name(e: &CertificateError) -> bool {
-    matches!(
-        e,
-        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-    )
-}
-
-/// Why backend certificates were refused, as metric label values.
-pub const FAILURE_REASONS: [&str; 5] = [
-    "unknown_issuer",
-    "wrong_name",
-    "expired",
-    "not_yet_valid",
-    "other",
-];
-
-static FAILURES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
-
-fn count_failure(e: &rustls::Error) {
-    let reason = match e {
-        rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => 0,
-            c if is_wrong_name(c) => 1,
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => 2,
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => 3,
-            _ => 4,
-        },
-        _ => 4,
-    };
-    FAILURES[reason].fetch_add(1, Ordering::Relaxed);
-}
-
-/// Backend certificates refused since start, by [`FAILURE_REASONS`].
-pub fn failures() -> [(&'static str, u64); 5] {
-    std::array::from_fn(|i| (FAILURE_REASONS[i], FAILURES[i].load(Ordering::Relaxed)))
-}
 
 /// A source's certificates, with a fingerprint of the data they came from.
 type SourceCerts = (u64, Arc<[CertificateDer<'static>]>);
@@ -353,7 +139,7 @@ pub fn build(
     }
     let print = fingerprint_of(&all);
     next.trust = match &previous.trust {
-        Some(t) if t.fingerprint == print && t.view.sources == sources => Some(t.clone()),
+        Some(t) if t.fingerprint() == print && t.view().sources == sources => Some(t.clone()),
         _ => match Trust::from_certificates(&all, sources) {
             Ok(t) => Some(Arc::new(t)),
             Err(message) => {
@@ -394,15 +180,6 @@ mod tests {
         (rcgen::Issuer::new(params, key), pem)
     }
 
-    fn leaf(
-        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
-        name: &str,
-    ) -> CertificateDer<'static> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.signed_by(&key, issuer).unwrap().der().clone()
-    }
-
     fn secret(ns: &str, pem: &str) -> Secret {
         let mut s = Secret::default();
         s.metadata.name = Some(CA_SECRET.into());
@@ -423,18 +200,6 @@ mod tests {
         }
         m.data.insert("ca.pem".into(), pem.into());
         m
-    }
-
-    fn verify(ca_pem: &str, cert: &CertificateDer<'_>, name: &str) -> Result<(), rustls::Error> {
-        let roots: Vec<_> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = KnativeNames::new(&roots, &provider).unwrap();
-        let name = ServerName::try_from(name.to_owned()).unwrap();
-        verifier
-            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
-            .map(|_| ())
     }
 
     #[test]
@@ -509,55 +274,5 @@ mod tests {
         );
         assert_eq!(rejected[0].outcome, Outcome::LeftOut);
         assert_eq!(fresh.trust().unwrap().view().certificates, 1);
-    }
-
-    #[test]
-    fn a_certificate_must_chain_to_the_bundle_and_name_the_namespace_or_the_activator() {
-        let (issuer, pem) = ca("trusted");
-        let (stranger, _) = ca("stranger");
-        let mut rejected = Vec::new();
-        let parsed = build(
-            &[secret("knative-serving", &pem)],
-            &[],
-            "knative-serving",
-            &Parsed::default(),
-            &mut rejected,
-        );
-        let trust = parsed.trust().unwrap();
-        let user = user_name("a");
-        assert_eq!(user, "kn-user-a");
-        assert!(verify(&pem, &leaf(&issuer, "kn-user-a"), &user).is_ok());
-        assert!(
-            verify(&pem, &leaf(&issuer, ACTIVATOR_NAME), &user).is_ok(),
-            "the activator"
-        );
-        let before = failures();
-        let wrong = verify(&pem, &leaf(&issuer, "kn-user-b"), &user).unwrap_err();
-        assert!(
-            matches!(&wrong, rustls::Error::InvalidCertificate(c) if is_wrong_name(c)),
-            "{wrong}"
-        );
-        assert!(
-            wrong.to_string().contains("kn-user-a"),
-            "names what was asked: {wrong}"
-        );
-        let unknown = verify(&pem, &leaf(&stranger, "kn-user-a"), &user).unwrap_err();
-        assert!(
-            matches!(
-                unknown,
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-            ),
-            "{unknown}"
-        );
-        let after = failures();
-        assert!(
-            after[1].1 > before[1].1 && after[0].1 > before[0].1,
-            "{after:?}"
-        );
-        // No SNI, ALPN by protocol.
-        let (h1, h2) = (trust.config(false), trust.config(true));
-        assert!(!h1.enable_sni);
-        assert_eq!(h1.alpn_protocols, [b"http/1.1".to_vec()]);
-        assert_eq!(h2.alpn_protocols, [b"h2".to_vec()]);
     }
 }

@@ -1,9 +1,10 @@
 //! The table builder over plain data: no sockets.
 
-use config_sync::build::{build, BuildOptions, LastGood};
+use config_sync::compiler::{build, BuildOptions, LastGood};
 use config_sync::sources::file::parse;
-use config_sync::table::{BackendId, Dispatch, Target};
-use config_sync::{Outcome, Table};
+use config_sync::Outcome;
+use dataplane::table::{BackendId, Dispatch, Target};
+use dataplane::Table;
 
 const SNAPSHOT: &str = r#"
 apiVersion: serving.knative.dev/v1
@@ -384,9 +385,9 @@ fn response_counts_survive_a_rebuild_per_route_and_revision() {
 
 #[test]
 fn endpoint_updates_swap_only_their_revisions() {
-    use config_sync::ir::revision_key;
-    use config_sync::table::{EndpointUpdate, SliceEndpoints};
     use config_sync::ObjectKey;
+    use dataplane::endpoints::revision_key;
+    use dataplane::endpoints::{EndpointUpdate, SliceEndpoints};
     let (t, _) = table(SNAPSHOT);
     let v1 = one(&t, "v1-hello.default.example.com");
     let v2 = one(&t, "v2-hello.default.example.com");
@@ -545,7 +546,7 @@ fn bare_service(name: &str, target: u16) -> String {
 
 #[test]
 fn a_kingress_waiting_for_its_new_services_slices_keeps_serving_its_last_version() {
-    use config_sync::build::{update_kingresses, KIngressUpdate};
+    use config_sync::compiler::{update_kingresses, KIngressUpdate};
     let web = |svc| {
         kingress(
             "web",
@@ -630,8 +631,8 @@ fn the_older_kingress_keeps_a_contested_host() {
 
 #[test]
 fn endpoint_updates_by_service_follow_each_backends_port() {
-    use config_sync::ir::service_key;
-    use config_sync::table::{EndpointUpdate, SliceEndpoints};
+    use dataplane::endpoints::service_key;
+    use dataplane::endpoints::{EndpointUpdate, SliceEndpoints};
     let text = kingress(
         "web",
         "2026-01-01T00:00:00Z",
@@ -670,13 +671,13 @@ fn view(t: &Table) -> serde_json::Value {
 }
 
 /// Decoded KIngresses of `text` (for an update).
-fn kingresses_of(text: &str) -> Vec<std::sync::Arc<config_sync::kingress::KIngress>> {
+fn kingresses_of(text: &str) -> Vec<std::sync::Arc<config_sync::model::kingress::KIngress>> {
     parse(text).unwrap().kingresses
 }
 
 #[test]
 fn a_patched_kingress_change_equals_a_full_build() {
-    use config_sync::build::{update_kingresses, KIngressUpdate};
+    use config_sync::compiler::{update_kingresses, KIngressUpdate};
     let services = service("a", 8080, "10.0.0.1") + &service("b", 9090, "10.0.0.2");
     let before = kingress(
         "web",
@@ -732,7 +733,7 @@ fn a_patched_kingress_change_equals_a_full_build() {
 
 #[test]
 fn a_kingress_change_that_moves_hosts_takes_a_full_build() {
-    use config_sync::build::{update_kingresses, KIngressUpdate};
+    use config_sync::compiler::{update_kingresses, KIngressUpdate};
     let services = service("a", 8080, "10.0.0.1");
     let (t, mut lg) = table(
         &(kingress(
@@ -787,8 +788,8 @@ fn a_kingress_change_that_moves_hosts_takes_a_full_build() {
 
 #[test]
 fn only_an_endpoint_joining_others_warms_up() {
-    use config_sync::ir::revision_key;
-    use config_sync::table::{EndpointUpdate, SliceEndpoints};
+    use dataplane::endpoints::revision_key;
+    use dataplane::endpoints::{EndpointUpdate, SliceEndpoints};
     let (t, lg) = table(SNAPSHOT);
     let v1 = one(&t, "v1-hello.default.example.com");
     let with = |addrs: &[&str]| EndpointUpdate {

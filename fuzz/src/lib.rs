@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use config_sync::host::{self, MAX_HOST_LEN};
-use config_sync::kingress::{self, IngressSpec};
+use config_sync::model::kingress::{self, IngressSpec};
 use config_sync::sources::file;
 use config_sync::{build, BuildOptions, LastGood, Snapshot};
+use dataplane::host::{self, MAX_HOST_LEN};
 
 // The gateway's PROXY protocol parser, included as source: it has no
 // dependency of the gateway's, and building pingora for every fuzz run
@@ -111,7 +111,7 @@ pub fn kingress(data: &[u8]) {
         ing.hash,
         kingress::hash(&ing.spec, &key.namespace, &key.name)
     );
-    let _ = kingress::hosts(&ing, "cluster.local");
+    let _ = config_sync::lower::kingress::hosts(&ing, "cluster.local");
     let mut snapshot = Snapshot::default();
     snapshot.kingresses.push(Arc::new(ing));
     build_twice(snapshot);

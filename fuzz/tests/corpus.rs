@@ -74,6 +74,6 @@ fn the_seeds_reach_the_table() {
         assert!(table.route_count() > 0, "{seed}: {:?}", table.rejected());
     }
     let json = std::fs::read(dir.join("kingress").join("seed-full.json")).unwrap();
-    let ing = config_sync::kingress::decode(serde_json::from_slice(&json).unwrap()).unwrap();
+    let ing = config_sync::model::kingress::decode(serde_json::from_slice(&json).unwrap()).unwrap();
     assert_eq!(ing.spec.rules.len(), 2);
 }

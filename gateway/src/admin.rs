@@ -27,7 +27,7 @@ pub struct Admin {
     drain: Arc<Drain>,
     listening: Arc<AtomicBool>,
     ui: crate::ui::Ui,
-    policy: config_sync::health::Policy,
+    policy: dataplane::health::Policy,
     /// ExternalNames and how long `/readyz` waits for names to resolve.
     resolutions: Option<(Arc<ExternalNames>, Duration)>,
     /// When `/readyz` first found a table loaded: the wait counts from then.
@@ -55,7 +55,7 @@ impl Admin {
             drain,
             listening,
             ui: crate::ui::Ui::default(),
-            policy: config_sync::health::Policy::default(),
+            policy: dataplane::health::Policy::default(),
             resolutions: None,
             first_table: std::sync::OnceLock::new(),
             probes_only: false,
@@ -114,7 +114,7 @@ impl Admin {
     }
 
     /// Show warmth in `/ui` as the proxy's `policy` computes it.
-    pub fn with_policy(mut self, policy: config_sync::health::Policy) -> Self {
+    pub fn with_policy(mut self, policy: dataplane::health::Policy) -> Self {
         self.policy = policy;
         self
     }
@@ -134,7 +134,7 @@ impl Admin {
             probe_failures: std::collections::BTreeMap<String, String>,
             activator: ActivatorView,
             #[serde(flatten)]
-            table: config_sync::table::TableView,
+            table: dataplane::table::TableView,
         }
         #[derive(Serialize)]
         struct ActivatorView {

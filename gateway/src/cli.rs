@@ -142,7 +142,7 @@ pub struct ServeArgs {
     /// KIngress class this gateway implements with `--kube` (the value of
     /// `ingress-class` in Knative's config-network). KIngresses of other classes
     /// are never touched.
-    #[arg(long, env = "GATEWAY_INGRESS_CLASS", default_value = config_sync::kingress::DEFAULT_CLASS)]
+    #[arg(long, env = "GATEWAY_INGRESS_CLASS", default_value = config_sync::model::kingress::DEFAULT_CLASS)]
     pub ingress_class: String,
     /// The namespace the gateway runs in (the downward API's
     /// `metadata.namespace`): where `--lease`, `--public-service` and
@@ -524,7 +524,7 @@ impl Tuning {
                 stream_idle_timeout: self.stream_idle_timeout,
                 upstream_h2_streams: self.upstream_h2_streams as usize,
                 max_request_headers: self.max_request_headers as usize,
-                endpoints: config_sync::health::Policy {
+                endpoints: dataplane::health::Policy {
                     eject_after: self.eject_after,
                     eject_for: self.eject_for,
                     slow_start: self.slow_start,

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use config_sync::table::BackendKind;
 use config_sync::TableReader;
+use dataplane::table::BackendKind;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 

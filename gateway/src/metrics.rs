@@ -3,7 +3,7 @@
 //! live table and the publisher's status, so swaps cost nothing extra.
 //!
 //! `gateway_requests_total` is not a `prometheus` counter vector: its counts
-//! live in the routing table (`config_sync::responses`), one atomic add per
+//! live in the routing table (`dataplane::responses`), one atomic add per
 //! request, and become a metric family only when scraped.
 
 use std::collections::BTreeMap;
@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use config_sync::responses::Responses;
-use config_sync::{Publisher, Table};
+use config_sync::Publisher;
+use dataplane::responses::Responses;
+use dataplane::Table;
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -75,7 +76,7 @@ pub struct Metrics {
     seconds_since_sync: Gauge,
     rejected: IntGaugeVec,
     /// Backend certificates refused, by reason (copied on render from
-    /// [`config_sync::trust::failures`]).
+    /// [`dataplane::trust::failures`]).
     upstream_tls_failures: IntCounterVec,
     source_errors: IntCounter,
     source_relists: IntCounter,
@@ -306,7 +307,7 @@ impl Metrics {
         };
         self.seconds_since_sync.set(stale as f64);
         self.ejected.reset();
-        let now = config_sync::health::now_millis();
+        let now = dataplane::health::now_millis();
         for b in table.backends() {
             let n = b.endpoints.iter().filter(|e| e.state.ejected(now)).count();
             if n > 0 {
@@ -341,7 +342,7 @@ impl Metrics {
             &self.probes.with_label_values(&["failed"]),
             &health.probes_failed,
         );
-        for (reason, n) in config_sync::trust::failures() {
+        for (reason, n) in dataplane::trust::failures() {
             let c = self.upstream_tls_failures.with_label_values(&[reason]);
             c.inc_by(n.saturating_sub(c.get()));
         }

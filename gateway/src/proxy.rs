@@ -5,7 +5,7 @@
 //! `Gateway::connect_refused`, `Gateway::record`); it hands the rest here.
 //!
 //! 1. `request_filter`: one `ArcSwap` load of the table, then
-//!    [`config_sync::resolve`]: Host → route, the first matching path (prefix
+//!    [`dataplane::resolve`]: Host → route, the first matching path (prefix
 //!    and exact headers), a pick by weight, and the headers to set; 400
 //!    without a Host, 404 for an unknown host or path, and 404 on the external
 //!    listener for cluster-local routes. With `--source routes`, Knative's
@@ -38,12 +38,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use config_sync::host::{self, MAX_HOST_LEN};
 use config_sync::publish::ProbeReader;
-use config_sync::resolve::{resolve, Miss, Request, Resolved, HASH_HEADER};
-use config_sync::select::pick_endpoint;
-use config_sync::table::BackendKind;
-use config_sync::{Table, TableReader};
+use config_sync::TableReader;
+use dataplane::host::{self, MAX_HOST_LEN};
+use dataplane::resolve::{resolve, Miss, Request, Resolved, HASH_HEADER};
+use dataplane::select::pick_endpoint;
+use dataplane::table::BackendKind;
+use dataplane::Table;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -75,7 +76,7 @@ pub struct ProxyOptions {
     /// (vendor patch 0008), HTTP/2 header lists here.
     pub max_request_headers: usize,
     /// Ejection of failing endpoints and slow start of new ones.
-    pub endpoints: config_sync::health::Policy,
+    pub endpoints: dataplane::health::Policy,
 }
 
 /// The gateway's `ProxyHttp` implementation. Cloning shares the table, the
@@ -212,7 +213,7 @@ impl Gateway {
 
     /// Resolve `req` (which came in on an internal listener or not, over TLS
     /// as `ctx.tls` says) against the current table into `ctx`: on both paths,
-    /// one `ArcSwap` load and [`config_sync::resolve`].
+    /// one `ArcSwap` load and [`dataplane::resolve`].
     pub(crate) fn route(
         &self,
         req: &RequestHeader,
@@ -272,10 +273,10 @@ impl Gateway {
     /// reset: counted against it, and it is ejected after
     /// `--eject-after` in a row (never the last one of its revision left).
     pub(crate) fn endpoint_failed(&self, ctx: &RequestCtx, i: usize) {
-        use config_sync::health::Verdict;
+        use dataplane::health::Verdict;
         let Some(table) = &ctx.table else { return };
         let backend = table.backend(ctx.to.backend);
-        let now = config_sync::health::now_millis();
+        let now = dataplane::health::now_millis();
         let others_left = backend
             .endpoints
             .iter()
@@ -369,7 +370,7 @@ pub(crate) enum Refusal {
     NoHost,
     /// A Host that cannot name a route: 400.
     BadHost,
-    /// What [`config_sync::resolve`] said.
+    /// What [`dataplane::resolve`] said.
     Miss(Miss),
 }
 
@@ -426,7 +427,7 @@ impl Drop for RequestCtx {
 /// A ready endpoint of the resolved revision, by power of two choices among
 /// those that have not refused this request and are not ejected, weighing
 /// warmth during slow start ([`pick_endpoint`]), at `now`
-/// ([`config_sync::health::millis`]); counted in flight until
+/// ([`dataplane::health::millis`]); counted in flight until
 /// [`RequestCtx::release`]: its address and whether it speaks h2c.
 pub(crate) fn take_endpoint(
     table: &Table,
@@ -434,7 +435,7 @@ pub(crate) fn take_endpoint(
     to: &Resolved,
     failed: &[usize],
     now: u64,
-    policy: &config_sync::health::Policy,
+    policy: &dataplane::health::Policy,
 ) -> Option<(std::net::SocketAddr, bool)> {
     let backend = table.backend(to.backend);
     let i = pick_endpoint(backend, failed, now, policy, &mut rand::rng())?;
@@ -598,7 +599,7 @@ impl ProxyHttp for Gateway {
                     .inc();
                 ctx.upstream = Upstream::Activator;
                 if self.activator.tls() {
-                    tls_name = Some(config_sync::trust::ACTIVATOR_NAME.to_owned());
+                    tls_name = Some(dataplane::trust::ACTIVATOR_NAME.to_owned());
                 }
                 addr
             }
@@ -619,7 +620,7 @@ impl ProxyHttp for Gateway {
                     &mut ctx.upstream,
                     &ctx.to,
                     &ctx.failed,
-                    config_sync::health::millis(ctx.start),
+                    dataplane::health::millis(ctx.start),
                     &self.options.endpoints,
                 )
                 .ok_or_else(|| {
@@ -627,7 +628,7 @@ impl ProxyHttp for Gateway {
                 })?;
                 h2 = wants_h2;
                 if backend.port.tls {
-                    tls_name = Some(config_sync::trust::user_name(&backend.namespace));
+                    tls_name = Some(dataplane::trust::user_name(&backend.namespace));
                 }
                 addr
             }

@@ -65,7 +65,7 @@ pub fn load_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> 
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let (crt, key_pem) = (read(cert)?, read(key)?);
     let names = (cert.display().to_string(), key.display().to_string());
-    config_sync::tls::parse_pem(&crt, &key_pem, (&names.0, &names.1))
+    dataplane::certs::parse_pem(&crt, &key_pem, (&names.0, &names.1))
         .map(Arc::new)
         .map_err(anyhow::Error::msg)
 }

@@ -532,7 +532,7 @@ async fn headers_probe() {
         .ingress_ready("probe", simple(&host("probe"), "probe"))
         .await;
     // The hash as Knative's ComputeHash writes it, of the object as stored.
-    let want = config_sync::kingress::decode(obj).unwrap().hash;
+    let want = config_sync::model::kingress::decode(obj).unwrap().hash;
     assert_eq!(want.len(), 64);
     let probe = |hash: &'static str| {
         let h = host("probe");

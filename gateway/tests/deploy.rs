@@ -279,7 +279,7 @@ fn config_network_is_a_patch_and_the_base_carries_knative_labels() {
     assert!(patch["kind"].is_null() && patch["metadata"].is_null());
     assert_eq!(
         patch["data"]["ingress-class"].as_str(),
-        Some(config_sync::kingress::DEFAULT_CLASS)
+        Some(config_sync::model::kingress::DEFAULT_CLASS)
     );
     let k: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(deploy().join("base/kustomization.yaml")).unwrap(),

@@ -317,7 +317,9 @@ fn kingress_obj(class: &str, name: &str, generation: i64, traffic: &[(&str, i64)
 }
 
 fn hash_of(obj: &Value) -> String {
-    config_sync::kingress::decode(obj.clone()).unwrap().hash
+    config_sync::model::kingress::decode(obj.clone())
+        .unwrap()
+        .hash
 }
 
 async fn probe(addr: SocketAddr, host: &str) -> (u16, String) {

@@ -38,7 +38,7 @@ pub struct SyntaxError {
 /// Parse snapshot text. Only YAML syntax errors fail the whole text; an object
 /// of the wrong shape becomes a rejection inside the snapshot.
 pub fn parse(text: &str) -> Result<Snapshot, SyntaxError> {
-    parse_for_class(text, crate::kingress::DEFAULT_CLASS)
+    parse_for_class(text, crate::model::kingress::DEFAULT_CLASS)
 }
 
 /// [`parse`], keeping the KIngresses of `class`.
@@ -142,7 +142,7 @@ impl FileSource {
         Self {
             path: path.into(),
             publisher,
-            class: crate::kingress::DEFAULT_CLASS.into(),
+            class: crate::model::kingress::DEFAULT_CLASS.into(),
             poll_interval: Duration::from_secs(1),
             settle: Duration::from_millis(2),
             last_hash: None,
@@ -152,7 +152,7 @@ impl FileSource {
         }
     }
 
-    /// Keep the KIngresses of `class` (default: [`crate::kingress::DEFAULT_CLASS`]).
+    /// Keep the KIngresses of `class` (default: [`crate::model::kingress::DEFAULT_CLASS`]).
     pub fn with_class(mut self, class: &str) -> Self {
         self.class = class.into();
         self
@@ -380,7 +380,7 @@ mod tests {
     /// see it here (the poll is an hour away).
     #[tokio::test]
     async fn a_configmap_style_symlink_swap_is_picked_up() {
-        use crate::build::BuildOptions;
+        use crate::compiler::BuildOptions;
         use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_file_missing_for_a_moment_recovers_without_a_rebuild() {
-        use crate::build::BuildOptions;
+        use crate::compiler::BuildOptions;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot.yaml");
         let text = "kind: Route\nmetadata: {name: a, namespace: n}\nstatus: {url: http://a.n.example.com, traffic: [{revisionName: a-1, percent: 100}]}\n";
@@ -465,7 +465,7 @@ mod tests {
 
     #[test]
     fn the_poll_reads_only_a_file_whose_metadata_changed() {
-        use crate::build::BuildOptions;
+        use crate::compiler::BuildOptions;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot.yaml");
         std::fs::write(&path, split_route(10)).unwrap();

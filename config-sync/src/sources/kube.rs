@@ -26,14 +26,15 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::build::{slice_endpoints, slice_keys};
+use crate::compiler::{slice_endpoints, slice_keys};
 use crate::error::Rejection;
-use crate::kingress::{self, KIngress};
+use crate::model::KIngress;
 use crate::model::{
     decode_object, Decoded, Kind, ObjectKey, Snapshot, REVISION_LABEL, SERVICE_NAME_LABEL,
 };
 use crate::publish::Publisher;
-use crate::table::EndpointUpdate;
+use crate::served;
+use dataplane::endpoints::EndpointUpdate;
 
 /// What a burst of events requires: the typed changes one place
 /// (the publish step of [`KubeSource::run`]) turns into a full build, a
@@ -91,7 +92,7 @@ impl Default for KubeOptions {
             source: SourceKind::KIngress,
             namespaces: Vec::new(),
             settle: Duration::from_millis(10),
-            ingress_class: Some(kingress::DEFAULT_CLASS.into()),
+            ingress_class: Some(crate::model::kingress::DEFAULT_CLASS.into()),
             max_backoff: DEFAULT_MAX_BACKOFF,
             system_namespace: crate::trust::DEFAULT_SYSTEM_NAMESPACE.into(),
             secret_labels: None,
@@ -169,7 +170,7 @@ impl Resource {
         match self {
             Resource::Route => "serving.knative.dev/v1",
             Resource::EndpointSlice => "discovery.k8s.io/v1",
-            Resource::KIngress => kingress::API_VERSION,
+            Resource::KIngress => crate::model::kingress::API_VERSION,
             Resource::Service | Resource::Secret | Resource::CaSecret | Resource::TrustBundle => {
                 "v1"
             }
@@ -535,7 +536,7 @@ impl KubeSource {
         if self.options.source == SourceKind::Routes && self.options.ingress_class.is_some() {
             let table = self.publisher.reader().load();
             let previous = self.publisher.probes().snapshot();
-            self.publisher.set_probes(kingress::probe_map(
+            self.publisher.set_probes(served::probe_map(
                 all.iter().map(|k| &**k),
                 &table,
                 &previous,
@@ -724,7 +725,7 @@ fn status_only(
     };
     let annotations = obj.metadata.annotations.as_ref();
     let ours = annotations
-        .and_then(|a| a.get(kingress::CLASS_ANNOTATION))
+        .and_then(|a| a.get(crate::model::CLASS_ANNOTATION))
         .map(String::as_str)
         == Some(class);
     if !ours || obj.metadata.generation != old.metadata.generation {
@@ -746,14 +747,14 @@ fn status_only(
 fn kingress_update(
     stores: &[Watched],
     keys: &std::collections::BTreeSet<ObjectKey>,
-) -> crate::build::KIngressUpdate {
+) -> crate::compiler::KIngressUpdate {
     let store_of = |resource: Resource| {
         stores.iter().find_map(|w| match w {
             Watched::Objects(r, store, index) if *r == resource => Some((store, index)),
             _ => None,
         })
     };
-    let mut update = crate::build::KIngressUpdate::default();
+    let mut update = crate::compiler::KIngressUpdate::default();
     let Some((kingresses, _)) = store_of(Resource::KIngress) else {
         return update;
     };
@@ -773,9 +774,10 @@ fn kingress_update(
     }
     if let Some((slices, index)) = store_of(Resource::EndpointSlice) {
         for key in &named {
-            let feeding = index
-                .0
-                .get(&crate::ir::service_key(&key.namespace, &key.name));
+            let feeding = index.0.get(&dataplane::endpoints::service_key(
+                &key.namespace,
+                &key.name,
+            ));
             for slice in feeding.into_iter().flatten() {
                 if let Some(Decoded::EndpointSlice(s)) = slices.objects.get(slice) {
                     update.slices.push(s.clone());

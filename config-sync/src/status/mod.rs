@@ -33,10 +33,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::build::{http_port, ready_addresses};
+use crate::compiler::endpoints::{http_port, ready_addresses};
 use crate::error::Rejection;
-use crate::kingress::KIngress;
 use crate::leader::LeaderElector;
+use crate::model::KIngress;
 use crate::model::{EndpointSlice, Kind, ObjectKey};
 use crate::publish::{TableReader, WriterHealth};
 use crate::sources::kube::SourceKind;
@@ -135,7 +135,7 @@ struct Work {
     /// The plan: KIngresses whose status is due, most urgent first.
     items: Vec<Item>,
     /// The table the plan was made on.
-    table: Option<Arc<crate::table::Table>>,
+    table: Option<Arc<dataplane::table::Table>>,
     /// When the plan was made.
     planned_at: Option<Instant>,
     /// The feed, the table or the replicas changed since.

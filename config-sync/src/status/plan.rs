@@ -11,10 +11,11 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 
 use crate::error::{ObjectError, Outcome, Rejection};
-use crate::kingress::{self, KIngress};
+use crate::model::KIngress;
 use crate::model::ObjectKey;
+use crate::served;
 use crate::sources::kube::SourceKind;
-use crate::table::Table;
+use dataplane::table::Table;
 
 /// What a KIngress's status should say now.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +83,7 @@ pub(crate) fn verdict(
     if let Some(message) = conflict {
         return Some(Verdict::NotReady("DomainConflict", message));
     }
-    kingress::is_applied(ing, table).then_some(Verdict::Ready)
+    served::is_applied(ing, table).then_some(Verdict::Ready)
 }
 
 /// Whether the written status of `ing` already says `verdict` for its generation.
@@ -295,7 +296,7 @@ mod tests {
     fn kingress(tls_hosts: &[&str]) -> KIngress {
         let split = serde_json::json!([{"serviceName": "s", "serviceNamespace": "ns",
                                          "servicePort": 80, "percent": 100}]);
-        crate::kingress::decode(serde_json::json!({
+        crate::model::kingress::decode(serde_json::json!({
             "metadata": {"name": "web", "namespace": "ns", "generation": 1},
             "spec": {
                 "rules": [

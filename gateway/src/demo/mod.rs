@@ -280,7 +280,7 @@ fn demo_certificate() -> anyhow::Result<(String, Arc<rustls::sign::CertifiedKey>
     let leaf =
         CertificateParams::new(names.map(String::from).to_vec())?.signed_by(&key, &issuer)?;
     let chain = leaf.pem() + &ca_cert.pem();
-    let cert = config_sync::tls::parse_pem(
+    let cert = dataplane::certs::parse_pem(
         chain.as_bytes(),
         key.serialize_pem().as_bytes(),
         ("demo certificate", "demo key"),
@@ -289,7 +289,7 @@ fn demo_certificate() -> anyhow::Result<(String, Arc<rustls::sign::CertifiedKey>
     Ok((ca_cert.pem(), Arc::new(cert)))
 }
 
-fn print_intro(args: &DemoArgs, view: &config_sync::table::TableView, ca_file: &std::path::Path) {
+fn print_intro(args: &DemoArgs, view: &dataplane::table::TableView, ca_file: &std::path::Path) {
     let port = args.http.rsplit(':').next().unwrap_or("8080");
     let gw = format!("localhost:{port}");
     println!(

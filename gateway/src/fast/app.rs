@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use config_sync::table::BackendKind;
+use dataplane::table::BackendKind;
 use pingora::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
@@ -330,7 +330,7 @@ impl FastPath {
         let mut request_head = Buf::take();
         let mut rbuf = Buf::take();
         let mut up = loop {
-            let now = config_sync::health::millis(ctx.start);
+            let now = dataplane::health::millis(ctx.start);
             let picked = {
                 let RequestCtx {
                     table,
@@ -366,7 +366,7 @@ impl FastPath {
                 let table = ctx.table.as_ref().expect("routed above");
                 let backend = table.backend(ctx.to.backend);
                 backend.port.tls.then(|| {
-                    let name = config_sync::trust::user_name(&backend.namespace);
+                    let name = dataplane::trust::user_name(&backend.namespace);
                     let trust = table.trust().expect("checked before the hand-over");
                     (trust.config(false).clone(), name)
                 })
@@ -382,7 +382,7 @@ impl FastPath {
                             let namespace = &table.backend(ctx.to.backend).namespace;
                             tracing::warn!(
                                 upstream = %addr,
-                                expected_name = %config_sync::trust::user_name(namespace),
+                                expected_name = %dataplane::trust::user_name(namespace),
                                 "TLS to the backend failed: {e}"
                             );
                         } else {

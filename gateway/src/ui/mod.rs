@@ -15,10 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use config_sync::health::{millis, Policy};
-use config_sync::responses::{latency_quantile, Responses, LATENCY_BUCKETS};
-use config_sync::table::{BackendKind, RouteInfo};
-use config_sync::Table;
+use dataplane::health::{millis, Policy};
+use dataplane::responses::{latency_quantile, Responses, LATENCY_BUCKETS};
+use dataplane::table::{BackendKind, RouteInfo};
+use dataplane::Table;
 use serde::Serialize;
 
 /// The page: HTML, CSS and script in one file.
@@ -318,7 +318,7 @@ pub struct EndpointUi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use config_sync::build::{build, BuildOptions, LastGood};
+    use config_sync::compiler::{build, BuildOptions, LastGood};
     use config_sync::sources::file::parse;
 
     const SNAPSHOT: &str = r#"

@@ -977,7 +977,7 @@ impl rustls::server::ResolvesServerCert for FrontCert {
 }
 
 fn certified(crt: &str, key: &str) -> Arc<rustls::sign::CertifiedKey> {
-    Arc::new(config_sync::tls::parse_pem(crt.as_bytes(), key.as_bytes(), ("crt", "key")).unwrap())
+    Arc::new(dataplane::certs::parse_pem(crt.as_bytes(), key.as_bytes(), ("crt", "key")).unwrap())
 }
 
 impl TlsFront {

@@ -15,85 +15,46 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
-use crate::error::Rejection;
 use crate::health::EndpointState;
-use crate::ir::PortSelector;
-use crate::model::{Kind, ObjectKey};
+use crate::rejection::Rejection;
+pub use crate::split::{BackendId, Headers, Pick, Split, Target};
+
+use crate::endpoints::{endpoint_addrs, speaks_http2, EndpointUpdate, PortSelector};
+use crate::key::{Kind, ObjectKey};
 use crate::responses::Responses;
 
 /// Index of a route in [`Table::route`].
 pub type RouteId = u32;
-/// Index of a backend in [`Table::backend`].
-pub type BackendId = u32;
-
 /// Host map with a fast hasher: keys are Route hosts, not attacker-chosen, and
 /// a lookup of an arbitrary Host cannot degrade it.
 pub type HostMap = HashMap<Box<str>, HostEntry, foldhash::fast::RandomState>;
 
-/// Headers set on the upstream request, shared by every request that uses them.
-pub type Headers = Arc<[(HeaderName, HeaderValue)]>;
-
-/// The live routing table.
+/// The live routing table. Its fields are the builder's (config-sync) to fill
+/// and keep consistent; the request path reads it through the methods.
 #[derive(Debug, Default)]
 pub struct Table {
     /// Incremented on every swap.
     pub generation: u64,
     /// When this table was built.
     pub built_at: Option<SystemTime>,
-    pub(crate) hosts: Arc<HostMap>,
+    /// Every host answered, normalised, with its route and dispatch.
+    pub hosts: Arc<HostMap>,
     /// `.svc.<cluster domain>`: stripped on a miss to find a cluster name.
-    pub(crate) svc_suffix: Box<str>,
+    pub svc_suffix: Box<str>,
     /// Hosts answered, counting the `.svc` forms of cluster names.
-    pub(crate) host_count: usize,
-    pub(crate) routes: Arc<Vec<RouteInfo>>,
-    pub(crate) backends: Vec<Arc<Backend>>,
+    pub host_count: usize,
+    /// Every route, by [`RouteId`].
+    pub routes: Arc<Vec<RouteInfo>>,
+    /// Every backend, by [`BackendId`].
+    pub backends: Vec<Arc<Backend>>,
     /// Endpoint index key → the backends fed by it, for endpoint-only updates.
-    pub(crate) backend_index: Arc<HashMap<Box<str>, Vec<BackendId>, foldhash::fast::RandomState>>,
-    pub(crate) rejected: Arc<Vec<Rejection>>,
+    pub backend_index: Arc<HashMap<Box<str>, Vec<BackendId>, foldhash::fast::RandomState>>,
+    /// What the build left out, and why.
+    pub rejected: Arc<Vec<Rejection>>,
     /// TLS certificates by server name.
-    pub(crate) certs: Arc<crate::tls::Certs>,
+    pub certs: Arc<crate::certs::Certs>,
     /// Whom to trust on the way to `https` ports; `None`: nothing is.
-    pub(crate) trust: Option<Arc<crate::trust::Trust>>,
-}
-
-/// The EndpointSlices now behind one endpoint index key.
-#[derive(Debug, Clone)]
-pub struct EndpointUpdate {
-    /// [`crate::ir::revision_key`] or [`crate::ir::service_key`].
-    pub key: String,
-    /// Each slice's ports and ready addresses.
-    pub slices: Vec<SliceEndpoints>,
-}
-
-/// What one EndpointSlice contributes: its named ports and ready addresses.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SliceEndpoints {
-    /// `(name, number)` of every port; an unnamed port has an empty name.
-    pub ports: Vec<(Arc<str>, u16)>,
-    /// Ready addresses.
-    pub addrs: Vec<std::net::IpAddr>,
-}
-
-/// The endpoints of `slices` on the port `port` selects, each with whether
-/// it speaks HTTP/2 cleartext: sorted, deduplicated (a pod can sit in two
-/// slices while they are being rebalanced).
-pub fn endpoint_addrs(slices: &[SliceEndpoints], port: &PortSelector) -> Vec<(SocketAddr, bool)> {
-    let mut out: Vec<(SocketAddr, bool)> = slices
-        .iter()
-        .filter_map(|s| Some((s, port.select(&s.ports)?)))
-        .flat_map(|(s, (p, h2))| s.addrs.iter().map(move |ip| (SocketAddr::new(*ip, p), h2)))
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Whether the port `port` selects in `slices` speaks HTTP/2, known from
-/// the slices' ports even while none has a ready address (a revision at zero).
-pub fn speaks_http2(slices: &[SliceEndpoints], port: &PortSelector) -> bool {
-    slices
-        .iter()
-        .any(|s| port.select(&s.ports).is_some_and(|(_, h2)| h2))
+    pub trust: Option<Arc<crate::trust::Trust>>,
 }
 
 /// What a host resolves to.
@@ -178,77 +139,6 @@ impl Dispatch {
     }
 }
 
-/// One way out of a split: a backend and what is set on the way.
-#[derive(Debug, Clone)]
-pub struct Pick {
-    /// Where the request goes.
-    pub backend: BackendId,
-    /// Set on the upstream request after the split (for a revision, its
-    /// `Knative-Serving-Revision` and `-Namespace`).
-    pub headers: Option<Headers>,
-    /// With no ready endpoint: the activator (true, a revision) or 503.
-    pub activator: bool,
-}
-
-/// Where a path's traffic goes.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// All of it one way (a tag host, a one-revision route).
-    One(Pick),
-    /// A weighted split.
-    Split(Arc<Split>),
-}
-
-impl Target {
-    /// Every pick with its percent.
-    pub fn shares(&self) -> Vec<(&Pick, u32)> {
-        match self {
-            Target::One(p) => vec![(p, 100)],
-            Target::Split(s) => s
-                .picks
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    (
-                        p,
-                        s.slots.iter().filter(|&&x| x as usize == i).count() as u32,
-                    )
-                })
-                .collect(),
-        }
-    }
-}
-
-/// A weighted split precomputed as 100 slots (Knative percents are whole
-/// numbers summing to 100) in smooth weighted round-robin order, walked by a
-/// cursor each worker thread keeps for it: every 100 requests a thread sends
-/// through it take each way exactly its percent, spread evenly (see
-/// [`crate::select`]).
-#[derive(Debug)]
-pub struct Split {
-    pub(crate) picks: Box<[Pick]>,
-    pub(crate) slots: [u8; 100],
-    pub(crate) id: crate::select::SplitId,
-    /// With affinity: the cookie that keeps a user on one way out.
-    pub(crate) sticky: Option<Box<crate::affinity::Sticky>>,
-}
-
-impl Split {
-    /// A split from `(pick, percent)` pairs whose percents sum to 100; at most
-    /// 100 of them have a share. `sticky` names the ways with a share, in order.
-    pub fn new(weights: Vec<(Pick, u32)>, sticky: Option<crate::affinity::Sticky>) -> Self {
-        debug_assert_eq!(weights.iter().map(|w| w.1).sum::<u32>(), 100);
-        let (picks, percents): (Vec<Pick>, Vec<u32>) =
-            weights.into_iter().filter(|w| w.1 > 0).unzip();
-        Self {
-            picks: picks.into_boxed_slice(),
-            id: crate::select::SplitId::take(),
-            slots: crate::select::smooth_order(&percents),
-            sticky: sticky.map(Box::new),
-        }
-    }
-}
-
 /// A routed object as the table holds it (for metrics labels and `/debug/routes`).
 #[derive(Debug, Clone)]
 pub struct RouteInfo {
@@ -318,14 +208,14 @@ pub struct Backend {
     pub port: PortSelector,
     /// Pods, the gateway itself, or an external name.
     pub kind: BackendKind,
-    /// Its port speaks HTTP/2 ([`speaks_http2`]): at zero, its requests go to
+    /// Its port speaks HTTP/2 ([`speaks_http2`](crate::endpoints::speaks_http2)): at zero, its requests go to
     /// the activator's HTTP/2 port (`--source routes`).
     pub http2: bool,
 }
 
 impl Backend {
     /// Pods, the gateway itself or an external name, with `endpoints`;
-    /// `http2`: its port speaks HTTP/2 ([`speaks_http2`]).
+    /// `http2`: its port speaks HTTP/2 ([`speaks_http2`](crate::endpoints::speaks_http2)).
     pub fn new(
         namespace: Arc<str>,
         name: Arc<str>,
@@ -645,7 +535,7 @@ impl Table {
     }
 
     /// TLS certificates by server name.
-    pub fn certs(&self) -> &crate::tls::Certs {
+    pub fn certs(&self) -> &crate::certs::Certs {
         &self.certs
     }
 
@@ -693,7 +583,7 @@ pub struct TableView {
     /// Rejected objects with reasons.
     pub rejected: Vec<RejectionView>,
     /// Server names with a certificate, and the Secret of each.
-    pub certificates: Vec<crate::tls::CertView>,
+    pub certificates: Vec<crate::certs::CertView>,
     /// The trust bundle for `https` backends; absent when nothing is trusted.
     pub trust: Option<crate::trust::TrustView>,
 }
@@ -828,5 +718,5 @@ pub struct RejectionView {
     /// Full message.
     pub message: String,
     /// What the table did about it.
-    pub outcome: crate::error::Outcome,
+    pub outcome: crate::rejection::Outcome,
 }

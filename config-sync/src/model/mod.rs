@@ -4,210 +4,21 @@
 //! rejected on its own instead of failing the whole list.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+pub mod kingress;
+pub mod meta;
+
+pub use dataplane::key::{Kind, ObjectKey};
+pub use kingress::KIngress;
+pub use meta::{
+    decode, key, Annotations, IntOrString, Labels, ObjectMeta, CLASS_ANNOTATION, REVISION_LABEL,
+    SERVICE_NAME_LABEL, SERVICE_TYPE_LABEL, TRUST_BUNDLE_LABEL, VISIBILITY_LABEL,
+};
 
 use crate::error::{ObjectError, Rejection};
-use crate::kingress::KIngress;
-
-/// Label carrying the revision name on a revision's Services and EndpointSlices.
-pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
-/// Label telling a revision's public Service from its private one.
-pub const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceType";
-/// Label marking a Route as reachable only inside the cluster.
-pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
-/// Label naming the Service an EndpointSlice belongs to.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// ConfigMaps with this label (any value) in Knative's system namespace add
-/// to the trust bundle of system-internal TLS (see `crate::trust`).
-pub const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
-
-/// `namespace/name` of an object: how every message names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectKey {
-    /// The object's namespace.
-    pub namespace: String,
-    /// The object's name.
-    pub name: String,
-}
-
-impl ObjectKey {
-    /// A key from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The part of `metadata` the gateway reads.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    /// Object name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Namespace; `default` when absent, as kubectl does.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// The labels the gateway reads (the others are dropped while decoding).
-    #[serde(default)]
-    pub labels: Option<Labels>,
-    /// Server-side version, when the object came from an API server.
-    #[serde(default)]
-    pub resource_version: Option<String>,
-    /// The annotations the gateway reads (the ingress class; the others are dropped).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<Annotations>,
-    /// `metadata.generation`, echoed in KIngress status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-    /// RFC 3339 creation time: the older of two KIngresses claiming a host keeps it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
-}
-
-impl ObjectMeta {
-    /// The value of label `key`, if set.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.as_ref()?.get(key)
-    }
-}
-
-/// Which keys of a string map the gateway keeps.
-pub trait KeySet {
-    /// The keys kept; every other one is skipped while decoding.
-    const KEYS: &'static [&'static str];
-}
-
-/// A string map trimmed to the keys of `K`. Objects in a real cluster carry
-/// many labels and annotations, and a 10,000-route snapshot kept them all in
-/// a map per object (a third of its memory).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kept<K: KeySet> {
-    /// `(index in K::KEYS, value)`, at most one per key.
-    values: Vec<(u8, String)>,
-    keys: std::marker::PhantomData<K>,
-}
-
-impl<K: KeySet> Default for Kept<K> {
-    fn default() -> Self {
-        Self {
-            values: Vec::new(),
-            keys: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<K: KeySet> Kept<K> {
-    fn index(key: &str) -> Option<u8> {
-        K::KEYS.iter().position(|k| *k == key).map(|i| i as u8)
-    }
-
-    /// The value of `key`, if it is set and one the gateway reads.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        let i = Self::index(key)?;
-        self.values
-            .iter()
-            .find(|(k, _)| *k == i)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Set `key` if it is one the gateway reads; any other is dropped.
-    pub fn insert(&mut self, key: &str, value: impl Into<String>) {
-        let Some(i) = Self::index(key) else { return };
-        let value = value.into();
-        match self.values.iter_mut().find(|(k, _)| *k == i) {
-            Some(slot) => slot.1 = value,
-            None => self.values.push((i, value)),
-        }
-    }
-}
-
-impl<K: KeySet, Key: AsRef<str>, V: Into<String>> FromIterator<(Key, V)> for Kept<K> {
-    fn from_iter<I: IntoIterator<Item = (Key, V)>>(iter: I) -> Self {
-        let mut kept = Kept::default();
-        for (k, v) in iter {
-            kept.insert(k.as_ref(), v);
-        }
-        kept
-    }
-}
-
-impl<K: KeySet> Serialize for Kept<K> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.values.len()))?;
-        for (k, v) in &self.values {
-            map.serialize_entry(K::KEYS[*k as usize], v)?;
-        }
-        map.end()
-    }
-}
-
-impl<'de, K: KeySet> Deserialize<'de> for Kept<K> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeptVisitor<K>(std::marker::PhantomData<K>);
-        impl<'de, K: KeySet> Visitor<'de> for KeptVisitor<K> {
-            type Value = Kept<K>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of names to string values")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kept<K>, A::Error> {
-                let mut kept = Kept::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match Kept::<K>::index(&key) {
-                        Some(i) => kept.values.push((i, map.next_value()?)),
-                        None => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(kept)
-            }
-        }
-        deserializer.deserialize_map(KeptVisitor(std::marker::PhantomData))
-    }
-}
-
-/// The labels the table is built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelKeys;
-impl KeySet for LabelKeys {
-    const KEYS: &'static [&'static str] = &[
-        REVISION_LABEL,
-        SERVICE_TYPE_LABEL,
-        VISIBILITY_LABEL,
-        SERVICE_NAME_LABEL,
-        TRUST_BUNDLE_LABEL,
-    ];
-}
-/// Labels trimmed to the ones the table is built from.
-pub type Labels = Kept<LabelKeys>;
-
-/// The annotations the gateway reads: the ingress class and sticky canaries'.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AnnotationKeys;
-impl KeySet for AnnotationKeys {
-    const KEYS: &'static [&'static str] = &[
-        crate::kingress::CLASS_ANNOTATION,
-        crate::affinity::AFFINITY_ANNOTATION,
-        crate::affinity::COOKIE_ANNOTATION,
-        crate::affinity::MAX_AGE_ANNOTATION,
-    ];
-}
-/// Annotations trimmed to the ones the gateway reads.
-pub type Annotations = Kept<AnnotationKeys>;
 
 /// `serving.knative.dev/v1` Route: only its resolved `status` matters, since
 /// `spec.traffic` may name configurations and `latestRevision` targets.
@@ -313,39 +124,6 @@ impl Endpoint {
     }
 }
 
-/// Kind of a decoded object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Kind {
-    /// `serving.knative.dev/v1` Route.
-    Route,
-    /// `discovery.k8s.io/v1` EndpointSlice.
-    EndpointSlice,
-    /// `networking.internal.knative.dev/v1alpha1` Ingress (KIngress).
-    KIngress,
-    /// `v1` Service.
-    Service,
-    /// `v1` Secret of type `kubernetes.io/tls`, or the trust bundle's CA.
-    Secret,
-    /// `v1` ConfigMap of the trust bundle.
-    ConfigMap,
-    /// Something else (or no kind at all).
-    Other,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Route => "Route",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::KIngress => "KIngress",
-            Kind::Service => "Service",
-            Kind::Secret => "Secret",
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Other => "object",
-        })
-    }
-}
-
 /// `v1` Secret, trimmed to a TLS certificate and key. `data` values are
 /// base64 in the API and in snapshot files alike; `stringData` is accepted in
 /// files for hand-written snapshots.
@@ -424,31 +202,6 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
-/// Kubernetes' `IntOrString`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum IntOrString {
-    /// A number.
-    Int(i64),
-    /// A name.
-    Str(String),
-}
-
-impl Default for IntOrString {
-    fn default() -> Self {
-        IntOrString::Int(0)
-    }
-}
-
-impl fmt::Display for IntOrString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IntOrString::Int(n) => write!(f, "{n}"),
-            IntOrString::Str(s) => write!(f, "{s:?}"),
-        }
-    }
-}
-
 /// The objects a table is built from, plus the ones that could not even be
 /// decoded (kept so that a broken object can fall back to its last good version).
 #[derive(Debug, Clone)]
@@ -473,7 +226,7 @@ pub struct Snapshot {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Self::for_class(crate::kingress::DEFAULT_CLASS)
+        Self::for_class(crate::model::kingress::DEFAULT_CLASS)
     }
 }
 
@@ -543,7 +296,7 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
         Some("EndpointSlice") => Kind::EndpointSlice,
         Some("Ingress")
             if value.get("apiVersion").and_then(|v| v.as_str())
-                == Some(crate::kingress::API_VERSION) =>
+                == Some(crate::model::kingress::API_VERSION) =>
         {
             Kind::KIngress
         }
@@ -552,14 +305,16 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
         Some("ConfigMap") => Kind::ConfigMap,
         _ => Kind::Other,
     };
-    if kind == Kind::KIngress && crate::kingress::class_of(&value) != Some(class) {
+    if kind == Kind::KIngress && crate::model::kingress::class_of(&value) != Some(class) {
         return Decoded::NotOurs;
     }
     let key = key_of(&value);
     let result = match kind {
         Kind::Route => decode::<Route>(value).map(Decoded::Route),
         Kind::EndpointSlice => decode::<EndpointSlice>(value).map(Decoded::EndpointSlice),
-        Kind::KIngress => crate::kingress::decode(value).map(|k| Decoded::KIngress(Arc::new(k))),
+        Kind::KIngress => {
+            crate::model::kingress::decode(value).map(|k| Decoded::KIngress(Arc::new(k)))
+        }
         Kind::Service => decode::<Service>(value).map(Decoded::Service),
         Kind::Secret => decode::<Secret>(value).map(Decoded::Secret),
         Kind::ConfigMap => decode::<ConfigMap>(value).map(Decoded::ConfigMap),
@@ -573,15 +328,6 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
     result.unwrap_or_else(|error| Decoded::Rejected(Rejection::new(kind, key, error)))
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    value: serde_json::Value,
-) -> Result<T, ObjectError> {
-    serde_path_to_error::deserialize(value).map_err(|e| ObjectError::Decode {
-        path: e.path().to_string(),
-        message: e.into_inner().to_string(),
-    })
-}
-
 /// Best-effort `namespace/name` of an object that may not decode.
 fn key_of(value: &serde_json::Value) -> ObjectKey {
     let meta = value.get("metadata");
@@ -593,14 +339,6 @@ fn key_of(value: &serde_json::Value) -> ObjectKey {
     ObjectKey::new(
         field("namespace").unwrap_or_else(|| "default".into()),
         field("name").unwrap_or_else(|| "<unnamed>".into()),
-    )
-}
-
-/// `namespace/name` of a decoded object, with kubectl's `default` namespace.
-pub fn key(meta: &ObjectMeta) -> ObjectKey {
-    ObjectKey::new(
-        meta.namespace.as_deref().unwrap_or("default"),
-        meta.name.as_deref().unwrap_or("<unnamed>"),
     )
 }
 
