@@ -26,6 +26,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::store::{key_of, Change, Held, SliceIndex, Store};
 use crate::compiler::{slice_endpoints, slice_keys};
 use crate::error::Rejection;
 use crate::model::KIngress;
@@ -178,149 +179,11 @@ impl Resource {
     }
 }
 
-/// One watch's objects. A relist is buffered and swapped in whole at
-/// `InitDone`, so deletions missed while disconnected disappear there.
-struct Store<T> {
-    objects: BTreeMap<ObjectKey, T>,
-    pending: Option<BTreeMap<ObjectKey, T>>,
-    synced: bool,
-}
-
-impl<T> Default for Store<T> {
-    fn default() -> Self {
-        Self {
-            objects: BTreeMap::new(),
-            pending: None,
-            synced: false,
-        }
-    }
-}
-
-/// What one watch event did to a store.
-enum Change<T> {
-    /// Nothing the table depends on.
-    Nothing,
-    /// A complete relist was swapped in.
-    Relisted,
-    /// `key` was added or replaced; `old` is what it replaced.
-    Upserted { key: ObjectKey, old: Option<T> },
-    /// `key` was deleted; `old` is what was stored, if anything.
-    Removed { key: ObjectKey, old: Option<T> },
-}
-
-fn key_of(obj: &DynamicObject) -> ObjectKey {
-    ObjectKey::new(
-        obj.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        obj.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-impl<T> Store<T> {
-    /// Apply one watch event; `decode` turns an object into what is stored, or
-    /// `None` to ignore it (a KIngress of another class).
-    fn apply_event(
-        &mut self,
-        event: Event<DynamicObject>,
-        publisher: &Publisher,
-        decode: impl Fn(DynamicObject) -> Option<T>,
-    ) -> Change<T> {
-        match event {
-            Event::Init => {
-                if self.synced {
-                    publisher.report_relist();
-                }
-                self.pending = Some(BTreeMap::new());
-                Change::Nothing
-            }
-            Event::InitApply(obj) => {
-                let key = key_of(&obj);
-                if let Some(item) = decode(obj) {
-                    self.pending
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(key, item);
-                }
-                Change::Nothing
-            }
-            Event::InitDone => {
-                self.objects = self.pending.take().unwrap_or_default();
-                self.synced = true;
-                Change::Relisted
-            }
-            Event::Apply(obj) => {
-                let key = key_of(&obj);
-                match decode(obj) {
-                    Some(item) => {
-                        let old = self.objects.insert(key.clone(), item);
-                        Change::Upserted { key, old }
-                    }
-                    None => {
-                        let old = self.objects.remove(&key);
-                        Change::Removed { key, old }
-                    }
-                }
-            }
-            Event::Delete(obj) => {
-                let key = key_of(&obj);
-                let old = self.objects.remove(&key);
-                Change::Removed { key, old }
-            }
-        }
-    }
-}
-
 /// The store of one watch: objects the table is built from (decoded into the
 /// model), or, with `--source routes`, the KIngresses of our class (probes only).
 enum Watched {
-    Objects(Resource, Store<Decoded>, SliceIndex),
+    Objects(Resource, Store<Held>, SliceIndex),
     KIngresses(Store<Arc<KIngress>>),
-}
-
-/// For an EndpointSlice watch: endpoint index key → its slices, so an
-/// endpoint change reads only the changed keys' slices. Each key's slices
-/// are a sorted vector: most keys have one, and a `BTreeSet` node took half
-/// a kilobyte for it (16 MB at 30,000 Services).
-#[derive(Default)]
-struct SliceIndex(std::collections::HashMap<String, Vec<ObjectKey>>);
-
-impl SliceIndex {
-    fn keys_of(decoded: Option<&Decoded>) -> Vec<String> {
-        match decoded {
-            Some(Decoded::EndpointSlice(s)) => slice_keys(s),
-            _ => Vec::new(),
-        }
-    }
-
-    fn remove(&mut self, slice: &ObjectKey, decoded: Option<&Decoded>) {
-        for key in Self::keys_of(decoded) {
-            if let Some(slices) = self.0.get_mut(&key) {
-                if let Ok(i) = slices.binary_search(slice) {
-                    slices.remove(i);
-                }
-                if slices.is_empty() {
-                    self.0.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn insert(&mut self, slice: &ObjectKey, decoded: Option<&Decoded>) {
-        for key in Self::keys_of(decoded) {
-            let slices = self.0.entry(key).or_default();
-            if let Err(i) = slices.binary_search(slice) {
-                slices.insert(i, slice.clone());
-            }
-        }
-    }
-
-    fn rebuild(&mut self, objects: &BTreeMap<ObjectKey, Decoded>) {
-        self.0.clear();
-        for (key, decoded) in objects {
-            self.insert(key, Some(decoded));
-        }
-    }
 }
 
 impl Watched {
@@ -525,10 +388,7 @@ impl KubeSource {
             match w {
                 Watched::KIngresses(s) => all.extend(s.objects.values().cloned()),
                 Watched::Objects(Resource::KIngress, s, _) => {
-                    all.extend(s.objects.values().filter_map(|d| match d {
-                        Decoded::KIngress(k) => Some(k.clone()),
-                        _ => None,
-                    }))
+                    all.extend(s.objects.values().filter_map(|h| h.kingress().cloned()))
                 }
                 Watched::Objects(..) => {}
             }
@@ -556,7 +416,7 @@ fn apply_kingress(
     class: &str,
     publisher: &Publisher,
 ) -> bool {
-    let ours = |obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
+    let ours = |_: &ObjectKey, obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
         Decoded::KIngress(k) => Some(k),
         Decoded::Rejected(r) => {
             tracing::warn!("{r}");
@@ -612,8 +472,8 @@ fn naming(stores: &[Watched], services: &std::collections::BTreeSet<ObjectKey>) 
         let Watched::Objects(Resource::KIngress, store, _) = w else {
             continue;
         };
-        for (key, decoded) in &store.objects {
-            let Decoded::KIngress(k) = decoded else {
+        for (key, held) in &store.objects {
+            let Some(k) = held.kingress() else {
                 continue;
             };
             let names = services_named(k)
@@ -626,21 +486,10 @@ fn naming(stores: &[Watched], services: &std::collections::BTreeSet<ObjectKey>) 
     out
 }
 
-/// Note what a changed object requires: the revisions of a slice (before and
-/// after), or a full rebuild for anything else.
-fn note(pending: &mut Pending, resource: Resource, decoded: Option<&Decoded>) {
-    match (resource, decoded) {
-        (Resource::EndpointSlice, Some(Decoded::EndpointSlice(s))) => {
-            pending.keys.extend(slice_keys(s));
-        }
-        (Resource::EndpointSlice, None) => {}
-        _ => pending.full = true,
-    }
-}
-
-/// Apply one Route or EndpointSlice watch event; true when the table needs rebuilding.
+/// Apply one watch event to a store of objects; true when the table needs
+/// rebuilding.
 fn apply(
-    store: &mut Store<Decoded>,
+    store: &mut Store<Held>,
     index: &mut SliceIndex,
     resource: Resource,
     event: Event<DynamicObject>,
@@ -653,52 +502,78 @@ fn apply(
             return changed;
         }
     }
+    if resource == Resource::EndpointSlice && matches!(event, Event::Init) {
+        index.begin();
+    }
+    // The index keys of the slice this event brings, read before it is held.
+    let mut new_keys = Vec::new();
     // A KIngress of another class is not stored (and one that changed class is dropped).
-    let ours = |obj| match decode(resource, obj, class) {
+    let ours = |key: &ObjectKey, obj| match decode(resource, obj, class) {
         Decoded::NotOurs => None,
-        decoded => Some(decoded),
+        decoded => {
+            if let Decoded::EndpointSlice(s) = &decoded {
+                new_keys = slice_keys(s);
+                index.add(key, &new_keys);
+            }
+            Some(Held::new(decoded))
+        }
     };
-    match store.apply_event(event, publisher, ours) {
+    let change = store.apply_event(event, publisher, ours);
+    let old_keys = |key: &ObjectKey, old: &Option<Held>| {
+        SliceIndex::keys_of(old.as_ref().map(|h| h.get(key)).as_deref())
+    };
+    match change {
         Change::Nothing => false,
         Change::Relisted => {
             if resource == Resource::EndpointSlice {
-                index.rebuild(&store.objects);
+                index.finish();
             }
             pending.full = true;
             true
         }
         Change::Upserted { key, old } => {
-            let new = store.objects.get(&key);
-            if let (Resource::KIngress, Some(Decoded::KIngress(k))) = (resource, new) {
-                // A status write (ours, mostly) changes neither the spec nor
-                // the generation: the table stays, only the feed is new.
-                let same = matches!(&old, Some(Decoded::KIngress(o))
-                    if o.hash == k.hash && o.generation() == k.generation());
-                if !same {
-                    pending.kingresses.insert(key);
+            if resource == Resource::KIngress {
+                let new = store.objects.get(&key).and_then(Held::kingress);
+                if let Some(k) = new {
+                    // A status write (ours, mostly) changes neither the spec
+                    // nor the generation: the table stays, only the feed is new.
+                    let same = matches!(old.as_ref().and_then(Held::kingress),
+                        Some(o) if o.hash == k.hash && o.generation() == k.generation());
+                    if !same {
+                        pending.kingresses.insert(key);
+                    }
+                    return true;
                 }
-                return true;
             }
-            if resource == Resource::Service {
-                pending.services.insert(key);
-                return true;
-            }
-            note(pending, resource, new);
-            note(pending, resource, old.as_ref());
-            if resource == Resource::EndpointSlice {
-                index.remove(&key, old.as_ref());
-                index.insert(&key, new);
+            match resource {
+                Resource::Service => {
+                    pending.services.insert(key);
+                }
+                Resource::EndpointSlice => {
+                    let old_keys = old_keys(&key, &old);
+                    // A key the slice no longer feeds keeps its entry until removed.
+                    index.remove(&key, &old_keys);
+                    index.add(&key, &new_keys);
+                    pending.keys.extend(old_keys);
+                    pending.keys.extend(new_keys);
+                }
+                _ => pending.full = true,
             }
             true
         }
         Change::Removed { key, old } => {
-            if resource == Resource::Service {
-                pending.services.insert(key);
-                return old.is_some();
-            }
-            note(pending, resource, old.as_ref());
-            if resource == Resource::EndpointSlice {
-                index.remove(&key, old.as_ref());
+            match resource {
+                Resource::Service => {
+                    pending.services.insert(key);
+                    return old.is_some();
+                }
+                Resource::EndpointSlice => {
+                    let old_keys = old_keys(&key, &old);
+                    index.remove(&key, &old_keys);
+                    pending.keys.extend(old_keys);
+                }
+                _ if old.is_some() => pending.full = true,
+                _ => {}
             }
             old.is_some()
         }
@@ -711,18 +586,12 @@ fn apply(
 /// are most events (the leader's own writes), and a change made meanwhile
 /// waits behind them in the watch. `None` for any other event. Whether the
 /// feed needs refreshing otherwise.
-fn status_only(
-    store: &mut Store<Decoded>,
-    event: &Event<DynamicObject>,
-    class: &str,
-) -> Option<bool> {
+fn status_only(store: &mut Store<Held>, event: &Event<DynamicObject>, class: &str) -> Option<bool> {
     let Event::Apply(obj) = event else {
         return None;
     };
     let key = key_of(obj);
-    let Some(Decoded::KIngress(old)) = store.objects.get(&key) else {
-        return None;
-    };
+    let old = store.objects.get(&key).and_then(Held::kingress)?;
     let annotations = obj.metadata.annotations.as_ref();
     let ours = annotations
         .and_then(|a| a.get(crate::model::CLASS_ANNOTATION))
@@ -738,7 +607,7 @@ fn status_only(
     let mut new = KIngress::clone(old);
     new.status = status;
     new.metadata.resource_version = obj.metadata.resource_version.clone();
-    store.objects.insert(key, Decoded::KIngress(Arc::new(new)));
+    store.objects.insert(key, Held::KIngress(Arc::new(new)));
     Some(true)
 }
 
@@ -760,43 +629,33 @@ fn kingress_update(
     };
     let mut named = std::collections::BTreeSet::new();
     for key in keys {
-        if let Some(Decoded::KIngress(k)) = kingresses.objects.get(key) {
+        if let Some(k) = kingresses.objects.get(key).and_then(Held::kingress) {
             named.extend(services_named(k).map(|(ns, name)| ObjectKey::new(ns, name)));
             update.kingresses.push(k.clone());
         }
     }
     if let Some((services, _)) = store_of(Resource::Service) {
         for key in &named {
-            if let Some(Decoded::Service(svc)) = services.objects.get(key) {
-                update.services.push(svc.clone());
+            if let Some(held) = services.objects.get(key) {
+                if let Decoded::Service(svc) = held.get(key).into_owned() {
+                    update.services.push(svc);
+                }
             }
         }
     }
     if let Some((slices, index)) = store_of(Resource::EndpointSlice) {
         for key in &named {
-            let feeding = index.0.get(&dataplane::endpoints::service_key(
-                &key.namespace,
-                &key.name,
-            ));
-            for slice in feeding.into_iter().flatten() {
-                if let Some(Decoded::EndpointSlice(s)) = slices.objects.get(slice) {
-                    update.slices.push(s.clone());
+            let feeding = dataplane::endpoints::service_key(&key.namespace, &key.name);
+            for slice in index.slices_of(&feeding) {
+                if let Some(held) = slices.objects.get(&slice) {
+                    if let Decoded::EndpointSlice(s) = held.get(&slice).into_owned() {
+                        update.slices.push(s);
+                    }
                 }
             }
         }
     }
     update
-}
-
-/// The objects of every Route and EndpointSlice store.
-fn objects(stores: &[Watched]) -> impl Iterator<Item = (&ObjectKey, &Decoded)> {
-    stores
-        .iter()
-        .flat_map(|w| match w {
-            Watched::Objects(_, s, _) => Some(s.objects.iter()),
-            Watched::KIngresses(_) => None,
-        })
-        .flatten()
 }
 
 /// The slices now behind each of `keys` from every slice store, the slices
@@ -824,25 +683,26 @@ fn endpoints_of(
     });
     for (store, index) in indexed {
         for key in keys {
-            for slice_key in index.0.get(key).into_iter().flatten() {
-                let Some(Decoded::EndpointSlice(slice)) = store.objects.get(slice_key) else {
+            for slice_key in index.slices_of(key) {
+                let Some(held) = store.objects.get(&slice_key) else {
                     continue;
                 };
-                if !slices.contains(slice_key) {
+                let Decoded::EndpointSlice(slice) = held.get(&slice_key).into_owned() else {
+                    continue;
+                };
+                if !slices.contains(&slice_key) {
                     slices.push(slice_key.clone());
                 }
-                match slice_endpoints(slice, &mut rejected) {
+                match slice_endpoints(&slice, &mut rejected) {
                     Ok(Some((_, found))) => {
                         if let Some(u) = updates.get_mut(key.as_str()) {
                             u.slices.push(found);
                         }
                     }
                     Ok(None) => {}
-                    Err(error) => rejected.push(Rejection::new(
-                        Kind::EndpointSlice,
-                        slice_key.clone(),
-                        error,
-                    )),
+                    Err(error) => {
+                        rejected.push(Rejection::new(Kind::EndpointSlice, slice_key, error))
+                    }
                 }
             }
         }
@@ -852,52 +712,60 @@ fn endpoints_of(
     (updates.into_values().collect(), slices, rejected)
 }
 
+/// Everything a full build reads, decoded from the stores. With KIngresses
+/// watched, only the Services their splits name and those Services'
+/// EndpointSlices (found through the slice index) are read; the others stay
+/// held, so a KIngress that starts naming one is patched in at once.
 fn snapshot(stores: &[Watched], class: &str) -> Snapshot {
     let mut s = Snapshot::for_class(class);
     let named = named_services(stores);
-    for (_, decoded) in objects(stores) {
-        if !named.as_ref().is_none_or(|n| builds_on(decoded, n)) {
+    for w in stores {
+        let Watched::Objects(resource, store, index) = w else {
             continue;
+        };
+        match (resource, &named) {
+            (Resource::Service, Some(named)) => {
+                for (ns, name) in named {
+                    let key = ObjectKey::new(*ns, *name);
+                    if let Some(held) = store.objects.get(&key) {
+                        s.push(held.get(&key).into_owned());
+                    }
+                }
+            }
+            (Resource::EndpointSlice, Some(named)) => {
+                for (ns, name) in named {
+                    let feeding = dataplane::endpoints::service_key(ns, name);
+                    for key in index.slices_of(&feeding) {
+                        if let Some(held) = store.objects.get(&key) {
+                            s.push(held.get(&key).into_owned());
+                        }
+                    }
+                }
+            }
+            _ => {
+                for (key, held) in &store.objects {
+                    s.push(held.get(key).into_owned());
+                }
+            }
         }
-        s.push(decoded.clone());
     }
     s
 }
 
 /// With KIngresses watched: the Services (namespace, name) their splits
-/// name. A full build reads only those and their slices; the others stay
-/// in the stores, so a KIngress that starts naming one is patched in at once.
-fn named_services(stores: &[Watched]) -> Option<std::collections::HashSet<(&str, &str)>> {
+/// name, in order.
+fn named_services(stores: &[Watched]) -> Option<std::collections::BTreeSet<(&str, &str)>> {
     let kingresses = stores.iter().find_map(|w| match w {
         Watched::Objects(Resource::KIngress, store, _) => Some(store),
         _ => None,
     })?;
-    let mut named = std::collections::HashSet::new();
-    for decoded in kingresses.objects.values() {
-        if let Decoded::KIngress(k) = decoded {
+    let mut named = std::collections::BTreeSet::new();
+    for held in kingresses.objects.values() {
+        if let Some(k) = held.kingress() {
             named.extend(services_named(k));
         }
     }
     Some(named)
-}
-
-/// Whether a full build needs `decoded`: anything but a Service no KIngress
-/// names, or such a Service's EndpointSlice.
-fn builds_on(decoded: &Decoded, named: &std::collections::HashSet<(&str, &str)>) -> bool {
-    fn namespace(m: &crate::model::ObjectMeta) -> &str {
-        m.namespace.as_deref().unwrap_or("default")
-    }
-    match decoded {
-        Decoded::Service(svc) => {
-            let name = svc.metadata.name.as_deref().unwrap_or_default();
-            named.contains(&(namespace(&svc.metadata), name))
-        }
-        Decoded::EndpointSlice(slice) => match slice.metadata.label(SERVICE_NAME_LABEL) {
-            Some(service) => named.contains(&(namespace(&slice.metadata), service)),
-            None => true,
-        },
-        _ => true,
-    }
 }
 
 #[cfg(test)]
