@@ -18,7 +18,7 @@ use kube::runtime::watcher::Event;
 
 use crate::compiler::slice_keys;
 use crate::error::{ObjectError, Rejection};
-use crate::model::{Decoded, KIngress, Kind, ObjectKey};
+use crate::model::{Decoded, KIngress, Kind, ObjectKey, ObjectMeta};
 use crate::publish::Publisher;
 
 /// One stored object.
@@ -35,10 +35,16 @@ pub(super) enum Held {
 
 impl Held {
     /// The held form of `decoded`.
-    pub(super) fn new(decoded: Decoded) -> Self {
-        let text = match &decoded {
-            Decoded::Service(s) => serde_json::to_string(s).map(|t| (Kind::Service, t)),
-            Decoded::EndpointSlice(s) => serde_json::to_string(s).map(|t| (Kind::EndpointSlice, t)),
+    pub(super) fn new(mut decoded: Decoded) -> Self {
+        let text = match &mut decoded {
+            Decoded::Service(s) => {
+                trim(&mut s.metadata);
+                serde_json::to_string(s).map(|t| (Kind::Service, t))
+            }
+            Decoded::EndpointSlice(s) => {
+                trim(&mut s.metadata);
+                serde_json::to_string(s).map(|t| (Kind::EndpointSlice, t))
+            }
             Decoded::KIngress(k) => return Held::KIngress(k.clone()),
             _ => return Held::Decoded(Box::new(decoded)),
         };
@@ -82,6 +88,16 @@ impl Held {
             _ => None,
         }
     }
+}
+
+/// Drop what no build reads of a Service's or EndpointSlice's metadata:
+/// its version, generation, creation time and annotations (KIngresses use
+/// those, not the objects they name).
+fn trim(meta: &mut ObjectMeta) {
+    meta.resource_version = None;
+    meta.generation = None;
+    meta.creation_timestamp = None;
+    meta.annotations = None;
 }
 
 /// One watch's objects. A relist is buffered and swapped in whole at
@@ -264,6 +280,7 @@ mod tests {
         let service = decoded(serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "web", "namespace": "ns", "resourceVersion": "7",
+                         "creationTimestamp": "2026-12-05T10:00:00Z",
                          "labels": {"serving.knative.dev/revision": "web-1", "other": "x"}},
             "spec": {"type": "ExternalName", "externalName": "gw.svc",
                      "ports": [{"name": "http2", "port": 80, "targetPort": "h2c",
@@ -279,8 +296,13 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": false}},
                           {"addresses": ["10.0.0.2"]}]
         }));
-        for object in [service, slice] {
+        for mut object in [service, slice] {
             let held = Held::new(object.clone());
+            match &mut object {
+                Decoded::Service(s) => trim(&mut s.metadata),
+                Decoded::EndpointSlice(s) => trim(&mut s.metadata),
+                _ => {}
+            }
             assert!(matches!(held, Held::Text(..)), "{held:?}");
             match (&*held.get(&key), &object) {
                 (Decoded::Service(a), Decoded::Service(b)) => assert_eq!(a, b),
