@@ -11,6 +11,14 @@ use clap::Parser;
 static ALLOC: gateway::alloc::Mimalloc = gateway::alloc::Mimalloc;
 use gateway::cli::{Cli, Command, LogFormat};
 
+// Before anything allocates (so before `main`, whose runtime set-up does),
+// mimalloc is told to give freed memory back (see `return_freed_memory`):
+// a constructor of the lowest priority number runs first.
+#[cfg(all(target_os = "linux", not(feature = "system-alloc")))]
+#[used]
+#[link_section = ".init_array.00000"]
+static RETURN_FREED_MEMORY: extern "C" fn() = gateway::alloc::return_freed_memory;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format)?;
