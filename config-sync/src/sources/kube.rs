@@ -513,7 +513,8 @@ fn apply(
         decoded => {
             if let Decoded::EndpointSlice(s) = &decoded {
                 new_keys = slice_keys(s);
-                index.add(key, &new_keys);
+                // A relist's slices arrive as `Change::Nothing`: indexed here.
+                index.add_listed(key, &new_keys);
             }
             Some(Held::new(decoded))
         }

@@ -232,14 +232,15 @@ impl SliceIndex {
         self.pending = Some(HashMap::default());
     }
 
-    /// Index a slice of the relist under way (or of the live set).
+    /// Index a slice in the live set.
     pub(super) fn add(&mut self, slice: &ObjectKey, keys: &[String]) {
-        let map = self.pending.as_mut().unwrap_or(&mut self.keys);
-        for key in keys {
-            let names = map.entry(key.as_str().into()).or_default();
-            if let Err(i) = names.binary_search_by(|n| (**n).cmp(slice.name.as_str())) {
-                names.insert(i, slice.name.as_str().into());
-            }
+        insert(&mut self.keys, slice, keys);
+    }
+
+    /// Index a slice of the relist under way; nothing without one.
+    pub(super) fn add_listed(&mut self, slice: &ObjectKey, keys: &[String]) {
+        if let Some(next) = &mut self.pending {
+            insert(next, slice, keys);
         }
     }
 
@@ -261,6 +262,20 @@ impl SliceIndex {
                     self.keys.remove(key.as_str());
                 }
             }
+        }
+    }
+}
+
+/// `slice` under each of `keys` in `map`, once.
+fn insert(
+    map: &mut HashMap<Box<str>, Vec<Box<str>>, foldhash::fast::RandomState>,
+    slice: &ObjectKey,
+    keys: &[String],
+) {
+    for key in keys {
+        let names = map.entry(key.as_str().into()).or_default();
+        if let Err(i) = names.binary_search_by(|n| (**n).cmp(slice.name.as_str())) {
+            names.insert(i, slice.name.as_str().into());
         }
     }
 }
@@ -340,9 +355,12 @@ mod tests {
             index.slices_of("r/ns/web-1").collect::<Vec<_>>(),
             [&b].map(Clone::clone)
         );
+        // Without a relist under way, a listed slice is not indexed.
+        index.add_listed(&a, &keys);
+        assert_eq!(index.slices_of("s/ns/web").count(), 1);
         // A relist under way leaves the live index as it is until it is done.
         index.begin();
-        index.add(&a, &keys[..1]);
+        index.add_listed(&a, &keys[..1]);
         assert_eq!(index.slices_of("s/ns/web").collect::<Vec<_>>(), [b]);
         index.finish();
         assert_eq!(index.slices_of("s/ns/web").collect::<Vec<_>>(), [a]);
