@@ -23,12 +23,12 @@ use crate::model::{Kind, ObjectKey};
 #[derive(Default)]
 pub(crate) struct Carried<'p> {
     /// Endpoint states by endpoint index key and endpoint address.
-    pub(crate) endpoints: FastMap<(&'p str, SocketAddr), &'p Arc<EndpointState>>,
+    endpoints: FastMap<(&'p str, SocketAddr), &'p Arc<EndpointState>>,
     /// Endpoint index keys that had a ready endpoint: a new endpoint of one
     /// warms up (slow start). Without a live table, none does.
-    pub(crate) serving: std::collections::HashSet<&'p str, foldhash::fast::RandomState>,
+    serving: std::collections::HashSet<&'p str, foldhash::fast::RandomState>,
     /// Response counts by route namespace, route name and backend name.
-    pub(crate) responses: FastMap<(&'p str, &'p str, &'p str), &'p Arc<Responses>>,
+    responses: FastMap<(&'p str, &'p str, &'p str), &'p Arc<Responses>>,
 }
 
 impl<'p> From<&'p Table> for Carried<'p> {
@@ -162,7 +162,7 @@ impl<'a> Compiler<'a, '_> {
 
     /// A catch-all path that sets nothing of its own goes straight to its
     /// split; anything else is matched path by path.
-    pub(crate) fn dispatch(&mut self, paths: &[ir::Path], affinity: Option<&Affinity>) -> Dispatch {
+    fn dispatch(&mut self, paths: &[ir::Path], affinity: Option<&Affinity>) -> Dispatch {
         if let [only] = paths {
             if only.prefix.is_empty()
                 && only.headers.is_empty()
@@ -185,7 +185,7 @@ impl<'a> Compiler<'a, '_> {
         Dispatch::Paths(rules.into())
     }
 
-    pub(crate) fn target(&mut self, splits: &[ir::Split], affinity: Option<&Affinity>) -> Target {
+    fn target(&mut self, splits: &[ir::Split], affinity: Option<&Affinity>) -> Target {
         let mut picks: Vec<(Pick, u32)> = splits
             .iter()
             .map(|s| {
@@ -220,13 +220,7 @@ impl<'a> Compiler<'a, '_> {
     /// Give `host` to route `id`. Hosts arrive normalised: URLs through
     /// [`host::of_url`], KIngress hosts through [`host::normalize_owned`],
     /// cluster names from validated lower-case DNS names.
-    pub(crate) fn claim(
-        &mut self,
-        host: &ir::Host,
-        id: u32,
-        ing: &ir::Ingress,
-        dispatch: &Dispatch,
-    ) {
+    fn claim(&mut self, host: &ir::Host, id: u32, ing: &ir::Ingress, dispatch: &Dispatch) {
         use std::collections::hash_map::Entry;
         let owner = match self.hosts.entry(host.name.as_str().into()) {
             Entry::Vacant(v) => {
@@ -251,7 +245,7 @@ impl<'a> Compiler<'a, '_> {
         });
     }
 
-    pub(crate) fn backend(&mut self, backend: &ir::Backend) -> BackendId {
+    fn backend(&mut self, backend: &ir::Backend) -> BackendId {
         if let Some(&id) = self.backend_ids.get(backend) {
             return id;
         }
@@ -332,7 +326,7 @@ impl<'a> Compiler<'a, '_> {
 }
 
 /// The backend of `table` that `backend` describes, if it has one.
-pub(crate) fn find_backend(table: &Table, backend: &ir::Backend) -> Option<BackendId> {
+fn find_backend(table: &Table, backend: &ir::Backend) -> Option<BackendId> {
     match backend {
         ir::Backend::Pods { port, .. } => table
             .backends_of(backend.index_key(&mut String::new())?)
@@ -354,7 +348,7 @@ pub(crate) fn find_backend(table: &Table, backend: &ir::Backend) -> Option<Backe
     }
 }
 
-pub(crate) fn no_port() -> PortSelector {
+fn no_port() -> PortSelector {
     PortSelector {
         name: "".into(),
         number: None,

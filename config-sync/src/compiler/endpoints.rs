@@ -36,7 +36,7 @@ pub(crate) fn each_slice_key(slice: &EndpointSlice, buf: &mut String, mut f: imp
 }
 
 /// Whether a slice is a revision's private slice.
-pub(crate) fn is_private_revision(slice: &EndpointSlice) -> bool {
+fn is_private_revision(slice: &EndpointSlice) -> bool {
     let meta = &slice.metadata;
     meta.label(REVISION_LABEL).is_some() && meta.label(SERVICE_TYPE_LABEL) == Some("Private")
 }
@@ -70,7 +70,7 @@ pub fn ready_addresses(
         .collect()
 }
 
-pub(crate) fn ready_ips(slice: &EndpointSlice, rejected: &mut Vec<Rejection>) -> Vec<IpAddr> {
+fn ready_ips(slice: &EndpointSlice, rejected: &mut Vec<Rejection>) -> Vec<IpAddr> {
     let mut addrs = Vec::new();
     for (index, ep) in slice.endpoints.iter().flatten().enumerate() {
         if !ep.is_ready() {
@@ -112,7 +112,7 @@ pub fn slice_endpoints(
 
 /// What a slice that feeds some key contributes; `port_name` makes the shared
 /// form of a port name.
-pub(crate) fn contribution(
+fn contribution(
     slice: &EndpointSlice,
     rejected: &mut Vec<Rejection>,
     port_name: &mut dyn FnMut(&str) -> Arc<str>,

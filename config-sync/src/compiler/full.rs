@@ -146,12 +146,12 @@ pub fn build(
 
 /// Rejections, routed objects in the order they claim hosts (each flagged when
 /// it is a last good version), and the new last-good set.
-pub(crate) type Validated = (Vec<Rejection>, Vec<(Ready, bool)>, LastGood);
+type Validated = (Vec<Rejection>, Vec<(Ready, bool)>, LastGood);
 
 /// A valid object on its way into the table. Routes are lowered one at a
 /// time while the table is filled, so that the lowered forms of all of them
 /// (twice their validated size) are never alive together.
-pub(crate) enum Ready {
+enum Ready {
     Route(Arc<ValidRoute>),
     Lowered(Arc<ir::Ingress>),
 }
@@ -190,7 +190,7 @@ impl Ready {
 
 /// Free `garbage` on a thread of its own: a decoded snapshot is hundreds of
 /// thousands of allocations, and the build need not wait for them.
-pub(crate) fn retire<T: Send + 'static>(garbage: T) {
+fn retire<T: Send + 'static>(garbage: T) {
     // If no thread can be started, the closure, and the garbage in it, is dropped here.
     let _ = std::thread::Builder::new()
         .name("free-snapshot".into())
@@ -201,7 +201,7 @@ pub(crate) fn retire<T: Send + 'static>(garbage: T) {
 /// versions of the invalid ones; `trusted`: whether `https` backends can be
 /// reached (a trust bundle exists).
 #[allow(clippy::too_many_arguments)] // the build's inputs, each read once
-pub(crate) fn validate_all(
+fn validate_all(
     routes: &[Route],
     kingresses: &[Arc<KIngress>],
     services: &[Service],
@@ -296,9 +296,9 @@ pub(crate) fn validate_all(
 
 /// Endpoint index keys of the Services (and revisions) with at least one
 /// EndpointSlice, valid or not.
-pub(crate) type SlicedServices = std::collections::HashSet<Box<str>, foldhash::fast::RandomState>;
+type SlicedServices = std::collections::HashSet<Box<str>, foldhash::fast::RandomState>;
 
-pub(crate) fn sliced_services(slices: &[EndpointSlice]) -> SlicedServices {
+fn sliced_services(slices: &[EndpointSlice]) -> SlicedServices {
     let mut sliced = SlicedServices::default();
     let mut buf = String::new();
     for slice in slices {

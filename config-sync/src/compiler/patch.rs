@@ -235,9 +235,7 @@ pub fn update_kingresses(
 }
 
 /// Hosts with their visibility, in a comparable order.
-pub(crate) fn host_set<'h>(
-    hosts: impl Iterator<Item = &'h ir::Host>,
-) -> Vec<(&'h str, bool, bool)> {
+fn host_set<'h>(hosts: impl Iterator<Item = &'h ir::Host>) -> Vec<(&'h str, bool, bool)> {
     let mut hosts: Vec<(&str, bool, bool)> = hosts
         .map(|h| (h.name.as_str(), h.internal_only, h.cluster_name))
         .collect();

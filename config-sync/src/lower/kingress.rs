@@ -84,11 +84,11 @@ pub fn hosts(ing: &KIngress, cluster_domain: &str) -> Result<Vec<ir::Host>, Obje
 
 /// The hosts of rule `r`, normalised, expanded, with its visibility.
 /// `httpOption: Redirected`: plain HTTP to the public hosts gets a 301 to HTTPS.
-pub(crate) fn redirects(ing: &KIngress) -> bool {
+fn redirects(ing: &KIngress) -> bool {
     ing.spec.http_option == "Redirected"
 }
 
-pub(crate) fn rule_hosts(
+fn rule_hosts(
     rule: &IngressRule,
     r: usize,
     cluster_domain: &str,
@@ -129,7 +129,7 @@ pub(crate) fn rule_hosts(
 
 /// A host and the short forms cluster DNS also resolves, as Knative's
 /// `ExpandedHosts`: `x.ns.svc.<domain>` also answers as `x.ns.svc` and `x.ns`.
-pub(crate) fn expanded(host: &str, cluster_domain: &str) -> Vec<String> {
+fn expanded(host: &str, cluster_domain: &str) -> Vec<String> {
     let mut out = vec![host.to_owned()];
     for suffix in [
         format!(".{cluster_domain}"),
@@ -146,7 +146,7 @@ pub(crate) fn expanded(host: &str, cluster_domain: &str) -> Vec<String> {
     out
 }
 
-pub(crate) fn lower_path(
+fn lower_path(
     path: &HttpPath,
     field: &str,
     services: &Services<'_>,
@@ -223,7 +223,7 @@ pub(crate) fn lower_path(
 }
 
 /// Typed headers from a map, each checked.
-pub(crate) fn headers(map: &SortedMap<String>, field: &str) -> Result<HeaderSet, ObjectError> {
+fn headers(map: &SortedMap<String>, field: &str) -> Result<HeaderSet, ObjectError> {
     map.iter()
         .map(|(name, value)| {
             match (
@@ -243,7 +243,7 @@ pub(crate) fn headers(map: &SortedMap<String>, field: &str) -> Result<HeaderSet,
 /// The backend of a split: its Service's endpoints on the port `servicePort`
 /// names (over TLS when that is the `https` port and `tls_allowed`), the
 /// gateway itself, or an external name.
-pub(crate) fn backend(
+fn backend(
     split: &BackendSplit,
     field: &str,
     services: &Services<'_>,
@@ -334,7 +334,7 @@ pub(crate) fn backend(
 }
 
 /// Whether `host` is the short `name.ns` form of Service `own`.
-pub(crate) fn is_cluster_name(host: &str, own: &ObjectKey) -> bool {
+fn is_cluster_name(host: &str, own: &ObjectKey) -> bool {
     host.strip_suffix(own.namespace.as_str())
         .and_then(|h| h.strip_suffix('.'))
         == Some(own.name.as_str())

@@ -229,7 +229,7 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
 }
 
 /// `http`, shared by every revision backend instead of a copy each.
-pub(crate) fn http_port_name() -> Arc<str> {
+fn http_port_name() -> Arc<str> {
     static HTTP: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "http".into());
     HTTP.clone()
 }

@@ -552,7 +552,7 @@ fn apply(
                 }
                 Resource::EndpointSlice => {
                     let old_keys = old_keys(&key, &old);
-                    // A key the slice no longer feeds keeps its entry until removed.
+                    // Out of the keys it fed, into the ones it feeds now.
                     index.remove(&key, &old_keys);
                     index.add(&key, &new_keys);
                     pending.keys.extend(old_keys);
@@ -637,21 +637,17 @@ fn kingress_update(
     }
     if let Some((services, _)) = store_of(Resource::Service) {
         for key in &named {
-            if let Some(held) = services.objects.get(key) {
-                if let Decoded::Service(svc) = held.get(key).into_owned() {
-                    update.services.push(svc);
-                }
+            if let Some(Decoded::Service(svc)) = services.decoded(key) {
+                update.services.push(svc);
             }
         }
     }
     if let Some((slices, index)) = store_of(Resource::EndpointSlice) {
         for key in &named {
             let feeding = dataplane::endpoints::service_key(&key.namespace, &key.name);
-            for slice in index.slices_of(&feeding) {
-                if let Some(held) = slices.objects.get(&slice) {
-                    if let Decoded::EndpointSlice(s) = held.get(&slice).into_owned() {
-                        update.slices.push(s);
-                    }
+            for (_, decoded) in slices.slices_behind(index, &feeding) {
+                if let Decoded::EndpointSlice(s) = decoded {
+                    update.slices.push(s);
                 }
             }
         }
@@ -684,11 +680,8 @@ fn endpoints_of(
     });
     for (store, index) in indexed {
         for key in keys {
-            for slice_key in index.slices_of(key) {
-                let Some(held) = store.objects.get(&slice_key) else {
-                    continue;
-                };
-                let Decoded::EndpointSlice(slice) = held.get(&slice_key).into_owned() else {
+            for (slice_key, decoded) in store.slices_behind(index, key) {
+                let Decoded::EndpointSlice(slice) = decoded else {
                     continue;
                 };
                 if !slices.contains(&slice_key) {
@@ -727,19 +720,16 @@ fn snapshot(stores: &[Watched], class: &str) -> Snapshot {
         match (resource, &named) {
             (Resource::Service, Some(named)) => {
                 for (ns, name) in named {
-                    let key = ObjectKey::new(*ns, *name);
-                    if let Some(held) = store.objects.get(&key) {
-                        s.push(held.get(&key).into_owned());
+                    if let Some(decoded) = store.decoded(&ObjectKey::new(*ns, *name)) {
+                        s.push(decoded);
                     }
                 }
             }
             (Resource::EndpointSlice, Some(named)) => {
                 for (ns, name) in named {
                     let feeding = dataplane::endpoints::service_key(ns, name);
-                    for key in index.slices_of(&feeding) {
-                        if let Some(held) = store.objects.get(&key) {
-                            s.push(held.get(&key).into_owned());
-                        }
+                    for (_, decoded) in store.slices_behind(index, &feeding) {
+                        s.push(decoded);
                     }
                 }
             }

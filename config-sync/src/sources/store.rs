@@ -120,6 +120,26 @@ impl<T> Default for Store<T> {
     }
 }
 
+impl Store<Held> {
+    /// Object `key`, decoded, if held.
+    pub(super) fn decoded(&self, key: &ObjectKey) -> Option<Decoded> {
+        self.objects.get(key).map(|h| h.get(key).into_owned())
+    }
+
+    /// The slices `index` finds behind endpoint key `key`, decoded, with
+    /// their keys.
+    pub(super) fn slices_behind<'a>(
+        &'a self,
+        index: &'a SliceIndex,
+        key: &'a str,
+    ) -> impl Iterator<Item = (ObjectKey, Decoded)> + 'a {
+        index.slices_of(key).filter_map(|slice| {
+            let decoded = self.decoded(&slice)?;
+            Some((slice, decoded))
+        })
+    }
+}
+
 /// What one watch event did to a store.
 pub(super) enum Change<T> {
     /// Nothing the table depends on.
