@@ -296,7 +296,7 @@ fn kingresses(c: &mut Criterion) {
         for path in rule
             .http
             .iter_mut()
-            .flat_map(|h| h.paths.iter_mut().flatten())
+            .flat_map(|h| std::sync::Arc::make_mut(h).paths.iter_mut().flatten())
         {
             for split in path.splits.iter_mut().flatten() {
                 if split.percent == 90 || split.percent == 10 {

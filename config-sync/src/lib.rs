@@ -9,10 +9,13 @@
 //! - [`lower`]: each kind of routed object into the one intermediate form
 //!   ([`ir`]), with [`tls`] and [`trust`] for certificates in and out;
 //! - [`compiler`]: the intermediate form into a table, in full or as a patch;
-//! - [`publish`]: the `source → table → swap` seam;
+//! - [`change`]: what a source changed, typed, and what it holds;
+//! - [`publish`]: the `source → table → swap` seam, and the one place that
+//!   chooses a full build, a patch or an endpoint swap for a change;
 //! - [`status`]: probing the gateway's replicas and marking KIngresses Ready
 //!   ([`served`], [`leader`]).
 
+pub mod change;
 pub mod compiler;
 pub mod error;
 pub mod ir;

@@ -64,12 +64,12 @@ pub fn probe_map<'a>(
         for host in ing.spec.rules.iter().flat_map(|r| &r.hosts) {
             let host = host.to_ascii_lowercase();
             let hash = if served {
-                Some(&ing.hash)
+                Some(&*ing.hash)
             } else {
-                previous.get(&host)
+                previous.get(&host).map(String::as_str)
             };
             if let Some(hash) = hash {
-                map.insert(host, hash.clone());
+                map.insert(host, hash.to_owned());
             }
         }
     }

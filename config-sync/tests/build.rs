@@ -835,3 +835,117 @@ fn only_an_endpoint_joining_others_warms_up() {
         &t.backend(v1).endpoints[0].state
     ));
 }
+
+/// The objects of a snapshot text, read as a source's stores are when its
+/// changes are applied; counts the full snapshots taken.
+struct TextInputs {
+    text: String,
+    full_reads: std::cell::Cell<u32>,
+}
+
+impl config_sync::change::Inputs for TextInputs {
+    fn snapshot(&self) -> config_sync::Snapshot {
+        self.full_reads.set(self.full_reads.get() + 1);
+        parse(&self.text).unwrap()
+    }
+
+    fn kingresses(
+        &self,
+        keys: &std::collections::BTreeSet<config_sync::ObjectKey>,
+    ) -> config_sync::compiler::KIngressUpdate {
+        let s = parse(&self.text).unwrap();
+        config_sync::compiler::KIngressUpdate {
+            kingresses: s
+                .kingresses
+                .into_iter()
+                .filter(|k| keys.contains(&k.key()))
+                .collect(),
+            services: s.services,
+            slices: s.slices,
+        }
+    }
+
+    fn endpoints(
+        &self,
+        keys: &std::collections::BTreeSet<String>,
+    ) -> config_sync::change::EndpointsNow {
+        let mut now = config_sync::change::EndpointsNow::default();
+        let mut updates: Vec<dataplane::endpoints::EndpointUpdate> = keys
+            .iter()
+            .map(|k| dataplane::endpoints::EndpointUpdate {
+                key: k.clone(),
+                slices: Vec::new(),
+            })
+            .collect();
+        for slice in parse(&self.text).unwrap().slices {
+            let found = config_sync::compiler::slice_endpoints(&slice, &mut now.rejected);
+            if let Ok(Some((slice_keys, found))) = found {
+                for u in updates.iter_mut().filter(|u| slice_keys.contains(&u.key)) {
+                    u.slices.push(found.clone());
+                }
+            }
+        }
+        now.updates = updates;
+        now
+    }
+}
+
+#[test]
+fn the_publisher_patches_what_changed_and_rebuilds_only_what_a_patch_cannot_express() {
+    use config_sync::change::Changes;
+    use config_sync::{ObjectKey, Publisher};
+    let web = |host: &str, svc| kingress("web", "2026-01-01T00:00:00Z", host, &[(svc, 100)]);
+    let web_changed = || Changes {
+        kingresses: [ObjectKey::new("ns", "web")].into_iter().collect(),
+        ..Changes::default()
+    };
+    let publisher = Publisher::new(BuildOptions::default());
+    let mut inputs = TextInputs {
+        text: web("web.example.com", "a") + &service("a", 8080, "10.0.0.1"),
+        full_reads: Default::default(),
+    };
+    let apply = |changes, inputs: &TextInputs| publisher.apply(changes, inputs);
+    assert!(
+        apply(Changes::default(), &inputs).is_none(),
+        "nothing changed"
+    );
+    // Before the first table, any change is a full build.
+    let first = apply(web_changed(), &inputs).unwrap();
+    assert_eq!(addrs(&first, "web.example.com"), ["10.0.0.1:8080"]);
+    assert_eq!(inputs.full_reads.get(), 1);
+    // The split moves to Service b, whose slice has not arrived: patched in,
+    // held at its last good version.
+    inputs.text =
+        web("web.example.com", "b") + &service("a", 8080, "10.0.0.1") + &bare_service("b", 9090);
+    let held = apply(web_changed(), &inputs).unwrap();
+    assert_eq!(addrs(&held, "web.example.com"), ["10.0.0.1:8080"]);
+    assert_eq!(held.rejected()[0].error.reason(), "no_endpoints");
+    assert_eq!(inputs.full_reads.get(), 1, "a patch, not a full build");
+    // The slice arrives: only an endpoint change, yet the held KIngress is
+    // the one it releases, patched without a full build.
+    inputs.text = web("web.example.com", "b")
+        + &service("a", 8080, "10.0.0.1")
+        + &service("b", 9090, "10.0.0.2");
+    let endpoints = [dataplane::endpoints::service_key("ns", "b")];
+    let slice_arrived = Changes {
+        endpoints: endpoints.into_iter().collect(),
+        ..Changes::default()
+    };
+    let released = apply(slice_arrived, &inputs).unwrap();
+    assert!(released.rejected().is_empty(), "{:?}", released.rejected());
+    assert_eq!(addrs(&released, "web.example.com"), ["10.0.0.2:9090"]);
+    assert_eq!(inputs.full_reads.get(), 1, "still no full build");
+    // Its hosts move: a patch cannot be exact, so everything is rebuilt.
+    inputs.text = web("www.example.com", "b") + &service("b", 9090, "10.0.0.2");
+    let moved = apply(web_changed(), &inputs).unwrap();
+    assert_eq!(inputs.full_reads.get(), 2, "rebuilt");
+    assert!(moved.lookup("web.example.com").is_none());
+    assert_eq!(addrs(&moved, "www.example.com"), ["10.0.0.2:9090"]);
+    // A full change is always a full build.
+    let full = Changes {
+        full: true,
+        ..Changes::default()
+    };
+    apply(full, &inputs).unwrap();
+    assert_eq!(inputs.full_reads.get(), 3);
+}

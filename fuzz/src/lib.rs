@@ -109,7 +109,7 @@ pub fn kingress(data: &[u8]) {
     let key = ing.key();
     assert_eq!(
         ing.hash,
-        kingress::hash(&ing.spec, &key.namespace, &key.name)
+        kingress::hash(&ing.spec, &key.namespace, &key.name).into()
     );
     let _ = config_sync::lower::kingress::hosts(&ing, "cluster.local");
     let mut snapshot = Snapshot::default();

@@ -85,6 +85,7 @@ fn kube_tasks(
             Ok(client) => {
                 KubeSource::new(client, p, options)
                     .feed_kingresses(feed)
+                    .on_idle(Arc::new(crate::alloc::trim))
                     .run(shutdown)
                     .await
             }
@@ -101,6 +102,7 @@ fn kube_tasks(
                 StatusWriter::new(client, status, kingresses, table)
                     .with_health(health)
                     .with_table_changes(changes)
+                    .on_idle(Arc::new(crate::alloc::trim))
                     .run(shutdown)
                     .await
             }

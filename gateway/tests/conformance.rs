@@ -547,7 +547,7 @@ async fn headers_probe() {
         }
     };
     let r = probe("override").await;
-    assert_eq!((r.status, r.header("k-network-hash")), (200, want.as_str()));
+    assert_eq!((r.status, r.header("k-network-hash")), (200, &*want));
     let custom = "2701a1b241db6af811992c57a5e11171847148ac3d2e1a8cc992a62f9e4fa111";
     let r = probe(custom).await;
     assert_eq!((r.status, r.header("k-network-hash")), (200, custom));

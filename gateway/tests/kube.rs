@@ -320,6 +320,7 @@ fn hash_of(obj: &Value) -> String {
     config_sync::model::kingress::decode(obj.clone())
         .unwrap()
         .hash
+        .to_string()
 }
 
 async fn probe(addr: SocketAddr, host: &str) -> (u16, String) {

@@ -627,6 +627,7 @@ fn in_scope(target: &Target, api_version: &str, plural: &str, obj: &Value, selec
 }
 
 fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+    use std::ops::Bound;
     let with_fields;
     let target = match query.get("fieldSelector") {
         Some(f) => {
@@ -674,15 +675,18 @@ fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> R
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|&l| l > 0)
         .unwrap_or(usize::MAX);
+    // A range read from where the last page ended, as etcd serves a page:
+    // a paged list of n objects costs n, not n per page.
+    let (av, pl) = (target.api_version.clone(), target.plural.clone());
+    let start = match &after {
+        Some((ns, name)) => Bound::Excluded((av.clone(), pl.clone(), ns.clone(), name.clone())),
+        None => Bound::Included((av.clone(), pl.clone(), String::new(), String::new())),
+    };
     let mut matching = st
         .objects
-        .iter()
-        .filter(|((av, pl, _, _), o)| in_scope(target, av, pl, o, selector))
-        .filter(|((_, _, ns, name), _)| {
-            after
-                .as_ref()
-                .is_none_or(|(ans, aname)| (ns, name) > (ans, aname))
-        });
+        .range((start, Bound::Unbounded))
+        .take_while(|((a, p, _, _), _)| *a == av && *p == pl)
+        .filter(|((av, pl, _, _), o)| in_scope(target, av, pl, o, selector));
     let mut items: Vec<&Value> = Vec::new();
     let mut last = None;
     for ((_, _, ns, name), o) in matching.by_ref().take(limit) {
@@ -912,6 +916,65 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// GET `path` and the JSON body of the answer.
+    async fn get_json(addr: SocketAddr, path: &str) -> Value {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        // The body may be chunked: the JSON is between the first `{` and the last `}`.
+        let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_paged_list_returns_every_object_of_its_kind_once_in_order() {
+        let api = ApiServer::start().await;
+        let cm = |ns: &str, name: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": name, "namespace": ns}})
+        };
+        let mut want = Vec::new();
+        for i in 0..1_050 {
+            let (ns, name) = (format!("ns-{}", i % 7), format!("cm-{i:04}"));
+            api.apply(cm(&ns, &name));
+            want.push(format!("{ns}/{name}"));
+        }
+        // Objects of other kinds, before and after ConfigMaps in key order.
+        api.apply(route("r"));
+        api.apply(json!({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "s", "namespace": "ns-0"}}));
+        want.sort();
+        let mut got = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = get_json(
+                api.addr,
+                &format!("/api/v1/configmaps?limit=500&continue={token}"),
+            )
+            .await;
+            pages += 1;
+            for item in page["items"].as_array().unwrap() {
+                let m = &item["metadata"];
+                got.push(format!(
+                    "{}/{}",
+                    m["namespace"].as_str().unwrap(),
+                    m["name"].as_str().unwrap()
+                ));
+            }
+            match page["metadata"]["continue"].as_str() {
+                Some(next) => token = next.replace('|', "%7C"),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(got, want);
     }
 
     fn route(name: &str) -> Value {

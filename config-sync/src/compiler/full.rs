@@ -237,8 +237,14 @@ fn validate_all(
     for ing in kingresses {
         let created = ing.metadata.creation_timestamp.clone().unwrap_or_default();
         let last = last_good.routes.get(&(Kind::KIngress, Arc::new(ing.key())));
-        let result = kingress::lower(ing, &services, &lower_opts)
-            .and_then(|valid| hold_for_endpoints(valid, last, |k| sliced.contains(k)));
+        let result = kingress::lower(ing, &services, &lower_opts).and_then(|valid| {
+            hold_for_endpoints(valid, last, |k| sliced.contains(k)).map_err(|w| {
+                next_good
+                    .waiting
+                    .insert(Arc::new(ing.key()), w.endpoint_key.clone());
+                ObjectError::from(w)
+            })
+        });
         match result {
             Ok(valid) => {
                 let valid = Arc::new(valid);
@@ -311,6 +317,20 @@ fn sliced_services(slices: &[EndpointSlice]) -> SlicedServices {
     sliced
 }
 
+/// A changed KIngress held at its last good version: the endpoint index key
+/// whose EndpointSlices it waits for, and that key's Service.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub(crate) endpoint_key: Box<str>,
+    pub(crate) service: String,
+}
+
+impl From<Waiting> for ObjectError {
+    fn from(w: Waiting) -> Self {
+        ObjectError::NoEndpoints { service: w.service }
+    }
+}
+
 /// `ing`, or why a changed KIngress should keep serving its last good
 /// version: it names a Service whose EndpointSlices have not arrived yet.
 /// Serving it now would answer 503 for a backend that is about to be there;
@@ -321,7 +341,7 @@ pub(crate) fn hold_for_endpoints(
     ing: ir::Ingress,
     last_good: Option<&Good>,
     has_slices: impl Fn(&str) -> bool,
-) -> Result<ir::Ingress, ObjectError> {
+) -> Result<ir::Ingress, Waiting> {
     let Some(Good::KIngress(old)) = last_good else {
         return Ok(ing);
     };
@@ -344,7 +364,8 @@ pub(crate) fn hold_for_endpoints(
         ) = (backend.index_key(&mut buf), backend)
         {
             if !has_slices(key) {
-                return Err(ObjectError::NoEndpoints {
+                return Err(Waiting {
+                    endpoint_key: key.into(),
                     service: format!("{namespace}/{name}"),
                 });
             }

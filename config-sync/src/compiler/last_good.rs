@@ -16,6 +16,23 @@ pub struct LastGood {
     pub(crate) certs: crate::tls::Parsed,
     /// The trust bundle as last parsed.
     pub(crate) trust: crate::trust::Parsed,
+    /// KIngresses held at their last good version until the EndpointSlices
+    /// behind an endpoint index key arrive, by that key.
+    pub(crate) waiting: HashMap<Arc<ObjectKey>, Box<str>>,
+}
+
+impl LastGood {
+    /// The KIngresses held until slices behind one of `keys` arrive: a
+    /// change to those keys is theirs to apply.
+    pub fn waiting_on<'a>(
+        &'a self,
+        keys: &'a std::collections::BTreeSet<String>,
+    ) -> impl Iterator<Item = &'a ObjectKey> + 'a {
+        self.waiting
+            .iter()
+            .filter(|(_, key)| keys.contains(&***key))
+            .map(|(k, _)| &**k)
+    }
 }
 
 /// A last good version, in its most compact form: a Route as validated (its

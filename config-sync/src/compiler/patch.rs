@@ -45,13 +45,19 @@ pub fn update_kingresses(
     let endpoints = index_endpoints(&update.slices, &mut rejected_now);
     // Lower each; what fails keeps its last good version, as in a full build.
     let mut lowered: Vec<(ObjectKey, Result<Arc<ir::Ingress>, ObjectError>)> = Vec::new();
+    let mut waiting = Vec::new();
     for ing in &update.kingresses {
         let key = ing.key();
         let last = last_good
             .routes
             .get(&(Kind::KIngress, Arc::new(key.clone())));
         let result = kingress::lower(ing, &services, &lower_opts)
-            .and_then(|valid| hold_for_endpoints(valid, last, |k| endpoints.contains_key(k)))
+            .and_then(|valid| {
+                hold_for_endpoints(valid, last, |k| endpoints.contains_key(k)).map_err(|w| {
+                    waiting.push((key.clone(), w.endpoint_key.clone()));
+                    ObjectError::from(w)
+                })
+            })
             .map(Arc::new);
         lowered.push((key, result));
     }
@@ -218,6 +224,12 @@ pub fn update_kingresses(
         last_good
             .routes
             .insert((Kind::KIngress, Arc::new(ing.key())), Good::KIngress(ing));
+    }
+    for key in &changed {
+        last_good.waiting.remove(key);
+    }
+    for (key, endpoint_key) in waiting {
+        last_good.waiting.insert(Arc::new(key), endpoint_key);
     }
     Some(Table {
         generation,

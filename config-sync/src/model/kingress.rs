@@ -154,9 +154,9 @@ pub struct IngressRule {
         skip_serializing_if = "String::is_empty"
     )]
     pub visibility: String,
-    /// The paths.
+    /// The paths; shared by rules that have the same (see [`decode`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpRuleValue>,
+    pub http: Option<std::sync::Arc<HttpRuleValue>>,
 }
 
 /// `HTTPIngressRuleValue`.
@@ -248,9 +248,17 @@ pub struct IngressStatus {
     /// Generation the conditions describe.
     #[serde(default)]
     pub observed_generation: Option<i64>,
-    /// Conditions.
-    #[serde(default, deserialize_with = "nullable")]
+    /// The `Ready` condition, if written: the only one the gateway reads
+    /// (the others are dropped while decoding; 10,000 KIngresses hold them).
+    #[serde(default, deserialize_with = "ready_only")]
     pub conditions: Vec<Condition>,
+}
+
+fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Condition>, D::Error> {
+    let mut all: Vec<Condition> = nullable(d)?;
+    all.retain(|c| c.type_ == "Ready");
+    all.shrink_to_fit();
+    Ok(all)
 }
 
 /// A status condition.
@@ -279,9 +287,10 @@ pub struct KIngress {
     /// What was last written about it.
     #[serde(default)]
     pub status: Option<IngressStatus>,
-    /// Hex SHA-256 of the spec, namespace and name: the `K-Network-Hash` value.
+    /// Hex SHA-256 of the spec, namespace and name: the `K-Network-Hash`
+    /// value (shared with the status writer's probe records).
     #[serde(skip)]
-    pub hash: String,
+    pub hash: std::sync::Arc<str>,
 }
 
 impl KIngress {
@@ -326,9 +335,28 @@ impl KIngress {
 /// Decode a KIngress (already known to be of our class) and compute its hash.
 pub fn decode(value: serde_json::Value) -> Result<KIngress, ObjectError> {
     let mut ing: KIngress = model::decode(value)?;
+    share_paths(std::sync::Arc::make_mut(&mut ing.spec));
     let key = ing.key();
-    ing.hash = hash(&ing.spec, &key.namespace, &key.name);
+    ing.hash = hash(&ing.spec, &key.namespace, &key.name).into();
     Ok(ing)
+}
+
+/// Serving writes the same paths under every rule of a KIngress (its
+/// cluster-local names and its external host): a rule whose paths equal an
+/// earlier rule's shares them, held once.
+fn share_paths(spec: &mut IngressSpec) {
+    for i in 1..spec.rules.len() {
+        let (before, rest) = spec.rules.split_at_mut(i);
+        let Some(http) = &rest[0].http else { continue };
+        let same = before
+            .iter()
+            .filter_map(|r| r.http.as_ref())
+            .find(|earlier| earlier == &http)
+            .cloned();
+        if same.is_some() {
+            rest[0].http = same;
+        }
+    }
 }
 
 /// `hex(sha256(json.Marshal(spec) ++ namespace ++ name))`, as Knative's
@@ -389,6 +417,46 @@ mod tests {
 
     fn spec(value: serde_json::Value) -> IngressSpec {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn rules_with_the_same_paths_share_them_and_hash_as_written() {
+        let http = json!({"paths": [{"splits": [{"serviceName": "a", "serviceNamespace": "ns",
+            "servicePort": 80, "percent": 100, "appendHeaders": {"K": "v"}}]}]});
+        let other = json!({"paths": [{"splits": [{"serviceName": "b", "serviceNamespace": "ns",
+            "servicePort": 80, "percent": 100}]}]});
+        let value = json!({"apiVersion": API_VERSION, "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"rules": [
+                {"hosts": ["web.ns"], "visibility": "ClusterLocal", "http": http},
+                {"hosts": ["web.example.com"], "http": http},
+                {"hosts": ["b.example.com"], "http": other}]},
+            "status": {"observedGeneration": 3, "conditions": [
+                {"type": "LoadBalancerReady", "status": "True"},
+                {"type": "NetworkConfigured", "status": "True"},
+                {"type": "Ready", "status": "False", "reason": "Probing"}]}});
+        let ing = decode(value.clone()).unwrap();
+        let rules = &ing.spec.rules;
+        let shared = |a: usize, b: usize| {
+            std::sync::Arc::ptr_eq(
+                rules[a].http.as_ref().unwrap(),
+                rules[b].http.as_ref().unwrap(),
+            )
+        };
+        assert!(shared(0, 1), "equal paths are held once");
+        assert!(!shared(0, 2));
+        // Sharing changes nothing written: the hash is the unshared spec's.
+        let unshared: IngressSpec = serde_json::from_value(value["spec"].clone()).unwrap();
+        assert_eq!(*ing.hash, hash(&unshared, "ns", "web"));
+        // Only the Ready condition is kept, and it is what is read.
+        let status = ing.status.as_ref().unwrap();
+        assert_eq!(status.conditions.len(), 1);
+        let ready = ing.condition("Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("Probing"))
+        );
+        assert_eq!(ing.ready_generation(), None);
     }
 
     /// Vectors written by hand from the Go struct definitions: field order,

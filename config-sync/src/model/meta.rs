@@ -36,16 +36,16 @@ pub const MAX_AGE_ANNOTATION: &str = "knative-gateway.dev/affinity-max-age";
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Object name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Namespace; `default` when absent, as kubectl does.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The labels the gateway reads (the others are dropped while decoding).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Labels>,
     /// Server-side version, when the object came from an API server.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
     /// The annotations the gateway reads (the ingress class; the others are dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]

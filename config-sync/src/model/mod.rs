@@ -71,13 +71,13 @@ pub struct EndpointSlice {
     #[serde(default)]
     pub metadata: ObjectMeta,
     /// `IPv4`, `IPv6` or `FQDN`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_type: Option<String>,
     /// Named ports shared by every endpoint of the slice.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<EndpointPort>>,
     /// The endpoints (pods).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<Endpoint>>,
 }
 
@@ -86,10 +86,10 @@ pub struct EndpointSlice {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     /// Port name (`http`, `http2`, ...).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Port number.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
 }
 
@@ -101,7 +101,7 @@ pub struct Endpoint {
     #[serde(default)]
     pub addresses: Vec<String>,
     /// Readiness.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<EndpointConditions>,
 }
 
@@ -110,7 +110,7 @@ pub struct Endpoint {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointConditions {
     /// Unset counts as ready.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
 }
 
@@ -165,7 +165,7 @@ pub struct Service {
     #[serde(default)]
     pub metadata: ObjectMeta,
     /// Type, ports and external name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<ServiceSpec>,
 }
 
@@ -174,13 +174,13 @@ pub struct Service {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `ClusterIP` (the default), `ExternalName`, ...
-    #[serde(default, rename = "type")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
     pub type_: Option<String>,
     /// The DNS name of an `ExternalName` Service.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_name: Option<String>,
     /// The Service's ports.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<ServicePort>>,
 }
 
@@ -189,16 +189,16 @@ pub struct ServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// Port name; slices name their ports after it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The Service port (what a KIngress `servicePort` number names).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
     /// The endpoints' port: a number, or the name of a container port.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<IntOrString>,
     /// `kubernetes.io/h2c` asks for HTTP/2 cleartext.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
 }
 

@@ -27,7 +27,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::store::{key_of, Change, Held, SliceIndex, Store};
-use crate::compiler::{slice_endpoints, slice_keys};
+use crate::change::{Changes, EndpointsNow, Inputs};
+use crate::compiler::{slice_endpoints, slice_keys, KIngressUpdate};
 use crate::error::Rejection;
 use crate::model::KIngress;
 use crate::model::{
@@ -37,18 +38,11 @@ use crate::publish::Publisher;
 use crate::served;
 use dataplane::endpoints::EndpointUpdate;
 
-/// What a burst of events requires: the typed changes one place
-/// (the publish step of [`KubeSource::run`]) turns into a full build, a
-/// KIngress patch, an endpoint swap, or only a new feed for the status writer.
+/// What a burst of events changed: the source's side of [`Changes`], with
+/// changed Services still to be turned into the KIngresses naming them.
 #[derive(Default)]
 struct Pending {
-    /// Rebuild everything (a Route or Secret changed, a KIngress was
-    /// deleted, or a relist completed).
-    full: bool,
-    /// Endpoint index keys whose slices changed.
-    keys: std::collections::BTreeSet<String>,
-    /// KIngresses added or changed (decoded fine): patched in without a full build.
-    kingresses: std::collections::BTreeSet<ObjectKey>,
+    changes: Changes,
     /// Services added, changed or deleted: the KIngresses naming them are
     /// patched; one no KIngress names costs nothing more.
     services: std::collections::BTreeSet<ObjectKey>,
@@ -201,7 +195,11 @@ pub struct KubeSource {
     publisher: Arc<Publisher>,
     options: KubeOptions,
     feed: Option<watch::Sender<Arc<Vec<Arc<KIngress>>>>>,
+    on_idle: Option<crate::publish::OnIdle>,
 }
+
+/// Quiet time after the last event before the source counts as idle.
+const IDLE_AFTER: Duration = Duration::from_millis(500);
 
 impl KubeSource {
     /// A source reading through `client`.
@@ -211,7 +209,16 @@ impl KubeSource {
             publisher,
             options,
             feed: None,
+            on_idle: None,
         }
+    }
+
+    /// Call `f` on the source's thread once events have stopped for a
+    /// while after a large burst (the first sync, a cold start's status
+    /// writes coming back; see [`crate::publish::IDLE_BURST`]).
+    pub fn on_idle(mut self, f: crate::publish::OnIdle) -> Self {
+        self.on_idle = Some(f);
+        self
     }
 
     /// Also send every new set of KIngresses of our class to `feed` (the status writer).
@@ -300,6 +307,8 @@ impl KubeSource {
         let mut last_publish: Option<Instant> = None;
         let mut pending = Pending::default();
         let class = self.options.ingress_class.clone().unwrap_or_default();
+        let mut idle_at: Option<Instant> = None;
+        let mut burst = 0usize;
 
         loop {
             let wait = async {
@@ -308,9 +317,19 @@ impl KubeSource {
                     None => std::future::pending().await,
                 }
             };
+            let idle = async {
+                match idle_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 next = events.next() => {
                     let Some((index, event)) = next else { return };
+                    burst += 1;
+                    if self.on_idle.is_some() && burst >= crate::publish::IDLE_BURST {
+                        idle_at = Some(Instant::now() + IDLE_AFTER);
+                    }
                     let event = match event {
                         Ok(event) => event,
                         // kube backs off and retries; the table stays as it is.
@@ -336,47 +355,25 @@ impl KubeSource {
                 _ = wait, if stores.iter().all(Watched::synced) => {
                     publish_at = None;
                     last_publish = Some(Instant::now());
-                    let mut done = std::mem::take(&mut pending);
+                    let Pending { mut changes, services } = std::mem::take(&mut pending);
                     // A changed Service matters through the KIngresses that
                     // name it: those are patched, with the Service as it is now.
-                    if !done.full && !done.services.is_empty() {
-                        done.kingresses.extend(naming(&stores, &done.services));
+                    if !changes.full && !services.is_empty() {
+                        changes.kingresses.extend(naming(&stores, &services));
                     }
-                    // A KIngress held at its last good version until its
-                    // Service's EndpointSlices arrive is applied by a full build.
-                    if !done.keys.is_empty() && self.waits_for_endpoints() {
-                        done.full = true;
-                    }
-                    // A KIngress change is patched into the live table; when that
-                    // cannot be exact (hosts moved), everything is rebuilt.
-                    let patched = done.full
-                        || done.kingresses.is_empty()
-                        || self
-                            .publisher
-                            .publish_kingresses(kingress_update(&stores, &done.kingresses))
-                            .is_some();
-                    if done.full || !patched || !self.publisher.is_ready() {
-                        self.publisher.publish(snapshot(&stores, &class));
-                    } else if !done.keys.is_empty() {
-                        // Endpoints only: swap those backends, share every route.
-                        let (updates, slices, rejected) = endpoints_of(&stores, &done.keys);
-                        self.publisher.publish_endpoints(&updates, &slices, rejected);
-                    }
+                    self.publisher.apply(changes, &Stores { stores: &stores, class: &class });
                     self.refresh_probes(&stores);
+                }
+                _ = idle, if publish_at.is_none() => {
+                    idle_at = None;
+                    burst = 0;
+                    if let Some(f) = &self.on_idle {
+                        f();
+                    }
                 }
                 _ = shutdown.changed() => return,
             }
         }
-    }
-
-    /// Whether the live table holds a KIngress back until EndpointSlices arrive.
-    fn waits_for_endpoints(&self) -> bool {
-        self.publisher
-            .reader()
-            .peek()
-            .rejected()
-            .iter()
-            .any(|r| matches!(r.error, crate::error::ObjectError::NoEndpoints { .. }))
     }
 
     /// Send the KIngresses of our class to the status writer; with `--source
@@ -529,7 +526,7 @@ fn apply(
             if resource == Resource::EndpointSlice {
                 index.finish();
             }
-            pending.full = true;
+            pending.changes.full = true;
             true
         }
         Change::Upserted { key, old } => {
@@ -541,7 +538,7 @@ fn apply(
                     let same = matches!(old.as_ref().and_then(Held::kingress),
                         Some(o) if o.hash == k.hash && o.generation() == k.generation());
                     if !same {
-                        pending.kingresses.insert(key);
+                        pending.changes.kingresses.insert(key);
                     }
                     return true;
                 }
@@ -555,10 +552,10 @@ fn apply(
                     // Out of the keys it fed, into the ones it feeds now.
                     index.remove(&key, &old_keys);
                     index.add(&key, &new_keys);
-                    pending.keys.extend(old_keys);
-                    pending.keys.extend(new_keys);
+                    pending.changes.endpoints.extend(old_keys);
+                    pending.changes.endpoints.extend(new_keys);
                 }
-                _ => pending.full = true,
+                _ => pending.changes.full = true,
             }
             true
         }
@@ -571,9 +568,9 @@ fn apply(
                 Resource::EndpointSlice => {
                     let old_keys = old_keys(&key, &old);
                     index.remove(&key, &old_keys);
-                    pending.keys.extend(old_keys);
+                    pending.changes.endpoints.extend(old_keys);
                 }
-                _ if old.is_some() => pending.full = true,
+                _ if old.is_some() => pending.changes.full = true,
                 _ => {}
             }
             old.is_some()
@@ -612,19 +609,39 @@ fn status_only(store: &mut Store<Held>, event: &Event<DynamicObject>, class: &st
     Some(true)
 }
 
+/// The stores of one source, read when its changes are applied.
+struct Stores<'a> {
+    stores: &'a [Watched],
+    class: &'a str,
+}
+
+impl Inputs for Stores<'_> {
+    fn snapshot(&self) -> Snapshot {
+        snapshot(self.stores, self.class)
+    }
+
+    fn kingresses(&self, keys: &std::collections::BTreeSet<ObjectKey>) -> KIngressUpdate {
+        kingress_update(self.stores, keys)
+    }
+
+    fn endpoints(&self, keys: &std::collections::BTreeSet<String>) -> EndpointsNow {
+        endpoints_of(self.stores, keys)
+    }
+}
+
 /// The changed KIngresses, the Services they name and those Services'
 /// EndpointSlices, from the stores.
 fn kingress_update(
     stores: &[Watched],
     keys: &std::collections::BTreeSet<ObjectKey>,
-) -> crate::compiler::KIngressUpdate {
+) -> KIngressUpdate {
     let store_of = |resource: Resource| {
         stores.iter().find_map(|w| match w {
             Watched::Objects(r, store, index) if *r == resource => Some((store, index)),
             _ => None,
         })
     };
-    let mut update = crate::compiler::KIngressUpdate::default();
+    let mut update = KIngressUpdate::default();
     let Some((kingresses, _)) = store_of(Resource::KIngress) else {
         return update;
     };
@@ -657,10 +674,7 @@ fn kingress_update(
 
 /// The slices now behind each of `keys` from every slice store, the slices
 /// read, and their rejections.
-fn endpoints_of(
-    stores: &[Watched],
-    keys: &std::collections::BTreeSet<String>,
-) -> (Vec<EndpointUpdate>, Vec<ObjectKey>, Vec<Rejection>) {
+fn endpoints_of(stores: &[Watched], keys: &std::collections::BTreeSet<String>) -> EndpointsNow {
     let mut updates: BTreeMap<&str, EndpointUpdate> = keys
         .iter()
         .map(|k| {
@@ -703,7 +717,11 @@ fn endpoints_of(
     }
     // A slice feeding two changed keys was read twice: report it once.
     rejected.dedup();
-    (updates.into_values().collect(), slices, rejected)
+    EndpointsNow {
+        updates: updates.into_values().collect(),
+        slices,
+        rejected,
+    }
 }
 
 /// Everything a full build reads, decoded from the stores. With KIngresses

@@ -65,15 +65,26 @@ impl Held {
             };
             Decoded::Rejected(Rejection::new(kind, key.clone(), error))
         };
+        // The key is held once, beside the text, not in it.
+        let named = |meta: &mut ObjectMeta| {
+            meta.namespace = Some(key.namespace.clone());
+            meta.name = Some(key.name.clone());
+        };
         match self {
             Held::Text(Kind::Service, text) => Cow::Owned(
                 serde_json::from_str(text)
-                    .map(Decoded::Service)
+                    .map(|mut s: crate::model::Service| {
+                        named(&mut s.metadata);
+                        Decoded::Service(s)
+                    })
                     .unwrap_or_else(|e| reject(Kind::Service, e)),
             ),
             Held::Text(kind, text) => Cow::Owned(
                 serde_json::from_str(text)
-                    .map(Decoded::EndpointSlice)
+                    .map(|mut s: crate::model::EndpointSlice| {
+                        named(&mut s.metadata);
+                        Decoded::EndpointSlice(s)
+                    })
                     .unwrap_or_else(|e| reject(*kind, e)),
             ),
             Held::KIngress(k) => Cow::Owned(Decoded::KIngress(k.clone())),
@@ -92,8 +103,11 @@ impl Held {
 
 /// Drop what no build reads of a Service's or EndpointSlice's metadata:
 /// its version, generation, creation time and annotations (KIngresses use
-/// those, not the objects they name).
+/// those, not the objects they name), and its name and namespace, which the
+/// store's key holds.
 fn trim(meta: &mut ObjectMeta) {
+    meta.name = None;
+    meta.namespace = None;
     meta.resource_version = None;
     meta.generation = None;
     meta.creation_timestamp = None;
@@ -105,7 +119,10 @@ fn trim(meta: &mut ObjectMeta) {
 pub(super) struct Store<T> {
     /// The objects by key.
     pub(super) objects: BTreeMap<ObjectKey, T>,
-    pending: Option<BTreeMap<ObjectKey, T>>,
+    /// A relist under way, in the order it arrives; built into a map whole
+    /// at its end, with full nodes (inserted one at a time, in key order,
+    /// a B-tree's nodes end up a third empty).
+    pending: Option<Vec<(ObjectKey, T)>>,
     /// Whether a complete list has arrived.
     pub(super) synced: bool,
 }
@@ -177,20 +194,24 @@ impl<T> Store<T> {
                 if self.synced {
                     publisher.report_relist();
                 }
-                self.pending = Some(BTreeMap::new());
+                self.pending = Some(Vec::new());
                 Change::Nothing
             }
             Event::InitApply(obj) => {
                 let key = key_of(&obj);
                 if let Some(item) = decode(&key, obj) {
-                    self.pending
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(key, item);
+                    self.pending.get_or_insert_with(Vec::new).push((key, item));
                 }
                 Change::Nothing
             }
             Event::InitDone => {
-                self.objects = self.pending.take().unwrap_or_default();
+                // Listed twice (a page boundary moved): the later one wins.
+                self.objects = self
+                    .pending
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 self.synced = true;
                 Change::Relisted
             }
@@ -331,20 +352,66 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": false}},
                           {"addresses": ["10.0.0.2"]}]
         }));
-        for mut object in [service, slice] {
+        let slice_key = ObjectKey::new("ns", "web-x");
+        for (key, mut object) in [(key, service), (slice_key, slice)] {
             let held = Held::new(object.clone());
+            let keep_key = |meta: &mut ObjectMeta| {
+                let (ns, name) = (meta.namespace.take(), meta.name.take());
+                trim(meta);
+                (meta.namespace, meta.name) = (ns, name);
+            };
             match &mut object {
-                Decoded::Service(s) => trim(&mut s.metadata),
-                Decoded::EndpointSlice(s) => trim(&mut s.metadata),
+                Decoded::Service(s) => keep_key(&mut s.metadata),
+                Decoded::EndpointSlice(s) => keep_key(&mut s.metadata),
                 _ => {}
             }
-            assert!(matches!(held, Held::Text(..)), "{held:?}");
+            let Held::Text(_, text) = &held else {
+                panic!("not held as text: {held:?}");
+            };
+            assert!(
+                !text.contains("null") && !text.contains("\"ns\""),
+                "no nulls, and the key is not repeated: {text}"
+            );
             match (&*held.get(&key), &object) {
                 (Decoded::Service(a), Decoded::Service(b)) => assert_eq!(a, b),
                 (Decoded::EndpointSlice(a), Decoded::EndpointSlice(b)) => assert_eq!(a, b),
                 other => panic!("read back as another kind: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_whole_and_the_later_of_a_key_listed_twice_wins() {
+        let publisher = Publisher::new(Default::default());
+        let obj = |name: &str, v: &str| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "ns"}, "data": {"v": v}}))
+            .unwrap()
+        };
+        let mut store: Store<String> = Store::default();
+        let value = |_: &ObjectKey, o: DynamicObject| Some(o.data["data"]["v"].to_string());
+        store.apply_event(Event::Apply(obj("gone", "0")), &publisher, value);
+        store.apply_event(Event::Init, &publisher, value);
+        for (name, v) in [("b", "1"), ("a", "1"), ("c", "1"), ("a", "2")] {
+            store.apply_event(Event::InitApply(obj(name, v)), &publisher, value);
+        }
+        assert_eq!(
+            store.objects.len(),
+            1,
+            "the live set stands until the relist is done"
+        );
+        assert!(matches!(
+            store.apply_event(Event::InitDone, &publisher, value),
+            Change::Relisted
+        ));
+        let held: Vec<(String, String)> = store
+            .objects
+            .iter()
+            .map(|(k, v)| (k.name.clone(), v.clone()))
+            .collect();
+        let want = [("a", "\"2\""), ("b", "\"1\""), ("c", "\"1\"")];
+        assert_eq!(held, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod limit;
 pub(crate) mod plan;
 mod probe;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -86,6 +86,7 @@ pub struct StatusWriter {
     changes: Option<watch::Receiver<u64>>,
     prober: Arc<Prober>,
     health: Arc<WriterHealth>,
+    on_idle: Option<crate::publish::OnIdle>,
 }
 
 /// Failures of a probe before its KIngress says why (`ProbeFailing`).
@@ -95,9 +96,16 @@ const WRITES_IN_FLIGHT: usize = 32;
 /// The shortest time between two full passes over the KIngresses: during a
 /// cold start every status write changes the feed.
 const REPLAN_EVERY: Duration = Duration::from_millis(50);
+/// Finished items dropped from the plan once there are this many.
+const COMPACT_AFTER: usize = 256;
 
 /// A write's outcome: the KIngress, its generation and hash, the verdict.
-type Written = (ObjectKey, i64, String, Verdict, Result<(), kube::Error>);
+type Written = (ObjectKey, i64, Arc<str>, Verdict, Result<(), kube::Error>);
+
+/// The writer's maps and sets: looked up for every item a step visits, so
+/// hashed with foldhash rather than SipHash (keys are the writer's own).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A KIngress whose status is due.
 struct Item {
@@ -106,6 +114,14 @@ struct Item {
     key: ObjectKey,
     verdict: Verdict,
     verify_only: bool,
+    /// Every probe it waits for is in flight: nothing to do until one of
+    /// them answers.
+    waiting: bool,
+    /// Every probe it needs has answered: not looked up again.
+    probed: bool,
+    /// Nothing left to do for it in this plan (written, or verified as its
+    /// status stands).
+    done: bool,
 }
 
 /// A probe: the hash asked for, of whom.
@@ -127,11 +143,18 @@ struct Work {
     /// Probes in flight.
     probing: HashSet<ProbeKey>,
     failing: HashMap<ProbeKey, Failing>,
+    /// The largest plan since the writer was last idle (0: it is idle).
+    busy: usize,
+    /// Items of the plan marked done since it was last compacted.
+    done_items: usize,
+    /// Hashes probed with an answer since the last step: the waiting items
+    /// to look at again.
+    answered: HashSet<Arc<str>>,
     /// Writes made or in flight: (generation, verdict tag) by KIngress.
     written: HashMap<ObjectKey, (i64, (&'static str, &'static str))>,
     /// Hashes (one per KIngress version) whose Ready status was verified or
     /// written.
-    confirmed: HashSet<String>,
+    confirmed: HashSet<Arc<str>>,
     /// The plan: KIngresses whose status is due, most urgent first.
     items: Vec<Item>,
     /// The table the plan was made on.
@@ -159,16 +182,19 @@ impl Work {
     fn new(options: &StatusOptions) -> Self {
         Self {
             arrivals: Arrivals::default(),
-            verified: HashSet::new(),
-            probing: HashSet::new(),
-            failing: HashMap::new(),
-            written: HashMap::new(),
-            confirmed: HashSet::new(),
+            verified: HashSet::default(),
+            probing: HashSet::default(),
+            failing: HashMap::default(),
+            written: HashMap::default(),
+            confirmed: HashSet::default(),
+            answered: HashSet::default(),
+            busy: 0,
+            done_items: 0,
             items: Vec::new(),
             table: None,
             planned_at: None,
             dirty: true,
-            backoff: HashMap::new(),
+            backoff: HashMap::default(),
             paused_until: None,
             api_failures: 0,
             refused: false,
@@ -188,6 +214,7 @@ impl Work {
     ) {
         let Ok((key, result)) = done else { return };
         self.probing.remove(&key);
+        self.answered.insert(key.0.clone());
         let counter = match result {
             Ok(()) => &health.probes_passed,
             Err(_) => &health.probes_failed,
@@ -225,11 +252,13 @@ impl Work {
         self.probes.abort_all();
         self.writes.abort_all();
         self.probing.clear();
+        self.answered.clear();
         self.written.clear();
         self.backoff.clear();
         self.arrivals.reset();
         self.replicas = None;
         self.items.clear();
+        self.done_items = 0;
         self.table = None;
         self.planned_at = None;
         self.dirty = true;
@@ -237,15 +266,15 @@ impl Work {
 
     /// Drop what no KIngress or replica needs any more.
     fn prune(&mut self, feed: &[Arc<KIngress>]) {
-        let hashes: HashSet<&str> = feed.iter().map(|k| k.hash.as_str()).collect();
+        let hashes: HashSet<&str> = feed.iter().map(|k| &*k.hash).collect();
         let keys: HashSet<ObjectKey> = feed.iter().map(|k| k.key()).collect();
-        let ips: HashSet<std::net::IpAddr> =
+        let ips: std::collections::HashSet<std::net::IpAddr> =
             self.replicas.iter().flatten().map(|a| a.ip()).collect();
         let live = |k: &ProbeKey| hashes.contains(&*k.0) && ips.contains(&k.1.addr.ip());
         self.verified.retain(|k| live(k));
         self.failing.retain(|k, _| live(k));
         self.written.retain(|k, _| keys.contains(k));
-        self.confirmed.retain(|h| hashes.contains(h.as_str()));
+        self.confirmed.retain(|h| hashes.contains(&**h));
         self.backoff.retain(|k, _| keys.contains(k));
         self.arrivals.retain(|k| keys.contains(k));
     }
@@ -267,7 +296,16 @@ impl StatusWriter {
             changes: None,
             prober: Arc::new(Prober::new()),
             health: Arc::default(),
+            on_idle: None,
         }
+    }
+
+    /// Call `f` on the writer's thread each time a large plan's work is all
+    /// done (a cold start's backlog written; see
+    /// [`crate::publish::IDLE_BURST`]).
+    pub fn on_idle(mut self, f: crate::publish::OnIdle) -> Self {
+        self.on_idle = Some(f);
+        self
     }
 
     /// Report refused permissions and failing probes to `health`.
@@ -344,6 +382,17 @@ impl StatusWriter {
                     wake = wake.min(at);
                 }
             }
+            let idle = work.items.len() == work.done_items
+                && work.probes.is_empty()
+                && work.writes.is_empty();
+            if idle && std::mem::take(&mut work.busy) >= crate::publish::IDLE_BURST {
+                if let Some(f) = &self.on_idle {
+                    f();
+                }
+            }
+            if !idle {
+                work.busy = work.busy.max(work.items.len());
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 Some(done) = work.probes.join_next() => work.probed(done, &self.health),
@@ -375,7 +424,7 @@ impl StatusWriter {
     /// the table or the replicas changed, at most every [`REPLAN_EVERY`].
     fn replan(&self, work: &mut Work) {
         let table = self.table.load();
-        let mut rejections: HashMap<&ObjectKey, Vec<&Rejection>> = HashMap::new();
+        let mut rejections: HashMap<&ObjectKey, Vec<&Rejection>> = HashMap::default();
         for r in table.rejected().iter().filter(|r| r.kind == Kind::KIngress) {
             rejections.entry(&r.object).or_default().push(r);
         }
@@ -385,7 +434,7 @@ impl StatusWriter {
             // Ready for this generation and verified: nothing to do, and
             // nothing allocated to find that out.
             if ing.ready_generation() == Some(ing.generation())
-                && work.confirmed.contains(&ing.hash)
+                && work.confirmed.contains(&*ing.hash)
             {
                 continue;
             }
@@ -408,6 +457,9 @@ impl StatusWriter {
                 key,
                 verdict,
                 verify_only,
+                waiting: false,
+                probed: false,
+                done: false,
             });
         }
         // The backlog is what the first scan that sees the source's
@@ -417,6 +469,7 @@ impl StatusWriter {
         }
         items.sort_by_key(|i| i.order);
         work.items = items;
+        work.done_items = 0;
         work.table = Some(table);
         work.planned_at = Some(Instant::now());
         work.dirty = false;
@@ -438,34 +491,48 @@ impl StatusWriter {
             return wake;
         };
         if work.items.is_empty() {
+            work.answered.clear();
             self.health.set_probe_failures(BTreeMap::new());
             return wake;
         }
-        let items = std::mem::take(&mut work.items);
+        let mut items = std::mem::take(&mut work.items);
+        let answered = std::mem::take(&mut work.answered);
         let replicas = work.replicas.clone().unwrap_or_default();
         let mut soon = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
         let mut failures = BTreeMap::new();
         let mut tokens = true;
         let probe_slots = self.options.probe_concurrency.max(1);
-        for item in &items {
+        // Items verified and due a write that has no slot yet: probing
+        // further ahead than the writes can follow only piles up items that
+        // every step would pass again.
+        let mut awaiting_write = 0;
+        for item in items.iter_mut() {
             // Nothing more can start: the rest waits for a slot or a token.
             if work.probes.len() >= probe_slots
                 && (!tokens || work.writes.len() >= WRITES_IN_FLIGHT)
             {
                 break;
             }
-            let Item {
-                ing,
-                key,
-                verdict,
-                verify_only,
-                ..
-            } = item;
-            let (key, verify_only, mut verdict) = (key.clone(), *verify_only, verdict.clone());
-            if work.written.get(&key) == Some(&(ing.generation(), verdict.tag())) {
+            if awaiting_write >= WRITES_IN_FLIGHT {
+                break;
+            }
+            // Finished for this plan, or its probes are out and none
+            // answered: passed without a look.
+            if item.done || (item.waiting && !answered.contains(&*item.ing.hash)) {
                 continue;
             }
-            if verdict == Verdict::Ready {
+            item.waiting = false;
+            let ing = &item.ing;
+            let written = |work: &Work, verdict: &Verdict| {
+                work.written.get(&item.key) == Some(&(ing.generation(), verdict.tag()))
+            };
+            if written(work, &item.verdict) {
+                item.done = true;
+                work.done_items += 1;
+                continue;
+            }
+            let mut verdict = None;
+            if item.verdict == Verdict::Ready && !item.probed {
                 if replicas.is_empty() {
                     if !work.warned_no_replicas && work.replicas.is_some() {
                         tracing::warn!(
@@ -485,9 +552,11 @@ impl StatusWriter {
                     &table,
                 ) {
                     Ok(targets) => {
-                        let hash: Arc<str> = ing.hash.as_str().into();
+                        let hash = ing.hash.clone();
                         let mut all = true;
                         let mut failing = None;
+                        let mut no_slot = false;
+                        let mut retry = false;
                         for target in targets {
                             let pk = (hash.clone(), target);
                             if work.verified.contains(&pk) {
@@ -503,6 +572,7 @@ impl StatusWriter {
                                 }
                                 if f.retry_at > now {
                                     soon(f.retry_at);
+                                    retry = true;
                                     continue;
                                 }
                             }
@@ -513,34 +583,51 @@ impl StatusWriter {
                                     let result = prober.probe(&pk.1, &pk.0).await;
                                     (pk, result)
                                 });
+                            } else {
+                                no_slot = true;
                             }
                         }
+                        // The frontier: this one waits for a probe slot, and
+                        // so does everything after it (probes start in order).
+                        if no_slot {
+                            break;
+                        }
+                        // A probe due again later keeps it looked at.
+                        item.waiting = !all && !retry;
+                        item.probed = all;
                         if all {
-                            if verify_only {
+                            if item.verify_only {
                                 work.confirmed.insert(ing.hash.clone());
+                                item.done = true;
+                                work.done_items += 1;
                                 continue;
                             }
                         } else {
                             let Some(message) = failing else { continue };
-                            failures.insert(key.to_string(), message.clone());
-                            if verify_only {
+                            failures.insert(item.key.to_string(), message.clone());
+                            if item.verify_only {
                                 continue;
                             }
-                            verdict = Verdict::Probing(message);
+                            verdict = Some(Verdict::Probing(message));
                         }
                     }
-                    Err(not_ready) => verdict = not_ready,
+                    Err(not_ready) => verdict = Some(not_ready),
                 }
-                if plan::says(ing, &verdict)
-                    || work.written.get(&key) == Some(&(ing.generation(), verdict.tag()))
-                {
+                let v = verdict.as_ref().unwrap_or(&item.verdict);
+                if plan::says(ing, v) || written(work, v) {
+                    // A failing probe is retried from here; anything else
+                    // stands until the next plan.
+                    if !matches!(v, Verdict::Probing(_)) {
+                        item.done = true;
+                        work.done_items += 1;
+                    }
                     continue;
                 }
-            } else if verify_only {
+            } else if item.verify_only {
                 continue;
             }
             // A write is due.
-            if let Some(&(_, at)) = work.backoff.get(&key) {
+            if let Some(&(_, at)) = work.backoff.get(&item.key) {
                 if at > now {
                     soon(at);
                     continue;
@@ -551,6 +638,7 @@ impl StatusWriter {
                 continue;
             }
             if !tokens || work.writes.len() >= WRITES_IN_FLIGHT {
+                awaiting_write += 1;
                 continue;
             }
             if !work.bucket.try_take(now.into_std()) {
@@ -558,7 +646,9 @@ impl StatusWriter {
                 soon(Instant::from_std(work.bucket.next_at(now.into_std())));
                 continue;
             }
+            let verdict = verdict.unwrap_or_else(|| item.verdict.clone());
             let obj = self.status_object(ing, &verdict);
+            let key = item.key.clone();
             work.written
                 .insert(key.clone(), (ing.generation(), verdict.tag()));
             let (client, generation) = (self.client.clone(), ing.generation());
@@ -569,6 +659,11 @@ impl StatusWriter {
             });
         }
         work.items = items;
+        // Finished items are dropped now and then, not on every step.
+        if work.done_items >= COMPACT_AFTER {
+            work.items.retain(|i| !i.done);
+            work.done_items = 0;
+        }
         self.health.set_probe_failures(failures);
         wake
     }
@@ -604,12 +699,15 @@ impl StatusWriter {
             // feed brings the new version; try again after it.
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 work.written.remove(&key);
+                // Its item was dropped once written: planned again.
+                work.dirty = true;
                 let n = work.backoff.get(&key).map_or(0, |b| b.0) + 1;
                 let wait = Duration::from_millis(20 << n.min(8)).min(Duration::from_secs(5));
                 work.backoff.insert(key, (n, now + wait));
             }
             Err(e) => {
                 work.written.remove(&key);
+                work.dirty = true;
                 let permission =
                     "get, update on ingresses/status (networking.internal.knative.dev)".to_owned();
                 if self.health.refused(&e, permission) {
