@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's two entry points, for a fresh Debian machine with only the Rust toolchain:
 #   ./dev.sh demo    run the gateway on the embedded default (no cluster needed)
-#   ./dev.sh test    formatting, lints, the whole test suite and a short fuzz run (what CI runs)
+#   ./dev.sh test    formatting, lints, the vendor patches, the whole test suite and a short fuzz run (what CI runs)
 #   ./dev.sh loadtest [flags]   the side-by-side load tests (see loadtests/ in the README)
 # Each installs what it needs first.
 set -euo pipefail
@@ -36,6 +36,12 @@ case "${1:-}" in
     cargo fmt --all -- --check
     echo "==> cargo clippy --all-targets -- -D warnings"
     cargo clippy --all-targets -- -D warnings
+    # The vendored pingora crates must be the released ones plus our patches
+    # (vendor/README.md): a patch that no longer applies fails here.
+    need_apt curl curl
+    need_apt patch patch
+    echo "==> vendor/check-patches.sh"
+    vendor/check-patches.sh
     echo "==> cargo test"
     cargo test --workspace
     # A bounded coverage-guided run of every fuzz target from its corpus

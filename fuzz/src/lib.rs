@@ -13,20 +13,8 @@ use config_sync::sources::file;
 use config_sync::{build, BuildOptions, LastGood, Snapshot};
 use dataplane::host::{self, MAX_HOST_LEN};
 
-// The gateway's PROXY protocol parser, included as source: it has no
-// dependency of the gateway's, and building pingora for every fuzz run
-// would cost minutes.
-#[path = "../../gateway/src/proxy_protocol/header.rs"]
-mod proxy_header;
-
-use proxy_header::{Header, ParseError};
-
-// The fast path's response head reader and chunk tracker, included as source
-// for the same reason.
-#[path = "../../gateway/src/fast/chunked.rs"]
-mod chunked;
-#[path = "../../gateway/src/fast/response_head.rs"]
-mod response_head;
+use wire::proxy_header::{self, Header, ParseError};
+use wire::{chunked, response_head};
 
 /// The Host normaliser (every request's Host header, every Route URL): a
 /// host it accepts is short enough, lower case, and routes the same whatever

@@ -30,12 +30,12 @@ use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::body::BodyEnd;
 use super::buffers::Buf;
 use super::pool::Conn;
-use super::response_head::{self, Framing};
 use super::{pool, request};
 use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx, Upstream};
+use wire::body::BodyEnd;
+use wire::response_head::{self, Framing};
 
 /// The proxy app: the fast path in front of pingora's `HttpProxy`.
 pub struct FastPath {

@@ -1,10 +1,8 @@
 //! The fast path for plain HTTP/1.1 (docs/fast-path.md): the request loop in
-//! [`app`], and its parts, pure functions over bytes where they can be.
+//! [`app`], and its parts; the byte-level parsers it relays with (response
+//! head, chunked framing, where a body ends) are the `wire` crate's.
 
 pub mod app;
-pub mod body;
 pub mod buffers;
-pub mod chunked;
 pub mod pool;
 pub mod request;
-pub mod response_head;

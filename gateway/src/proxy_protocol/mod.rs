@@ -18,8 +18,7 @@ use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
-mod header;
-pub use header::{parse, Header, ParseError, V2_MAX};
+pub use wire::proxy_header::{parse, Header, ParseError, V2_MAX};
 
 /// Reads the PROXY header of every connection to one of `ports` (the
 /// external listeners) before anything else. The listeners' handshake

@@ -1,5 +1,5 @@
-//! The PROXY protocol header itself (v1 text, v2 binary): a pure parser,
-//! also built by the fuzz targets (fuzz/), which include this file.
+//! The PROXY protocol header itself (v1 text, v2 binary): a pure parser;
+//! gateway/src/proxy_protocol reads it off each external connection.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

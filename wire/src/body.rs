@@ -1,8 +1,8 @@
 //! Where a relayed response body ends, whatever its framing: the fast path
 //! passes each read on up to that end, and no further.
 
-use super::chunked::{ChunkError, ChunkTracker};
-use super::response_head::Framing;
+use crate::chunked::{ChunkError, ChunkTracker};
+use crate::response_head::Framing;
 
 /// The rest of a response body being relayed.
 #[derive(Debug, Clone)]
