@@ -338,28 +338,34 @@ impl Gateway {
 /// carried in the request head: the general path takes this resolution
 /// rather than resolving again, so a split's cursor moves once per request.
 #[derive(Clone)]
-pub(crate) struct Routed {
-    table: Arc<Table>,
-    to: Resolved,
-}
+pub(crate) struct Routed(std::result::Result<(Arc<Table>, Resolved), Refusal>);
 
 impl Routed {
     /// Move `ctx`'s resolution into `req`.
     pub(crate) fn attach(req: &mut RequestHeader, ctx: &mut RequestCtx) {
         if let Some(table) = ctx.table.take() {
             let to = std::mem::take(&mut ctx.to);
-            req.extensions_mut().insert(Routed { table, to });
+            req.extensions_mut().insert(Routed(Ok((table, to))));
         }
     }
 
-    /// Take the resolution `req` carries into `ctx`; whether there was one.
-    fn take(req: &mut RequestHeader, ctx: &mut RequestCtx) -> bool {
-        let Some(routed) = req.extensions_mut().remove::<Routed>() else {
-            return false;
-        };
-        ctx.table = Some(routed.table);
-        ctx.to = routed.to;
-        true
+    /// Record in `req` that routing refused it (a miss, the probe, a
+    /// redirect), so that the general path answers without routing again.
+    pub(crate) fn refused(req: &mut RequestHeader, refusal: Refusal) {
+        req.extensions_mut().insert(Routed(Err(refusal)));
+    }
+
+    /// Take the routing `req` carries into `ctx`: `None` when it was not
+    /// routed yet.
+    fn take(
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<std::result::Result<(), Refusal>> {
+        let Routed(routed) = req.extensions_mut().remove::<Routed>()?;
+        Some(routed.map(|(table, to)| {
+            ctx.table = Some(table);
+            ctx.to = to;
+        }))
     }
 }
 
@@ -520,15 +526,19 @@ impl ProxyHttp for Gateway {
         }
         ctx.span = self.sample(req);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if Routed::take(session.req_header_mut(), ctx) {
-            return Ok(false);
-        }
-        let req = session.req_header();
-        let internal = self.is_internal(session);
-        let miss = match self.route(req, internal, ctx) {
+        // A request the fast path handed over was routed there, once.
+        let routed = match Routed::take(session.req_header_mut(), ctx) {
+            Some(routed) => routed,
+            None => {
+                let internal = self.is_internal(session);
+                self.route(session.req_header(), internal, ctx)
+            }
+        };
+        let miss = match routed {
             Ok(()) => return Ok(false),
             Err(miss) => miss,
         };
+        let req = session.req_header();
         // Only a miss needs the host again (the probe's and the redirect's).
         let mut buf = [0u8; MAX_HOST_LEN];
         let host = request_host(req)

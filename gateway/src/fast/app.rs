@@ -264,7 +264,8 @@ impl FastPath {
         }
     }
 
-    /// Route, forward and answer a request whose head `h1` has read.
+    /// Route, forward and answer a request whose head `h1` has read: its
+    /// steps in order, each ending the exchange early with its [`Outcome`].
     async fn forward(
         &self,
         h1: &mut Session1,
@@ -272,64 +273,91 @@ impl FastPath {
         sent: &mut Sent,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
-        let Some(body_length) = request::plain_body(h1.req_header()) else {
-            return Outcome::HandOver;
-        };
-        ctx.tls = h1.digest().ssl_digest.is_some();
-        let internal = self.gateway.is_internal_addr(h1.server_addr());
-        if self.gateway.route(h1.req_header(), internal, ctx).is_err() {
-            return Outcome::HandOver;
-        }
-        {
-            let Some(table) = &ctx.table else {
-                return Outcome::HandOver;
-            };
-            let backend = table.backend(ctx.to.backend);
-            // The activator (no endpoints), ExternalNames and a rewritten Host
-            // (which the access log must not see) stay with the general proxy.
-            // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
-            // revision's endpoints share one port, so the first tells).
-            // A TLS backend with nothing trusted gets its 502 there too.
-            if !matches!(backend.kind, BackendKind::Pods)
-                || (backend.port.tls && table.trust().is_none())
-                || backend.endpoints.first().is_none_or(|e| e.h2)
-                || ctx.to.rewrite_host.is_some()
-            {
-                // Routed once: the general path takes this pick (a split's
-                // cursor must not move twice for one request).
-                crate::proxy::Routed::attach(h1.req_header_mut(), ctx);
-                return Outcome::HandOver;
+        let exchange = async {
+            let body_length = self.admit(h1, ctx)?;
+            let body = read_body(h1, body_length, self.gateway.options(), sent).await?;
+            let head_request = h1.req_header().method == http::Method::HEAD;
+            let mut rbuf = Buf::take();
+            let (mut up, mut out) = self.send(h1, ctx, &body, &mut rbuf).await?;
+            let close = !h1.will_keepalive() || *shutdown.borrow();
+            // The request head is sent: its buffer takes what goes to the client.
+            out.clear();
+            let head = self
+                .relay_head(h1, ctx, &mut up, &mut rbuf, &mut out, head_request, close)
+                .await?;
+            sent.status = Some(head.status);
+            self.gateway.endpoint_answered(ctx);
+            if let Some(cookie) = ctx.to.set_cookie.take() {
+                // A sticky split's cookie, as the head's last field.
+                let end = out.len() - 2;
+                out.truncate(end);
+                out.extend_from_slice(b"Set-Cookie: ");
+                out.extend_from_slice(cookie.as_bytes());
+                out.extend_from_slice(b"\r\n\r\n");
             }
-        }
-        let options = self.gateway.options();
-        // pingora reads an HTTP/1.1 body with a 60 s timeout by default; the
-        // general path sets the stream idle timeout instead, and so does this.
-        h1.set_read_timeout(options.stream_idle_timeout);
-        // The body, read whole (at most MAX_BODY) through pingora's body
-        // reader, which holds it to its Content-Length; it follows the head.
-        let mut body = Buf::take();
-        if body_length > 0 {
-            loop {
-                match h1.read_body_bytes().await {
-                    Ok(Some(bytes)) => body.extend_from_slice(&bytes),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("cannot read a request body: {e}");
-                        return Outcome::Broken;
-                    }
+            let idle = self.gateway.options().stream_idle_timeout;
+            let reusable = relay_body(h1, &mut up, &mut rbuf, &head, &mut out, idle, sent).await?;
+            // The client learns where a body that ran to the close ended by
+            // the close too (the head said so).
+            let keep = !close && head.framing != Framing::UntilClose;
+            if reusable {
+                if let Some(addr) = ctx.peer {
+                    pool::put(addr, up, self.idle_per_thread, ctx.start);
                 }
             }
-            sent.body_read = body.len();
+            Ok(Outcome::Served { keep })
+        };
+        exchange.await.unwrap_or_else(|early| early)
+    }
+
+    /// Whether the fast path serves this request, routed: the length of its
+    /// body if so. A request it does not serve is handed over with its
+    /// routing attached, route or refusal, so that it is routed once (a
+    /// split's cursor must not move twice for one request).
+    fn admit(&self, h1: &mut Session1, ctx: &mut RequestCtx) -> Result<u64, Outcome> {
+        let body_length = request::plain_body(h1.req_header()).ok_or(Outcome::HandOver)?;
+        ctx.tls = h1.digest().ssl_digest.is_some();
+        let internal = self.gateway.is_internal_addr(h1.server_addr());
+        if let Err(refusal) = self.gateway.route(h1.req_header(), internal, ctx) {
+            // Answered by the general path, from this routing.
+            crate::proxy::Routed::refused(h1.req_header_mut(), refusal);
+            return Err(Outcome::HandOver);
         }
-        // A client may send its next requests before reading the answers
-        // (RFC 9112 §9.3.2); as in the general proxy, they are answered in order.
-        h1.set_pipelining_enabled(true);
-        let head_request = h1.req_header().method == http::Method::HEAD;
+        let table = ctx.table.as_ref().ok_or(Outcome::HandOver)?;
+        let backend = table.backend(ctx.to.backend);
+        // The activator (no endpoints), ExternalNames and a rewritten Host
+        // (which the access log must not see) stay with the general proxy.
+        // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
+        // revision's endpoints share one port, so the first tells).
+        // A TLS backend with nothing trusted gets its 502 there too.
+        if !matches!(backend.kind, BackendKind::Pods)
+            || (backend.port.tls && table.trust().is_none())
+            || backend.endpoints.first().is_none_or(|e| e.h2)
+            || ctx.to.rewrite_host.is_some()
+        {
+            crate::proxy::Routed::attach(h1.req_header_mut(), ctx);
+            return Err(Outcome::HandOver);
+        }
+        Ok(body_length)
+    }
+
+    /// Send the request to an endpoint and read the first bytes of its
+    /// answer into `rbuf`: the upstream connection, and the buffer the head
+    /// was written from. A pooled connection that turns out closed before
+    /// answering is replaced (at most [`RETRIES_ON_REUSED`] times); a refused
+    /// connection moves on to another endpoint as the general proxy does.
+    async fn send(
+        &self,
+        h1: &mut Session1,
+        ctx: &mut RequestCtx,
+        body: &[u8],
+        rbuf: &mut Buf,
+    ) -> Result<(Conn, Buf), Outcome> {
+        let options = self.gateway.options();
         let idle = options.stream_idle_timeout;
         let mut retries_left = RETRIES_ON_REUSED;
         let mut request_head = Buf::take();
-        let mut rbuf = Buf::take();
-        let mut up = loop {
+        loop {
             let now = dataplane::health::millis(ctx.start);
             let picked = {
                 let RequestCtx {
@@ -339,17 +367,15 @@ impl FastPath {
                     failed,
                     ..
                 } = &mut *ctx;
-                let table = table.as_ref().expect("routed above");
+                let table = table.as_ref().expect("routed by admit");
                 take_endpoint(table, upstream, to, failed, now, &options.endpoints)
             };
-            let Some((addr, h2c)) = picked else {
-                return Outcome::Failed(502);
-            };
+            let (addr, h2c) = picked.ok_or(Outcome::Failed(502))?;
             if h2c {
                 // Endpoints of one revision that differ in protocol: not one
                 // port, not a revision Knative makes. Refused, not forwarded.
                 ctx.release();
-                return Outcome::Failed(502);
+                return Err(Outcome::Failed(502));
             }
             if request_head.is_empty() {
                 // The headers set upstream, then the head, once.
@@ -359,51 +385,31 @@ impl FastPath {
                 request::strip_hop_by_hop(req);
                 set_upstream_headers(req, client, ctx);
                 request::write_head(req, &mut request_head);
-                request_head.extend_from_slice(&body);
+                request_head.extend_from_slice(body);
             }
             ctx.peer = Some(addr);
-            let tls = {
-                let table = ctx.table.as_ref().expect("routed above");
-                let backend = table.backend(ctx.to.backend);
-                backend.port.tls.then(|| {
-                    let name = dataplane::trust::user_name(&backend.namespace);
-                    let trust = table.trust().expect("checked before the hand-over");
-                    (trust.config(false).clone(), name)
-                })
-            };
+            let tls = self.tls_for(ctx);
             let (mut stream, reused) = match pool::take(addr, tls.is_some()) {
                 Some(stream) => (stream, true),
                 None => match connect(addr, tls, options.connect_timeout).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
-                        if e.get_ref().is_some_and(|e| e.is::<rustls::Error>()) {
-                            // As the general path logs it (the metric counts it).
-                            let table = ctx.table.as_ref().expect("routed above");
-                            let namespace = &table.backend(ctx.to.backend).namespace;
-                            tracing::warn!(
-                                upstream = %addr,
-                                expected_name = %dataplane::trust::user_name(namespace),
-                                "TLS to the backend failed: {e}"
-                            );
-                        } else {
-                            tracing::debug!("cannot connect to {addr}: {e}");
-                        }
+                        self.log_connect_error(ctx, addr, &e);
                         if self.gateway.connect_refused(ctx) {
                             continue;
                         }
-                        return Outcome::Failed(502);
+                        return Err(Outcome::Failed(502));
                     }
                 },
             };
             let answered = match within(idle, stream.write_all(&request_head)).await {
-                Ok(()) => match read_answer(h1, &mut stream, &mut rbuf, idle).await {
-                    Some(read) => read,
-                    None => return Outcome::Broken,
-                },
+                Ok(()) => read_answer(h1, &mut stream, rbuf, idle)
+                    .await
+                    .ok_or(Outcome::Broken)?,
                 Err(e) => Err(e),
             };
             match answered {
-                Ok(n) if n > 0 => break stream,
+                Ok(n) if n > 0 => return Ok((stream, request_head)),
                 // A pooled connection the backend had closed: it read nothing,
                 // so the request goes again, on a new connection.
                 _ if reused && retries_left > 0 => {
@@ -412,96 +418,152 @@ impl FastPath {
                 }
                 _ => {
                     self.reset(ctx, reused);
-                    return Outcome::Failed(502);
+                    return Err(Outcome::Failed(502));
                 }
             }
-        };
-        let close = !h1.will_keepalive() || *shutdown.borrow();
+        }
+    }
+
+    /// The TLS client settings and the name to check for the routed backend,
+    /// when it is reached over TLS (Knative's system-internal TLS).
+    fn tls_for(&self, ctx: &RequestCtx) -> Option<(Arc<rustls::ClientConfig>, String)> {
+        let table = ctx.table.as_ref().expect("routed by admit");
+        let backend = table.backend(ctx.to.backend);
+        backend.port.tls.then(|| {
+            let name = dataplane::trust::user_name(&backend.namespace);
+            let trust = table.trust().expect("checked by admit");
+            (trust.config(false).clone(), name)
+        })
+    }
+
+    /// A connection that could not be made, logged as the general path logs
+    /// it (a refused certificate as a warning; the metric counts it).
+    fn log_connect_error(&self, ctx: &RequestCtx, addr: SocketAddr, e: &io::Error) {
+        if e.get_ref().is_some_and(|e| e.is::<rustls::Error>()) {
+            let table = ctx.table.as_ref().expect("routed by admit");
+            let namespace = &table.backend(ctx.to.backend).namespace;
+            tracing::warn!(
+                upstream = %addr,
+                expected_name = %dataplane::trust::user_name(namespace),
+                "TLS to the backend failed: {e}"
+            );
+        } else {
+            tracing::debug!("cannot connect to {addr}: {e}");
+        }
+    }
+
+    /// The response head, and any 1xx before it, passed on as they come:
+    /// `out` holds the final head for the client when this returns.
+    #[allow(clippy::too_many_arguments)] // the exchange's state, each used once
+    async fn relay_head(
+        &self,
+        h1: &mut Session1,
+        ctx: &mut RequestCtx,
+        up: &mut Conn,
+        rbuf: &mut Buf,
+        out: &mut Buf,
+        head_request: bool,
+        close: bool,
+    ) -> Result<response_head::Head, Outcome> {
+        let idle = self.gateway.options().stream_idle_timeout;
         let date = pingora::protocols::http::date::get_cached_date();
-        // The request head is sent: its buffer takes what goes to the client.
-        let mut out = request_head;
-        out.clear();
-        // The response head, and any 1xx before it, passed on as they come.
-        let head = loop {
-            match response_head::parse(&rbuf, head_request, close, date.as_bytes(), &mut out) {
+        loop {
+            match response_head::parse(rbuf, head_request, close, date.as_bytes(), out) {
                 Ok(Some(head)) if head.informational => {
-                    if write(h1, &out).await.is_err() {
-                        return Outcome::Broken;
-                    }
+                    write(h1, out).await.map_err(|_| Outcome::Broken)?;
                     out.clear();
                     rbuf.drain(..head.len);
                     if !rbuf.is_empty() {
                         continue;
                     }
                 }
-                Ok(Some(head)) => break head,
+                Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
                 Err(e) => {
                     let peer = ctx.peer.map_or(String::new(), |p| p.to_string());
                     tracing::debug!("response from {peer}: {e}");
-                    return Outcome::Failed(502);
+                    return Err(Outcome::Failed(502));
                 }
             }
-            match read_answer(h1, &mut up, &mut rbuf, idle).await {
-                None => return Outcome::Broken,
+            match read_answer(h1, up, rbuf, idle).await {
+                None => return Err(Outcome::Broken),
                 Some(Ok(0) | Err(_)) => {
                     self.reset(ctx, false);
-                    return Outcome::Failed(502);
+                    return Err(Outcome::Failed(502));
                 }
                 Some(Ok(_)) => {}
             }
-        };
-        sent.status = Some(head.status);
-        self.gateway.endpoint_answered(ctx);
-        if let Some(cookie) = ctx.to.set_cookie.take() {
-            // A sticky split's cookie, as the head's last field.
-            let end = out.len() - 2;
-            out.truncate(end);
-            out.extend_from_slice(b"Set-Cookie: ");
-            out.extend_from_slice(cookie.as_bytes());
-            out.extend_from_slice(b"\r\n\r\n");
         }
-        // The body, by its framing: what came with the head, then each read
-        // passed on up to the body's end. Bytes past it (a misbehaving
-        // backend's) are not passed on, and the connection is not reused.
-        let mut end = BodyEnd::of(head.framing);
-        let body = &rbuf[head.len..];
-        let Ok(now) = end.take(body) else {
-            return Outcome::Failed(502);
-        };
-        let mut reusable = head.reusable && now == body.len();
-        out.extend_from_slice(&body[..now]);
-        if write(h1, &out).await.is_err() {
-            return Outcome::Broken;
-        }
-        sent.body_bytes = now;
-        while !end.is_done() {
-            rbuf.clear();
-            let n = match within(idle, up.read_buf(&mut *rbuf)).await {
-                // A body that runs to the close has ended.
-                Ok(0) if matches!(end, BodyEnd::Close) => break,
-                Ok(0) | Err(_) => return Outcome::Broken,
-                Ok(n) => n,
-            };
-            let Ok(now) = end.take(&rbuf) else {
-                return Outcome::Broken;
-            };
-            reusable &= now == n;
-            if write(h1, &rbuf[..now]).await.is_err() {
-                return Outcome::Broken;
-            }
-            sent.body_bytes += now;
-        }
-        // The client learns where a body that ran to the close ended by the
-        // close too (the head said so).
-        let keep = !close && head.framing != Framing::UntilClose;
-        if reusable {
-            if let Some(addr) = ctx.peer {
-                pool::put(addr, up, self.idle_per_thread, ctx.start);
-            }
-        }
-        Outcome::Served { keep }
     }
+}
+
+/// The request body, read whole (at most `MAX_BODY`) through pingora's body
+/// reader, which holds it to its Content-Length; it follows the head. Sets
+/// the read timeout and pipelining as the general proxy does.
+async fn read_body(
+    h1: &mut Session1,
+    length: u64,
+    options: &crate::proxy::ProxyOptions,
+    sent: &mut Sent,
+) -> Result<Buf, Outcome> {
+    // pingora reads an HTTP/1.1 body with a 60 s timeout by default; the
+    // general path sets the stream idle timeout instead, and so does this.
+    h1.set_read_timeout(options.stream_idle_timeout);
+    let mut body = Buf::take();
+    if length > 0 {
+        loop {
+            match h1.read_body_bytes().await {
+                Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("cannot read a request body: {e}");
+                    return Err(Outcome::Broken);
+                }
+            }
+        }
+        sent.body_read = body.len();
+    }
+    // A client may send its next requests before reading the answers
+    // (RFC 9112 §9.3.2); as in the general proxy, they are answered in order.
+    h1.set_pipelining_enabled(true);
+    Ok(body)
+}
+
+/// The response body after `head`, by its framing: what came with the head
+/// (appended to `out`, the head for the client), then each read passed on
+/// up to the body's end. Bytes past it (a misbehaving backend's) are not
+/// passed on. Whether the upstream connection can be reused: only when the
+/// body ended exactly where its framing said.
+async fn relay_body(
+    h1: &mut Session1,
+    up: &mut Conn,
+    rbuf: &mut Buf,
+    head: &response_head::Head,
+    out: &mut Buf,
+    idle: Option<Duration>,
+    sent: &mut Sent,
+) -> Result<bool, Outcome> {
+    let mut end = BodyEnd::of(head.framing);
+    let body = &rbuf[head.len..];
+    let now = end.take(body).map_err(|_| Outcome::Failed(502))?;
+    let mut reusable = head.reusable && now == body.len();
+    out.extend_from_slice(&body[..now]);
+    write(h1, out).await.map_err(|_| Outcome::Broken)?;
+    sent.body_bytes = now;
+    while !end.is_done() {
+        rbuf.clear();
+        let n = match within(idle, up.read_buf(&mut **rbuf)).await {
+            // A body that runs to the close has ended.
+            Ok(0) if matches!(end, BodyEnd::Close) => break,
+            Ok(0) | Err(_) => return Err(Outcome::Broken),
+            Ok(n) => n,
+        };
+        let now = end.take(rbuf).map_err(|_| Outcome::Broken)?;
+        reusable &= now == n;
+        write(h1, &rbuf[..now]).await.map_err(|_| Outcome::Broken)?;
+        sent.body_bytes += now;
+    }
+    Ok(reusable)
 }
 
 /// A request goes again on a new connection at most this often when pooled
