@@ -311,6 +311,16 @@ impl Gateway {
         }
     }
 
+    /// The upstream connection closed or reset before a response head. On a
+    /// new connection that counts against the endpoint, as a refused one
+    /// does; a pooled one may just have been closed while idle. Both request
+    /// paths call it.
+    pub(crate) fn upstream_lost(&self, ctx: &RequestCtx, new_connection: bool) {
+        if let (Upstream::Endpoint(i), true) = (ctx.upstream, new_connection) {
+            self.endpoint_failed(ctx, i);
+        }
+    }
+
     /// The current endpoint answered with a response head: its failures in
     /// a row start over.
     pub(crate) fn endpoint_answered(&self, ctx: &RequestCtx) {
@@ -789,13 +799,8 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        // A new connection to an endpoint that failed before any answer (a
-        // reset, a close) counts against the endpoint, as a refused one
-        // does; a pooled one may just have been closed while idle.
-        if let Upstream::Endpoint(i) = ctx.upstream {
-            if ctx.new_connection && !ctx.answered && e.esource() == &ErrorSource::Upstream {
-                self.endpoint_failed(ctx, i);
-            }
+        if !ctx.answered && e.esource() == &ErrorSource::Upstream {
+            self.upstream_lost(ctx, ctx.new_connection);
         }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,

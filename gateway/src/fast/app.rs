@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use super::buffers::Buf;
 use super::pool::Conn;
 use super::{pool, request};
-use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx, Upstream};
+use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx};
 use wire::body::BodyEnd;
 use wire::response_head::{self, Framing};
 
@@ -255,15 +255,6 @@ impl FastPath {
         }
     }
 
-    /// The upstream connection closed or reset before a response head: on a
-    /// new connection that counts against the endpoint, as a refused one
-    /// does (a pooled one may just have been closed while idle).
-    fn reset(&self, ctx: &RequestCtx, reused: bool) {
-        if let (Upstream::Endpoint(i), false) = (ctx.upstream, reused) {
-            self.gateway.endpoint_failed(ctx, i);
-        }
-    }
-
     /// Route, forward and answer a request whose head `h1` has read: its
     /// steps in order, each ending the exchange early with its [`Outcome`].
     async fn forward(
@@ -417,7 +408,7 @@ impl FastPath {
                     ctx.release();
                 }
                 _ => {
-                    self.reset(ctx, reused);
+                    self.gateway.upstream_lost(ctx, !reused);
                     return Err(Outcome::Failed(502));
                 }
             }
@@ -488,7 +479,7 @@ impl FastPath {
             match read_answer(h1, up, rbuf, idle).await {
                 None => return Err(Outcome::Broken),
                 Some(Ok(0) | Err(_)) => {
-                    self.reset(ctx, false);
+                    self.gateway.upstream_lost(ctx, true);
                     return Err(Outcome::Failed(502));
                 }
                 Some(Ok(_)) => {}
