@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod activator;
 pub mod admin;
 pub mod alloc;
+pub(crate) mod answer;
 pub mod cli;
 pub mod demo;
 pub mod drain;

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use config_sync::publish::ProbeReader;
 use config_sync::TableReader;
 use dataplane::host::{self, MAX_HOST_LEN};
-use dataplane::resolve::{resolve, Miss, Request, Resolved, HASH_HEADER};
+use dataplane::resolve::{resolve, Request, Resolved, HASH_HEADER};
 use dataplane::select::pick_endpoint;
 use dataplane::table::BackendKind;
 use dataplane::Table;
@@ -52,6 +52,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::activator::Activator;
+use crate::answer::{self, Refusal};
 use crate::external::ExternalNames;
 use crate::metrics::Metrics;
 use crate::otlp::{Finished, SpanContext, Tracer};
@@ -91,6 +92,46 @@ pub struct Gateway {
     options: ProxyOptions,
     access_log: Option<AccessLog>,
     tracer: Option<Tracer>,
+}
+
+/// `X-Forwarded-For` with `client` appended to what the client sent (every
+/// value, in order), as Envoy does for Kourier.
+fn forwarded_for(
+    sent: http::header::GetAll<'_, http::HeaderValue>,
+    client: std::net::IpAddr,
+) -> http::HeaderValue {
+    use std::io::Write;
+    if sent.iter().next().is_none() {
+        return client_address(client);
+    }
+    let mut value = Vec::with_capacity(64);
+    for prior in sent {
+        value.extend_from_slice(prior.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    write!(value, "{client}").expect("writing to a Vec cannot fail");
+    http::HeaderValue::from_bytes(&value).expect("header values and an IP address stay valid")
+}
+
+thread_local! {
+    /// The last client address formatted on this worker thread: keep-alive
+    /// connections and load balancers send many requests from one address,
+    /// and formatting an address costs more than the rest of the header work.
+    static LAST_CLIENT: std::cell::RefCell<Option<(std::net::IpAddr, http::HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `client` as a header value.
+fn client_address(client: std::net::IpAddr) -> http::HeaderValue {
+    LAST_CLIENT.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == client => value.clone(),
+        _ => {
+            let value = http::HeaderValue::from_str(&client.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((client, value.clone()));
+            value
+        }
+    })
 }
 
 impl Gateway {
@@ -139,59 +180,17 @@ const FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwa
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
-/// `https://` + host + the request's path and query, for `httpOption: Redirected`.
-fn redirect_location(host: &str, path: Option<&http::uri::PathAndQuery>) -> String {
-    format!("https://{host}{}", path.map_or("/", |p| p.as_str()))
-}
-
-/// `X-Forwarded-For` with `client` appended to what the client sent (every
-/// value, in order), as Envoy does for Kourier.
-fn forwarded_for(
-    sent: http::header::GetAll<'_, http::HeaderValue>,
-    client: std::net::IpAddr,
-) -> http::HeaderValue {
-    use std::io::Write;
-    if sent.iter().next().is_none() {
-        return client_address(client);
-    }
-    let mut value = Vec::with_capacity(64);
-    for prior in sent {
-        value.extend_from_slice(prior.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    write!(value, "{client}").expect("writing to a Vec cannot fail");
-    http::HeaderValue::from_bytes(&value).expect("header values and an IP address stay valid")
-}
-
-thread_local! {
-    /// The last client address formatted on this worker thread: keep-alive
-    /// connections and load balancers send many requests from one address,
-    /// and formatting an address costs more than the rest of the header work.
-    static LAST_CLIENT: std::cell::RefCell<Option<(std::net::IpAddr, http::HeaderValue)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// `client` as a header value.
-fn client_address(client: std::net::IpAddr) -> http::HeaderValue {
-    LAST_CLIENT.with_borrow_mut(|last| match last {
-        Some((ip, value)) if *ip == client => value.clone(),
-        _ => {
-            let value = http::HeaderValue::from_str(&client.to_string())
-                .expect("an IP address is a valid header value");
-            *last = Some((client, value.clone()));
-            value
-        }
-    })
-}
-
 impl Gateway {
-    /// Knative's prober asks each replica which KIngress version it serves for
-    /// a host: 200 with the hash once served, 404 until then (the prober retries).
-    async fn answer_probe(&self, session: &mut Session, host: &str) -> Result<bool> {
-        let Some(hash) = self.probes.hash(host) else {
-            return respond(session, 404, "no KIngress served for this host yet\n").await;
-        };
-        respond_with_header(session, 200, HASH_HEADER, hash).await
+    /// What to answer `req`, which routing refused: on both paths.
+    pub(crate) fn answer(&self, refusal: Refusal, req: &RequestHeader) -> answer::Answer {
+        // Only a refusal needs the host again (the probe's and the redirect's).
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = request_host(req)
+            .and_then(|raw| host::normalize(raw, &mut buf))
+            .unwrap_or_default();
+        answer::refused(refusal, host, req.uri.path_and_query(), |h| {
+            self.probes.hash(h)
+        })
     }
 
     /// The span of `req` when it is traced (`--otlp-endpoint`, sampled or
@@ -379,17 +378,6 @@ impl Routed {
     }
 }
 
-/// Why a request is not forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// No Host header (nor authority): 400.
-    NoHost,
-    /// A Host that cannot name a route: 400.
-    BadHost,
-    /// What [`dataplane::resolve`] said.
-    Miss(Miss),
-}
-
 /// Where the current attempt went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Upstream {
@@ -475,20 +463,6 @@ fn upstream_tls(table: &Table, h2: bool) -> Result<Arc<rustls::ClientConfig>> {
     }
 }
 
-/// An empty response with one header of its own.
-async fn respond_with_header(
-    session: &mut Session,
-    code: u16,
-    name: http::HeaderName,
-    value: impl TryInto<http::HeaderValue>,
-) -> Result<bool> {
-    let mut resp = ResponseHeader::build(code, Some(2))?;
-    resp.insert_header(name, value)?;
-    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
-}
-
 async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result<bool> {
     session
         .respond_error_with_body(code, Bytes::from_static(body.as_bytes()))
@@ -548,36 +522,9 @@ impl ProxyHttp for Gateway {
             Ok(()) => return Ok(false),
             Err(miss) => miss,
         };
-        let req = session.req_header();
-        // Only a miss needs the host again (the probe's and the redirect's).
-        let mut buf = [0u8; MAX_HOST_LEN];
-        let host = request_host(req)
-            .and_then(|raw| host::normalize(raw, &mut buf))
-            .unwrap_or_default();
-        match miss {
-            Refusal::NoHost => respond(session, 400, "request has no Host header\n").await,
-            Refusal::BadHost => respond(session, 400, "invalid Host header\n").await,
-            Refusal::Miss(Miss::Probe) => {
-                let host = host.to_owned();
-                self.answer_probe(session, &host).await
-            }
-            Refusal::Miss(Miss::NoRoute) => respond(session, 404, "no route for this host\n").await,
-            Refusal::Miss(Miss::NoPath) => {
-                respond(session, 404, "no path of this host matches\n").await
-            }
-            Refusal::Miss(Miss::Redirect) => {
-                let location = redirect_location(host, req.uri.path_and_query());
-                respond_with_header(session, 301, http::header::LOCATION, location).await
-            }
-            Refusal::Miss(Miss::Loop) => {
-                respond(
-                    session,
-                    508,
-                    "ExternalName Services loop back to the gateway\n",
-                )
-                .await
-            }
-        }
+        let answer = self.answer(miss, session.req_header());
+        answer::send(session.as_downstream_mut(), answer).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(

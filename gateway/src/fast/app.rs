@@ -107,6 +107,9 @@ enum Outcome {
     Failed(u16),
     /// The client or the upstream broke off after the response began.
     Broken,
+    /// Routing refused it: the gateway's own answer (a 404, the probe's
+    /// hash, a redirect), decided as on the general path.
+    Answer(crate::answer::Answer),
 }
 
 /// What was sent to the client, for the metrics and the access log.
@@ -212,6 +215,7 @@ impl FastPath {
         let mut sent = Sent::default();
         let outcome = self.forward(h1, &mut ctx, &mut sent, shutdown).await;
         let counts = &self.gateway.metrics().fast_path;
+        let broken = matches!(outcome, Outcome::Broken);
         let keep = match outcome {
             Outcome::HandOver => {
                 counts.handed_over.inc();
@@ -232,6 +236,17 @@ impl FastPath {
                 false
             }
             Outcome::Broken => false,
+            Outcome::Answer(answer) => {
+                sent.status = Some(answer.status());
+                sent.body_bytes = answer.body_len();
+                match crate::answer::send(&mut session, answer).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!("cannot send the answer: {e}");
+                        false
+                    }
+                }
+            }
         };
         counts.served.inc();
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -241,7 +256,7 @@ impl FastPath {
         if !keep {
             session.set_keepalive(None);
         }
-        if matches!(outcome, Outcome::Broken) {
+        if broken {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
@@ -302,17 +317,29 @@ impl FastPath {
     }
 
     /// Whether the fast path serves this request, routed: the length of its
-    /// body if so. A request it does not serve is handed over with its
-    /// routing attached, route or refusal, so that it is routed once (a
-    /// split's cursor must not move twice for one request).
+    /// body if so. A request routing refused gets the gateway's own answer
+    /// here (one with a body to read first is handed over). A request it
+    /// does not serve is handed over with its routing attached, route or
+    /// refusal, so that it is routed once (a split's cursor must not move
+    /// twice for one request).
     fn admit(&self, h1: &mut Session1, ctx: &mut RequestCtx) -> Result<u64, Outcome> {
         let body_length = request::plain_body(h1.req_header()).ok_or(Outcome::HandOver)?;
         ctx.tls = h1.digest().ssl_digest.is_some();
         let internal = self.gateway.is_internal_addr(h1.server_addr());
         if let Err(refusal) = self.gateway.route(h1.req_header(), internal, ctx) {
-            // Answered by the general path, from this routing.
-            crate::proxy::Routed::refused(h1.req_header_mut(), refusal);
-            return Err(Outcome::HandOver);
+            if body_length > 0 {
+                // Its body would have to be read first: the general path
+                // answers it, from this routing.
+                crate::proxy::Routed::refused(h1.req_header_mut(), refusal);
+                return Err(Outcome::HandOver);
+            }
+            // As the general path sets them before it answers.
+            h1.set_read_timeout(self.gateway.options().stream_idle_timeout);
+            h1.set_pipelining_enabled(true);
+            ctx.span = self.gateway.sample(h1.req_header());
+            return Err(Outcome::Answer(
+                self.gateway.answer(refusal, h1.req_header()),
+            ));
         }
         let table = ctx.table.as_ref().ok_or(Outcome::HandOver)?;
         let backend = table.backend(ctx.to.backend);
