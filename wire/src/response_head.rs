@@ -184,9 +184,13 @@ pub fn parse(
         if (is_te && !keep_te) || (is_cl && !keep_cl) {
             continue;
         }
-        if named
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        // A field `Connection` names is hop-by-hop, but for the framing field
+        // the body is relayed by: without it the client could not tell where
+        // the body ends (a sender must not name it: RFC 9110 §7.6.1).
+        if !(is_te || is_cl)
+            && named
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
         {
             continue;
         }
@@ -283,6 +287,24 @@ mod tests {
             out,
             "HTTP/1.1 204 No Content\r\ndate: Mon, 30 Nov 2026 00:00:00 GMT\r\nConnection: keep-alive\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_framing_field_passes_on_even_when_connection_names_it() {
+        // A backend naming its framing field as a connection option (which
+        // RFC 9110 §7.6.1 forbids): the client still learns where the body
+        // ends, as the gateway relays it.
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Content-Length, X-Secret\r\nX-Secret: 1\r\n\r\nhello";
+        let (h, out) = ok(raw);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(
+            out,
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: {DATE}\r\nConnection: keep-alive\r\n\r\n")
+        );
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n";
+        let (h, out) = ok(raw);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
     }
 
     #[test]
