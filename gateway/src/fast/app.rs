@@ -281,7 +281,7 @@ impl FastPath {
     ) -> Outcome {
         let exchange = async {
             let body_length = self.admit(h1, ctx)?;
-            let body = read_body(h1, body_length, self.gateway.options(), sent).await?;
+            let body = read_body(h1, body_length, sent).await?;
             let head_request = h1.req_header().method == http::Method::HEAD;
             let mut rbuf = Buf::take();
             let (mut up, mut out) = self.send(h1, ctx, &body, &mut rbuf).await?;
@@ -324,6 +324,7 @@ impl FastPath {
     /// twice for one request).
     fn admit(&self, h1: &mut Session1, ctx: &mut RequestCtx) -> Result<u64, Outcome> {
         let body_length = request::plain_body(h1.req_header()).ok_or(Outcome::HandOver)?;
+        client_settings(h1, self.gateway.options());
         ctx.tls = h1.digest().ssl_digest.is_some();
         let internal = self.gateway.is_internal_addr(h1.server_addr());
         if let Err(refusal) = self.gateway.route(h1.req_header(), internal, ctx) {
@@ -333,9 +334,6 @@ impl FastPath {
                 crate::proxy::Routed::refused(h1.req_header_mut(), refusal);
                 return Err(Outcome::HandOver);
             }
-            // As the general path sets them before it answers.
-            h1.set_read_timeout(self.gateway.options().stream_idle_timeout);
-            h1.set_pipelining_enabled(true);
             ctx.span = self.gateway.sample(h1.req_header());
             return Err(Outcome::Answer(
                 self.gateway.answer(refusal, h1.req_header()),
@@ -515,18 +513,21 @@ impl FastPath {
     }
 }
 
-/// The request body, read whole (at most `MAX_BODY`) through pingora's body
-/// reader, which holds it to its Content-Length; it follows the head. Sets
-/// the read timeout and pipelining as the general proxy does.
-async fn read_body(
-    h1: &mut Session1,
-    length: u64,
-    options: &crate::proxy::ProxyOptions,
-    sent: &mut Sent,
-) -> Result<Buf, Outcome> {
+/// What the general path sets on a client session before it answers
+/// (`request_filter`), set the same way here.
+fn client_settings(h1: &mut Session1, options: &crate::proxy::ProxyOptions) {
     // pingora reads an HTTP/1.1 body with a 60 s timeout by default; the
-    // general path sets the stream idle timeout instead, and so does this.
+    // stream idle timeout applies instead.
     h1.set_read_timeout(options.stream_idle_timeout);
+    // A client may send its next requests before reading the answers (RFC
+    // 9112 §9.3.2): they are answered in order. (pingora reads the flag only
+    // when the connection goes idle or is reused, not while a body is read.)
+    h1.set_pipelining_enabled(true);
+}
+
+/// The request body, read whole (at most `MAX_BODY`) through pingora's body
+/// reader, which holds it to its Content-Length; it follows the head.
+async fn read_body(h1: &mut Session1, length: u64, sent: &mut Sent) -> Result<Buf, Outcome> {
     let mut body = Buf::take();
     if length > 0 {
         loop {
@@ -541,9 +542,6 @@ async fn read_body(
         }
         sent.body_read = body.len();
     }
-    // A client may send its next requests before reading the answers
-    // (RFC 9112 §9.3.2); as in the general proxy, they are answered in order.
-    h1.set_pipelining_enabled(true);
     Ok(body)
 }
 
