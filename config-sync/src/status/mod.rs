@@ -89,6 +89,13 @@ pub struct StatusWriter {
     on_idle: Option<crate::publish::OnIdle>,
 }
 
+/// Mark `item` finished for this plan, counted in `done` (see
+/// [`COMPACT_AFTER`]).
+fn finish(item: &mut Item, done: &mut usize) {
+    item.done = true;
+    *done += 1;
+}
+
 /// Failures of a probe before its KIngress says why (`ProbeFailing`).
 const FAILURES_BEFORE_REPORT: u32 = 3;
 /// Status writes in flight at most.
@@ -527,8 +534,7 @@ impl StatusWriter {
                 work.written.get(&item.key) == Some(&(ing.generation(), verdict.tag()))
             };
             if written(work, &item.verdict) {
-                item.done = true;
-                work.done_items += 1;
+                finish(item, &mut work.done_items);
                 continue;
             }
             let mut verdict = None;
@@ -598,8 +604,7 @@ impl StatusWriter {
                         if all {
                             if item.verify_only {
                                 work.confirmed.insert(ing.hash.clone());
-                                item.done = true;
-                                work.done_items += 1;
+                                finish(item, &mut work.done_items);
                                 continue;
                             }
                         } else {
@@ -618,8 +623,7 @@ impl StatusWriter {
                     // A failing probe is retried from here; anything else
                     // stands until the next plan.
                     if !matches!(v, Verdict::Probing(_)) {
-                        item.done = true;
-                        work.done_items += 1;
+                        finish(item, &mut work.done_items);
                     }
                     continue;
                 }

@@ -404,10 +404,14 @@ impl FastPath {
                 request_head.extend_from_slice(body);
             }
             ctx.peer = Some(addr);
-            let tls = self.tls_for(ctx);
-            let (mut stream, reused) = match pool::take(addr, tls.is_some()) {
+            // The TLS settings are only needed for a new connection.
+            let tls_port = {
+                let table = ctx.table.as_ref().expect("routed by admit");
+                table.backend(ctx.to.backend).port.tls
+            };
+            let (mut stream, reused) = match pool::take(addr, tls_port) {
                 Some(stream) => (stream, true),
-                None => match connect(addr, tls, options.connect_timeout).await {
+                None => match connect(addr, self.tls_for(ctx), options.connect_timeout).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
                         self.log_connect_error(ctx, addr, &e);
