@@ -182,10 +182,19 @@ pub fn response_head(data: &[u8]) {
     let Some((&flags, buf)) = data.split_first() else {
         return;
     };
-    let (head_request, close) = (flags & 1 == 1, flags & 2 == 2);
+    let server = match (flags >> 2) & 3 {
+        1 => response_head::Server::Strip,
+        2 => response_head::Server::Set(b"gw"),
+        _ => response_head::Server::Pass,
+    };
+    let relay = response_head::Relay {
+        head_request: flags & 1 == 1,
+        close: flags & 2 == 2,
+        date: b"Sun, 29 Nov 2026 18:00:00 GMT",
+        server,
+    };
     let mut out = Vec::new();
-    let date = b"Sun, 29 Nov 2026 18:00:00 GMT";
-    let Ok(Some(head)) = response_head::parse(buf, head_request, close, date, &mut out) else {
+    let Ok(Some(head)) = response_head::parse(buf, &relay, &mut out) else {
         return;
     };
     assert!(head.len <= buf.len());
@@ -211,10 +220,22 @@ pub fn response_head(data: &[u8]) {
     if !head.informational {
         assert!(has("connection") && has("date"));
     }
+    // `Server` as asked: none, or exactly the value set.
+    let servers: Vec<&[u8]> = resp
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("server"))
+        .map(|f| f.value)
+        .collect();
+    match server {
+        response_head::Server::Strip => assert!(servers.is_empty()),
+        response_head::Server::Set(v) => assert_eq!(servers, [v]),
+        response_head::Server::Pass => {}
+    }
     // Read again (when it leaves room for a field added), the same head.
-    if resp.headers.len() <= response_head::MAX_HEADERS - 2 {
+    if resp.headers.len() <= response_head::MAX_HEADERS - 3 {
         let mut again = Vec::new();
-        let reread = response_head::parse(&out, head_request, close, date, &mut again)
+        let reread = response_head::parse(&out, &relay, &mut again)
             .expect("the head written for the client parses")
             .expect("and is complete");
         assert_eq!(reread.status, head.status);

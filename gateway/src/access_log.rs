@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -60,8 +60,11 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
 pub struct Entry<'a> {
     /// When the request started.
     pub time: SystemTime,
-    /// The client's address (the TCP peer).
+    /// The TCP peer's address (or the PROXY protocol's source).
     pub client: Option<SocketAddr>,
+    /// The client behind `--trusted-hops` proxies, when `X-Forwarded-For`
+    /// named one: written as `client`, and the peer as `peer`.
+    pub forwarded_client: Option<IpAddr>,
     /// Request method.
     pub method: &'a str,
     /// Host as the client sent it (authority or `Host`).
@@ -95,7 +98,13 @@ pub fn format(entry: &Entry<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     write_time(out, entry.time);
     out.extend_from_slice(b"\",\"client\":");
-    opt_addr(out, entry.client);
+    match entry.forwarded_client {
+        Some(client) => {
+            let _ = write!(out, "\"{client}\",\"peer\":");
+            opt_addr(out, entry.client);
+        }
+        None => opt_addr(out, entry.client),
+    }
     out.extend_from_slice(b",\"method\":");
     json_str(out, entry.method);
     out.extend_from_slice(b",\"host\":");
@@ -417,6 +426,7 @@ mod tests {
         Entry {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_000_000_123),
             client: Some("127.0.0.1:40000".parse().unwrap()),
+            forwarded_client: None,
             method: "GET",
             host: b"hello.default.example.com",
             path: "/",
@@ -461,6 +471,23 @@ mod tests {
                 "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             })
         );
+    }
+
+    #[test]
+    fn a_client_behind_trusted_hops_is_the_client_and_the_peer_is_kept() {
+        for (forwarded, written) in [
+            ("203.0.113.7", "203.0.113.7"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            let v = line(&Entry {
+                forwarded_client: Some(forwarded.parse().unwrap()),
+                ..entry()
+            });
+            assert_eq!(v["client"], written);
+            assert_eq!(v["peer"], "127.0.0.1:40000");
+        }
+        // Without one, no `peer` field.
+        assert!(line(&entry()).get("peer").is_none());
     }
 
     #[test]

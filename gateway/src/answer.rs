@@ -108,9 +108,13 @@ pub(crate) async fn send(session: &mut ServerSession, answer: Answer) -> pingora
             name,
             value,
         } => {
-            let mut resp = ResponseHeader::build(status, Some(2))?;
+            let mut resp = ResponseHeader::build(status, Some(3))?;
             resp.insert_header(name, value)?;
             resp.insert_header(CONTENT_LENGTH, "0")?;
+            // As on the answers pingora builds (`--server-header`).
+            if let Some(server) = pingora::protocols::http::server_name() {
+                resp.insert_header(http::header::SERVER, server)?;
+            }
             session.write_response_header(Box::new(resp)).await
         }
     }

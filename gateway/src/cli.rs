@@ -84,22 +84,46 @@ pub struct ServeArgs {
     /// the API server is back.
     #[arg(long, env = "GATEWAY_KUBE_MAX_BACKOFF", value_parser = humantime::parse_duration)]
     pub kube_max_backoff: Option<Duration>,
-    /// External proxy listener: public routes only (cluster-local ones get 404).
-    #[arg(long, env = "GATEWAY_HTTP", default_value = "0.0.0.0:8080")]
-    pub http: String,
+    /// External proxy listener: public routes only (cluster-local ones get
+    /// 404). Repeat (or separate with commas) for several addresses, e.g.
+    /// `0.0.0.0:8080` and `[::]:8080` for both families; `[::]:8080` alone
+    /// takes both where the system allows it.
+    #[arg(
+        long,
+        env = "GATEWAY_HTTP",
+        default_value = "0.0.0.0:8080",
+        value_delimiter = ','
+    )]
+    pub http: Vec<String>,
     /// Internal proxy listener: every route, including cluster-local ones and
-    /// the `x.ns.svc` names.
-    #[arg(long, env = "GATEWAY_INTERNAL_HTTP", default_value = "0.0.0.0:8081")]
-    pub internal_http: String,
+    /// the `x.ns.svc` names. Repeatable, as `--http`.
+    #[arg(
+        long,
+        env = "GATEWAY_INTERNAL_HTTP",
+        default_value = "0.0.0.0:8081",
+        value_delimiter = ','
+    )]
+    pub internal_http: Vec<String>,
     /// Admin listener address (/metrics, /healthz, /readyz, /debug/routes).
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: String,
     /// External HTTPS listener (HTTP/1.1 and h2 by ALPN), or `off`.
-    #[arg(long, env = "GATEWAY_HTTPS", default_value = "0.0.0.0:8443")]
-    pub https: String,
-    /// Internal HTTPS listener, or `off`.
-    #[arg(long, env = "GATEWAY_INTERNAL_HTTPS", default_value = "0.0.0.0:8444")]
-    pub internal_https: String,
+    /// Repeatable, as `--http`.
+    #[arg(
+        long,
+        env = "GATEWAY_HTTPS",
+        default_value = "0.0.0.0:8443",
+        value_delimiter = ','
+    )]
+    pub https: Vec<String>,
+    /// Internal HTTPS listener, or `off`. Repeatable, as `--http`.
+    #[arg(
+        long,
+        env = "GATEWAY_INTERNAL_HTTPS",
+        default_value = "0.0.0.0:8444",
+        value_delimiter = ','
+    )]
+    pub internal_https: Vec<String>,
     /// Secret (NAMESPACE/NAME, type kubernetes.io/tls) with the certificate for
     /// names no KIngress has one for. Watched like the KIngresses' Secrets.
     #[arg(long, env = "GATEWAY_DEFAULT_CERTIFICATE", value_parser = parse_key,
@@ -420,6 +444,33 @@ pub struct Tuning {
     /// client's address from it. The internal listeners never expect one.
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
+    /// The lowest TLS version the HTTPS listeners accept: 1.2 or 1.3.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_MIN_VERSION",
+        value_enum,
+        default_value = "1.2"
+    )]
+    pub tls_min_version: crate::tls::MinVersion,
+    /// The cipher suites the HTTPS listeners offer, by the names rustls
+    /// gives them, comma-separated in order of preference (e.g.
+    /// `TLS13_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384`).
+    /// Default: every suite rustls implements. An unknown name stops the start.
+    #[arg(long, env = "GATEWAY_TLS_CIPHER_SUITES", value_delimiter = ',')]
+    pub tls_cipher_suites: Vec<String>,
+    /// The `Server` header of responses: `pass` (the backend's, if any; the
+    /// gateway's own answers send none), `strip` (never one), or any other
+    /// value, set on every response.
+    #[arg(long, env = "GATEWAY_SERVER_HEADER", default_value = "pass",
+          value_parser = crate::server_header::parse)]
+    pub server_header: crate::server_header::ServerHeader,
+    /// Proxies in front of the gateway that each append the address they
+    /// were reached from to `X-Forwarded-For`: the client is then the address
+    /// this many entries from the right (Envoy's `xff_num_trusted_hops`),
+    /// for the access log, spans and `X-Forwarded-For` upstream, which keeps
+    /// only the entries from it on. 0: the peer is the client.
+    #[arg(long, env = "GATEWAY_TRUSTED_HOPS", default_value_t = 0)]
+    pub trusted_hops: u8,
     /// Serve plain HTTP/1.1 requests (no body or one of at most 64 KiB by
     /// Content-Length, no upgrade) on the fast path, handing the rest to the
     /// general proxy (docs/fast-path.md); `false` sends every request through
@@ -461,9 +512,12 @@ impl ServeArgs {
                 .ok()
                 .map(|a| a.port())
         };
+        // Every address of a listener serves the same; the first one's port
+        // is where replicas are probed.
+        let first = |addrs: &[String]| addrs.first().and_then(|a| port(a));
         config_sync::status::TlsPorts {
-            external: port(&self.https),
-            internal: port(&self.internal_https),
+            external: first(&self.https),
+            internal: first(&self.internal_https),
         }
     }
 }
@@ -473,17 +527,22 @@ fn listener(addr: &str) -> Option<String> {
     (addr != "off").then(|| addr.to_owned())
 }
 
-/// The proxy listeners, each `off` or an address (HTTP ones always listen).
+/// A listener's addresses: none for `off`.
+fn addresses(addrs: &[String]) -> Vec<String> {
+    addrs.iter().filter_map(|a| listener(a)).collect()
+}
+
+/// The proxy listeners, each `off` or addresses (HTTP ones always listen).
 #[derive(Debug, Clone)]
 pub struct Listeners<'a> {
     /// External HTTP.
-    pub http: &'a str,
+    pub http: &'a [String],
     /// Internal HTTP.
-    pub internal_http: &'a str,
+    pub internal_http: &'a [String],
     /// External HTTPS.
-    pub https: &'a str,
+    pub https: &'a [String],
     /// Internal HTTPS.
-    pub internal_https: &'a str,
+    pub internal_https: &'a [String],
     /// Admin.
     pub admin: &'a str,
 }
@@ -508,10 +567,11 @@ impl Tuning {
             n => n,
         };
         Ok(ServeConfig {
-            http: http.to_owned(),
-            internal_http: internal_http.to_owned(),
-            https: listener(https),
-            internal_https: listener(internal_https),
+            http: addresses(http),
+            internal_http: addresses(internal_http),
+            https: addresses(https),
+            internal_https: addresses(internal_https),
+            tls: crate::tls::Policy::new(self.tls_min_version, &self.tls_cipher_suites)?,
             default_certificate,
             admin: admin.to_owned(),
             probes: listener(&self.probes),
@@ -524,6 +584,8 @@ impl Tuning {
                 stream_idle_timeout: self.stream_idle_timeout,
                 upstream_h2_streams: self.upstream_h2_streams as usize,
                 max_request_headers: self.max_request_headers as usize,
+                trusted_hops: self.trusted_hops,
+                server_header: self.server_header.clone(),
                 endpoints: dataplane::health::Policy {
                     eject_after: self.eject_after,
                     eject_for: self.eject_for,

@@ -141,6 +141,8 @@ pub struct Finished {
     pub status: u16,
     /// The client (TCP peer, or the PROXY protocol's source).
     pub client: Option<SocketAddr>,
+    /// The client behind `--trusted-hops` proxies; `client` is then the last of them.
+    pub forwarded_client: Option<std::net::IpAddr>,
     /// `namespace/name` of the route that matched.
     pub route: Option<String>,
     /// Namespace and name of the revision picked.
@@ -285,9 +287,21 @@ pub fn to_span(f: &Finished) -> Span {
     if f.status > 0 {
         attributes.push(int("http.response.status_code", f.status.into()));
     }
-    if let Some(client) = f.client {
-        attributes.push(string("client.address", client.ip().to_string()));
-        attributes.push(int("client.port", client.port().into()));
+    // OpenTelemetry's conventions: the client as the proxies in front saw
+    // it, and the peer the connection came from.
+    match (f.forwarded_client, f.client) {
+        (Some(client), peer) => {
+            attributes.push(string("client.address", client.to_string()));
+            if let Some(peer) = peer {
+                attributes.push(string("network.peer.address", peer.ip().to_string()));
+                attributes.push(int("network.peer.port", peer.port().into()));
+            }
+        }
+        (None, Some(client)) => {
+            attributes.push(string("client.address", client.ip().to_string()));
+            attributes.push(int("client.port", client.port().into()));
+        }
+        (None, None) => {}
     }
     if let Some(route) = &f.route {
         attributes.push(string("knative.route", route.clone()));
@@ -432,6 +446,7 @@ mod tests {
             path: "/x".into(),
             status: 503,
             client: Some("10.0.0.1:4000".parse().unwrap()),
+            forwarded_client: None,
             route: Some("default/hello".into()),
             revision: Some(("default".into(), "hello-00001".into())),
             upstream: Some("10.0.0.9:8012".parse().unwrap()),
@@ -464,6 +479,21 @@ mod tests {
             attr("client.address"),
             Some(any_value::Value::StringValue("10.0.0.1".into()))
         );
+        // Behind trusted hops: the client from X-Forwarded-For, and the peer.
+        let behind = to_span(&Finished {
+            forwarded_client: Some("203.0.113.7".parse().unwrap()),
+            ..f.clone()
+        });
+        let attr = |k: &str| attribute(&behind, k);
+        assert_eq!(
+            attr("client.address"),
+            Some(any_value::Value::StringValue("203.0.113.7".into()))
+        );
+        assert_eq!(
+            attr("network.peer.address"),
+            Some(any_value::Value::StringValue("10.0.0.1".into()))
+        );
+        assert_eq!(attr("client.port"), None);
         let ok = Finished { status: 404, ..f };
         assert_eq!(
             to_span(&ok).status.unwrap().code,

@@ -15,8 +15,8 @@
 //!    whose port speaks HTTP/2), else 503. HTTP/2 cleartext to an endpoint
 //!    whose port asks for it, except for upgrades (HTTP/1.1 always). A
 //!    backend on Knative's `https` port is reached over TLS (`config_sync::trust`).
-//! 3. `upstream_request_filter`: `X-Forwarded-For` gets the client address
-//!    appended, `X-Forwarded-Proto` is set; path and split `appendHeaders` (for a
+//! 3. `upstream_request_filter`: `X-Forwarded-For` gets the peer's address
+//!    appended (`forwarded`), `X-Forwarded-Proto` is set; path and split `appendHeaders` (for a
 //!    revision, `Knative-Serving-Revision` and `-Namespace`) replace whatever
 //!    the client sent; `K-Network-Hash: override` gets the KIngress hash;
 //!    `rewriteHost` replaces the Host; a traced request's `traceparent` names
@@ -54,6 +54,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::activator::Activator;
 use crate::answer::{self, Refusal};
 use crate::external::ExternalNames;
+use crate::forwarded::{self, Client, X_FORWARDED_FOR};
 use crate::metrics::Metrics;
 use crate::otlp::{Finished, SpanContext, Tracer};
 use crate::trace_context;
@@ -78,6 +79,11 @@ pub struct ProxyOptions {
     pub max_request_headers: usize,
     /// Ejection of failing endpoints and slow start of new ones.
     pub endpoints: dataplane::health::Policy,
+    /// Proxies in front that each append to `X-Forwarded-For`: the client is
+    /// the address this many entries from its right (forwarded.rs); 0: the peer.
+    pub trusted_hops: u8,
+    /// What responses carry as `Server`.
+    pub server_header: crate::server_header::ServerHeader,
 }
 
 /// The gateway's `ProxyHttp` implementation. Cloning shares the table, the
@@ -92,46 +98,6 @@ pub struct Gateway {
     options: ProxyOptions,
     access_log: Option<AccessLog>,
     tracer: Option<Tracer>,
-}
-
-/// `X-Forwarded-For` with `client` appended to what the client sent (every
-/// value, in order), as Envoy does for Kourier.
-fn forwarded_for(
-    sent: http::header::GetAll<'_, http::HeaderValue>,
-    client: std::net::IpAddr,
-) -> http::HeaderValue {
-    use std::io::Write;
-    if sent.iter().next().is_none() {
-        return client_address(client);
-    }
-    let mut value = Vec::with_capacity(64);
-    for prior in sent {
-        value.extend_from_slice(prior.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    write!(value, "{client}").expect("writing to a Vec cannot fail");
-    http::HeaderValue::from_bytes(&value).expect("header values and an IP address stay valid")
-}
-
-thread_local! {
-    /// The last client address formatted on this worker thread: keep-alive
-    /// connections and load balancers send many requests from one address,
-    /// and formatting an address costs more than the rest of the header work.
-    static LAST_CLIENT: std::cell::RefCell<Option<(std::net::IpAddr, http::HeaderValue)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// `client` as a header value.
-fn client_address(client: std::net::IpAddr) -> http::HeaderValue {
-    LAST_CLIENT.with_borrow_mut(|last| match last {
-        Some((ip, value)) if *ip == client => value.clone(),
-        _ => {
-            let value = http::HeaderValue::from_str(&client.to_string())
-                .expect("an IP address is a valid header value");
-            *last = Some((client, value.clone()));
-            value
-        }
-    })
 }
 
 impl Gateway {
@@ -168,6 +134,11 @@ impl Gateway {
         self.tracer = Some(tracer);
         self
     }
+
+    /// `--trusted-hops`, for the fast path's headers.
+    pub(crate) fn trusted_hops(&self) -> u8 {
+        self.options.trusted_hops
+    }
 }
 
 /// Header marking Knative's ingress probe (a static name: no parse per request).
@@ -175,7 +146,6 @@ const PROBE_HEADER: http::HeaderName = http::HeaderName::from_static("k-network-
 /// Upstream connection group of upgrade requests (see `upstream_peer`).
 const UPGRADE_GROUP: u64 = 1;
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-const FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
@@ -407,6 +377,9 @@ pub struct RequestCtx {
     new_connection: bool,
     /// The request came in over TLS.
     pub(crate) tls: bool,
+    /// The client as `X-Forwarded-For` named it before the gateway rewrote
+    /// it for upstream (with `--trusted-hops`), for the log and the span.
+    pub(crate) client: Option<Client>,
 }
 
 impl RequestCtx {
@@ -491,6 +464,7 @@ impl ProxyHttp for Gateway {
             answered: false,
             new_connection: false,
             tls: false,
+            client: None,
         }
     }
 
@@ -664,7 +638,7 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        set_upstream_headers(upstream_request, client, ctx);
+        set_upstream_headers(upstream_request, client, self.options.trusted_hops, ctx);
         Ok(())
     }
 
@@ -674,6 +648,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        self.options.server_header.apply(upstream_response);
         // A sticky split's cookie naming the revision picked.
         if !upstream_response.status.is_informational() {
             if let Some(cookie) = ctx.to.set_cookie.take() {
@@ -825,7 +800,7 @@ impl Gateway {
         duration.observe(elapsed.as_secs_f64());
         let traced = self.tracer.as_ref().zip(ctx.span);
         if self.access_log.is_some() || traced.is_some() {
-            let facts = Facts::of(req, client, ctx, elapsed, status);
+            let facts = Facts::of(req, client, self.options.trusted_hops, ctx, elapsed, status);
             if let Some(log) = &self.access_log {
                 log_access(log, &facts, req, bytes, ctx);
             }
@@ -838,13 +813,15 @@ impl Gateway {
 }
 
 /// The headers the gateway sets on a request going upstream, on both paths:
-/// `X-Forwarded-For` gets `client` appended, `X-Forwarded-Proto` is set; the
+/// `X-Forwarded-For` gets the peer `client` appended (and, behind trusted
+/// hops, loses what the client wrote itself), `X-Forwarded-Proto` is set; the
 /// path's and split's headers, the KIngress hash, `rewriteHost` and a traced
 /// request's `traceparent` replace whatever the client sent.
 pub(crate) fn set_upstream_headers(
     upstream_request: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
-    ctx: &RequestCtx,
+    trusted_hops: u8,
+    ctx: &mut RequestCtx,
 ) {
     // Room for every header set below at once: one growth of the map, not several.
     let sets = ctx
@@ -855,9 +832,11 @@ pub(crate) fn set_upstream_headers(
         .map(|h| h.len())
         .sum::<usize>();
     upstream_request.reserve_headers(sets + 5);
-    if let Some(client) = client {
-        let value = forwarded_for(upstream_request.headers.get_all(&FORWARDED_FOR), client);
-        upstream_request.insert_typed_header(FORWARDED_FOR, value);
+    if let Some(peer) = client {
+        let client = Client::of(&upstream_request.headers, peer, trusted_hops);
+        let value = forwarded::upstream_value(&upstream_request.headers, &client, peer);
+        upstream_request.insert_typed_header(X_FORWARDED_FOR, value);
+        ctx.client = Some(client);
     }
     upstream_request.insert_typed_header(FORWARDED_PROTO, if ctx.tls { HTTPS } else { HTTP });
     // Each insert replaces every value the client sent. The names are
@@ -898,13 +877,17 @@ struct Facts<'a> {
     start: std::time::SystemTime,
     duration: Duration,
     status: Option<u16>,
-    client: Option<std::net::SocketAddr>,
+    /// The TCP peer (or the PROXY protocol's source).
+    peer: Option<std::net::SocketAddr>,
+    /// The client behind trusted hops, when `X-Forwarded-For` named one.
+    forwarded: Option<std::net::IpAddr>,
 }
 
 impl<'a> Facts<'a> {
     fn of(
         req: &'a RequestHeader,
-        client: Option<std::net::SocketAddr>,
+        peer: Option<std::net::SocketAddr>,
+        trusted_hops: u8,
         ctx: &'a RequestCtx,
         duration: Duration,
         status: Option<u16>,
@@ -920,6 +903,16 @@ impl<'a> Facts<'a> {
             }
             None => (None, None),
         };
+        // Found as the request went upstream (whose X-Forwarded-For the fast
+        // path rewrites in place), else from the request as it came.
+        let forwarded = ctx
+            .client
+            .or_else(|| {
+                let peer = peer.filter(|_| trusted_hops > 0)?;
+                Some(Client::of(&req.headers, peer.ip(), trusted_hops))
+            })
+            .filter(Client::forwarded)
+            .map(|client| client.ip);
         let now = std::time::SystemTime::now();
         Facts {
             host: request_host(req).unwrap_or_default(),
@@ -928,7 +921,8 @@ impl<'a> Facts<'a> {
             start: now.checked_sub(duration).unwrap_or(now),
             duration,
             status,
-            client,
+            peer,
+            forwarded,
         }
     }
 }
@@ -943,7 +937,8 @@ fn log_access(
 ) {
     log.record(&Entry {
         time: facts.start,
-        client: facts.client,
+        client: facts.peer,
+        forwarded_client: facts.forwarded,
         method: req.method.as_str(),
         host: facts.host,
         path: req.uri.path(),
@@ -977,34 +972,10 @@ fn finished_span(
         host: String::from_utf8_lossy(facts.host).into_owned(),
         path: req.uri.path().to_owned(),
         status: facts.status.unwrap_or(0),
-        client: facts.client,
+        client: facts.peer,
+        forwarded_client: facts.forwarded,
         route: facts.route.map(|(ns, name)| format!("{ns}/{name}")),
         revision: facts.revision.map(|(ns, name)| (ns.clone(), name.clone())),
         upstream: ctx.peer,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::forwarded_for;
-    use http::{HeaderMap, HeaderValue};
-
-    #[test]
-    fn forwarded_for_appends_the_client_to_every_value_sent() {
-        let v4 = "10.1.2.3".parse().unwrap();
-        let v6 = "fd00::7".parse().unwrap();
-        let none = HeaderMap::new();
-        let header = |sent: &HeaderMap, ip| forwarded_for(sent.get_all("x-forwarded-for"), ip);
-        assert_eq!(header(&none, v4), "10.1.2.3");
-        // The per-thread cache of the last address must follow the address.
-        assert_eq!(header(&none, v6), "fd00::7");
-        assert_eq!(header(&none, v4), "10.1.2.3");
-        let mut sent = HeaderMap::new();
-        sent.append(
-            "x-forwarded-for",
-            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
-        );
-        sent.append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
-        assert_eq!(header(&sent, v4), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use config_sync::Publisher;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners, TcpSocketOptions};
 use pingora::protocols::http::v1::server::RequestHeadLimits;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
@@ -33,14 +33,16 @@ use crate::tls::SniResolver;
 /// Listener and runtime settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// External proxy listener: public routes only.
-    pub http: String,
-    /// Internal proxy listener: every route, including cluster-local ones.
-    pub internal_http: String,
-    /// External HTTPS listener, if any.
-    pub https: Option<String>,
-    /// Internal HTTPS listener, if any.
-    pub internal_https: Option<String>,
+    /// External proxy listener's addresses: public routes only.
+    pub http: Vec<String>,
+    /// Internal proxy listener's addresses: every route, including cluster-local ones.
+    pub internal_http: Vec<String>,
+    /// External HTTPS listener's addresses (none: off).
+    pub https: Vec<String>,
+    /// Internal HTTPS listener's addresses (none: off).
+    pub internal_https: Vec<String>,
+    /// TLS versions and cipher suites the HTTPS listeners accept.
+    pub tls: crate::tls::Policy,
     /// Certificate for names the table has none for (`--default-certificate-file`).
     pub default_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Admin listener.
@@ -126,31 +128,35 @@ pub fn run(
     // Fail here with a clear message rather than inside pingora's start-up.
     // An upgrade takes over sockets the old process holds: nothing to bind.
     let mut ports: Vec<(&str, u16)> = Vec::new();
-    for (what, addr) in [
-        ("--http", Some(&config.http)),
-        ("--internal-http", Some(&config.internal_http)),
-        ("--https", config.https.as_ref()),
-        ("--internal-https", config.internal_https.as_ref()),
-        ("--admin", Some(&config.admin)),
-        ("--probes", config.probes.as_ref()),
+    let single = |addr: &Option<String>| addr.iter().cloned().collect::<Vec<_>>();
+    let (admin, probes) = (vec![config.admin.clone()], single(&config.probes));
+    for (what, addrs) in [
+        ("--http", &config.http),
+        ("--internal-http", &config.internal_http),
+        ("--https", &config.https),
+        ("--internal-https", &config.internal_https),
+        ("--admin", &admin),
+        ("--probes", &probes),
     ] {
-        let Some(addr) = addr else { continue };
-        let port = if config.upgrade {
-            std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
-                .ok()
-                .and_then(|mut a| a.next())
-                .with_context(|| format!("{addr} ({what}) is not an address"))?
-                .port()
-        } else {
-            let listener = std::net::TcpListener::bind(addr.as_str())
-                .with_context(|| format!("cannot listen on {addr} ({what})"))?;
-            listener.local_addr()?.port()
-        };
-        ports.push((what, port));
+        for addr in addrs {
+            let port = if config.upgrade {
+                std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .with_context(|| format!("{addr} ({what}) is not an address"))?
+                    .port()
+            } else {
+                let listener = std::net::TcpListener::bind(addr.as_str())
+                    .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+                listener.local_addr()?.port()
+            };
+            ports.push((what, port));
+        }
     }
-    // The listener a request came in on is told by its local port.
+    // The listener a request came in on is told by its local port: the
+    // addresses of one listener may share a port, two listeners may not.
     for (i, (a, port)) in ports.iter().enumerate() {
-        if let Some((b, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+        if let Some((b, _)) = ports[..i].iter().find(|(b, p)| p == port && b != a) {
             anyhow::bail!("{b} and {a} must use different ports (both {port})");
         }
     }
@@ -161,6 +167,15 @@ pub fn run(
         .map(|(_, port)| *port)
         .collect();
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    // The answers pingora builds (errors) carry the same `Server` as the
+    // gateway's own: none unless one is set (never pingora's name).
+    let server_name = match &config.proxy.server_header {
+        crate::server_header::ServerHeader::Set(v) => {
+            Some(&*Box::leak(v.as_bytes().to_vec().into_boxed_slice()))
+        }
+        _ => None,
+    };
+    pingora::protocols::http::set_server_name(server_name);
 
     let conf = ServerConf {
         threads: config.threads,
@@ -276,28 +291,40 @@ pub fn run(
             .collect();
         listeners.set_pre_tls_callback(Arc::new(ProxyProtocol::new(external)));
     }
-    for addr in [&config.http, &config.internal_http] {
+    let every: Vec<&String> = [
+        &config.http,
+        &config.internal_http,
+        &config.https,
+        &config.internal_https,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for addr in config.http.iter().chain(&config.internal_http) {
         // Reads go straight into pingora's request buffer: its default 64 KiB
         // read buffer per client connection only adds a copy for plaintext
         // HTTP/1.1, and at 256 connections 16 MiB of cache-cold memory.
-        listeners.add_listener(
-            ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::default().read(0)),
-        );
+        listeners
+            .add_listener(listen_on(addr, &every).l4_buffer(L4BufferSettings::default().read(0)));
     }
-    for (addr, internal) in [(&config.https, false), (&config.internal_https, true)] {
-        let Some(addr) = addr else { continue };
+    for (addrs, internal) in [(&config.https, false), (&config.internal_https, true)] {
+        if addrs.is_empty() {
+            continue;
+        }
         let resolver = Arc::new(SniResolver::new(
             publisher.reader(),
             config.default_certificate.clone(),
             internal,
         ));
-        // rustls reads records into its own buffer: an L4 read buffer under it
-        // is one more copy of every byte.
-        listeners.add_listener(
-            ListenerConfig::tcp(addr.as_str())
-                .tls(crate::tls::settings(resolver)?)
-                .l4_buffer(L4BufferSettings::default().read(0)),
-        );
+        for addr in addrs {
+            // rustls reads records into its own buffer: an L4 read buffer
+            // under it is one more copy of every byte.
+            listeners.add_listener(
+                listen_on(addr, &every)
+                    .tls(crate::tls::settings(resolver.clone(), &config.tls)?)
+                    .l4_buffer(L4BufferSettings::default().read(0)),
+            );
+        }
     }
     let mut proxy = Service::with_listeners("proxy".into(), listeners, app);
     proxy.threads = Some(config.threads);
@@ -305,6 +332,11 @@ pub fn run(
     // connection the cap does not count yet (vendor/README.md, "handshake
     // timeout").
     proxy.set_handshake_timeout(handshake_timeout);
+    // A new connection goes to the worker thread holding the fewest, not a
+    // random one: keep-alive connections stay where they land, so a random
+    // pick leaves one thread with a longer queue and a longer tail
+    // (vendor/README.md, "connections balanced across threads").
+    proxy.balance_connections(true);
     // /readyz waits for the proxy listeners: the admin service may answer
     // before they are bound (vendor/README.md, "listening notification").
     let listening = Arc::new(AtomicBool::new(false));
@@ -354,9 +386,13 @@ pub fn run(
     for (name, task) in tasks {
         server.add_service(background_service(name, task));
     }
-    tracing::info!(http = %config.http, internal_http = %config.internal_http,
-        https = config.https.as_deref().unwrap_or("off"),
-        internal_https = config.internal_https.as_deref().unwrap_or("off"),
+    let shown = |addrs: &[String]| match addrs {
+        [] => "off".to_owned(),
+        addrs => addrs.join(","),
+    };
+    tracing::info!(http = shown(&config.http), internal_http = shown(&config.internal_http),
+        https = shown(&config.https),
+        internal_https = shown(&config.internal_https),
         admin = %config.admin, probes = config.probes.as_deref().unwrap_or("off"), threads = config.threads, max_connections,
         proxy_protocol = config.proxy_protocol,
         otlp = config.otlp_endpoint.as_ref().map_or("off".into(), |e| e.to_string()),
@@ -377,4 +413,26 @@ pub const RUNTIME_TEARDOWN_SECONDS: u64 = 1;
 /// `d` in whole seconds, rounded up: a timeout never shorter than asked.
 fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A TCP listener on `addr`. An IPv6 address that shares its port with an
+/// IPv4 one among `every` address listened on (`--http 0.0.0.0:8080 --http
+/// [::]:8080`) listens for IPv6 only, or the two would collide; alone,
+/// `[::]:8080` takes both families, as the system sets it.
+fn listen_on(addr: &str, every: &[&String]) -> ListenerConfig {
+    let config = ListenerConfig::tcp(addr);
+    let parse = |a: &str| a.parse::<std::net::SocketAddr>().ok();
+    let Some(v6) = parse(addr).filter(|a| a.is_ipv6()) else {
+        return config;
+    };
+    let shared = every
+        .iter()
+        .filter_map(|a| parse(a))
+        .any(|a| a.is_ipv4() && a.port() == v6.port());
+    if !shared {
+        return config;
+    }
+    let mut options = TcpSocketOptions::default();
+    options.ipv6_only = Some(true);
+    config.tcp_socket_options(options)
 }

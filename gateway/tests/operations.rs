@@ -39,16 +39,7 @@ async fn the_access_log_has_one_json_line_per_request() {
     let missing = client.get(gw.http, "nobody.example.com").await.unwrap();
     assert_eq!(missing.status, 404);
 
-    let mut lines = Vec::new();
-    eventually(5, "three access log lines", || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        lines = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>();
-        std::future::ready(lines.len() >= 3)
-    })
-    .await;
+    let lines = access_log_lines(&log, 3).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     // A line is written when its request ends, on the thread that served it:
     // lines of requests on different connections may come in any order.
@@ -301,16 +292,11 @@ async fn proxy_protocol_gives_the_real_client_on_external_listeners_only() {
     assert_eq!(forwarded_for(&r).as_deref(), Some("127.0.0.1"));
 
     // The access log names the real client.
-    let mut clients = Vec::new();
-    eventually(5, "the access log lines", || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        clients = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["client"].clone())
-            .collect::<Vec<_>>();
-        std::future::ready(clients.len() >= 5)
-    })
-    .await;
+    let clients: Vec<_> = access_log_lines(&log, 5)
+        .await
+        .into_iter()
+        .map(|l| l["client"].clone())
+        .collect();
     // In any order (see the access log test).
     let count = |c: &str| clients.iter().filter(|v| v.as_str() == Some(c)).count();
     assert_eq!(count("203.0.113.7:40000"), 2, "{clients:?}");
@@ -549,4 +535,64 @@ async fn the_probes_listener_shows_no_table() {
     }
     // The admin listener still has everything.
     assert_eq!(gw.debug_routes().await["routes"][0]["name"], "probed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_hops_take_the_client_from_x_forwarded_for_on_both_paths() {
+    let b = Backend::start("rev-a").await;
+    let snap = route("ns", "web", &[("rev-a", 100, None)]) + &slice("ns", "rev-a", &[b.addr]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = Gateway::serve_with(
+        &snap,
+        closed(),
+        &["--trusted-hops", "1", "--access-log", log.to_str().unwrap()],
+    )
+    .await;
+    // A client forged the first entry; the front proxy appended the real one.
+    let sent = [("x-forwarded-for", "6.6.6.6, 203.0.113.7")];
+    let h1 = HttpClient::new()
+        .get_with(gw.http, "web.ns.example.com", &sent)
+        .await
+        .unwrap();
+    let h2 = H2cClient::connect(gw.http)
+        .await
+        .get_with("web.ns.example.com", "/h2", &sent)
+        .await
+        .unwrap();
+    // Too few entries for one trusted hop: nothing in the header is believed.
+    let direct = HttpClient::new()
+        .get(gw.http, "web.ns.example.com")
+        .await
+        .unwrap();
+    for (what, reply) in [("HTTP/1.1, fast path", &h1), ("h2c, general path", &h2)] {
+        assert_eq!(reply.status, 200, "{what}");
+        // Only the trusted part goes on, with the front proxy (here the test
+        // client, 127.0.0.1) appended.
+        assert_eq!(
+            reply.header("x-echo-x-forwarded-for"),
+            "203.0.113.7, 127.0.0.1",
+            "{what}"
+        );
+    }
+    assert_eq!(direct.header("x-echo-x-forwarded-for"), "127.0.0.1");
+
+    let lines = access_log_lines(&log, 3).await;
+    let forwarded: Vec<_> = lines.iter().filter(|l| l["peer"].is_string()).collect();
+    assert_eq!(forwarded.len(), 2, "{lines:?}");
+    for line in forwarded {
+        assert_eq!(line["client"], "203.0.113.7", "{line}");
+        assert!(
+            line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+    }
+    let direct_line = lines.iter().find(|l| !l["peer"].is_string()).unwrap();
+    assert!(
+        direct_line["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{direct_line}"
+    );
 }

@@ -56,6 +56,31 @@ pub enum HeadError {
     TransferEncoding,
 }
 
+/// What becomes of the upstream's `Server` field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Server<'a> {
+    /// Passed on as received (none if none).
+    #[default]
+    Pass,
+    /// Never passed on.
+    Strip,
+    /// Replaced by this value (set when the upstream sent none).
+    Set(&'a [u8]),
+}
+
+/// How a head is passed on, beside what the upstream sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay<'a> {
+    /// The request was a HEAD: no body follows, whatever the fields say.
+    pub head_request: bool,
+    /// The client connection closes after this response.
+    pub close: bool,
+    /// `Date` for a response without one (RFC 9110 §6.6.1).
+    pub date: &'a [u8],
+    /// The `Server` field.
+    pub server: Server<'a>,
+}
+
 /// Fields that concern one connection only, never passed on.
 const HOP_BY_HOP: [&str; 5] = [
     "connection",
@@ -66,23 +91,25 @@ const HOP_BY_HOP: [&str; 5] = [
 ];
 
 /// Parse the response head at the start of `buf`, sent in answer to a
-/// request that was (`head_request`) a HEAD, and append the head the client
-/// gets to `out`: the status line as HTTP/1.1, every field but the hop-by-hop
-/// ones (and those `Connection` names), the framing field that applies,
-/// `Date: date` when the response has no `Date` (RFC 9110 §6.6.1), and
-/// `Connection: close` when `close` or when the body runs to the close,
-/// else `Connection: keep-alive` (an HTTP/1.0 client needs it to keep the
-/// connection). `Ok(None)`: the head is not complete yet.
-pub fn parse(
-    buf: &[u8],
-    head_request: bool,
-    close: bool,
-    date: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<Option<Head>, HeadError> {
-    // Two fields fewer than the limit: room for the `Date` and `Connection`
-    // that may be added, so the head passed on is within the limit too.
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS - 2];
+/// request that was (`relay.head_request`) a HEAD, and append the head the
+/// client gets to `out`: the status line as HTTP/1.1, every field but the
+/// hop-by-hop ones (and those `Connection` names), the framing field that
+/// applies, `Server` as `relay.server` says, `Date: relay.date` when the
+/// response has no `Date`, and `Connection: close` when `relay.close` or
+/// when the body runs to the close, else `Connection: keep-alive` (an
+/// HTTP/1.0 client needs it to keep the connection). `Ok(None)`: the head is
+/// not complete yet.
+pub fn parse(buf: &[u8], relay: &Relay<'_>, out: &mut Vec<u8>) -> Result<Option<Head>, HeadError> {
+    let Relay {
+        head_request,
+        close,
+        date,
+        server,
+    } = *relay;
+    // Three fields fewer than the limit: room for the `Server`, `Date` and
+    // `Connection` that may be added, so the head passed on is within the
+    // limit too.
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS - 3];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -172,6 +199,9 @@ pub fn parse(
         if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
+        if server != Server::Pass && name.eq_ignore_ascii_case("server") {
+            continue;
+        }
         let is_te = name.eq_ignore_ascii_case("transfer-encoding");
         let is_cl = name.eq_ignore_ascii_case("content-length");
         // Only the field that frames the body as relayed is passed on: a body
@@ -197,6 +227,11 @@ pub fn parse(
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Server::Set(value) = server {
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     if !informational {
@@ -253,17 +288,49 @@ mod tests {
         close: bool,
     ) -> (Result<Option<Head>, HeadError>, String) {
         let mut out = Vec::new();
-        let r = parse(
-            raw.as_bytes(),
+        let relay = Relay {
             head_request,
             close,
-            DATE.as_bytes(),
-            &mut out,
-        );
+            date: DATE.as_bytes(),
+            server: Server::Pass,
+        };
+        let r = parse(raw.as_bytes(), &relay, &mut out);
         (r, String::from_utf8(out).unwrap())
     }
 
     const DATE: &str = "Sun, 29 Nov 2026 18:00:00 GMT";
+
+    #[test]
+    fn the_server_field_is_passed_stripped_or_set() {
+        let with = "HTTP/1.1 200 OK\r\nServer: app\r\nContent-Length: 0\r\n\r\n";
+        let without = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let relayed = |raw: &str, server| {
+            let relay = Relay {
+                head_request: false,
+                close: false,
+                date: DATE.as_bytes(),
+                server,
+            };
+            let mut out = Vec::new();
+            parse(raw.as_bytes(), &relay, &mut out).unwrap().unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let tail = format!("Date: {DATE}\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(
+            relayed(with, Server::Pass),
+            format!("HTTP/1.1 200 OK\r\nServer: app\r\nContent-Length: 0\r\n{tail}")
+        );
+        assert_eq!(
+            relayed(with, Server::Strip),
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{tail}")
+        );
+        for raw in [with, without] {
+            assert_eq!(
+                relayed(raw, Server::Set(b"edge")),
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nServer: edge\r\n{tail}")
+            );
+        }
+    }
 
     fn ok(raw: &str) -> (Head, String) {
         let (r, out) = head(raw, false, false);

@@ -238,13 +238,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         std::process::id()
     ));
     let mut config = args.tuning.serve_config(crate::cli::Listeners {
-        http: &args.http,
-        internal_http: &args.internal_http,
-        https: &args.https,
-        internal_https: &args.internal_https,
+        http: std::slice::from_ref(&args.http),
+        internal_http: std::slice::from_ref(&args.internal_http),
+        https: std::slice::from_ref(&args.https),
+        internal_https: std::slice::from_ref(&args.internal_https),
         admin: &args.admin,
     })?;
-    if config.https.is_some() || config.internal_https.is_some() {
+    if !config.https.is_empty() || !config.internal_https.is_empty() {
         let (ca, cert) = demo_certificate().context("cannot make the demo certificate")?;
         std::fs::write(&ca_file, ca)
             .with_context(|| format!("cannot write {}", ca_file.display()))?;

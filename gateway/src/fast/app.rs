@@ -399,7 +399,7 @@ impl FastPath {
                 let client = h1.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
                 let req = h1.req_header_mut();
                 request::strip_hop_by_hop(req);
-                set_upstream_headers(req, client, ctx);
+                set_upstream_headers(req, client, self.gateway.trusted_hops(), ctx);
                 request::write_head(req, &mut request_head);
                 request_head.extend_from_slice(body);
             }
@@ -485,10 +485,17 @@ impl FastPath {
         head_request: bool,
         close: bool,
     ) -> Result<response_head::Head, Outcome> {
-        let idle = self.gateway.options().stream_idle_timeout;
+        let options = self.gateway.options();
+        let idle = options.stream_idle_timeout;
         let date = pingora::protocols::http::date::get_cached_date();
+        let relay = response_head::Relay {
+            head_request,
+            close,
+            date: date.as_bytes(),
+            server: options.server_header.relay(),
+        };
         loop {
-            match response_head::parse(rbuf, head_request, close, date.as_bytes(), out) {
+            match response_head::parse(rbuf, &relay, out) {
                 Ok(Some(head)) if head.informational => {
                     write(h1, out).await.map_err(|_| Outcome::Broken)?;
                     out.clear();

@@ -1228,3 +1228,33 @@ pub async fn websocket_echoes(gw: SocketAddr, host: &str, n: usize) -> String {
     ws.close(None).await.unwrap();
     answered
 }
+
+/// The access log's lines at `log`, once there are at least `n` (5 s at most).
+pub async fn access_log_lines(log: &Path, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    eventually(5, &format!("{n} access log lines"), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>();
+        std::future::ready(lines.len() >= n)
+    })
+    .await;
+    lines
+}
+
+/// A leaf of `ca` for `names` written under `dir`, as the flags that make it
+/// the gateway's default certificate.
+pub fn default_certificate_flags(dir: &Path, ca: &TestCa, names: &[&str]) -> [String; 4] {
+    let (cert, key, _) = ca.leaf(names);
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    [
+        "--default-certificate-file".to_owned(),
+        cert_file.display().to_string(),
+        "--default-key-file".to_owned(),
+        key_file.display().to_string(),
+    ]
+}

@@ -70,7 +70,7 @@ use pingora_core::protocols::http::v1::client::HttpSession as HttpSessionV1;
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::ServerSession as HttpSession;
-use pingora_core::protocols::http::SERVER_NAME;
+use pingora_core::protocols::http::server_name;
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::{Digest, UniqueID};
 use pingora_core::server::configuration::ServerConf;
@@ -1139,8 +1139,10 @@ impl DerefMut for Session {
 // generic HTTP 502 response sent when proxy_upstream_filter refuses to connect to upstream
 static BAD_GATEWAY: Lazy<ResponseHeader> = Lazy::new(|| {
     let mut resp = ResponseHeader::build(http::StatusCode::BAD_GATEWAY, Some(3)).unwrap();
-    resp.insert_header(header::SERVER, &SERVER_NAME[..])
-        .unwrap();
+    // knative-gateway patch (vendor/README.md, "server name of generated responses").
+    if let Some(name) = server_name() {
+        resp.insert_header(header::SERVER, name).unwrap();
+    }
     resp.insert_header(header::CONTENT_LENGTH, 0).unwrap();
     resp.insert_header(header::CACHE_CONTROL, "private, no-store")
         .unwrap();

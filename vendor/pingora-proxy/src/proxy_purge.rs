@@ -44,8 +44,10 @@ fn purge_response(purge_status: &PurgeStatus) -> Cow<'static, ResponseHeader> {
 
 fn gen_purge_response(code: u16) -> ResponseHeader {
     let mut resp = ResponseHeader::build(code, Some(3)).unwrap();
-    resp.insert_header(header::SERVER, &SERVER_NAME[..])
-        .unwrap();
+    // knative-gateway patch (vendor/README.md, "server name of generated responses").
+    if let Some(name) = server_name() {
+        resp.insert_header(header::SERVER, name).unwrap();
+    }
     resp.insert_header(header::CONTENT_LENGTH, 0).unwrap();
     resp.insert_header(header::CACHE_CONTROL, "private, no-store")
         .unwrap();

@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -313,6 +313,15 @@ pub(crate) struct UninitializedStream {
 }
 
 impl UninitializedStream {
+    /// Move the socket to the I/O driver of the runtime this is called on
+    /// (see `L4Stream::reregister`). knative-gateway patch (vendor/README.md,
+    /// "connections balanced across threads").
+    pub(crate) fn reregister(&mut self) -> Result<()> {
+        self.l4
+            .reregister()
+            .or_err(AcceptError, "cannot register the accepted socket on its thread")
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         // Process data sent before TLS if a callback is configured (e.g.,

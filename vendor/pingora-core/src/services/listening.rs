@@ -37,8 +37,10 @@ use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::runtime::Handle;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -61,6 +63,71 @@ pub struct Service<A> {
     on_listening: Option<OnListening>,
     // knative-gateway patch (vendor/README.md, "handshake timeout").
     handshake_timeout: Duration,
+    // knative-gateway patch (vendor/README.md, "connections balanced across threads").
+    balance_connections: bool,
+}
+
+// knative-gateway patch (vendor/README.md, "connections balanced across threads").
+tokio::task_local! {
+    /// The worker threads of the service being started: the server sets it
+    /// around `start_service` when the service runs on a no-steal runtime.
+    pub(crate) static WORKER_THREADS: Arc<[Handle]>;
+}
+
+/// Places each accepted connection on the worker thread that holds the fewest
+/// live connections. A random thread per connection (pingora's default) leaves
+/// one thread with many more long-lived connections than another (64
+/// connections over two threads: 38 and 26 is common), and that thread's
+/// queue sets the tail latency.
+struct Balancer {
+    threads: Arc<[Handle]>,
+    live: Box<[AtomicUsize]>,
+    // Where the next search starts, so that ties rotate.
+    next: AtomicUsize,
+}
+
+/// Counts a connection live on its thread until the connection's task ends.
+struct LiveConnection(Arc<Balancer>, usize);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.live[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    fn new(threads: Arc<[Handle]>) -> Self {
+        let live = threads.iter().map(|_| AtomicUsize::new(0)).collect();
+        Balancer {
+            threads,
+            live,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn spawn<F>(self: &Arc<Self>, connection: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let n = self.threads.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut fewest = usize::MAX;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let live = self.live[i].load(Ordering::Relaxed);
+            if live < fewest {
+                fewest = live;
+                best = i;
+            }
+        }
+        self.live[best].fetch_add(1, Ordering::Relaxed);
+        let live = LiveConnection(self.clone(), best);
+        self.threads[best].spawn(async move {
+            let _live = live;
+            connection.await
+        });
+    }
 }
 
 /// How long an accepted connection has for its handshake (the pre-TLS
@@ -80,6 +147,7 @@ impl<A> Service<A> {
             connection_filter: Arc::new(AcceptAllFilter),
             on_listening: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            balance_connections: false,
         }
     }
 
@@ -96,6 +164,7 @@ impl<A> Service<A> {
             connection_filter: Arc::new(AcceptAllFilter),
             on_listening: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            balance_connections: false,
         }
     }
 
@@ -109,6 +178,13 @@ impl<A> Service<A> {
     /// pre-TLS callback, then TLS); past it the connection is closed.
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.handshake_timeout = timeout;
+    }
+
+    /// Place each accepted connection on the worker thread with the fewest
+    /// live connections, not on a random one (no-steal runtimes only; a
+    /// work-stealing runtime balances tasks itself).
+    pub fn balance_connections(&mut self, on: bool) {
+        self.balance_connections = on;
     }
 
     /// Set a runtime options override for this service.
@@ -232,6 +308,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
         handshake_timeout: Duration,
+        balancer: Option<Arc<Balancer>>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -258,7 +335,16 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
+                    let rehome = balancer.is_some();
+                    let connection = async move {
+                        let mut io = io;
+                        // Off the accepting thread's I/O driver, onto this one's.
+                        if rehome {
+                            if let Err(e) = io.reregister() {
+                                error!("{e}");
+                                return;
+                            }
+                        }
                         let peer_addr = io.peer_addr();
                         match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
@@ -278,7 +364,13 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 error!("Downstream handshake timeout");
                             }
                         }
-                    });
+                    };
+                    match &balancer {
+                        Some(balancer) => balancer.spawn(connection),
+                        None => {
+                            current_handle().spawn(connection);
+                        }
+                    }
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");
@@ -330,6 +422,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
             .expect("can only start_service() once");
         let app_logic = Arc::new(app_logic);
 
+        let balancer = if self.balance_connections {
+            WORKER_THREADS
+                .try_with(|threads| threads.clone())
+                .ok()
+                .filter(|threads| threads.len() > 1)
+                .map(|threads| Arc::new(Balancer::new(threads)))
+        } else {
+            None
+        };
+
         let mut handlers = Vec::new();
 
         endpoints.into_iter().for_each(|endpoint| {
@@ -339,8 +441,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let endpoint = endpoint.clone();
 
                 let handshake_timeout = self.handshake_timeout;
+                let balancer = balancer.clone();
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown, handshake_timeout).await;
+                    Self::run_endpoint(
+                        my_app_logic,
+                        endpoint,
+                        shutdown,
+                        handshake_timeout,
+                        balancer,
+                    )
+                    .await;
                 });
 
                 handlers.push(jh);

@@ -18,15 +18,16 @@ use http::header;
 use once_cell::sync::Lazy;
 use pingora_http::ResponseHeader;
 
-use super::SERVER_NAME;
+use super::server_name;
 
 /// Generate an error response with the given status code.
 ///
 /// This error response has a zero `Content-Length` and `Cache-Control: private, no-store`.
 pub fn gen_error_response(code: u16) -> ResponseHeader {
     let mut resp = ResponseHeader::build(code, Some(4)).unwrap();
-    resp.insert_header(header::SERVER, &SERVER_NAME[..])
-        .unwrap();
+    if let Some(name) = server_name() {
+        resp.insert_header(header::SERVER, name).unwrap();
+    }
     resp.insert_header(header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT")
         .unwrap(); // placeholder
     resp.insert_header(header::CONTENT_LENGTH, "0").unwrap();

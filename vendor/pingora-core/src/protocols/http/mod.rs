@@ -33,6 +33,22 @@ pub use server::{ReusableHttpStream, Session as ServerSession};
 /// The Pingora server name string
 pub const SERVER_NAME: &[u8; 7] = b"Pingora";
 
+// knative-gateway patch (vendor/README.md, "server name of generated responses").
+static SERVER_NAME_SET: once_cell::sync::OnceCell<Option<&'static [u8]>> =
+    once_cell::sync::OnceCell::new();
+
+/// Set the `Server` field of the responses pingora generates itself (error
+/// responses): `None` for none. Once, before the first is generated; false
+/// if too late.
+pub fn set_server_name(name: Option<&'static [u8]>) -> bool {
+    SERVER_NAME_SET.set(name).is_ok()
+}
+
+/// The `Server` field of generated responses: as set, else [`SERVER_NAME`].
+pub fn server_name() -> Option<&'static [u8]> {
+    *SERVER_NAME_SET.get_or_init(|| Some(&SERVER_NAME[..]))
+}
+
 /// An enum to hold all possible HTTP response events.
 #[derive(Debug)]
 pub enum HttpTask {

@@ -625,6 +625,30 @@ impl Stream {
 
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
+    /// Register a TCP socket with the I/O driver of the runtime this is
+    /// called on, leaving the one it was accepted on: a connection served
+    /// on another thread than its accept loop's then gets its readiness
+    /// from its own thread, not through a wake-up from the accepting one.
+    /// Only before the first read or write: nothing buffered is kept.
+    /// knative-gateway patch (vendor/README.md, "connections balanced
+    /// across threads").
+    pub(crate) fn reregister(&mut self) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Ok(());
+        };
+        let wrapper = buffered.into_inner();
+        let stream = match wrapper.stream {
+            RawStream::Tcp(tcp) => RawStream::Tcp(TcpStream::from_std(tcp.into_std()?)?),
+            other => other,
+        };
+        let mut rewrapped = RawStreamWrapper::new(stream);
+        rewrapped.rx_ts = wrapper.rx_ts;
+        #[cfg(target_os = "linux")]
+        rewrapped.enable_rx_ts(wrapper.enable_rx_ts);
+        self.stream = Some(BufferedStream::with_capacity(0, 0, rewrapped));
+        Ok(())
+    }
+
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
         // Since the buffers can't be resized in place,

@@ -23,6 +23,7 @@ use pingora_error::ErrorType::{InternalError, InvalidCert};
 use pingora_error::{Error, OrErr, Result};
 use pingora_rustls::load_certs_and_key_files;
 use pingora_rustls::ClientCertVerifier;
+use pingora_rustls::CryptoProvider;
 use pingora_rustls::ResolvesServerCert;
 use pingora_rustls::ServerConfig;
 use pingora_rustls::{version, TlsAcceptor as RusTlsAcceptor};
@@ -38,6 +39,9 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    // knative-gateway patch (vendor/README.md, "TLS policy").
+    crypto_provider: Option<Arc<CryptoProvider>>,
+    tls13_only: bool,
 }
 
 pub struct Acceptor {
@@ -58,8 +62,20 @@ impl TlsSettings {
         // rustls 0.23+ requires an explicit CryptoProvider.
         pingora_rustls::install_default_crypto_provider();
 
-        let builder =
-            ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13]);
+        let versions: &[_] = if self.tls13_only {
+            &[&version::TLS13]
+        } else {
+            &[&version::TLS12, &version::TLS13]
+        };
+        let builder = match self.crypto_provider {
+            Some(provider) => ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .explain_err(InternalError, |e| {
+                    format!("No cipher suite of the given provider fits the TLS versions: {e}")
+                })
+                .unwrap(),
+            None => ServerConfig::builder_with_protocol_versions(versions),
+        };
         let builder = if let Some(verifier) = self.client_cert_verifier {
             builder.with_client_cert_verifier(verifier)
         } else {
@@ -112,6 +128,17 @@ impl TlsSettings {
 
     pub fn set_alpn(&mut self, alpn: ALPN) {
         self.alpn_protocols = Some(alpn.to_wire_protocols());
+    }
+
+    /// Accept only TLS 1.3 (the default accepts 1.2 and 1.3).
+    pub fn set_tls13_only(&mut self, only: bool) {
+        self.tls13_only = only;
+    }
+
+    /// Use `provider`'s cipher suites (and key exchange groups) instead of
+    /// the process default's: the way to narrow the suites offered.
+    pub fn set_crypto_provider(&mut self, provider: Arc<CryptoProvider>) {
+        self.crypto_provider = Some(provider);
     }
 
     /// Configure mTLS by providing a rustls client certificate verifier.
@@ -200,6 +227,8 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            crypto_provider: None,
+            tls13_only: false,
         })
     }
 
@@ -220,6 +249,8 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            crypto_provider: None,
+            tls13_only: false,
         })
     }
 }
