@@ -40,6 +40,9 @@ pub struct Ingress {
     pub tags: Vec<(String, Backend)>,
     /// Sticky canary: its splits keep each user on one revision by cookie.
     pub affinity: Option<Arc<Affinity>>,
+    /// Its requests go to the authorization server, when there is one
+    /// (`knative-gateway.dev/ext-authz`).
+    pub authorize: bool,
 }
 
 /// Hosts and the paths that serve them.

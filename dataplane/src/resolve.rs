@@ -58,6 +58,9 @@ pub struct Resolved {
     /// Set on the response: a sticky split's cookie naming the revision
     /// picked for a client that had none (or one naming no revision it serves).
     pub set_cookie: Option<HeaderValue>,
+    /// The route and path the client's host took ask for authorization
+    /// (not opted out, not an ACME challenge path).
+    pub authorize: bool,
 }
 
 /// Why a request is not forwarded.
@@ -115,6 +118,9 @@ pub fn resolve(table: &Table, req: Request<'_>, out: &mut Resolved) -> Result<()
                 .is_some_and(|v| v.as_bytes() == HASH_OVERRIDE.as_bytes())
         {
             out.hash = table.route(entry.route).hash.clone();
+        }
+        if hop == 0 {
+            out.authorize = table.route(entry.route).authorize && !path.is_some_and(|p| p.acme);
         }
         if let Some(path) = path {
             if let Some(h) = &path.append {

@@ -97,9 +97,15 @@ pub struct PathRule {
     pub append: Option<Headers>,
     /// Replaces the upstream Host.
     pub rewrite_host: Option<HeaderValue>,
+    /// Its prefix is under [`ACME_CHALLENGE`]: never sent to the
+    /// authorization server, as Kourier does for HTTP-01 challenges.
+    pub acme: bool,
     /// The split.
     pub target: Target,
 }
+
+/// Where ACME HTTP-01 challenges are answered.
+pub const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 impl PathRule {
     /// Whether a request for `path` with `headers` takes this rule.
@@ -160,6 +166,8 @@ pub struct RouteInfo {
     pub responses: Vec<(BackendId, Arc<Responses>)>,
     /// Sticky canary settings.
     pub affinity: Option<Arc<crate::affinity::Affinity>>,
+    /// Its requests go to the authorization server, when there is one.
+    pub authorize: bool,
 }
 
 impl RouteInfo {

@@ -87,6 +87,9 @@ pub struct Entry<'a> {
     pub duration: Duration,
     /// The trace id of the client's W3C `traceparent`, if valid.
     pub trace_id: Option<&'a str>,
+    /// How external authorization ended (`allowed`, `denied`, `error`),
+    /// when the request was checked; written only then.
+    pub authz: Option<&'static str>,
 }
 
 /// Append `entry` to `out` as one JSON line. Strings are escaped as JSON
@@ -145,6 +148,10 @@ pub fn format(entry: &Entry<'_>, out: &mut Vec<u8>) {
     write_padded(out, micros % 1000, 3);
     out.extend_from_slice(b",\"trace_id\":");
     opt_str(out, entry.trace_id);
+    if let Some(authz) = entry.authz {
+        out.extend_from_slice(b",\"authz\":");
+        opt_str(out, Some(authz));
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -438,6 +445,7 @@ mod tests {
             bytes_out: 12,
             duration: Duration::from_micros(1_250),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            authz: None,
         }
     }
 
@@ -488,6 +496,13 @@ mod tests {
         }
         // Without one, no `peer` field.
         assert!(line(&entry()).get("peer").is_none());
+        // Nor an `authz` field for a request no server was asked about.
+        assert!(line(&entry()).get("authz").is_none());
+        let checked = line(&Entry {
+            authz: Some("denied"),
+            ..entry()
+        });
+        assert_eq!(checked["authz"], "denied");
     }
 
     #[test]

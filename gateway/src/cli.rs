@@ -444,6 +444,36 @@ pub struct Tuning {
     /// client's address from it. The internal listeners never expect one.
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
+    /// External authorization server, `HOST:PORT` (Kourier's
+    /// `extauthz-host`): every request is checked with it before it is
+    /// forwarded, but for Knative's probes, ACME HTTP-01 paths and objects
+    /// annotated `knative-gateway.dev/ext-authz: disabled`. Off by default.
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_HOST")]
+    pub extauthz_host: Option<String>,
+    /// How to speak to it: `grpc` (Envoy's `Authorization/Check`) or `http`.
+    #[arg(
+        long,
+        env = "GATEWAY_EXTAUTHZ_PROTOCOL",
+        value_enum,
+        default_value = "grpc"
+    )]
+    pub extauthz_protocol: crate::authz::Protocol,
+    /// On an error, a timeout or too many checks in flight, let the
+    /// request through instead of answering 403.
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_FAILURE_MODE_ALLOW")]
+    pub extauthz_failure_mode_allow: bool,
+    /// Time one check may take (Kourier's default: 2000 ms).
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_TIMEOUT", default_value = "2s",
+          value_parser = humantime::parse_duration)]
+    pub extauthz_timeout: Duration,
+    /// HTTP mode: put before the request's path on the server.
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_PATH_PREFIX", default_value = "")]
+    pub extauthz_path_prefix: String,
+    /// Checks in flight at once; past it the failure mode answers, so a slow
+    /// server never queues requests.
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub extauthz_max_in_flight: u32,
     /// The lowest TLS version the HTTPS listeners accept: 1.2 or 1.3.
     #[arg(
         long,
@@ -598,6 +628,18 @@ impl Tuning {
             access_log: self.access_log.clone(),
             proxy_protocol: self.proxy_protocol,
             fast_path: self.fast_path,
+            authz: self
+                .extauthz_host
+                .as_ref()
+                .map(|host| crate::authz::Config {
+                    target: host.clone(),
+                    protocol: self.extauthz_protocol,
+                    failure_mode_allow: self.extauthz_failure_mode_allow,
+                    timeout: self.extauthz_timeout,
+                    path_prefix: self.extauthz_path_prefix.clone(),
+                    max_in_flight: self.extauthz_max_in_flight as usize,
+                    client_name: "knative-gateway".to_owned(),
+                }),
             otlp_endpoint: self.otlp_endpoint.clone(),
             trace_sampling: self.trace_sampling,
             resolve_wait: self.resolve_wait,

@@ -9,6 +9,7 @@ pub mod activator;
 pub mod admin;
 pub mod alloc;
 pub(crate) mod answer;
+pub mod authz;
 pub mod cli;
 pub mod demo;
 pub mod drain;

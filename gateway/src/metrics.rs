@@ -92,6 +92,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// Register every metric.
+    /// The registry, for metrics kept elsewhere (external authorization).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let duration = HistogramVec::new(

@@ -98,6 +98,7 @@ pub struct Gateway {
     options: ProxyOptions,
     access_log: Option<AccessLog>,
     tracer: Option<Tracer>,
+    authorizer: Option<Arc<crate::authz::Authorizer>>,
 }
 
 impl Gateway {
@@ -120,6 +121,7 @@ impl Gateway {
             options,
             access_log: None,
             tracer: None,
+            authorizer: None,
         }
     }
 
@@ -135,9 +137,85 @@ impl Gateway {
         self
     }
 
+    /// Ask `authorizer` before forwarding (`authz`).
+    pub fn with_authorizer(mut self, authorizer: Arc<crate::authz::Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
     /// `--trusted-hops`, for the fast path's headers.
     pub(crate) fn trusted_hops(&self) -> u8 {
         self.options.trusted_hops
+    }
+
+    /// With an authorization server, ask it about a routed request: `true`
+    /// when the request was answered here (denied), `false` to forward it.
+    /// Knative's probes are never asked about: queue-proxy answers them
+    /// itself, so they never reach an application.
+    async fn authorize(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(authorizer) = &self.authorizer else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        if !ctx.to.authorize || req.headers.contains_key(&PROBE_HEADER) {
+            return Ok(false);
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let client = peer.map(|peer| Client::of(&req.headers, peer, self.options.trusted_hops).ip);
+        let cluster_local = ctx
+            .table
+            .as_ref()
+            .is_some_and(|t| t.route(ctx.to.route).cluster_local);
+        let check = crate::authz::Check {
+            method: req.method.as_str(),
+            scheme: if ctx.tls { "https" } else { "http" },
+            host: request_host(req)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .unwrap_or_default(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            protocol: if session.is_http2() {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            headers: &req.headers,
+            client,
+            visibility: if cluster_local {
+                "ClusterLocal"
+            } else {
+                "ExternalIP"
+            },
+        };
+        let (decision, outcome) = authorizer.check(&check).await;
+        ctx.authz = Some(outcome);
+        match decision {
+            crate::authz::Decision::Allow(mutations) => {
+                ctx.authz_headers = Some(mutations);
+                Ok(false)
+            }
+            crate::authz::Decision::Deny(denial) => {
+                let mut resp =
+                    ResponseHeader::build(denial.status, Some(denial.headers.len() + 1))?;
+                for (name, value) in denial.headers {
+                    resp.append_header(name, value)?;
+                }
+                resp.insert_header(http::header::CONTENT_LENGTH, denial.body.len())?;
+                if let Some(server) = pingora::protocols::http::server_name() {
+                    resp.insert_header(http::header::SERVER, server)?;
+                }
+                let downstream = session.as_downstream_mut();
+                downstream.set_keepalive(None);
+                downstream.write_response_header(Box::new(resp)).await?;
+                if !denial.body.is_empty() {
+                    downstream.write_response_body(denial.body, true).await?;
+                }
+                downstream.finish_body().await?;
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -380,6 +458,10 @@ pub struct RequestCtx {
     /// The client as `X-Forwarded-For` named it before the gateway rewrote
     /// it for upstream (with `--trusted-hops`), for the log and the span.
     pub(crate) client: Option<Client>,
+    /// How external authorization ended, when the request was checked.
+    pub(crate) authz: Option<crate::authz::Outcome>,
+    /// Header changes the authorization server asked for.
+    authz_headers: Option<crate::authz::Mutations>,
 }
 
 impl RequestCtx {
@@ -465,6 +547,8 @@ impl ProxyHttp for Gateway {
             new_connection: false,
             tls: false,
             client: None,
+            authz: None,
+            authz_headers: None,
         }
     }
 
@@ -493,7 +577,7 @@ impl ProxyHttp for Gateway {
             }
         };
         let miss = match routed {
-            Ok(()) => return Ok(false),
+            Ok(()) => return self.authorize(session, ctx).await,
             Err(miss) => miss,
         };
         let answer = self.answer(miss, session.req_header());
@@ -639,6 +723,9 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         set_upstream_headers(upstream_request, client, self.options.trusted_hops, ctx);
+        if let Some(mutations) = &ctx.authz_headers {
+            mutations.apply(upstream_request);
+        }
         Ok(())
     }
 
@@ -954,6 +1041,7 @@ fn log_access(
             .get(TRACEPARENT)
             .and_then(|v| trace_context::parse(v.as_bytes()))
             .map(|t| t.trace_id),
+        authz: ctx.authz.map(crate::authz::Outcome::as_str),
     });
 }
 

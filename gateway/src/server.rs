@@ -69,6 +69,8 @@ pub struct ServeConfig {
     pub proxy_protocol: bool,
     /// Serve plain HTTP/1.1 requests on the fast path (`fast/`).
     pub fast_path: bool,
+    /// The external authorization server, if any.
+    pub authz: Option<crate::authz::Config>,
     /// The OpenTelemetry collector spans go to, if any.
     pub otlp_endpoint: Option<http::Uri>,
     /// Share of requests traced without a caller's decision.
@@ -252,6 +254,13 @@ pub fn run(
         }
         None => gateway,
     };
+    let gateway = match &config.authz {
+        Some(authz) => gateway.with_authorizer(
+            crate::authz::Authorizer::new(authz.clone(), metrics.registry())
+                .context("cannot set up external authorization")?,
+        ),
+        None => gateway,
+    };
     let mut app = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
     // HTTP/1.1 and h2c with prior knowledge on the same ports: the first
     // bytes decide (the HTTP/2 preface, or not; see vendor/README.md).
@@ -271,7 +280,9 @@ pub fn run(
     // The fast path's idle upstream connections are kept per worker thread.
     let idle_per_thread = config.upstream_idle_connections / config.threads.max(1);
     let app = Arc::new(app);
-    let app = if config.fast_path {
+    // Authorization is asked from the general path's request filter: with
+    // a server set, every request takes that path.
+    let app = if config.fast_path && config.authz.is_none() {
         ProxyApp::Fast(Arc::new(FastPath::new(gateway, app, idle_per_thread)))
     } else {
         ProxyApp::General(app)

@@ -156,6 +156,7 @@ impl<'a> Compiler<'a, '_> {
             hash: ing.hash.clone(),
             responses,
             affinity: ing.affinity.clone(),
+            authorize: ing.authorize,
         };
         (info, dispatches)
     }
@@ -179,6 +180,7 @@ impl<'a> Compiler<'a, '_> {
                 headers: p.headers.clone().into_boxed_slice(),
                 append: (!p.append.is_empty()).then(|| p.append.as_slice().into()),
                 rewrite_host: p.rewrite_host.clone(),
+                acme: p.prefix.starts_with(dataplane::table::ACME_CHALLENGE),
                 target: self.target(&p.splits, affinity),
             })
             .collect();

@@ -44,6 +44,7 @@ pub fn lower(
     let key = ing.key();
     super::check_names(&key)?;
     let affinity = super::affinity::of(&ing.metadata)?.map(std::sync::Arc::new);
+    let authorize = super::authz::enabled(&ing.metadata)?;
     let mut rules = Vec::with_capacity(ing.spec.rules.len());
     for (r, rule) in ing.spec.rules.iter().enumerate() {
         let hosts = rule_hosts(rule, r, opts.cluster_domain, redirects(ing))?;
@@ -70,6 +71,7 @@ pub fn lower(
         rules,
         tags: Vec::new(),
         affinity,
+        authorize,
     })
 }
 

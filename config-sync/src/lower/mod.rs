@@ -6,6 +6,7 @@
 //! - [`affinity`]: the sticky-canary annotations either may carry.
 
 pub mod affinity;
+pub mod authz;
 pub mod kingress;
 pub mod route;
 

@@ -34,6 +34,8 @@ pub struct ValidRoute {
     pub tags: Vec<ValidTag>,
     /// Sticky canary settings, from its annotations.
     pub affinity: Option<Arc<Affinity>>,
+    /// Its requests go to the authorization server (`knative-gateway.dev/ext-authz`).
+    pub authorize: bool,
 }
 
 /// A tagged traffic target.
@@ -52,6 +54,7 @@ pub fn validate_route(route: &Route, cluster_domain: &str) -> Result<ValidRoute,
     let key = model::key(&route.metadata);
     super::check_names(&key)?;
     let affinity = super::affinity::of(&route.metadata)?.map(Arc::new);
+    let authorize = super::authz::enabled(&route.metadata)?;
     let status = route.status.as_ref().ok_or(ObjectError::NoStatus)?;
     let url = status.url.as_deref().ok_or(ObjectError::NoUrl)?;
     let host = host::of_url(url).ok_or_else(|| ObjectError::BadUrl {
@@ -129,6 +132,7 @@ pub fn validate_route(route: &Route, cluster_domain: &str) -> Result<ValidRoute,
         split,
         tags,
         affinity,
+        authorize,
     })
 }
 
@@ -225,6 +229,7 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
         rules,
         tags,
         affinity: route.affinity.clone(),
+        authorize: route.authorize,
     }
 }
 

@@ -175,7 +175,8 @@ impl KeySet for LabelKeys {
 /// Labels trimmed to the ones the table is built from.
 pub type Labels = Kept<LabelKeys>;
 
-/// The annotations the gateway reads: the ingress class and sticky canaries'.
+/// The annotations the gateway reads: the ingress class, sticky canaries'
+/// and external authorization's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnotationKeys;
 impl KeySet for AnnotationKeys {
@@ -184,6 +185,7 @@ impl KeySet for AnnotationKeys {
         AFFINITY_ANNOTATION,
         COOKIE_ANNOTATION,
         MAX_AGE_ANNOTATION,
+        crate::lower::authz::EXT_AUTHZ_ANNOTATION,
     ];
 }
 /// Annotations trimmed to the ones the gateway reads.
