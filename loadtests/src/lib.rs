@@ -3,6 +3,7 @@
 //! the scenarios, the malformed-request cases, and the report.
 
 pub mod activator;
+pub mod authz;
 pub mod backend;
 pub mod callgrind;
 pub mod handshakes;

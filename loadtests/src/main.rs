@@ -16,7 +16,7 @@ use loadtests::scenarios::{self, Ctx, Options, Scenario};
 #[command(name = "loadtest", version, about)]
 struct Cli {
     /// Scenarios to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::UpstreamTls, Scenario::Hostile, Scenario::KubeScale, Scenario::Callgrind])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Split, Scenario::Hosts, Scenario::Rollout, Scenario::Cold, Scenario::Churn, Scenario::Protocols, Scenario::UpstreamTls, Scenario::Authz, Scenario::Hostile, Scenario::KubeScale, Scenario::Callgrind])]
     scenarios: Vec<Scenario>,
     /// Proxies to compare (the gateway always runs).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Gateway, Kind::Haproxy, Kind::Nginx, Kind::Envoy])]
@@ -179,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Hostile => scenarios::hostile::run(&mut ctx),
             Scenario::UpstreamTls => scenarios::upstream_tls::run(&mut ctx),
             Scenario::KubeScale => scenarios::kube_scale::run(&mut ctx),
+            Scenario::Authz => scenarios::authz::run(&mut ctx),
         };
         if let Err(e) = result {
             let why = format!("{scenario:?}: {e:#}");

@@ -503,6 +503,26 @@ impl Report {
                 });
             }
         }
+        // External authorization: against Envoy doing the same with the
+        // same server (issue target ≥ 1.5×), and the check's own cost.
+        for gw in self
+            .runs
+            .iter()
+            .filter(|r| r.scenario == "authz" && r.proxy == "gateway authz")
+        {
+            let at = |proxy| find("authz", proxy, gw.threads, gw.conns);
+            for (other, want, what) in [
+                ("envoy authz", Some(1.5), "authz rps ≥ 1.5× Envoy's"),
+                ("gateway none", None, "authz rps vs no check"),
+            ] {
+                let Some(o) = at(other) else { continue };
+                checks.push(Check {
+                    target: format!("{what} ({} conns)", gw.conns),
+                    measured: format!("{:.0} vs {:.0} = {:.2}×", gw.rps, o.rps, gw.rps / o.rps),
+                    met: want.is_none_or(|w| gw.rps >= w * o.rps),
+                });
+            }
+        }
         if let Some(gw) = self.callgrind.iter().find(|c| c.proxy == "gateway") {
             checks.push(Check {
                 target: format!(

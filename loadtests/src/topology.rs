@@ -44,6 +44,8 @@ pub struct Topology {
     pub routes: Vec<Route>,
     /// Backends serve TLS (Knative's system-internal TLS), if set.
     pub upstream_tls: Option<UpstreamTls>,
+    /// Every request is checked with this gRPC authorization server, if set.
+    pub authz: Option<SocketAddr>,
 }
 
 /// How backends serving TLS are checked: Knative's system-internal TLS, as
@@ -201,6 +203,7 @@ mod tests {
                 },
             ],
             upstream_tls: None,
+            authz: None,
         };
         let groups = upstreams(&t);
         assert_eq!(groups.len(), 2);

@@ -50,6 +50,46 @@ pub fn config(t: &Topology, port: u16, admin_port: u16, tls: Option<(u16, &TlsFi
             cluster
         })
         .collect();
+    let mut clusters = clusters;
+    let mut http_filters = Vec::new();
+    if let Some(authz) = t.authz {
+        // As Kourier configures it (net-kourier `externalAuthzFilter`), but
+        // for the request body, which the gateway does not send either.
+        http_filters.push(json!({
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "failure_mode_allow": false,
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": "extAuthz"},
+                    "timeout": "2s",
+                    "initial_metadata": [{"key": "client", "value": "kourier"}]
+                }
+            }
+        }));
+        clusters.push(json!({
+            "name": "extAuthz",
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }
+            },
+            "load_assignment": {"cluster_name": "extAuthz", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": authz.ip().to_string(), "port_value": authz.port()}}}}
+            ]}]}
+        }));
+    }
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "suppress_envoy_headers": true
+        }
+    }));
     let manager = json!({
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -58,13 +98,7 @@ pub fn config(t: &Topology, port: u16, admin_port: u16, tls: Option<(u16, &TlsFi
             // nginx needs $request_id for its split; Envoy's weighted clusters don't.
             "generate_request_id": false,
             "route_config": {"name": "routes", "virtual_hosts": virtual_hosts},
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                    "suppress_envoy_headers": true
-                }
-            }]
+            "http_filters": http_filters
         }
     });
     let mut listeners = vec![json!({

@@ -194,6 +194,9 @@ impl Launch<'_> {
                     .args(["--threads", &self.threads.to_string()])
                     .args(["--activator", &activator.to_string()])
                     .args(["--shutdown-grace", "0s", "--shutdown-timeout", "1s"]);
+                if let Some(authz) = t.authz {
+                    cmd.args(["--extauthz-host", &authz.to_string()]);
+                }
             }
             Kind::Nginx => {
                 let conf = dir.path().join("nginx.conf");

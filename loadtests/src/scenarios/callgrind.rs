@@ -29,6 +29,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let topo = Topology {
         routes: vec![hello(&[&a[0], &a[1]], &[&b[0], &b[1]], 90, 10)],
         upstream_tls: None,
+        authz: None,
     };
     let host = topo.routes[0].host();
     // The long run lasts three times the short one; both well past warm-up.

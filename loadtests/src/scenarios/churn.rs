@@ -31,6 +31,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         Topology {
             routes: vec![hello(&a, &[&b[0], &b[1]], 90, 10)],
             upstream_tls: None,
+            authz: None,
         }
     };
     let first = topo(&churned);

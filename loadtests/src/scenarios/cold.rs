@@ -41,6 +41,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             route("cold", "cold-00001", cold_endpoints),
         ],
         upstream_tls: None,
+        authz: None,
     };
     let asleep = topo(vec![]);
     let (warm_host, cold_host) = (asleep.routes[0].host(), asleep.routes[1].host());

@@ -33,6 +33,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             }],
         }],
         upstream_tls: None,
+        authz: None,
     };
     let host = topo.routes[0].host();
     let cases = hostile::cases(&host, Some(TRICKLE));

@@ -16,6 +16,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let one = Topology {
         routes: vec![hello(&[&a[0], &a[1]], &[&b[0], &b[1]], 90, 10)],
         upstream_tls: None,
+        authz: None,
     };
     let many = Topology {
         routes: (0..ctx.opts.routes)
@@ -37,6 +38,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             })
             .collect(),
         upstream_tls: None,
+        authz: None,
     };
     let hosts: Vec<http::HeaderValue> = many
         .routes

@@ -1,6 +1,7 @@
 //! The scenarios, each a function over a [`Ctx`]: start backends and
 //! proxies, drive load, record what was measured in the report.
 
+pub mod authz;
 pub mod callgrind;
 pub mod churn;
 pub mod cold;
@@ -61,6 +62,9 @@ pub enum Scenario {
     /// The control plane at Knative's size: a test API server of its own
     /// with thousands of KIngresses; start, Ready, changes, memory (gateway).
     KubeScale,
+    /// The split with every request checked by a gRPC authorization server;
+    /// the gateway and Envoy.
+    Authz,
 }
 
 /// How hard and how long.

@@ -38,6 +38,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
                 },
             ],
             upstream_tls: None,
+            authz: None,
         }
     };
     let first = topo(0);

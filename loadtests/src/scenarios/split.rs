@@ -20,6 +20,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
     let topo = Topology {
         routes: vec![hello(&[&a[0], &a[1]], &[&b[0], &b[1]], 90, 10)],
         upstream_tls: None,
+        authz: None,
     };
     let host = topo.routes[0].host();
     let all: Vec<_> = a.iter().chain(&b).map(|x| x.addr).collect();

@@ -33,6 +33,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             10,
         )],
         upstream_tls: None,
+        authz: None,
     };
     let encrypted = Topology {
         routes: vec![hello(
@@ -42,6 +43,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
             10,
         )],
         upstream_tls: Some(tls),
+        authz: None,
     };
     let host = plain.routes[0].host();
     let threads = ctx.max_threads();
