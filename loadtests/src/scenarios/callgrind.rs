@@ -1,6 +1,8 @@
 //! Instructions per proxied request: the split scenario's route (90/10 over
 //! two revisions, two endpoints each) through the gateway, nginx and HAProxy,
-//! each with one worker thread under callgrind (see [`crate::callgrind`]).
+//! each with one worker thread under callgrind (see [`crate::callgrind`]);
+//! and through the gateway with every request checked by an external
+//! authorization server (`gateway authz`), beside the plain request.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -32,61 +34,82 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         authz: None,
     };
     let host = topo.routes[0].host();
-    // The long run lasts three times the short one; both well past warm-up.
-    let short = ctx.opts.duration.max(Duration::from_secs(2));
+    // Only the gateway's process is counted: the server's work is not.
+    let server = crate::authz::start(1)?;
+    let checked = Topology {
+        authz: Some(server.addr),
+        ..topo.clone()
+    };
     for (kind, bin) in ctx.proxies() {
         if kind == Kind::Envoy {
             continue; // minutes to start under valgrind, and not in the comparison asked for
         }
-        ctx.progress(format!("callgrind: {} with 1 thread", kind.name()));
-        let mut samples = Vec::new();
-        for (run, duration) in [short, short * 3].into_iter().enumerate() {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("callgrind-{}-", kind.name()))
-                .tempdir()?;
-            // nginx started as root runs its worker as nobody, which writes its counts here too.
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
-            let launch = Launch {
-                callgrind: Some(dir.path()),
-                ..Launch::plain(kind, bin, &topo, 1)
-            };
-            let proxy = launch.start(&host)?;
-            let out = load::run(&Spec {
-                duration,
-                ..ctx.spec(proxy.addr, &host, CONNS)
-            });
-            anyhow::ensure!(
-                out.errors == 0,
-                "{} failed {} requests under callgrind: {:?}",
-                kind.name(),
-                out.errors,
-                out.error_samples
-            );
-            proxy.stop(Duration::from_secs(120))?;
-            samples.push(Sample {
-                instructions: callgrind::total(dir.path())?,
-                requests: out.ok + out.errors,
-            });
-            if run == 1 {
-                keep_profile(dir.path(), &ctx.opts.profiles.join(kind.name()))?;
-            }
+        measure(ctx, kind, bin, &topo, &host, kind.name())?;
+        if kind == Kind::Gateway {
+            measure(ctx, kind, bin, &checked, &host, "gateway authz")?;
         }
-        let per_request = callgrind::per_request(samples[0], samples[1])?;
-        ctx.progress(format!(
-            "  {per_request:.0} instructions per request ({} and {} requests)",
-            samples[0].requests, samples[1].requests
-        ));
-        ctx.progress(format!(
-            "  profile: callgrind_annotate {}/callgrind.out.*",
-            ctx.opts.profiles.join(kind.name()).display()
-        ));
-        ctx.report.callgrind.push(Instructions {
-            proxy: kind.name().into(),
-            conns: CONNS,
-            requests: samples[1].requests - samples[0].requests,
-            per_request,
-        });
     }
+    Ok(())
+}
+
+/// Instructions per request of `kind` serving `topo`, reported as `name`.
+fn measure(
+    ctx: &mut Ctx,
+    kind: Kind,
+    bin: &Path,
+    topo: &Topology,
+    host: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    // The long run lasts three times the short one; both well past warm-up.
+    let short = ctx.opts.duration.max(Duration::from_secs(2));
+    ctx.progress(format!("callgrind: {name} with 1 thread"));
+    let mut samples = Vec::new();
+    for (run, duration) in [short, short * 3].into_iter().enumerate() {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("callgrind-{}-", kind.name()))
+            .tempdir()?;
+        // nginx started as root runs its worker as nobody, which writes its counts here too.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        let launch = Launch {
+            callgrind: Some(dir.path()),
+            ..Launch::plain(kind, bin, topo, 1)
+        };
+        let proxy = launch.start(host)?;
+        let out = load::run(&Spec {
+            duration,
+            ..ctx.spec(proxy.addr, host, CONNS)
+        });
+        anyhow::ensure!(
+            out.errors == 0,
+            "{name} failed {} requests under callgrind: {:?}",
+            out.errors,
+            out.error_samples
+        );
+        proxy.stop(Duration::from_secs(120))?;
+        samples.push(Sample {
+            instructions: callgrind::total(dir.path())?,
+            requests: out.ok + out.errors,
+        });
+        if run == 1 {
+            keep_profile(dir.path(), &ctx.opts.profiles.join(name.replace(' ', "-")))?;
+        }
+    }
+    let per_request = callgrind::per_request(samples[0], samples[1])?;
+    ctx.progress(format!(
+        "  {per_request:.0} instructions per request ({} and {} requests)",
+        samples[0].requests, samples[1].requests
+    ));
+    ctx.progress(format!(
+        "  profile: callgrind_annotate {}/callgrind.out.*",
+        ctx.opts.profiles.join(name.replace(' ', "-")).display()
+    ));
+    ctx.report.callgrind.push(Instructions {
+        proxy: name.into(),
+        conns: CONNS,
+        requests: samples[1].requests - samples[0].requests,
+        per_request,
+    });
     Ok(())
 }
 
