@@ -4,10 +4,8 @@
 //! sends them.
 
 use crate::error::ObjectError;
+pub use crate::model::meta::EXT_AUTHZ_ANNOTATION;
 use crate::model::ObjectMeta;
-
-/// `enabled` (the default) or `disabled`.
-pub const EXT_AUTHZ_ANNOTATION: &str = "knative-gateway.dev/ext-authz";
 
 /// Whether `meta`'s requests are authorized, or an error naming the
 /// annotation for another value.

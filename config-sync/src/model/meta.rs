@@ -30,6 +30,8 @@ pub const AFFINITY_ANNOTATION: &str = "knative-gateway.dev/affinity";
 pub const COOKIE_ANNOTATION: &str = "knative-gateway.dev/affinity-cookie";
 /// Sticky canaries: the cookie's lifetime (`30m`, `12h`, `7d`).
 pub const MAX_AGE_ANNOTATION: &str = "knative-gateway.dev/affinity-max-age";
+/// External authorization for the object: `enabled` (the default) or `disabled`.
+pub const EXT_AUTHZ_ANNOTATION: &str = "knative-gateway.dev/ext-authz";
 
 /// The part of `metadata` the gateway reads.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -185,7 +187,7 @@ impl KeySet for AnnotationKeys {
         AFFINITY_ANNOTATION,
         COOKIE_ANNOTATION,
         MAX_AGE_ANNOTATION,
-        crate::lower::authz::EXT_AUTHZ_ANNOTATION,
+        EXT_AUTHZ_ANNOTATION,
     ];
 }
 /// Annotations trimmed to the ones the gateway reads.
