@@ -164,7 +164,9 @@ impl Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let client = peer.map(|peer| Client::of(&req.headers, peer, self.options.trusted_hops).ip);
+        // Found once: `set_upstream_headers` reuses it for X-Forwarded-For.
+        ctx.client = peer.map(|peer| Client::of(&req.headers, peer, self.options.trusted_hops));
+        let client = ctx.client.map(|c| c.ip);
         let cluster_local = ctx
             .table
             .as_ref()
@@ -920,7 +922,11 @@ pub(crate) fn set_upstream_headers(
         .sum::<usize>();
     upstream_request.reserve_headers(sets + 5);
     if let Some(peer) = client {
-        let client = Client::of(&upstream_request.headers, peer, trusted_hops);
+        // The request's own X-Forwarded-For is read once per request: by the
+        // authorization check, when there is one.
+        let client = ctx
+            .client
+            .unwrap_or_else(|| Client::of(&upstream_request.headers, peer, trusted_hops));
         let value = forwarded::upstream_value(&upstream_request.headers, &client, peer);
         upstream_request.insert_typed_header(X_FORWARDED_FOR, value);
         ctx.client = Some(client);
