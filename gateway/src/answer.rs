@@ -1,8 +1,9 @@
 //! What the gateway answers itself instead of forwarding, decided once for
 //! both request paths: a request with no usable Host, a host or path no route
 //! serves, Knative's probe, the redirect of an HTTP request to HTTPS, an
-//! ExternalName that loops back. [`refused`] decides (plain data in, plain
-//! data out); [`send`] writes the answer on either path's session.
+//! ExternalName that loops back, an authorization server's denial.
+//! [`refused`] decides (plain data in, plain data out); [`send`] writes the
+//! answer on either path's session.
 
 use bytes::Bytes;
 use dataplane::resolve::{Miss, HASH_HEADER};
@@ -35,6 +36,9 @@ pub(crate) enum Answer {
         name: HeaderName,
         value: HeaderValue,
     },
+    /// What an authorization server answered a request it denied; the
+    /// connection closes after it, as after `Text`.
+    Denied(crate::authz::Denial),
 }
 
 impl Answer {
@@ -42,6 +46,7 @@ impl Answer {
     pub(crate) fn status(&self) -> u16 {
         match self {
             Answer::Text { status, .. } | Answer::Header { status, .. } => *status,
+            Answer::Denied(denial) => denial.status,
         }
     }
 
@@ -50,6 +55,7 @@ impl Answer {
         match self {
             Answer::Text { body, .. } => body.len(),
             Answer::Header { .. } => 0,
+            Answer::Denied(denial) => denial.body.len(),
         }
     }
 }
@@ -110,14 +116,34 @@ pub(crate) async fn send(session: &mut ServerSession, answer: Answer) -> pingora
         } => {
             let mut resp = ResponseHeader::build(status, Some(3))?;
             resp.insert_header(name, value)?;
-            resp.insert_header(CONTENT_LENGTH, "0")?;
-            // As on the answers pingora builds (`--server-header`).
-            if let Some(server) = pingora::protocols::http::server_name() {
-                resp.insert_header(http::header::SERVER, server)?;
-            }
+            own_fields(&mut resp, 0)?;
             session.write_response_header(Box::new(resp)).await
         }
+        Answer::Denied(denial) => {
+            let mut resp = ResponseHeader::build(denial.status, Some(denial.headers.len() + 2))?;
+            for (name, value) in denial.headers {
+                resp.append_header(name, value)?;
+            }
+            own_fields(&mut resp, denial.body.len())?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp)).await?;
+            if !denial.body.is_empty() {
+                session.write_response_body(denial.body, true).await?;
+            }
+            session.finish_body().await.map(|_| ())
+        }
     }
+}
+
+/// The fields the gateway sets last on a head of its own, over any of the
+/// same name: the body's `Content-Length`, and the `Server` of the answers
+/// pingora builds (`--server-header`).
+fn own_fields(resp: &mut ResponseHeader, body: usize) -> pingora::Result<()> {
+    resp.insert_header(CONTENT_LENGTH, body)?;
+    if let Some(server) = pingora::protocols::http::server_name() {
+        resp.insert_header(http::header::SERVER, server)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -199,22 +199,7 @@ impl Gateway {
                 Ok(false)
             }
             crate::authz::Decision::Deny(denial) => {
-                let mut resp =
-                    ResponseHeader::build(denial.status, Some(denial.headers.len() + 1))?;
-                for (name, value) in denial.headers {
-                    resp.append_header(name, value)?;
-                }
-                resp.insert_header(http::header::CONTENT_LENGTH, denial.body.len())?;
-                if let Some(server) = pingora::protocols::http::server_name() {
-                    resp.insert_header(http::header::SERVER, server)?;
-                }
-                let downstream = session.as_downstream_mut();
-                downstream.set_keepalive(None);
-                downstream.write_response_header(Box::new(resp)).await?;
-                if !denial.body.is_empty() {
-                    downstream.write_response_body(denial.body, true).await?;
-                }
-                downstream.finish_body().await?;
+                answer::send(session.as_downstream_mut(), answer::Answer::Denied(denial)).await?;
                 Ok(true)
             }
         }

@@ -82,7 +82,7 @@ pub struct Relay<'a> {
 }
 
 /// Fields that concern one connection only, never passed on.
-const HOP_BY_HOP: [&str; 5] = [
+pub const HOP_BY_HOP: [&str; 5] = [
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -274,20 +274,16 @@ impl Authorizer {
     }
 }
 
-/// Headers never passed between the client, the server and the backend.
+/// Headers never passed between the client, the server and the backend:
+/// the connection-only ones every relay drops (`wire`'s list), and those
+/// each hop sets for itself (the framing and `Host`).
 fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "host"
-    )
+    let name = name.as_str();
+    wire::response_head::HOP_BY_HOP.contains(&name)
+        || matches!(
+            name,
+            "trailer" | "transfer-encoding" | "content-length" | "host"
+        )
 }
 
 #[cfg(test)]
