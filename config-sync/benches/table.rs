@@ -237,6 +237,7 @@ fn kube_source(c: &mut Criterion) {
             s.push(decode_object(
                 o,
                 config_sync::model::kingress::DEFAULT_CLASS,
+                false,
             ));
         }
         build(s, &BuildOptions::default(), &LastGood::default(), None, 1)

@@ -43,6 +43,8 @@ pub struct Ingress {
     /// Its requests go to the authorization server, when there is one
     /// (`knative-gateway.dev/ext-authz`).
     pub authorize: bool,
+    /// A KIngress's labels, for the authorization server.
+    pub labels: dataplane::table::Labels,
 }
 
 /// Hosts and the paths that serve them.

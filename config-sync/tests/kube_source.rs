@@ -116,3 +116,79 @@ fn addrs(table: &dataplane::Table) -> Vec<String> {
         .map(|e| e.addr.to_string())
         .collect()
 }
+
+/// The labels of the route serving `host`, as `key=value`.
+fn labels_of(table: &dataplane::Table, host: &str) -> Vec<String> {
+    let Some(entry) = table.lookup(host) else {
+        return vec!["<no route>".into()];
+    };
+    table
+        .route(entry.route)
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// Every label of a KIngress reaches the table when asked for (the
+/// authorization server's context) and is not kept otherwise; a change of
+/// labels or of an annotation the gateway reads is served, though it moves
+/// no generation (Kubernetes moves it for the spec only).
+#[tokio::test]
+async fn kingress_labels_are_kept_only_when_asked_for_and_metadata_changes_are_served() {
+    let api = ApiServer::start().await;
+    api.apply(service("a"));
+    api.apply(slice("a", "10.0.0.1"));
+    let mut labelled = kingress("web", "web.example.com", "a");
+    labelled["metadata"]["labels"] =
+        json!({"team": "payments", "serving.knative.dev/route": "web"});
+    api.apply(labelled.clone());
+    let client = || kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let mut tables = Vec::new();
+    let mut tasks = Vec::new();
+    for keep in [true, false] {
+        let publisher = Arc::new(Publisher::new(BuildOptions::default()));
+        let options = KubeOptions {
+            kingress_labels: keep,
+            ..KubeOptions::default()
+        };
+        let source = KubeSource::new(client(), publisher.clone(), options);
+        tasks.push(tokio::spawn(source.run(shutdown.clone())));
+        tables.push(publisher.reader());
+    }
+    let (kept, trimmed) = (&tables[0], &tables[1]);
+    eventually("both tables", || {
+        kept.load().lookup("web.example.com").is_some()
+            && trimmed.load().lookup("web.example.com").is_some()
+    })
+    .await;
+    assert_eq!(
+        labels_of(&kept.load(), "web.example.com"),
+        ["serving.knative.dev/route=web", "team=payments"]
+    );
+    assert!(labels_of(&trimmed.load(), "web.example.com").is_empty());
+    // A change of labels alone, the generation as it was.
+    labelled["metadata"]["labels"]["team"] = "billing".into();
+    api.apply(labelled.clone());
+    eventually("the new label", || {
+        labels_of(&kept.load(), "web.example.com").contains(&"team=billing".to_owned())
+    })
+    .await;
+    // An annotation the gateway reads, alone: authorization turned off.
+    let authorized = |table: &dataplane::Table| {
+        let entry = table.lookup("web.example.com").unwrap();
+        table.route(entry.route).authorize
+    };
+    assert!(authorized(&trimmed.load()));
+    labelled["metadata"]["annotations"]["knative-gateway.dev/ext-authz"] = "disabled".into();
+    api.apply(labelled);
+    eventually("the annotation served", || {
+        !authorized(&trimmed.load()) && !authorized(&kept.load())
+    })
+    .await;
+    stop.send_replace(true);
+    for task in tasks {
+        task.await.unwrap();
+    }
+}

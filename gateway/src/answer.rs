@@ -37,7 +37,7 @@ pub(crate) enum Answer {
         value: HeaderValue,
     },
     /// What an authorization server answered a request it denied; the
-    /// connection closes after it, as after `Text`.
+    /// connection stays open, unless the request's body is still coming.
     Denied(crate::authz::Denial),
 }
 
@@ -125,7 +125,11 @@ pub(crate) async fn send(session: &mut ServerSession, answer: Answer) -> pingora
                 resp.append_header(name, value)?;
             }
             own_fields(&mut resp, denial.body.len())?;
-            session.set_keepalive(None);
+            // The connection stays open, as Envoy keeps it, unless the
+            // client is still sending a body no one will read.
+            if !session.is_body_done() {
+                session.set_keepalive(None);
+            }
             session.write_response_header(Box::new(resp)).await?;
             if !denial.body.is_empty() {
                 session.write_response_body(denial.body, true).await?;

@@ -291,6 +291,8 @@ impl ServeArgs {
             max_backoff: self.kube_max_backoff.unwrap_or(defaults.max_backoff),
             system_namespace: self.system_namespace.clone(),
             secret_labels: self.secret_label_selector.clone(),
+            // Only the authorization server reads them.
+            kingress_labels: self.tuning.extauthz_host.is_some(),
             ..defaults
         }
     }
@@ -450,7 +452,8 @@ pub struct Tuning {
     /// annotated `knative-gateway.dev/ext-authz: disabled`. Off by default.
     #[arg(long, env = "GATEWAY_EXTAUTHZ_HOST")]
     pub extauthz_host: Option<String>,
-    /// How to speak to it: `grpc` (Envoy's `Authorization/Check`) or `http`.
+    /// How to speak to it: `grpc` (Envoy's `Authorization/Check` over h2c),
+    /// `http`, or `https` (HTTP over TLS).
     #[arg(
         long,
         env = "GATEWAY_EXTAUTHZ_PROTOCOL",
@@ -474,6 +477,23 @@ pub struct Tuning {
     #[arg(long, env = "GATEWAY_EXTAUTHZ_MAX_IN_FLIGHT", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub extauthz_max_in_flight: u32,
+    /// Send up to this many bytes of the request body with each check
+    /// (Kourier's default, 8192), waiting for them; what comes after is
+    /// not sent (`x-envoy-auth-partial-body: true`). 0 sends no body.
+    #[arg(
+        long,
+        env = "GATEWAY_EXTAUTHZ_MAX_REQUEST_BODY_BYTES",
+        default_value_t = 8192
+    )]
+    pub extauthz_max_request_body_bytes: u32,
+    /// gRPC mode: send the body as bytes (`raw_body`), not as text (`body`),
+    /// for bodies that are not UTF-8.
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_PACK_AS_BYTES")]
+    pub extauthz_pack_as_bytes: bool,
+    /// HTTPS mode: a PEM file of the CAs the server's certificate must
+    /// chain to (default: the system's roots).
+    #[arg(long, env = "GATEWAY_EXTAUTHZ_CA_FILE")]
+    pub extauthz_ca_file: Option<std::path::PathBuf>,
     /// The lowest TLS version the HTTPS listeners accept: 1.2 or 1.3.
     #[arg(
         long,
@@ -639,6 +659,9 @@ impl Tuning {
                     path_prefix: self.extauthz_path_prefix.clone(),
                     max_in_flight: self.extauthz_max_in_flight as usize,
                     client_name: "knative-gateway".to_owned(),
+                    max_request_body_bytes: self.extauthz_max_request_body_bytes as usize,
+                    pack_as_bytes: self.extauthz_pack_as_bytes,
+                    ca_file: self.extauthz_ca_file.clone(),
                 }),
             otlp_endpoint: self.otlp_endpoint.clone(),
             trace_sampling: self.trace_sampling,

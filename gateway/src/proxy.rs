@@ -143,6 +143,12 @@ impl Gateway {
         self
     }
 
+    /// Whether the request routed into `ctx` is to be checked with the
+    /// authorization server: the fast path hands those over.
+    pub(crate) fn checks(&self, ctx: &RequestCtx) -> bool {
+        self.authorizer.is_some() && ctx.to.authorize
+    }
+
     /// `--trusted-hops`, for the fast path's headers.
     pub(crate) fn trusted_hops(&self) -> u8 {
         self.options.trusted_hops
@@ -160,6 +166,13 @@ impl Gateway {
         if !ctx.to.authorize || req.headers.contains_key(&PROBE_HEADER) {
             return Ok(false);
         }
+        let body = if authorizer.wants_body(&req.headers) {
+            let (limit, wait) = (authorizer.body_limit(), authorizer.body_wait());
+            read_body_start(session, limit, wait, ctx).await?
+        } else {
+            None
+        };
+        let req = session.req_header();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -190,6 +203,11 @@ impl Gateway {
             } else {
                 "ExternalIP"
             },
+            labels: ctx
+                .table
+                .as_ref()
+                .map_or(&NO_LABELS, |t| &t.route(ctx.to.route).labels),
+            body: body.as_ref(),
         };
         let (decision, outcome) = authorizer.check(&check).await;
         ctx.authz = Some(outcome);
@@ -205,6 +223,65 @@ impl Gateway {
         }
     }
 }
+
+/// The start of `session`'s request body, up to `limit` bytes or what came
+/// within `wait`, for the authorization server: `None` for a request
+/// without one. What is read stays held and goes upstream first (vendor
+/// patch 0017), so the backend gets the whole body. A client waiting for
+/// `100 Continue` gets it here, and the `Expect` is not passed on
+/// (`ctx.continued`).
+async fn read_body_start(
+    session: &mut Session,
+    limit: usize,
+    wait: Duration,
+    ctx: &mut RequestCtx,
+) -> Result<Option<crate::authz::Body>> {
+    if session.as_mut().is_body_empty() {
+        return Ok(None);
+    }
+    // Past the limit at most one more read is held: 64 KiB for HTTP/1,
+    // a frame for HTTP/2.
+    session
+        .as_mut()
+        .enable_retry_buffering_up_to(limit.saturating_add(BODY_READ_MAX));
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        session.as_mut().write_continue_response().await?;
+        ctx.continued = true;
+    }
+    let mut read = bytes::BytesMut::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while read.len() < limit {
+        // A body read is cancel-safe: what a cut-off read had not returned
+        // stays in the socket, or in h2's stream, for the proxy.
+        let next = tokio::time::timeout_at(deadline, session.as_mut().read_request_body());
+        match next.await {
+            Ok(chunk) => match chunk? {
+                Some(chunk) => read.extend_from_slice(&chunk),
+                None => break,
+            },
+            // Waited long enough: the check goes with what came.
+            Err(_) => break,
+        }
+    }
+    let partial = read.len() > limit || !session.as_mut().is_body_done();
+    read.truncate(limit);
+    Ok(Some(crate::authz::Body {
+        bytes: read.freeze(),
+        partial,
+    }))
+}
+
+/// A request routed by no table (never checked) has no labels.
+static NO_LABELS: dataplane::table::Labels = dataplane::table::Labels::NONE;
+
+/// The most one read of a request body returns (pingora's HTTP/1 body
+/// buffer; HTTP/2 frames are smaller).
+const BODY_READ_MAX: usize = 64 * 1024;
 
 /// Header marking Knative's ingress probe (a static name: no parse per request).
 const PROBE_HEADER: http::HeaderName = http::HeaderName::from_static("k-network-probe");
@@ -449,6 +526,9 @@ pub struct RequestCtx {
     pub(crate) authz: Option<crate::authz::Outcome>,
     /// Header changes the authorization server asked for.
     authz_headers: Option<crate::authz::Mutations>,
+    /// `100 Continue` was sent to the client here: its `Expect` is not
+    /// passed on.
+    continued: bool,
 }
 
 impl RequestCtx {
@@ -536,6 +616,7 @@ impl ProxyHttp for Gateway {
             client: None,
             authz: None,
             authz_headers: None,
+            continued: false,
         }
     }
 
@@ -712,6 +793,9 @@ impl ProxyHttp for Gateway {
         set_upstream_headers(upstream_request, client, self.options.trusted_hops, ctx);
         if let Some(mutations) = &ctx.authz_headers {
             mutations.apply(upstream_request);
+        }
+        if ctx.continued {
+            upstream_request.remove_header(&http::header::EXPECT);
         }
         Ok(())
     }

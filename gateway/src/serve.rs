@@ -27,8 +27,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }));
     let tasks = match &args.file {
         Some(file) => {
-            let mut source =
-                FileSource::new(file, publisher.clone()).with_class(&args.ingress_class);
+            // Every label of a KIngress is kept only for the authorization server.
+            let mut source = FileSource::new(file, publisher.clone())
+                .with_class(&args.ingress_class)
+                .with_labels(args.tuning.extauthz_host.is_some());
             source
                 .load_initial()
                 .with_context(|| format!("cannot start from {}", file.display()))?;

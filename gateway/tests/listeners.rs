@@ -58,28 +58,6 @@ async fn a_listener_serves_every_address_given_ipv6_included() {
     assert_eq!((local.status, local.body.as_str()), (200, "rev-a"));
 }
 
-/// The gateway binary's stderr with `args`, which must stop its start.
-fn start_fails(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snapshot.yaml");
-    std::fs::write(&file, "").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "serve",
-            "--https",
-            "off",
-            "--internal-https",
-            "off",
-            "--file",
-        ])
-        .arg(&file)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{args:?} started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn two_listeners_on_one_port_or_a_bad_tls_policy_stop_the_start() {
     let port = free_port();

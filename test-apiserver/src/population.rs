@@ -45,6 +45,10 @@ pub fn kingress(i: usize, class: &str, generation: i64, service: &str) -> Value 
     json!({"apiVersion": KINGRESS_API, "kind": "Ingress",
         "metadata": {"name": name, "namespace": ns, "generation": generation,
                      "creationTimestamp": "2026-01-01T00:00:00Z",
+                     // What Serving labels a Service's KIngress with.
+                     "labels": {"serving.knative.dev/route": name,
+                                "serving.knative.dev/routeNamespace": ns,
+                                "serving.knative.dev/service": name},
                      "annotations": {"networking.knative.dev/ingress.class": class}},
         "spec": {"httpOption": "Enabled", "rules": [
             {"hosts": [format!("{name}.{ns}"), format!("{name}.{ns}.svc"),

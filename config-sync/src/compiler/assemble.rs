@@ -157,6 +157,7 @@ impl<'a> Compiler<'a, '_> {
             responses,
             affinity: ing.affinity.clone(),
             authorize: ing.authorize,
+            labels: ing.labels.clone(),
         };
         (info, dispatches)
     }

@@ -42,6 +42,7 @@ pub fn build(
         config_maps,
         mut rejected,
         class: _,
+        labels: _,
     } = snapshot;
     // First: whether `https` backends can be reached decides which
     // KIngresses are valid.

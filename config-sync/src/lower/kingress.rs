@@ -72,6 +72,7 @@ pub fn lower(
         tags: Vec::new(),
         affinity,
         authorize,
+        labels: ing.labels.clone(),
     })
 }
 

@@ -230,6 +230,7 @@ pub fn lower_route(route: &ValidRoute) -> ir::Ingress {
         tags,
         affinity: route.affinity.clone(),
         authorize: route.authorize,
+        labels: dataplane::table::Labels::default(),
     }
 }
 

@@ -291,6 +291,11 @@ pub struct KIngress {
     /// value (shared with the status writer's probe records).
     #[serde(skip)]
     pub hash: std::sync::Arc<str>,
+    /// Every label (`metadata.labels` keeps only those the table reads),
+    /// when asked for ([`crate::model::Snapshot::labels`]): the
+    /// authorization server is told them, as Kourier tells it.
+    #[serde(skip)]
+    pub labels: dataplane::table::Labels,
 }
 
 impl KIngress {
@@ -339,6 +344,20 @@ pub fn decode(value: serde_json::Value) -> Result<KIngress, ObjectError> {
     let key = ing.key();
     ing.hash = hash(&ing.spec, &key.namespace, &key.name).into();
     Ok(ing)
+}
+
+/// Every string label of `obj`, sorted by key (a value that is not a
+/// string fails decoding, naming it).
+pub fn all_labels(obj: &serde_json::Value) -> dataplane::table::Labels {
+    let Some(labels) = obj.pointer("/metadata/labels").and_then(|l| l.as_object()) else {
+        return dataplane::table::Labels::default();
+    };
+    let mut all: Vec<(&str, &str)> = labels
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+        .collect();
+    all.sort_unstable();
+    dataplane::table::Labels::new(all)
 }
 
 /// Serving writes the same paths under every rule of a KIngress (its
@@ -462,6 +481,34 @@ mod tests {
     /// Vectors written by hand from the Go struct definitions: field order,
     /// `omitempty`, `null` for nil `paths` and `splits`, sorted map keys,
     /// numbers and strings for `servicePort`, and Go's HTML escapes.
+    #[test]
+    fn every_label_is_kept_for_the_authorization_server() {
+        let value = json!({"apiVersion": API_VERSION, "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "ns", "labels": {
+            "team": "payments", "serving.knative.dev/route": "web"},
+            "annotations": {CLASS_ANNOTATION: DEFAULT_CLASS}}});
+        let labels = all_labels(&value);
+        assert!(decode(value.clone()).unwrap().labels.is_empty());
+        let ing = match crate::model::decode_object(value, DEFAULT_CLASS, true) {
+            crate::model::Decoded::KIngress(ing) => ing,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ing.labels, labels);
+        let labels: Vec<(&str, &str)> = ing.labels.iter().collect();
+        assert_eq!(
+            labels,
+            [("serving.knative.dev/route", "web"), ("team", "payments")]
+        );
+        // The metadata the table reads keeps only its own labels.
+        assert_eq!(ing.metadata.label("team"), None);
+        assert!(all_labels(&json!({"metadata": {"name": "web"}})).is_empty());
+        // A label that is not a string is refused, naming it.
+        let bad = json!({"metadata": {"name": "web", "labels": {
+            "serving.knative.dev/revision": 3}}});
+        let e = decode(bad).unwrap_err().to_string();
+        assert!(e.contains("metadata.labels"), "{e}");
+    }
+
     #[test]
     fn go_json_matches_encoding_json() {
         assert_eq!(go_json(&IngressSpec::default()), b"{}");

@@ -222,6 +222,9 @@ pub struct Snapshot {
     pub rejected: Vec<Rejection>,
     /// The KIngress class implemented: KIngresses of any other are skipped unread.
     pub class: Arc<str>,
+    /// Keep every label of a KIngress ([`KIngress::labels`]), for the
+    /// authorization server; off, only those the table reads.
+    pub labels: bool,
 }
 
 impl Default for Snapshot {
@@ -242,14 +245,22 @@ impl Snapshot {
             config_maps: Vec::new(),
             rejected: Vec::new(),
             class: class.into(),
+            labels: false,
         }
+    }
+
+    /// [`Snapshot::for_class`], keeping every label of a KIngress when
+    /// `labels` is set.
+    pub fn keeping_labels(mut self, labels: bool) -> Self {
+        self.labels = labels;
+        self
     }
 
     /// Decode one object (a YAML document or an API list item) into the snapshot.
     /// Anything that is not a well-formed object of a kind the gateway reads
     /// becomes a rejection; a KIngress of another class is skipped.
     pub fn push_value(&mut self, value: serde_json::Value) {
-        let decoded = decode_object(value, &self.class);
+        let decoded = decode_object(value, &self.class, self.labels);
         self.push(decoded);
     }
 
@@ -289,8 +300,9 @@ pub enum Decoded {
     Rejected(Rejection),
 }
 
-/// Decode one object by its `kind`; KIngresses only when of `class`.
-pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
+/// Decode one object by its `kind`; KIngresses only when of `class`, with
+/// every label when `labels` is set.
+pub fn decode_object(value: serde_json::Value, class: &str, labels: bool) -> Decoded {
     let kind = match value.get("kind").and_then(|k| k.as_str()) {
         Some("Route") => Kind::Route,
         Some("EndpointSlice") => Kind::EndpointSlice,
@@ -313,7 +325,14 @@ pub fn decode_object(value: serde_json::Value, class: &str) -> Decoded {
         Kind::Route => decode::<Route>(value).map(Decoded::Route),
         Kind::EndpointSlice => decode::<EndpointSlice>(value).map(Decoded::EndpointSlice),
         Kind::KIngress => {
-            crate::model::kingress::decode(value).map(|k| Decoded::KIngress(Arc::new(k)))
+            let labels = match labels {
+                true => crate::model::kingress::all_labels(&value),
+                false => dataplane::table::Labels::NONE,
+            };
+            crate::model::kingress::decode(value).map(|mut k| {
+                k.labels = labels;
+                Decoded::KIngress(Arc::new(k))
+            })
         }
         Kind::Service => decode::<Service>(value).map(Decoded::Service),
         Kind::Secret => decode::<Secret>(value).map(Decoded::Secret),

@@ -43,7 +43,11 @@ pub fn parse(text: &str) -> Result<Snapshot, SyntaxError> {
 
 /// [`parse`], keeping the KIngresses of `class`.
 pub fn parse_for_class(text: &str, class: &str) -> Result<Snapshot, SyntaxError> {
-    let mut snapshot = Snapshot::for_class(class);
+    parse_into(text, Snapshot::for_class(class))
+}
+
+/// [`parse`] into `snapshot` (empty, with its class and what it keeps).
+pub fn parse_into(text: &str, mut snapshot: Snapshot) -> Result<Snapshot, SyntaxError> {
     for document in serde_norway::Deserializer::from_str(text) {
         let value = serde_json::Value::deserialize(document).map_err(|e| {
             let (line, column) = e
@@ -98,6 +102,8 @@ pub struct FileSource {
     publisher: Arc<Publisher>,
     /// KIngress class kept from the file.
     class: String,
+    /// Keep every label of a KIngress ([`Snapshot::labels`]).
+    labels: bool,
     /// Safety-net poll interval, for file systems where inotify says nothing.
     pub poll_interval: Duration,
     /// Quiet time after a change event before reading, to coalesce a burst of writes.
@@ -143,6 +149,7 @@ impl FileSource {
             path: path.into(),
             publisher,
             class: crate::model::kingress::DEFAULT_CLASS.into(),
+            labels: false,
             poll_interval: Duration::from_secs(1),
             settle: Duration::from_millis(2),
             last_hash: None,
@@ -158,10 +165,21 @@ impl FileSource {
         self
     }
 
+    /// Keep every label of a KIngress, for the authorization server.
+    pub fn with_labels(mut self, labels: bool) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// An empty snapshot of what this source keeps.
+    fn empty(&self) -> Snapshot {
+        Snapshot::for_class(&self.class).keeping_labels(self.labels)
+    }
+
     /// The first load, at start: any error is returned so the caller can refuse to start.
     pub fn load_initial(&mut self) -> Result<(), SourceError> {
         let bytes = self.read()?;
-        let snapshot = parse_for_class(&String::from_utf8_lossy(&bytes), &self.class)
+        let snapshot = parse_into(&String::from_utf8_lossy(&bytes), self.empty())
             .map_err(|e| syntax(&self.path, e))?;
         self.last_hash = Some(hash(&bytes));
         self.served_hash = self.last_hash;
@@ -238,7 +256,7 @@ impl FileSource {
             return;
         }
         self.last_hash = Some(h);
-        let parsed = parse_for_class(&String::from_utf8_lossy(&bytes), &self.class);
+        let parsed = parse_into(&String::from_utf8_lossy(&bytes), self.empty());
         drop(bytes);
         match parsed {
             Ok(snapshot) => {

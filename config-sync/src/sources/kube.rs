@@ -79,6 +79,9 @@ pub struct KubeOptions {
     /// Knative puts on the certificates it makes): other Secrets never
     /// reach the gateway.
     pub secret_labels: Option<String>,
+    /// Keep every label of a KIngress, for the authorization server
+    /// ([`crate::model::Snapshot::labels`]).
+    pub kingress_labels: bool,
 }
 
 impl Default for KubeOptions {
@@ -91,6 +94,7 @@ impl Default for KubeOptions {
             max_backoff: DEFAULT_MAX_BACKOFF,
             system_namespace: crate::trust::DEFAULT_SYSTEM_NAMESPACE.into(),
             secret_labels: None,
+            kingress_labels: false,
         }
     }
 }
@@ -307,6 +311,10 @@ impl KubeSource {
         let mut last_publish: Option<Instant> = None;
         let mut pending = Pending::default();
         let class = self.options.ingress_class.clone().unwrap_or_default();
+        let ours = Ours {
+            class: &class,
+            labels: self.options.kingress_labels,
+        };
         let mut idle_at: Option<Instant> = None;
         let mut burst = 0usize;
 
@@ -341,12 +349,12 @@ impl KubeSource {
                     self.publisher.report_healthy();
                     match &mut stores[index] {
                         Watched::Objects(resource, store, index) => {
-                            if apply(store, index, *resource, event, &class, &self.publisher, &mut pending) {
+                            if apply(store, index, *resource, event, ours, &self.publisher, &mut pending) {
                                 publish_at.get_or_insert_with(|| next_publish(last_publish, self.options.settle));
                             }
                         }
                         Watched::KIngresses(store) => {
-                            if apply_kingress(store, event, &class, &self.publisher) {
+                            if apply_kingress(store, event, ours, &self.publisher) {
                                 publish_at.get_or_insert_with(|| next_publish(last_publish, self.options.settle));
                             }
                         }
@@ -410,7 +418,7 @@ impl KubeSource {
 fn apply_kingress(
     store: &mut Store<Arc<KIngress>>,
     event: Event<DynamicObject>,
-    class: &str,
+    class: Ours<'_>,
     publisher: &Publisher,
 ) -> bool {
     let ours = |_: &ObjectKey, obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
@@ -429,12 +437,19 @@ fn apply_kingress(
     }
 }
 
-fn decode(resource: Resource, obj: DynamicObject, class: &str) -> Decoded {
+/// Which KIngresses are ours, and whether every label of one is kept.
+#[derive(Debug, Clone, Copy)]
+struct Ours<'a> {
+    class: &'a str,
+    labels: bool,
+}
+
+fn decode(resource: Resource, obj: DynamicObject, ours: Ours<'_>) -> Decoded {
     let mut value = serde_json::to_value(&obj).unwrap_or_default();
     // List items carry no kind; the watch says what they are.
     value["kind"] = resource.kind().into();
     value["apiVersion"] = resource.api_version().into();
-    decode_object(value, class)
+    decode_object(value, ours.class, ours.labels)
 }
 
 /// The Services (namespace, name) the splits of `k` name.
@@ -490,7 +505,7 @@ fn apply(
     index: &mut SliceIndex,
     resource: Resource,
     event: Event<DynamicObject>,
-    class: &str,
+    class: Ours<'_>,
     publisher: &Publisher,
     pending: &mut Pending,
 ) -> bool {
@@ -533,10 +548,14 @@ fn apply(
             if resource == Resource::KIngress {
                 let new = store.objects.get(&key).and_then(Held::kingress);
                 if let Some(k) = new {
-                    // A status write (ours, mostly) changes neither the spec
-                    // nor the generation: the table stays, only the feed is new.
+                    // A status write (ours, mostly) changes neither the spec,
+                    // the generation nor the metadata read: the table stays,
+                    // only the feed is new.
                     let same = matches!(old.as_ref().and_then(Held::kingress),
-                        Some(o) if o.hash == k.hash && o.generation() == k.generation());
+                        Some(o) if o.hash == k.hash && o.generation() == k.generation()
+                            && o.metadata.labels == k.metadata.labels
+                            && o.metadata.annotations == k.metadata.annotations
+                            && o.labels == k.labels);
                     if !same {
                         pending.changes.kingresses.insert(key);
                     }
@@ -578,24 +597,26 @@ fn apply(
     }
 }
 
-/// A KIngress event that changes only its status (its generation and class
-/// as stored: Kubernetes bumps the generation on every spec change), taken
-/// without decoding the spec or hashing it again: during a cold start these
-/// are most events (the leader's own writes), and a change made meanwhile
-/// waits behind them in the watch. `None` for any other event. Whether the
-/// feed needs refreshing otherwise.
-fn status_only(store: &mut Store<Held>, event: &Event<DynamicObject>, class: &str) -> Option<bool> {
+/// A KIngress event that changes only its status (its generation and the
+/// metadata the gateway reads as stored: Kubernetes bumps the generation on
+/// every spec change, not on a label or annotation), taken without decoding
+/// the spec or hashing it again: during a cold start these are most events
+/// (the leader's own writes), and a change made meanwhile waits behind them
+/// in the watch. `None` for any other event. Whether the feed needs
+/// refreshing otherwise.
+fn status_only(
+    store: &mut Store<Held>,
+    event: &Event<DynamicObject>,
+    ours: Ours<'_>,
+) -> Option<bool> {
     let Event::Apply(obj) = event else {
         return None;
     };
     let key = key_of(obj);
     let old = store.objects.get(&key).and_then(Held::kingress)?;
-    let annotations = obj.metadata.annotations.as_ref();
-    let ours = annotations
-        .and_then(|a| a.get(crate::model::CLASS_ANNOTATION))
-        .map(String::as_str)
-        == Some(class);
-    if !ours || obj.metadata.generation != old.metadata.generation {
+    if obj.metadata.generation != old.metadata.generation
+        || !same_metadata(old, &obj.metadata, ours.labels)
+    {
         return None;
     }
     let status = obj
@@ -607,6 +628,27 @@ fn status_only(store: &mut Store<Held>, event: &Event<DynamicObject>, class: &st
     new.metadata.resource_version = obj.metadata.resource_version.clone();
     store.objects.insert(key, Held::KIngress(Arc::new(new)));
     Some(true)
+}
+
+/// Whether `meta`, a KIngress's new metadata, says what `old`'s did in all
+/// the gateway reads: the labels and annotations it keeps (the class among
+/// them), and every label when they are kept (`all_labels`).
+fn same_metadata(old: &KIngress, meta: &kube::api::ObjectMeta, all_labels: bool) -> bool {
+    use crate::model::meta::{AnnotationKeys, KeySet, LabelKeys};
+    let same = |was: Option<&str>, now: Option<&String>| was == now.map(String::as_str);
+    let (labels, annotations) = (meta.labels.as_ref(), meta.annotations.as_ref());
+    let old_annotation = |k: &str| old.metadata.annotations.as_ref()?.get(k);
+    LabelKeys::KEYS
+        .iter()
+        .all(|k| same(old.metadata.label(k), labels.and_then(|l| l.get(*k))))
+        && AnnotationKeys::KEYS
+            .iter()
+            .all(|k| same(old_annotation(k), annotations.and_then(|a| a.get(*k))))
+        && (!all_labels
+            || old.labels.iter().eq(labels
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str()))))
 }
 
 /// The stores of one source, read when its changes are applied.

@@ -327,7 +327,7 @@ mod tests {
     use crate::model::decode_object;
 
     fn decoded(value: serde_json::Value) -> Decoded {
-        decode_object(value, crate::model::kingress::DEFAULT_CLASS)
+        decode_object(value, crate::model::kingress::DEFAULT_CLASS, false)
     }
 
     #[test]

@@ -107,6 +107,24 @@ fn check_request(config: &Config, check: &Check<'_>) -> CheckRequest {
     headers.insert(":authority".into(), check.host.to_owned());
     headers.insert(":scheme".into(), check.scheme.to_owned());
     let query = check.path.split_once('?').map_or("", |(_, q)| q);
+    let size = check
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(-1);
+    let (mut body, mut raw_body) = (String::new(), Vec::new());
+    if let Some(b) = check.body {
+        headers.insert(
+            super::Body::PARTIAL_HEADER.as_str().to_owned(),
+            b.partial_value().to_str().unwrap_or_default().to_owned(),
+        );
+        if config.pack_as_bytes {
+            raw_body = b.bytes.to_vec();
+        } else {
+            // A protobuf string is UTF-8: a binary body needs pack-as-bytes.
+            body = String::from_utf8_lossy(&b.bytes).into_owned();
+        }
+    }
     let http = attribute_context::HttpRequest {
         method: check.method.to_owned(),
         headers,
@@ -115,7 +133,9 @@ fn check_request(config: &Config, check: &Check<'_>) -> CheckRequest {
         scheme: check.scheme.to_owned(),
         query: query.to_owned(),
         protocol: check.protocol.to_owned(),
-        size: -1,
+        size,
+        body,
+        raw_body,
         ..Default::default()
     };
     let source = check.client.map(|ip| attribute_context::Peer {
@@ -128,10 +148,13 @@ fn check_request(config: &Config, check: &Check<'_>) -> CheckRequest {
         }),
         ..Default::default()
     });
-    let context_extensions = HashMap::from([
-        ("client".to_owned(), config.client_name.clone()),
-        ("visibility".to_owned(), check.visibility.to_owned()),
-    ]);
+    // As Kourier: the KIngress's labels over `client` and `visibility`.
+    let mut context_extensions = HashMap::new();
+    context_extensions.insert("client".to_owned(), config.client_name.clone());
+    context_extensions.insert("visibility".to_owned(), check.visibility.to_owned());
+    for (key, value) in check.labels.iter() {
+        context_extensions.insert(key.to_owned(), value.to_owned());
+    }
     CheckRequest {
         attributes: Some(AttributeContext {
             source,

@@ -29,6 +29,9 @@ pub enum Protocol {
     Grpc,
     /// A plain HTTP/1.1 request.
     Http,
+    /// A plain HTTP/1.1 request over TLS, the server's certificate checked
+    /// against `--extauthz-ca-file` or the system's roots.
+    Https,
 }
 
 /// The authorization server and how to use it.
@@ -49,6 +52,14 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Who asks: the `client` context extension (gRPC) or header (HTTP).
     pub client_name: String,
+    /// Send up to this many bytes of the request body with the check (what
+    /// came first, when it is longer); 0 sends none and waits for none.
+    pub max_request_body_bytes: usize,
+    /// gRPC mode: the body as bytes (`raw_body`) instead of text (`body`).
+    pub pack_as_bytes: bool,
+    /// HTTPS mode: a PEM file of the CAs the server's certificate must
+    /// chain to; without it, the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// What is asked about one request.
@@ -70,6 +81,31 @@ pub struct Check<'a> {
     pub client: Option<IpAddr>,
     /// `ExternalIP` or `ClusterLocal`: where the route is reachable from.
     pub visibility: &'static str,
+    /// The labels of the KIngress routing the request, sent as context
+    /// extensions as Kourier sends them.
+    pub labels: &'a dataplane::table::Labels,
+    /// What was read of the body, when the server is to see it.
+    pub body: Option<&'a Body>,
+}
+
+/// The start of a request body, read for the server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Body {
+    /// At most `--extauthz-max-request-body-bytes` bytes.
+    pub bytes: Bytes,
+    /// More followed that the server does not see
+    /// (`x-envoy-auth-partial-body: true`).
+    pub partial: bool,
+}
+
+impl Body {
+    /// The header Envoy adds to a check that carries a body.
+    pub const PARTIAL_HEADER: HeaderName = HeaderName::from_static("x-envoy-auth-partial-body");
+
+    /// The value of [`Self::PARTIAL_HEADER`].
+    pub fn partial_value(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.partial { "true" } else { "false" })
+    }
 }
 
 /// The server's answer, or the failure mode's.
@@ -197,9 +233,13 @@ impl Authorizer {
     /// An authorizer for `config`, counting in `registry`. Connects lazily:
     /// a server down at start is an error per check, not a failed start.
     pub fn new(config: Config, registry: &prometheus::Registry) -> anyhow::Result<Arc<Self>> {
+        if config.pack_as_bytes && config.protocol != Protocol::Grpc {
+            // As Kourier: the HTTP modes send the body as the body.
+            anyhow::bail!("--extauthz-pack-as-bytes applies to --extauthz-protocol grpc only");
+        }
         let client = match config.protocol {
             Protocol::Grpc => Client::Grpc(Box::new(grpc::GrpcClient::new(&config.target)?)),
-            Protocol::Http => Client::Http(http_check::HttpClient::new(&config)?),
+            Protocol::Http | Protocol::Https => Client::Http(http_check::HttpClient::new(&config)?),
         };
         let checks = IntCounterVec::new(
             prometheus::Opts::new(
@@ -229,6 +269,27 @@ impl Authorizer {
             checks,
             duration,
         }))
+    }
+
+    /// How much of a request body the server is to see (0: none).
+    pub fn body_limit(&self) -> usize {
+        self.config.max_request_body_bytes
+    }
+
+    /// How long the start of a body is waited for (the check's timeout):
+    /// past it, the check goes with what came, marked partial.
+    pub fn body_wait(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// Whether a request with these headers is to be checked with its body:
+    /// not a gRPC call, whose stream may send one message and wait for an
+    /// answer (a check waiting for more would hold it).
+    pub fn wants_body(&self, headers: &HeaderMap) -> bool {
+        self.config.max_request_body_bytes > 0
+            && !headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     }
 
     /// Ask about `check`: the server's decision, or the failure mode's.

@@ -345,8 +345,10 @@ impl FastPath {
         // (which the access log must not see) stay with the general proxy.
         // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
         // revision's endpoints share one port, so the first tells).
-        // A TLS backend with nothing trusted gets its 502 there too.
+        // A TLS backend with nothing trusted gets its 502 there too, and a
+        // request the authorization server is to see is asked about there.
         if !matches!(backend.kind, BackendKind::Pods)
+            || self.gateway.checks(ctx)
             || (backend.port.tls && table.trust().is_none())
             || backend.endpoints.first().is_none_or(|e| e.h2)
             || ctx.to.rewrite_host.is_some()

@@ -174,7 +174,11 @@ impl H2cClient {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let req = req.body(Full::default()).unwrap();
+        self.send(req.body(Full::default()).unwrap()).await
+    }
+
+    /// Send `req` (an HTTP/2 request) and read the whole answer.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
         let mut send = self.0.clone();
         send.ready().await.map_err(|e| e.to_string())?;
         let resp = send.send_request(req).await.map_err(|e| format!("{e:?}"))?;
@@ -938,6 +942,28 @@ impl TestCa {
             .unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
+}
+
+/// The gateway binary's stderr with `args`, which must stop its start.
+pub fn start_fails(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.yaml");
+    std::fs::write(&file, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "serve",
+            "--https",
+            "off",
+            "--internal-https",
+            "off",
+            "--file",
+        ])
+        .arg(&file)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A TLS terminator in front of a plaintext backend, as queue-proxy's and

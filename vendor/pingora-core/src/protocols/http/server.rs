@@ -690,6 +690,20 @@ impl Session {
         }
     }
 
+    /// knative-gateway patch (vendor/README.md, "body held for a filter"):
+    /// as [`Self::enable_retry_buffering`], holding up to `limit` bytes of an
+    /// HTTP/1 or HTTP/2 request body (never less than the default), so that
+    /// a filter that reads some of the body before the request is forwarded
+    /// loses none of it: what it read is sent upstream first.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        match self {
+            Self::H1(s) => s.enable_retry_buffering_up_to(limit),
+            Self::H2(s) => s.enable_retry_buffering_up_to(limit),
+            Self::Subrequest(s) => s.enable_retry_buffering(),
+            Self::Custom(s) => s.enable_retry_buffering(),
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

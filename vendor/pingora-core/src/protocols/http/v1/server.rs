@@ -1279,6 +1279,16 @@ impl HttpSession {
         }
     }
 
+    /// knative-gateway patch (vendor/README.md, "body held for a filter"):
+    /// as [`Self::enable_retry_buffering`], holding up to `limit` bytes (never
+    /// less than the default), so that a filter that reads some of the body
+    /// before the request is forwarded loses none of it.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        if self.retry_buffer.is_none() {
+            self.retry_buffer = Some(FixedBuffer::new(limit.max(BODY_BUF_LIMIT)))
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
             if b.is_truncated() {
