@@ -143,40 +143,71 @@ impl Gateway {
         self
     }
 
-    /// Whether the request routed into `ctx` is to be checked with the
-    /// authorization server: the fast path hands those over.
-    pub(crate) fn checks(&self, ctx: &RequestCtx) -> bool {
-        self.authorizer.is_some() && ctx.to.authorize
-    }
-
     /// `--trusted-hops`, for the fast path's headers.
     pub(crate) fn trusted_hops(&self) -> u8 {
         self.options.trusted_hops
     }
 
-    /// With an authorization server, ask it about a routed request: `true`
-    /// when the request was answered here (denied), `false` to forward it.
-    /// Knative's probes are never asked about: queue-proxy answers them
+    /// The authorization server to ask about `req`, routed into `ctx`, if it
+    /// is to be asked. Knative's probes never are: queue-proxy answers them
     /// itself, so they never reach an application.
+    pub(crate) fn authorizer_for(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Option<&crate::authz::Authorizer> {
+        let authorizer = self.authorizer.as_deref()?;
+        (ctx.to.authorize && !req.headers.contains_key(&PROBE_HEADER)).then_some(authorizer)
+    }
+
+    /// The general path's check: the start of the body read (up to the
+    /// limit), then [`Gateway::ask`]; `true` when the request was answered
+    /// here (denied), `false` to forward it.
     async fn authorize(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(authorizer) = &self.authorizer else {
+        let Some(authorizer) = self.authorizer_for(session.req_header(), ctx) else {
             return Ok(false);
         };
-        let req = session.req_header();
-        if !ctx.to.authorize || req.headers.contains_key(&PROBE_HEADER) {
-            return Ok(false);
-        }
-        let body = if authorizer.wants_body(&req.headers) {
+        let body = if authorizer.wants_body(&session.req_header().headers) {
             let (limit, wait) = (authorizer.body_limit(), authorizer.body_wait());
             read_body_start(session, limit, wait, ctx).await?
         } else {
             None
         };
-        let req = session.req_header();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let http2 = session.is_http2();
+        let asked = self.ask(
+            authorizer,
+            session.req_header(),
+            peer,
+            http2,
+            body.as_ref(),
+            ctx,
+        );
+        match asked.await {
+            None => Ok(false),
+            Some(denial) => {
+                answer::send(session.as_downstream_mut(), answer::Answer::Denied(denial)).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Ask `authorizer` about `req` (from `peer`, over HTTP/2 or not, with
+    /// the start of its body): on both paths. Allowed, `None`, the header
+    /// changes kept in `ctx` for the request sent upstream; denied, the
+    /// answer for the client. The outcome is kept for the access log.
+    pub(crate) async fn ask(
+        &self,
+        authorizer: &crate::authz::Authorizer,
+        req: &RequestHeader,
+        peer: Option<std::net::IpAddr>,
+        http2: bool,
+        body: Option<&crate::authz::Body>,
+        ctx: &mut RequestCtx,
+    ) -> Option<crate::authz::Denial> {
         // Found once: `set_upstream_headers` reuses it for X-Forwarded-For.
         ctx.client = peer.map(|peer| Client::of(&req.headers, peer, self.options.trusted_hops));
         let client = ctx.client.map(|c| c.ip);
@@ -191,11 +222,7 @@ impl Gateway {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .unwrap_or_default(),
             path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            protocol: if session.is_http2() {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1"
-            },
+            protocol: if http2 { "HTTP/2" } else { "HTTP/1.1" },
             headers: &req.headers,
             client,
             visibility: if cluster_local {
@@ -207,19 +234,16 @@ impl Gateway {
                 .table
                 .as_ref()
                 .map_or(&NO_LABELS, |t| &t.route(ctx.to.route).labels),
-            body: body.as_ref(),
+            body,
         };
         let (decision, outcome) = authorizer.check(&check).await;
         ctx.authz = Some(outcome);
         match decision {
             crate::authz::Decision::Allow(mutations) => {
                 ctx.authz_headers = Some(mutations);
-                Ok(false)
+                None
             }
-            crate::authz::Decision::Deny(denial) => {
-                answer::send(session.as_downstream_mut(), answer::Answer::Denied(denial)).await?;
-                Ok(true)
-            }
+            crate::authz::Decision::Deny(denial) => Some(denial),
         }
     }
 }
@@ -791,12 +815,7 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         set_upstream_headers(upstream_request, client, self.options.trusted_hops, ctx);
-        if let Some(mutations) = &ctx.authz_headers {
-            mutations.apply(upstream_request);
-        }
-        if ctx.continued {
-            upstream_request.remove_header(&http::header::EXPECT);
-        }
+
         Ok(())
     }
 
@@ -974,7 +993,8 @@ impl Gateway {
 /// `X-Forwarded-For` gets the peer `client` appended (and, behind trusted
 /// hops, loses what the client wrote itself), `X-Forwarded-Proto` is set; the
 /// path's and split's headers, the KIngress hash, `rewriteHost` and a traced
-/// request's `traceparent` replace whatever the client sent.
+/// request's `traceparent` replace whatever the client sent; last, the
+/// header changes an authorization server asked for.
 pub(crate) fn set_upstream_headers(
     upstream_request: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
@@ -1018,6 +1038,13 @@ pub(crate) fn set_upstream_headers(
         if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
             upstream_request.insert_typed_header(TRACEPARENT, value);
         }
+    }
+    // Last: what the authorization server asked for.
+    if let Some(mutations) = &ctx.authz_headers {
+        mutations.apply(upstream_request);
+    }
+    if ctx.continued {
+        upstream_request.remove_header(&http::header::EXPECT);
     }
 }
 

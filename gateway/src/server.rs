@@ -280,8 +280,6 @@ pub fn run(
     // The fast path's idle upstream connections are kept per worker thread.
     let idle_per_thread = config.upstream_idle_connections / config.threads.max(1);
     let app = Arc::new(app);
-    // Authorization is asked from the general path's request filter: the
-    // fast path hands over the requests to check.
     let app = if config.fast_path {
         ProxyApp::Fast(Arc::new(FastPath::new(gateway, app, idle_per_thread)))
     } else {

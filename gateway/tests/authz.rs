@@ -816,7 +816,7 @@ async fn read_answer(conn: &mut tokio::net::TcpStream) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_not_to_check_stay_on_the_fast_path_and_a_denial_keeps_the_connection() {
+async fn the_fast_path_asks_as_the_general_path_does_and_a_denial_keeps_the_connection() {
     use tokio::io::AsyncWriteExt;
     let b = Backend::start("rev-a").await;
     let (target, server, _serving) = allow_list();
@@ -827,19 +827,25 @@ async fn requests_not_to_check_stay_on_the_fast_path_and_a_denial_keeps_the_conn
     )
     .await;
 
-    // An opted-out route's requests are served by the fast path; checked
-    // ones are handed over to be asked about, and routed once.
+    // Plain HTTP/1.1 requests, checked or opted out, are served by the fast
+    // path, which asks the server as the general path does (the other
+    // tests' h2c requests and long bodies take the general path).
     let served = gw.fast_path_requests("served").await;
     let handed = gw.fast_path_requests("handed_over").await;
     for _ in 0..3 {
         let r = get(gw.http, "open.ns.example.com", "/x", &[]).await;
         assert_eq!((r.status, r.body.as_str()), (200, "rev-a"));
     }
-    let r = get(gw.http, "web.ns.example.com", "/allow", &[]).await;
+    let sent = [("x-user", "forged"), ("x-drop", "secret")];
+    let r = get(gw.http, "web.ns.example.com", "/allow", &sent).await;
     assert_eq!((r.status, r.header("x-echo-x-user")), (200, "alice"));
-    assert_eq!(gw.fast_path_requests("served").await, served + 3);
-    assert_eq!(gw.fast_path_requests("handed_over").await, handed + 1);
-    assert_eq!(server.checks.load(Ordering::Relaxed), 1);
+    assert_eq!(r.header("x-echo-x-drop"), "");
+    let r = get(gw.http, "web.ns.example.com", "/deny", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (401, "log in first\n"));
+    assert_eq!(r.header("www-authenticate"), "Bearer");
+    assert_eq!(gw.fast_path_requests("served").await, served + 5);
+    assert_eq!(gw.fast_path_requests("handed_over").await, handed);
+    assert_eq!(server.checks.load(Ordering::Relaxed), 2);
 
     // Denied, then allowed and then opted out, on one connection.
     let mut conn = tokio::net::TcpStream::connect(gw.http).await.unwrap();

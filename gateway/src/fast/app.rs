@@ -282,6 +282,7 @@ impl FastPath {
         let exchange = async {
             let body_length = self.admit(h1, ctx)?;
             let body = read_body(h1, body_length, sent).await?;
+            self.authorize(h1, ctx).await?;
             let head_request = h1.req_header().method == http::Method::HEAD;
             let mut rbuf = Buf::take();
             let (mut up, mut out) = self.send(h1, ctx, &body, &mut rbuf).await?;
@@ -346,9 +347,10 @@ impl FastPath {
         // An h2c backend too: the fast path speaks HTTP/1.1 upstream (a
         // revision's endpoints share one port, so the first tells).
         // A TLS backend with nothing trusted gets its 502 there too, and a
-        // request the authorization server is to see is asked about there.
+        // body the authorization server is to see (read there no longer
+        // than the check may wait, where the fast path reads it whole).
         if !matches!(backend.kind, BackendKind::Pods)
-            || self.gateway.checks(ctx)
+            || (body_length > 0 && self.gateway.authorizer_for(h1.req_header(), ctx).is_some())
             || (backend.port.tls && table.trust().is_none())
             || backend.endpoints.first().is_none_or(|e| e.h2)
             || ctx.to.rewrite_host.is_some()
@@ -357,6 +359,26 @@ impl FastPath {
             return Err(Outcome::HandOver);
         }
         Ok(body_length)
+    }
+
+    /// With an authorization server to ask about the request (one without a
+    /// body: `admit` hands the others over), ask it as the general path
+    /// does; a denial ends the exchange with the server's answer.
+    async fn authorize(&self, h1: &mut Session1, ctx: &mut RequestCtx) -> Result<(), Outcome> {
+        let Some(authorizer) = self.gateway.authorizer_for(h1.req_header(), ctx) else {
+            return Ok(());
+        };
+        let peer = h1.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let asked = self
+            .gateway
+            .ask(authorizer, h1.req_header(), peer, false, None, ctx);
+        match asked.await {
+            None => Ok(()),
+            Some(denial) => {
+                ctx.span = self.gateway.sample(h1.req_header());
+                Err(Outcome::Answer(crate::answer::Answer::Denied(denial)))
+            }
+        }
     }
 
     /// Send the request to an endpoint and read the first bytes of its
