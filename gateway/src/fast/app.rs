@@ -282,6 +282,9 @@ impl FastPath {
         let exchange = async {
             let body_length = self.admit(h1, ctx)?;
             let body = read_body(h1, body_length, sent).await?;
+            // Not boxed, unlike the general path's: here a box costs a
+            // checked request about 10,000 instructions more (callgrind),
+            // and a plain one gains little.
             self.authorize(h1, ctx).await?;
             let head_request = h1.req_header().method == http::Method::HEAD;
             let mut rbuf = Buf::take();

@@ -1,8 +1,10 @@
 //! Instructions per proxied request: the split scenario's route (90/10 over
 //! two revisions, two endpoints each) through the gateway, nginx and HAProxy,
 //! each with one worker thread under callgrind (see [`crate::callgrind`]);
-//! and through the gateway with every request checked by an external
-//! authorization server (`gateway authz`), beside the plain request.
+//! through the gateway with every request checked by an external
+//! authorization server (`gateway authz`), beside the plain request; and,
+//! with h2load installed, the gateway's and HAProxy's requests over h2c
+//! (`<proxy> h2c`: 8 connections of 32 streams, as `protocols`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,12 +15,24 @@ use anyhow::Context;
 use super::{hello, Ctx, A, B};
 use crate::callgrind::{self, Sample};
 use crate::load::{self, Spec};
-use crate::peers::{Kind, Launch};
+use crate::peers::{Kind, Launch, Listeners};
 use crate::report::Instructions;
 use crate::topology::Topology;
 
 /// Client connections, as in the figures the performance issue started from.
 const CONNS: usize = 64;
+/// h2c: connections, and streams on each (as the `protocols` scenario).
+const H2C_CONNS: usize = 8;
+const H2C_STREAMS: usize = 32;
+
+/// How the load is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/1.1 keep-alive, the load generator's.
+    Http1,
+    /// h2c with prior knowledge, h2load's.
+    H2c,
+}
 
 /// Run the scenario.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
@@ -44,9 +58,15 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
         if kind == Kind::Envoy {
             continue; // minutes to start under valgrind, and not in the comparison asked for
         }
-        measure(ctx, kind, bin, &topo, &host, kind.name())?;
+        measure(ctx, kind, bin, &topo, &host, kind.name(), Protocol::Http1)?;
         if kind == Kind::Gateway {
-            measure(ctx, kind, bin, &checked, &host, "gateway authz")?;
+            let name = "gateway authz";
+            measure(ctx, kind, bin, &checked, &host, name, Protocol::Http1)?;
+        }
+        // nginx serves h2c on a port of its own, without HTTP/1.1: left out.
+        if ctx.bins.h2load.is_some() && kind != Kind::Nginx {
+            let name = format!("{} h2c", kind.name());
+            measure(ctx, kind, bin, &topo, &host, &name, Protocol::H2c)?;
         }
     }
     Ok(())
@@ -60,6 +80,7 @@ fn measure(
     topo: &Topology,
     host: &str,
     name: &str,
+    protocol: Protocol,
 ) -> anyhow::Result<()> {
     // The long run lasts three times the short one; both well past warm-up.
     let short = ctx.opts.duration.max(Duration::from_secs(2));
@@ -73,23 +94,36 @@ fn measure(
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
         let launch = Launch {
             callgrind: Some(dir.path()),
+            listeners: Listeners {
+                h2c: protocol == Protocol::H2c,
+                tls: None,
+            },
             ..Launch::plain(kind, bin, topo, 1)
         };
         let proxy = launch.start(host)?;
-        let out = load::run(&Spec {
-            duration,
-            ..ctx.spec(proxy.addr, host, CONNS)
-        });
-        anyhow::ensure!(
-            out.errors == 0,
-            "{name} failed {} requests under callgrind: {:?}",
-            out.errors,
-            out.error_samples
-        );
+        let requests = match protocol {
+            Protocol::Http1 => {
+                let out = load::run(&Spec {
+                    duration,
+                    ..ctx.spec(proxy.addr, host, CONNS)
+                });
+                anyhow::ensure!(
+                    out.errors == 0,
+                    "{name} failed {} requests under callgrind: {:?}",
+                    out.errors,
+                    out.error_samples
+                );
+                out.ok
+            }
+            Protocol::H2c => {
+                let h2c = proxy.h2c_addr.context("no h2c listener")?;
+                h2load(ctx, h2c, host, duration, name)?
+            }
+        };
         proxy.stop(Duration::from_secs(120))?;
         samples.push(Sample {
             instructions: callgrind::total(dir.path())?,
-            requests: out.ok + out.errors,
+            requests,
         });
         if run == 1 {
             keep_profile(dir.path(), &ctx.opts.profiles.join(name.replace(' ', "-")))?;
@@ -131,4 +165,33 @@ fn keep_profile(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Requests h2load completed over h2c to `addr` for `host` in `duration`;
+/// any that failed is an error.
+fn h2load(
+    ctx: &Ctx,
+    addr: std::net::SocketAddr,
+    host: &str,
+    duration: Duration,
+    name: &str,
+) -> anyhow::Result<u64> {
+    let bin = ctx
+        .bins
+        .h2load
+        .as_deref()
+        .context("h2load is not installed")?;
+    let out = std::process::Command::new(bin)
+        .args(["-t", "1", "-D", &duration.as_secs().max(1).to_string()])
+        .args(["-c", &H2C_CONNS.to_string(), "-m", &H2C_STREAMS.to_string()])
+        .args(["--connect-to", &addr.to_string()])
+        .arg(format!("http://{host}/"))
+        .output()
+        .context("cannot run h2load")?;
+    let (_, ok, failed) = super::protocols::parse_h2load(&String::from_utf8_lossy(&out.stdout))?;
+    anyhow::ensure!(
+        failed == 0,
+        "{name} failed {failed} requests under callgrind"
+    );
+    Ok(ok)
 }

@@ -356,14 +356,19 @@ where
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
+                    // knative-gateway patch (vendor/README.md, "boxed stream
+                    // tasks"): the stream's future, as large as the whole
+                    // proxy's state, is moved once into a box; the task
+                    // holds the box, and no longer copies the future on
+                    // each move into the runtime and again when it ends.
+                    pingora_runtime::current_handle().spawn(Box::pin(async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
                         // Note, `PersistentSettings` not currently relevant for h2
                         app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
                             .await;
-                    });
+                    }));
                 },
             )
             .await;
