@@ -22,9 +22,7 @@ pub(super) struct GrpcClient {
 }
 
 thread_local! {
-    /// Each worker thread's channel: its own connection, driven by the
-    /// thread's own runtime (a channel's task lives where it was made, and
-    /// a connection shared across threads would wake one from another).
+    /// Each worker thread's channel ([`super::per_thread`]).
     static CHANNEL: std::cell::RefCell<Option<AuthorizationClient<Channel>>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -40,9 +38,8 @@ impl GrpcClient {
 
     /// This thread's client, made on first use (it reconnects by itself).
     fn client(&self) -> AuthorizationClient<Channel> {
-        CHANNEL.with_borrow_mut(|c| {
-            c.get_or_insert_with(|| AuthorizationClient::new(self.endpoint.connect_lazy()))
-                .clone()
+        super::per_thread(&CHANNEL, || {
+            AuthorizationClient::new(self.endpoint.connect_lazy())
         })
     }
 

@@ -29,8 +29,7 @@ pub(super) struct HttpClient {
 }
 
 thread_local! {
-    /// Each worker thread's pool of connections to the server, driven by
-    /// the thread's own runtime (as the gRPC channel).
+    /// Each worker thread's pool of connections ([`super::per_thread`]).
     static POOL: std::cell::RefCell<Option<Pool>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -53,20 +52,17 @@ impl HttpClient {
 
     /// This thread's pool, made on first use.
     fn pool(&self) -> Pool {
-        POOL.with_borrow_mut(|p| {
-            p.get_or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_nodelay(true);
-                // The scheme is the HTTPS connector's to check.
-                http.enforce_http(false);
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config((*self.tls).clone())
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
-                Client::builder(TokioExecutor::new()).build(connector)
-            })
-            .clone()
+        super::per_thread(&POOL, || {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            // The scheme is the HTTPS connector's to check.
+            http.enforce_http(false);
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((*self.tls).clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http);
+            Client::builder(TokioExecutor::new()).build(connector)
         })
     }
 

@@ -335,6 +335,16 @@ impl Authorizer {
     }
 }
 
+/// This worker thread's client in `slot`, made by `make` on first use: a
+/// client's connections are driven by the runtime of the thread that made
+/// it, and one shared across threads would wake one from another.
+fn per_thread<T: Clone + 'static>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    make: impl FnOnce() -> T,
+) -> T {
+    slot.with_borrow_mut(|client| client.get_or_insert_with(make).clone())
+}
+
 /// Headers never passed between the client, the server and the backend:
 /// the connection-only ones every relay drops (`wire`'s list), and those
 /// each hop sets for itself (the framing and `Host`).
