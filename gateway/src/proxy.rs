@@ -160,13 +160,15 @@ impl Gateway {
         (ctx.to.authorize && !req.headers.contains_key(&PROBE_HEADER)).then_some(authorizer)
     }
 
-    /// The general path's check: the start of the body read (up to the
-    /// limit), then [`Gateway::ask`]; `true` when the request was answered
-    /// here (denied), `false` to forward it.
-    async fn authorize(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(authorizer) = self.authorizer_for(session.req_header(), ctx) else {
-            return Ok(false);
-        };
+    /// The general path's check with `authorizer`: the start of the body
+    /// read (up to the limit), then [`Gateway::ask`]; `true` when the
+    /// request was answered here (denied), `false` to forward it.
+    async fn authorize(
+        &self,
+        authorizer: &crate::authz::Authorizer,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
         let body = if authorizer.wants_body(&session.req_header().headers) {
             let (limit, wait) = (authorizer.body_limit(), authorizer.body_wait());
             read_body_start(session, limit, wait, ctx).await?
@@ -672,10 +674,12 @@ impl ProxyHttp for Gateway {
             // Boxed, and only when asked: the check's future (a gRPC call)
             // would otherwise make every request's filter future larger,
             // and each of its moves a larger copy.
-            Ok(()) if self.authorizer_for(session.req_header(), ctx).is_some() => {
-                return Box::pin(self.authorize(session, ctx)).await;
+            Ok(()) => {
+                return match self.authorizer_for(session.req_header(), ctx) {
+                    Some(authorizer) => Box::pin(self.authorize(authorizer, session, ctx)).await,
+                    None => Ok(false),
+                };
             }
-            Ok(()) => return Ok(false),
             Err(miss) => miss,
         };
         let answer = self.answer(miss, session.req_header());

@@ -418,10 +418,16 @@ impl KubeSource {
 fn apply_kingress(
     store: &mut Store<Arc<KIngress>>,
     event: Event<DynamicObject>,
-    class: Ours<'_>,
+    ours: Ours<'_>,
     publisher: &Publisher,
 ) -> bool {
-    let ours = |_: &ObjectKey, obj: DynamicObject| match decode(Resource::KIngress, obj, class) {
+    // Here KIngresses only feed the status writer and the probe map: the
+    // labels kept for the authorization server are not needed.
+    let ours = Ours {
+        labels: false,
+        ..ours
+    };
+    let keep = |_: &ObjectKey, obj: DynamicObject| match decode(Resource::KIngress, obj, ours) {
         Decoded::KIngress(k) => Some(k),
         Decoded::Rejected(r) => {
             tracing::warn!("{r}");
@@ -429,7 +435,7 @@ fn apply_kingress(
         }
         _ => None,
     };
-    match store.apply_event(event, publisher, ours) {
+    match store.apply_event(event, publisher, keep) {
         Change::Nothing => false,
         Change::Relisted => true,
         Change::Upserted { key, old } => old.as_ref() != store.objects.get(&key),
@@ -505,12 +511,12 @@ fn apply(
     index: &mut SliceIndex,
     resource: Resource,
     event: Event<DynamicObject>,
-    class: Ours<'_>,
+    ours: Ours<'_>,
     publisher: &Publisher,
     pending: &mut Pending,
 ) -> bool {
     if resource == Resource::KIngress {
-        if let Some(changed) = status_only(store, &event, class) {
+        if let Some(changed) = status_only(store, &event, ours) {
             return changed;
         }
     }
@@ -520,7 +526,7 @@ fn apply(
     // The index keys of the slice this event brings, read before it is held.
     let mut new_keys = Vec::new();
     // A KIngress of another class is not stored (and one that changed class is dropped).
-    let ours = |key: &ObjectKey, obj| match decode(resource, obj, class) {
+    let keep = |key: &ObjectKey, obj| match decode(resource, obj, ours) {
         Decoded::NotOurs => None,
         decoded => {
             if let Decoded::EndpointSlice(s) = &decoded {
@@ -531,7 +537,7 @@ fn apply(
             Some(Held::new(decoded))
         }
     };
-    let change = store.apply_event(event, publisher, ours);
+    let change = store.apply_event(event, publisher, keep);
     let old_keys = |key: &ObjectKey, old: &Option<Held>| {
         SliceIndex::keys_of(old.as_ref().map(|h| h.get(key)).as_deref())
     };
