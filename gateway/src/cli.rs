@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use config_sync::sources::kube::{KubeOptions, SourceKind};
 
-use crate::proxy::ProxyOptions;
+use crate::exchange::ProxyOptions;
 use crate::server::ServeConfig;
 
 /// A pingora ingress gateway for Knative Serving.

@@ -1,6 +1,7 @@
 //! The gateway: a pingora proxy in front of Knative revisions.
 //!
-//! The request path is in [`proxy`]; the table it reads comes from
+//! What a request means is in [`exchange`], written once for both request
+//! paths ([`fast`] and [`proxy`]); the table it reads comes from
 //! `config_sync`. [`server`] assembles the services, [`demo`] runs a
 //! self-contained cluster stand-in on loopback.
 
@@ -13,6 +14,7 @@ pub mod authz;
 pub mod cli;
 pub mod demo;
 pub mod drain;
+pub mod exchange;
 pub mod external;
 pub mod fast;
 pub mod forwarded;

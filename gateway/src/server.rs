@@ -22,11 +22,11 @@ use pingora::services::listening::Service;
 use crate::activator::{Activator, ActivatorResolver};
 use crate::admin::Admin;
 use crate::drain::{Drain, DrainSignal};
+use crate::exchange::{Gateway, ProxyOptions};
 use crate::external::ExternalNames;
 use crate::fast::app::{FastPath, ProxyApp};
 use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
-use crate::proxy::{Gateway, ProxyOptions};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::tls::SniResolver;
 

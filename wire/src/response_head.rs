@@ -258,6 +258,17 @@ pub fn parse(buf: &[u8], relay: &Relay<'_>, out: &mut Vec<u8>) -> Result<Option<
     }))
 }
 
+/// Add the field `name: value` as the last of the head `parse` wrote to
+/// `out`, which must end there (at its empty line).
+pub fn append_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    debug_assert!(out.ends_with(b"\r\n\r\n"), "a head written by parse");
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
@@ -301,6 +312,34 @@ mod tests {
     }
 
     const DATE: &str = "Sun, 29 Nov 2026 18:00:00 GMT";
+
+    #[test]
+    fn a_field_is_appended_as_the_heads_last() {
+        let (r, mut out) = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            false,
+        );
+        assert!(r.unwrap().is_some());
+        let mut bytes = std::mem::take(&mut out).into_bytes();
+        append_field(&mut bytes, b"Set-Cookie", b"rev=a");
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.ends_with("Connection: keep-alive\r\nSet-Cookie: rev=a\r\n\r\n"),
+            "{text}"
+        );
+        // The head still parses, with the field in it.
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut fields);
+        assert_eq!(
+            resp.parse(text.as_bytes()).unwrap(),
+            httparse::Status::Complete(text.len())
+        );
+        assert!(resp
+            .headers
+            .iter()
+            .any(|f| f.name == "Set-Cookie" && f.value == b"rev=a"));
+    }
 
     #[test]
     fn the_server_field_is_passed_stripped_or_set() {

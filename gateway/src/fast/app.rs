@@ -2,9 +2,10 @@
 //! requests, forwarded over pooled TCP (or, to Knative's `https` ports, TLS)
 //! connections with the response passed
 //! through as framed bytes, no header maps or proxy tasks. It reads every
-//! head with pingora's HTTP/1 reader (its parser and limits), routes, sets
-//! headers and logs through the same functions as the general proxy
-//! (`proxy.rs`), and hands whatever it does not serve to that proxy with the
+//! head with pingora's HTTP/1 reader (its parser and limits), decides
+//! through the same functions as the general proxy (`exchange`: route,
+//! pick, set headers, the answer to a refusal or a failure, record), and
+//! hands whatever it does not serve to that proxy with the
 //! head already read: upgrades, chunked or long request bodies, misses (404,
 //! the probe, redirects), the activator, ExternalNames and HTTP/2 backends.
 //! HTTP/2 connections go to that proxy before any head is read.
@@ -26,14 +27,15 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
-use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::buffers::Buf;
 use super::pool::Conn;
 use super::{pool, request};
-use crate::proxy::{set_upstream_headers, take_endpoint, Gateway, RequestCtx};
+use crate::exchange::{
+    client_settings, set_upstream_headers, take_endpoint, Failure, Gateway, RequestCtx, Routed,
+};
 use wire::body::BodyEnd;
 use wire::response_head::{self, Framing};
 
@@ -103,8 +105,9 @@ enum Outcome {
     HandOver,
     /// Answered; the client connection may stay (or must close).
     Served { keep: bool },
-    /// Nothing was sent to the client yet: it gets this error status.
-    Failed(u16),
+    /// Nothing was sent to the client yet: it gets the status this failure
+    /// means on either path ([`Gateway::failed`]).
+    Failed(Failure),
     /// The client or the upstream broke off after the response began.
     Broken,
     /// Routing refused it: the gateway's own answer (a 404, the probe's
@@ -175,42 +178,35 @@ impl FastPath {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let ServerSession::H1(h1) = &mut session else {
+        if !matches!(session, ServerSession::H1(_)) {
             // HTTP/2 is routed around the fast path (`is_http2`).
             return Box::pin(self.proxy.process_new_http(session, shutdown)).await;
-        };
+        }
         // As the general proxy: an idle keep-alive connection closes when the
         // server shuts down; a head already buffered is still read first.
         let read = {
             let mut stop = shutdown.clone();
             tokio::select! {
                 biased;
-                read = h1.read_request() => read,
+                read = session.read_request() => read,
                 _ = stop.changed() => return None,
             }
         };
         match read {
-            Ok(Some(_)) => {}
-            Ok(None) => return None,
+            Ok(true) => {}
+            Ok(false) => return None,
             Err(mut e) => {
-                // The same answers as the general proxy: a head refused with
-                // a status (400, 408, 431) gets it, then the connection closes.
+                // The same answers as the general proxy's (400, 408, 431).
                 e.as_down();
-                let status = match e.etype() {
-                    ErrorType::InvalidHTTPHeader => Some(400),
-                    ErrorType::HTTPStatus(code) => Some(*code),
-                    _ => None,
-                };
                 tracing::debug!("cannot read a request head: {e}");
-                if let Some(status) = status {
-                    if let Err(e) = session.respond_error(status).await {
-                        tracing::debug!("cannot send the error response: {e}");
-                    }
-                }
-                session.shutdown().await;
+                session.refuse_head(&e).await;
                 return None;
             }
         }
+        client_settings(&mut session, self.gateway.options());
+        let ServerSession::H1(h1) = &mut session else {
+            unreachable!("an HTTP/1 session, checked above");
+        };
         let mut ctx = self.gateway.new_ctx();
         let mut sent = Sent::default();
         let outcome = self.forward(h1, &mut ctx, &mut sent, shutdown).await;
@@ -227,12 +223,15 @@ impl FastPath {
                 return Box::pin(self.proxy.process_new_http(session, shutdown)).await;
             }
             Outcome::Served { keep } => keep,
-            Outcome::Failed(code) => {
+            Outcome::Failed(failure) => {
                 session.set_keepalive(None);
-                if let Err(e) = session.respond_error(code).await {
-                    tracing::debug!("cannot send the error response: {e}");
+                let code = self.gateway.failed(&mut ctx, failure);
+                if code > 0 {
+                    if let Err(e) = session.respond_error(code).await {
+                        tracing::debug!("cannot send the error response: {e}");
+                    }
+                    sent.status = Some(code);
                 }
-                sent.status = Some(code);
                 false
             }
             Outcome::Broken => false,
@@ -296,14 +295,8 @@ impl FastPath {
                 .relay_head(h1, ctx, &mut up, &mut rbuf, &mut out, head_request, close)
                 .await?;
             sent.status = Some(head.status);
-            self.gateway.endpoint_answered(ctx);
-            if let Some(cookie) = ctx.to.set_cookie.take() {
-                // A sticky split's cookie, as the head's last field.
-                let end = out.len() - 2;
-                out.truncate(end);
-                out.extend_from_slice(b"Set-Cookie: ");
-                out.extend_from_slice(cookie.as_bytes());
-                out.extend_from_slice(b"\r\n\r\n");
+            if let Some(cookie) = self.gateway.answered(ctx, head.status) {
+                response_head::append_field(&mut out, b"Set-Cookie", cookie.as_bytes());
             }
             let idle = self.gateway.options().stream_idle_timeout;
             let reusable = relay_body(h1, &mut up, &mut rbuf, &head, &mut out, idle, sent).await?;
@@ -328,14 +321,13 @@ impl FastPath {
     /// twice for one request).
     fn admit(&self, h1: &mut Session1, ctx: &mut RequestCtx) -> Result<u64, Outcome> {
         let body_length = request::plain_body(h1.req_header()).ok_or(Outcome::HandOver)?;
-        client_settings(h1, self.gateway.options());
         ctx.tls = h1.digest().ssl_digest.is_some();
         let internal = self.gateway.is_internal_addr(h1.server_addr());
         if let Err(refusal) = self.gateway.route(h1.req_header(), internal, ctx) {
             if body_length > 0 {
                 // Its body would have to be read first: the general path
                 // answers it, from this routing.
-                crate::proxy::Routed::refused(h1.req_header_mut(), refusal);
+                Routed::refused(h1.req_header_mut(), refusal);
                 return Err(Outcome::HandOver);
             }
             ctx.span = self.gateway.sample(h1.req_header());
@@ -358,7 +350,7 @@ impl FastPath {
             || backend.endpoints.first().is_none_or(|e| e.h2)
             || ctx.to.rewrite_host.is_some()
         {
-            crate::proxy::Routed::attach(h1.req_header_mut(), ctx);
+            Routed::attach(h1.req_header_mut(), ctx);
             return Err(Outcome::HandOver);
         }
         Ok(body_length)
@@ -413,12 +405,13 @@ impl FastPath {
                 let table = table.as_ref().expect("routed by admit");
                 take_endpoint(table, upstream, to, failed, now, &options.endpoints)
             };
-            let (addr, h2c) = picked.ok_or(Outcome::Failed(502))?;
+            // Every endpoint refused.
+            let (addr, h2c) = picked.ok_or(Outcome::Failed(Failure::Status(502)))?;
             if h2c {
                 // Endpoints of one revision that differ in protocol: not one
                 // port, not a revision Knative makes. Refused, not forwarded.
                 ctx.release();
-                return Err(Outcome::Failed(502));
+                return Err(Outcome::Failed(Failure::Status(502)));
             }
             if request_head.is_empty() {
                 // The headers set upstream, then the head, once.
@@ -436,19 +429,25 @@ impl FastPath {
                 let table = ctx.table.as_ref().expect("routed by admit");
                 table.backend(ctx.to.backend).port.tls
             };
+            ctx.new_connection = false;
             let (mut stream, reused) = match pool::take(addr, tls_port) {
                 Some(stream) => (stream, true),
                 None => match connect(addr, self.tls_for(ctx), options.connect_timeout).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
-                        self.log_connect_error(ctx, addr, &e);
+                        let certificate = self.log_connect_error(ctx, addr, &e);
                         if self.gateway.connect_refused(ctx) {
                             continue;
                         }
-                        return Err(Outcome::Failed(502));
+                        return Err(Outcome::Failed(if certificate {
+                            Failure::Certificate
+                        } else {
+                            Failure::Upstream
+                        }));
                     }
                 },
             };
+            ctx.new_connection = !reused;
             let answered = match within(idle, stream.write_all(&request_head)).await {
                 Ok(()) => read_answer(h1, &mut stream, rbuf, idle)
                     .await
@@ -463,10 +462,7 @@ impl FastPath {
                     retries_left -= 1;
                     ctx.release();
                 }
-                _ => {
-                    self.gateway.upstream_lost(ctx, !reused);
-                    return Err(Outcome::Failed(502));
-                }
+                _ => return Err(Outcome::Failed(Failure::Upstream)),
             }
         }
     }
@@ -484,9 +480,11 @@ impl FastPath {
     }
 
     /// A connection that could not be made, logged as the general path logs
-    /// it (a refused certificate as a warning; the metric counts it).
-    fn log_connect_error(&self, ctx: &RequestCtx, addr: SocketAddr, e: &io::Error) {
-        if e.get_ref().is_some_and(|e| e.is::<rustls::Error>()) {
+    /// it (a refused certificate as a warning; the metric counts it):
+    /// whether it was the certificate.
+    fn log_connect_error(&self, ctx: &RequestCtx, addr: SocketAddr, e: &io::Error) -> bool {
+        let certificate = e.get_ref().is_some_and(|e| e.is::<rustls::Error>());
+        if certificate {
             let table = ctx.table.as_ref().expect("routed by admit");
             let namespace = &table.backend(ctx.to.backend).namespace;
             tracing::warn!(
@@ -497,6 +495,7 @@ impl FastPath {
         } else {
             tracing::debug!("cannot connect to {addr}: {e}");
         }
+        certificate
     }
 
     /// The response head, and any 1xx before it, passed on as they come:
@@ -536,31 +535,16 @@ impl FastPath {
                 Err(e) => {
                     let peer = ctx.peer.map_or(String::new(), |p| p.to_string());
                     tracing::debug!("response from {peer}: {e}");
-                    return Err(Outcome::Failed(502));
+                    return Err(Outcome::Failed(Failure::Upstream));
                 }
             }
             match read_answer(h1, up, rbuf, idle).await {
                 None => return Err(Outcome::Broken),
-                Some(Ok(0) | Err(_)) => {
-                    self.gateway.upstream_lost(ctx, true);
-                    return Err(Outcome::Failed(502));
-                }
+                Some(Ok(0) | Err(_)) => return Err(Outcome::Failed(Failure::Upstream)),
                 Some(Ok(_)) => {}
             }
         }
     }
-}
-
-/// What the general path sets on a client session before it answers
-/// (`request_filter`), set the same way here.
-fn client_settings(h1: &mut Session1, options: &crate::proxy::ProxyOptions) {
-    // pingora reads an HTTP/1.1 body with a 60 s timeout by default; the
-    // stream idle timeout applies instead.
-    h1.set_read_timeout(options.stream_idle_timeout);
-    // A client may send its next requests before reading the answers (RFC
-    // 9112 §9.3.2): they are answered in order. (pingora reads the flag only
-    // when the connection goes idle or is reused, not while a body is read.)
-    h1.set_pipelining_enabled(true);
 }
 
 /// The request body, read whole (at most `MAX_BODY`) through pingora's body
@@ -599,7 +583,9 @@ async fn relay_body(
 ) -> Result<bool, Outcome> {
     let mut end = BodyEnd::of(head.framing);
     let body = &rbuf[head.len..];
-    let now = end.take(body).map_err(|_| Outcome::Failed(502))?;
+    let now = end
+        .take(body)
+        .map_err(|_| Outcome::Failed(Failure::Upstream))?;
     let mut reusable = head.reusable && now == body.len();
     out.extend_from_slice(&body[..now]);
     write(h1, out).await.map_err(|_| Outcome::Broken)?;

@@ -348,31 +348,15 @@ where
             Err(mut e) => {
                 e.as_down();
                 // knative-gateway patch (vendor/README.md, "request head
-                // limits"): a head refused with a status (431, 408) gets it.
-                let status = match e.etype {
-                    InvalidHTTPHeader => Some(400),
-                    HTTPStatus(code) => Some(code),
-                    _ => None,
-                };
-                if let Some(status) = status {
-                    debug!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
-                    downstream_session
-                        .respond_error(status)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                // limits" and "one answer to a refused head"): a head
+                // refused with a status (400, 431, 408) gets it.
+                let session_type = downstream_session.session_type();
+                if downstream_session.refuse_head(&e).await {
+                    debug!("Fail to proxy: {e}, downstream session type: {session_type}");
                 } else {
                     // otherwise the connection must be broken, no need to send anything
-                    error!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
+                    error!("Fail to proxy: {e}, downstream session type: {session_type}");
                 }
-                downstream_session.shutdown().await;
                 return None;
             }
         }

@@ -560,6 +560,29 @@ impl Session {
         }
     }
 
+    /// Answer a request whose head could not be read (`e`, from
+    /// [`Self::read_request`]): a malformed head gets 400, one refused by a
+    /// limit the status the limit names (431, 408); a connection that broke
+    /// gets nothing. Then the connection is shut down. Whether an answer was
+    /// sent.
+    ///
+    /// knative-gateway patch (vendor/README.md, "one answer to a refused
+    /// head"): the proxy and a server app in front of it answer alike.
+    pub async fn refuse_head(&mut self, e: &Error) -> bool {
+        let status = match e.etype() {
+            pingora_error::ErrorType::InvalidHTTPHeader => Some(400),
+            pingora_error::ErrorType::HTTPStatus(code) => Some(*code),
+            _ => None,
+        };
+        if let Some(status) = status {
+            if let Err(e) = self.respond_error(status).await {
+                log::debug!("failed to send error response to downstream: {e}");
+            }
+        }
+        self.shutdown().await;
+        status.is_some()
+    }
+
     /// Give up the H2 stream with a custom reason.
     ///
     /// For H2, this sends a `RST_STREAM` frame with the specified reason.
