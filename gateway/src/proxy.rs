@@ -39,8 +39,8 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::answer;
 use crate::exchange::{
-    client_settings, set_upstream_headers, take_endpoint, Failure, Gateway, RequestCtx, Routed,
-    Upstream,
+    client_settings, connect_failure, set_upstream_headers, take_endpoint, upstream_peer, Failure,
+    Gateway, RequestCtx, Routed, Upstream,
 };
 
 impl Gateway {
@@ -311,21 +311,7 @@ impl ProxyHttp for Gateway {
             // Refused, never sent in plaintext.
             Some(name) => Some((name, upstream_tls(table, h2 && !upgrade)?)),
         };
-        let mut peer = match tls {
-            None => HttpPeer::new(addr, false, String::new()),
-            Some((name, config)) => {
-                // The name is the one checked, not sent (no SNI).
-                let mut peer = HttpPeer::new(addr, true, name);
-                peer.options.rustls_client_config = Some(config);
-                peer
-            }
-        };
-        peer.options.connection_timeout = Some(self.options.connect_timeout);
-        peer.options.read_timeout = self.options.stream_idle_timeout;
-        peer.options.write_timeout = self.options.stream_idle_timeout;
-        // Pool keys are exact endpoint addresses: no getpeername() per reuse
-        // (vendor/README.md, "reuse without getpeername").
-        peer.options.verify_reused_address = false;
+        let mut peer = upstream_peer(addr, tls, &self.options);
         if upgrade {
             // An upgrade (WebSocket) always goes out as HTTP/1.1: HTTP/2 to the
             // next hop cannot carry it (Kourier's bug #801). And on a new
@@ -406,17 +392,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if matches!(
-            e.etype(),
-            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
-        ) {
-            // Why, with the name expected (the metric counts it by reason).
-            tracing::warn!(
-                upstream = %peer._address,
-                expected_name = %peer.sni,
-                "TLS to the backend failed: {e}"
-            );
-        }
+        // A refused certificate is logged with the name expected.
+        connect_failure(peer, &e);
         if ctx.upstream == Upstream::None {
             return e;
         }

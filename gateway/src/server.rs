@@ -277,11 +277,9 @@ pub fn run(
         0 => crate::limits::auto_max_connections(open_files),
         n => n,
     };
-    // The fast path's idle upstream connections are kept per worker thread.
-    let idle_per_thread = config.upstream_idle_connections / config.threads.max(1);
     let app = Arc::new(app);
     let app = if config.fast_path {
-        ProxyApp::Fast(Arc::new(FastPath::new(gateway, app, idle_per_thread)))
+        ProxyApp::Fast(Arc::new(FastPath::new(gateway, app)))
     } else {
         ProxyApp::General(app)
     };

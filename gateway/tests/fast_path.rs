@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ fn answer(path: &str) -> (&'static [u8], bool) {
 struct RawRecorder {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,8 +70,11 @@ impl RawRecorder {
         let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let log = heads.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -116,7 +122,12 @@ impl RawRecorder {
                 });
             }
         });
-        RawRecorder { addr, heads, task }
+        RawRecorder {
+            addr,
+            heads,
+            connections,
+            task,
+        }
     }
 
     fn take(&self) -> Vec<Vec<u8>> {
@@ -434,4 +445,46 @@ async fn a_client_that_leaves_before_the_answer_frees_the_upstream_connection() 
     assert_eq!(read, 0, "closed, with nothing more sent");
     backend.await.unwrap();
     assert_eq!(gw.fast_path_requests("served").await, 1);
+}
+
+/// One idle pool serves both paths: a connection the general proxy made
+/// for a request it was handed carries the fast path's next request, and
+/// the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_reuse_the_same_upstream_connections() {
+    let backend = RawRecorder::start().await;
+    let snap = route("ns", "web", &[("web-1", 100, None)]) + &slice("ns", "web-1", &[backend.addr]);
+    let gw = Gateway::serve_with(&snap, closed(), &["--fast-path", "true"]).await;
+    // One client connection: one worker thread, whose idle connections
+    // these are.
+    let mut client = TcpStream::connect(gw.http).await.unwrap();
+    let chunked = format!(
+        "POST /length HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+    let plain = format!("GET /length HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    for request in [&chunked, &plain, &chunked, &plain] {
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let whole = |b: &[u8]| find(b, b"hello");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            read_until(&mut client, &mut got, whole),
+        )
+        .await
+        .expect("answered in time")
+        .expect("answered before the connection closed");
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(gw.fast_path_requests("handed_over").await, 2);
+    assert_eq!(gw.fast_path_requests("served").await, 2);
+    assert_eq!(backend.take().len(), 4);
+    assert_eq!(
+        backend.connections.load(Ordering::Relaxed),
+        1,
+        "each request took the connection the one before released"
+    );
 }

@@ -26,6 +26,7 @@
 //! hands those requests over with their routing attached ([`Routed`]), so
 //! each is routed once.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ use dataplane::select::pick_endpoint;
 use dataplane::Table;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::upstreams::peer::HttpPeer;
 
 use crate::access_log::AccessLog;
 use crate::activator::Activator;
@@ -421,6 +423,54 @@ impl Gateway {
             Failure::ClientGone => 0,
             Failure::BadRequest => 400,
             Failure::Internal => 500,
+        }
+    }
+}
+
+/// The peer an upstream is reached at, made the same way on both paths, so
+/// that the one idle pool of each worker thread (vendor patch 0006) finds a
+/// connection either path made: `addr`, over TLS when `tls` gives the name
+/// the certificate must carry (checked, not sent: no SNI) and the client
+/// settings, within the connect and idle timeouts.
+pub(crate) fn upstream_peer(
+    addr: SocketAddr,
+    tls: Option<(String, Arc<rustls::ClientConfig>)>,
+    options: &ProxyOptions,
+) -> HttpPeer {
+    let mut peer = match tls {
+        None => HttpPeer::new(addr, false, String::new()),
+        Some((name, config)) => {
+            let mut peer = HttpPeer::new(addr, true, name);
+            peer.options.rustls_client_config = Some(config);
+            peer
+        }
+    };
+    peer.options.connection_timeout = Some(options.connect_timeout);
+    peer.options.read_timeout = options.stream_idle_timeout;
+    peer.options.write_timeout = options.stream_idle_timeout;
+    // Pool keys are exact endpoint addresses: no getpeername() per reuse
+    // (vendor/README.md, "reuse without getpeername").
+    peer.options.verify_reused_address = false;
+    peer
+}
+
+/// What a connection to `peer` that could not be made was: a refused
+/// certificate is logged as a warning, with the name expected (the metric
+/// counts it); the rest is a refused or timed-out connection.
+pub(crate) fn connect_failure(peer: &HttpPeer, e: &pingora::Error) -> Failure {
+    use pingora::ErrorType;
+    match e.etype() {
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => {
+            tracing::warn!(
+                upstream = %peer._address,
+                expected_name = %peer.sni,
+                "TLS to the backend failed: {e}"
+            );
+            Failure::Certificate
+        }
+        _ => {
+            tracing::debug!("cannot connect to {}: {e}", peer._address);
+            Failure::Upstream
         }
     }
 }

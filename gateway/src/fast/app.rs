@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,20 +20,22 @@ use dataplane::table::BackendKind;
 use pingora::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
+use pingora::connectors::TransportConnector;
 use pingora::protocols::http::v1::server::HttpSession as Session1;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream as Conn;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::Peer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::buffers::Buf;
-use super::pool::Conn;
-use super::{pool, request};
+use super::request;
 use crate::exchange::{
-    client_settings, set_upstream_headers, take_endpoint, Failure, Gateway, RequestCtx, Routed,
+    client_settings, connect_failure, set_upstream_headers, take_endpoint, upstream_peer, Failure,
+    Gateway, RequestCtx, Routed,
 };
 use wire::body::BodyEnd;
 use wire::response_head::{self, Framing};
@@ -43,20 +44,20 @@ use wire::response_head::{self, Framing};
 pub struct FastPath {
     gateway: Gateway,
     proxy: Arc<HttpProxy<Gateway>>,
-    /// Idle upstream connections kept per worker thread.
-    idle_per_thread: usize,
 }
 
 impl FastPath {
     /// Serve through `gateway` what is plain, hand the rest to `proxy` (built
-    /// on a clone of the same gateway); keep `idle_per_thread` idle upstream
-    /// connections on each worker thread.
-    pub fn new(gateway: Gateway, proxy: Arc<HttpProxy<Gateway>>, idle_per_thread: usize) -> Self {
-        Self {
-            gateway,
-            proxy,
-            idle_per_thread: idle_per_thread.max(1),
-        }
+    /// on a clone of the same gateway). Upstream connections are made and
+    /// kept idle by the proxy's own connector (vendor patch 0020): one pool
+    /// per worker thread serves both paths (patch 0006).
+    pub fn new(gateway: Gateway, proxy: Arc<HttpProxy<Gateway>>) -> Self {
+        Self { gateway, proxy }
+    }
+
+    /// The general proxy's connector of HTTP/1.x upstreams.
+    fn connector(&self) -> &TransportConnector {
+        self.proxy.upstream_transport()
     }
 }
 
@@ -287,7 +288,7 @@ impl FastPath {
             self.authorize(h1, ctx).await?;
             let head_request = h1.req_header().method == http::Method::HEAD;
             let mut rbuf = Buf::take();
-            let (mut up, mut out) = self.send(h1, ctx, &body, &mut rbuf).await?;
+            let (mut up, mut out, pool_key) = self.send(h1, ctx, &body, &mut rbuf).await?;
             let close = !h1.will_keepalive() || *shutdown.borrow();
             // The request head is sent: its buffer takes what goes to the client.
             out.clear();
@@ -304,9 +305,9 @@ impl FastPath {
             // the close too (the head said so).
             let keep = !close && head.framing != Framing::UntilClose;
             if reusable {
-                if let Some(addr) = ctx.peer {
-                    pool::put(addr, up, self.idle_per_thread, ctx.start);
-                }
+                // No idle timeout, as the general proxy's peers have none:
+                // a connection the backend closed is found by the pool.
+                self.connector().release_stream(up, pool_key, None);
             }
             Ok(Outcome::Served { keep })
         };
@@ -377,8 +378,8 @@ impl FastPath {
     }
 
     /// Send the request to an endpoint and read the first bytes of its
-    /// answer into `rbuf`: the upstream connection, and the buffer the head
-    /// was written from. A pooled connection that turns out closed before
+    /// answer into `rbuf`: the upstream connection, the buffer the head was
+    /// written from, and the connection's key in the idle pool. A pooled connection that turns out closed before
     /// answering is replaced (at most [`RETRIES_ON_REUSED`] times); a refused
     /// connection moves on to another endpoint as the general proxy does.
     async fn send(
@@ -387,7 +388,7 @@ impl FastPath {
         ctx: &mut RequestCtx,
         body: &[u8],
         rbuf: &mut Buf,
-    ) -> Result<(Conn, Buf), Outcome> {
+    ) -> Result<(Conn, Buf, u64), Outcome> {
         let options = self.gateway.options();
         let idle = options.stream_idle_timeout;
         let mut retries_left = RETRIES_ON_REUSED;
@@ -424,38 +425,34 @@ impl FastPath {
                 request_head.extend_from_slice(body);
             }
             ctx.peer = Some(addr);
-            // The TLS settings are only needed for a new connection.
-            let tls_port = {
-                let table = ctx.table.as_ref().expect("routed by admit");
-                table.backend(ctx.to.backend).port.tls
-            };
             ctx.new_connection = false;
-            let (mut stream, reused) = match pool::take(addr, tls_port) {
+            let peer = upstream_peer(addr, self.tls_for(ctx), options);
+            let (mut stream, reused) = match self.connector().reused_stream(&peer).await {
                 Some(stream) => (stream, true),
-                None => match connect(addr, self.tls_for(ctx), options.connect_timeout).await {
+                None => match self.connector().new_stream(&peer).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
-                        let certificate = self.log_connect_error(ctx, addr, &e);
+                        let failure = connect_failure(&peer, &e);
                         if self.gateway.connect_refused(ctx) {
                             continue;
                         }
-                        return Err(Outcome::Failed(if certificate {
-                            Failure::Certificate
-                        } else {
-                            Failure::Upstream
-                        }));
+                        return Err(Outcome::Failed(failure));
                     }
                 },
             };
             ctx.new_connection = !reused;
-            let answered = match within(idle, stream.write_all(&request_head)).await {
+            let sent = async {
+                stream.write_all(&request_head).await?;
+                stream.flush().await
+            };
+            let answered = match within(idle, sent).await {
                 Ok(()) => read_answer(h1, &mut stream, rbuf, idle)
                     .await
                     .ok_or(Outcome::Broken)?,
                 Err(e) => Err(e),
             };
             match answered {
-                Ok(n) if n > 0 => return Ok((stream, request_head)),
+                Ok(n) if n > 0 => return Ok((stream, request_head, peer.reuse_hash())),
                 // A pooled connection the backend had closed: it read nothing,
                 // so the request goes again, on a new connection.
                 _ if reused && retries_left > 0 => {
@@ -467,35 +464,16 @@ impl FastPath {
         }
     }
 
-    /// The TLS client settings and the name to check for the routed backend,
-    /// when it is reached over TLS (Knative's system-internal TLS).
-    fn tls_for(&self, ctx: &RequestCtx) -> Option<(Arc<rustls::ClientConfig>, String)> {
+    /// The name to check and the TLS client settings for the routed
+    /// backend, when it is reached over TLS (Knative's system-internal TLS).
+    fn tls_for(&self, ctx: &RequestCtx) -> Option<(String, Arc<rustls::ClientConfig>)> {
         let table = ctx.table.as_ref().expect("routed by admit");
         let backend = table.backend(ctx.to.backend);
         backend.port.tls.then(|| {
             let name = dataplane::trust::user_name(&backend.namespace);
             let trust = table.trust().expect("checked by admit");
-            (trust.config(false).clone(), name)
+            (name, trust.config(false).clone())
         })
-    }
-
-    /// A connection that could not be made, logged as the general path logs
-    /// it (a refused certificate as a warning; the metric counts it):
-    /// whether it was the certificate.
-    fn log_connect_error(&self, ctx: &RequestCtx, addr: SocketAddr, e: &io::Error) -> bool {
-        let certificate = e.get_ref().is_some_and(|e| e.is::<rustls::Error>());
-        if certificate {
-            let table = ctx.table.as_ref().expect("routed by admit");
-            let namespace = &table.backend(ctx.to.backend).namespace;
-            tracing::warn!(
-                upstream = %addr,
-                expected_name = %dataplane::trust::user_name(namespace),
-                "TLS to the backend failed: {e}"
-            );
-        } else {
-            tracing::debug!("cannot connect to {addr}: {e}");
-        }
-        certificate
     }
 
     /// The response head, and any 1xx before it, passed on as they come:
@@ -609,33 +587,6 @@ async fn relay_body(
 /// A request goes again on a new connection at most this often when pooled
 /// connections turn out closed.
 const RETRIES_ON_REUSED: usize = 2;
-
-/// A new upstream connection, within `timeout`: over TLS with `tls` (the
-/// client configuration, and the name the certificate must carry, which is
-/// checked but not sent), else plain.
-async fn connect(
-    addr: SocketAddr,
-    tls: Option<(Arc<rustls::ClientConfig>, String)>,
-    timeout: Duration,
-) -> io::Result<Conn> {
-    let connect = async {
-        let stream = TcpStream::connect(addr).await?;
-        // Heads and small bodies go out at once, as pingora's connector sets it.
-        stream.set_nodelay(true)?;
-        let Some((config, name)) = tls else {
-            return Ok(Conn::Plain(stream));
-        };
-        let name = rustls::pki_types::ServerName::try_from(name)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, stream)
-            .await?;
-        Ok(Conn::Tls(Box::new(tls)))
-    };
-    tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
-}
 
 /// `f`, failed with `TimedOut` after `limit` (if any).
 async fn within<T>(

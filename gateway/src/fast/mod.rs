@@ -4,5 +4,4 @@
 
 pub mod app;
 pub mod buffers;
-pub mod pool;
 pub mod request;

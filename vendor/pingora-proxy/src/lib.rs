@@ -279,6 +279,15 @@ where
         self.client_upstream.unexpected_data_connection_counter()
     }
 
+    /// The transport connector of this proxy's HTTP/1.x upstreams, for an
+    /// app in front of the proxy that reaches the same upstreams: streams it
+    /// makes and releases share the proxy's idle connections.
+    ///
+    /// knative-gateway patch (vendor/README.md, "the proxy's connector").
+    pub fn upstream_transport(&self) -> &pingora_core::connectors::TransportConnector {
+        self.client_upstream.h1_transport()
+    }
+
     /// Initialize the downstream modules for this proxy.
     ///
     /// This method must be called after creating an [`HttpProxy`] with [`HttpProxy::new()`]

@@ -164,6 +164,14 @@ where
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.h1.unexpected_data_connection_counter()
     }
+
+    /// The transport connector of HTTP/1.x upstreams: it makes their streams
+    /// and keeps the idle ones.
+    ///
+    /// knative-gateway patch (vendor/README.md, "the proxy's connector").
+    pub fn h1_transport(&self) -> &crate::connectors::TransportConnector {
+        self.h1.transport()
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,14 @@ impl Connector {
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.transport.unexpected_data_connection_counter()
     }
+
+    /// The transport connector under this one: it makes the streams and
+    /// keeps the idle ones.
+    ///
+    /// knative-gateway patch (vendor/README.md, "the proxy's connector").
+    pub fn transport(&self) -> &TransportConnector {
+        &self.transport
+    }
 }
 
 #[cfg(test)]
