@@ -479,7 +479,11 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // knative-gateway patch (vendor/README.md, "large rare futures boxed"): a
+            // new connection (TCP, TLS) is rare next to a reused one, and
+            // its future is large; held inline it would size every
+            // request's.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
