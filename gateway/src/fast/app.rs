@@ -528,20 +528,21 @@ impl FastPath {
 /// The request body, read whole (at most `MAX_BODY`) through pingora's body
 /// reader, which holds it to its Content-Length; it follows the head.
 async fn read_body(h1: &mut Session1, length: u64, sent: &mut Sent) -> Result<Buf, Outcome> {
+    if length == 0 {
+        return Ok(Buf::none());
+    }
     let mut body = Buf::take();
-    if length > 0 {
-        loop {
-            match h1.read_body_bytes().await {
-                Ok(Some(bytes)) => body.extend_from_slice(&bytes),
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!("cannot read a request body: {e}");
-                    return Err(Outcome::Broken);
-                }
+    loop {
+        match h1.read_body_bytes().await {
+            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("cannot read a request body: {e}");
+                return Err(Outcome::Broken);
             }
         }
-        sent.body_read = body.len();
     }
+    sent.body_read = body.len();
     Ok(body)
 }
 
