@@ -385,12 +385,17 @@ async fn a_30_second_request_and_a_websocket_in_flight_at_sigterm_finish() {
     assert_eq!(echo(0).await, "ws: ping 0");
 
     gw.signal("TERM");
-    // Past the grace period the listeners are closed...
+    // Past the grace period (1 s) the listeners are closed... (looked for
+    // from 2 s on, up to 6 s: a loaded machine may be late to close them)
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        TcpStream::connect(http).await.is_err(),
-        "the proxy listener still accepts after the grace period"
-    );
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while TcpStream::connect(http).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy listener still accepts 6 s after SIGTERM, 5 s past the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // ...while the WebSocket keeps working,
     for i in 1..=5 {
         assert_eq!(echo(i).await, format!("ws: ping {i}"));
