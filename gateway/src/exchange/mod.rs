@@ -12,8 +12,10 @@
 //!    cluster-local routes), Knative's probe its hash, a redirect to HTTPS.
 //!    With an authorization server, [`Gateway::ask`] checks it next.
 //! 2. **Forward**: [`take_endpoint`] picks a ready endpoint by power of two
-//!    choices, counted in flight; [`set_upstream_headers`] sets what goes
-//!    upstream. A refused connection is [`Gateway::connect_refused`] (another
+//!    choices, counted in flight; [`upstream_peer`] names it the same way on
+//!    both paths (the key of the one idle pool); [`set_upstream_headers`]
+//!    sets what goes upstream. A refused connection is
+//!    [`Gateway::connect_refused`] (another
 //!    endpoint may be tried); a response head is [`Gateway::answered`]
 //!    (endpoint health, and a sticky split's cookie); a failure before one is
 //!    [`Gateway::failed`] (the status, and whether it counts against the
