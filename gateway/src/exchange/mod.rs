@@ -346,23 +346,6 @@ impl Gateway {
         }
     }
 
-    /// The upstream connection closed or reset before a response head. On a
-    /// new connection that counts against the endpoint, as a refused one
-    /// does; a pooled one may just have been closed while idle. Both request
-    /// paths call it.
-    fn upstream_lost(&self, ctx: &RequestCtx, new_connection: bool) {
-        if let (Upstream::Endpoint(i), true) = (ctx.upstream, new_connection) {
-            self.endpoint_failed(ctx, i);
-        }
-    }
-
-    /// The current endpoint answered with a response head: its failures in
-    /// a row start over.
-    fn endpoint_answered(&self, ctx: &RequestCtx) {
-        if let (Upstream::Endpoint(i), Some(table)) = (ctx.upstream, &ctx.table) {
-            table.backend(ctx.to.backend).endpoints[i].state.succeeded();
-        }
-    }
     /// Whether `local` (the address a client connected to) is an internal listener's.
     pub(crate) fn is_internal_addr(
         &self,
@@ -399,7 +382,9 @@ impl Gateway {
     /// transport to add as `Set-Cookie`).
     pub(crate) fn answered(&self, ctx: &mut RequestCtx, status: u16) -> Option<http::HeaderValue> {
         ctx.answered = true;
-        self.endpoint_answered(ctx);
+        if let (Upstream::Endpoint(i), Some(table)) = (ctx.upstream, &ctx.table) {
+            table.backend(ctx.to.backend).endpoints[i].state.succeeded();
+        }
         if (100..200).contains(&status) {
             return None;
         }
@@ -411,8 +396,9 @@ impl Gateway {
     /// endpoint when it was a new one, as a refused one does; a pooled one
     /// may just have been closed while idle.
     pub(crate) fn failed(&self, ctx: &mut RequestCtx, failure: Failure) -> u16 {
-        if !ctx.answered && matches!(failure, Failure::Upstream | Failure::Certificate) {
-            self.upstream_lost(ctx, ctx.new_connection);
+        let lost = !ctx.answered && matches!(failure, Failure::Upstream | Failure::Certificate);
+        if let (Upstream::Endpoint(i), true) = (ctx.upstream, lost && ctx.new_connection) {
+            self.endpoint_failed(ctx, i);
         }
         match failure {
             Failure::Status(code) => code,

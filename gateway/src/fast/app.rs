@@ -24,7 +24,6 @@ use pingora::connectors::TransportConnector;
 use pingora::protocols::http::v1::server::HttpSession as Session1;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream as Conn;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
@@ -379,8 +378,8 @@ impl FastPath {
 
     /// Send the request to an endpoint and read the first bytes of its
     /// answer into `rbuf`: the upstream connection, the buffer the head was
-    /// written from, and the connection's key in the idle pool. A pooled connection that turns out closed before
-    /// answering is replaced (at most [`RETRIES_ON_REUSED`] times); a refused
+    /// written from, and the connection's key in the idle pool. A pooled
+    /// connection that turns out closed before answering is replaced (at most [`RETRIES_ON_REUSED`] times); a refused
     /// connection moves on to another endpoint as the general proxy does.
     async fn send(
         &self,
@@ -388,7 +387,7 @@ impl FastPath {
         ctx: &mut RequestCtx,
         body: &[u8],
         rbuf: &mut Buf,
-    ) -> Result<(Conn, Buf, u64), Outcome> {
+    ) -> Result<(Stream, Buf, u64), Outcome> {
         let options = self.gateway.options();
         let idle = options.stream_idle_timeout;
         let mut retries_left = RETRIES_ON_REUSED;
@@ -483,7 +482,7 @@ impl FastPath {
         &self,
         h1: &mut Session1,
         ctx: &mut RequestCtx,
-        up: &mut Conn,
+        up: &mut Stream,
         rbuf: &mut Buf,
         out: &mut Buf,
         head_request: bool,
@@ -553,7 +552,7 @@ async fn read_body(h1: &mut Session1, length: u64, sent: &mut Sent) -> Result<Bu
 /// body ended exactly where its framing said.
 async fn relay_body(
     h1: &mut Session1,
-    up: &mut Conn,
+    up: &mut Stream,
     rbuf: &mut Buf,
     head: &response_head::Head,
     out: &mut Buf,
@@ -608,7 +607,7 @@ async fn within<T>(
 /// pooled), and the first bytes of a pipelined next request are kept for it.
 async fn read_answer(
     h1: &mut Session1,
-    up: &mut Conn,
+    up: &mut Stream,
     buf: &mut Vec<u8>,
     idle: Option<Duration>,
 ) -> Option<io::Result<usize>> {
